@@ -1,0 +1,1 @@
+//! engine: not written yet.

@@ -1,0 +1,28 @@
+//! Tandem: one inbox for SMS and IP messages on Linux phones.
+//!
+//! Layout, one line per module (see ARCHITECTURE.md for the invariants):
+//! - [`domain`]: messages, statuses, channel and modem states; plain data.
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`number`]: phone-number normalisation to E.164 (the `phonenumber` crate).
+//! - [`sms_text`]: how many SMS parts a text needs (GSM 03.38 / UCS-2).
+//! - [`router`]: the channel rule and outbox decisions; pure logic, no I/O, never fails.
+//! - [`store`]: SQLite; the only module that knows SQL. Runs as an actor on its own thread.
+//! - [`modem`]: the ModemManager adapter (system bus), a task behind two channels.
+//! - [`notifier`]: desktop notifications, a task that can never block a message.
+//! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
+//! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
+//! - [`daemon`]: wires everything together: `run(config, shutdown)`.
+//! - [`mmsim`]: `tandem-mmsim`, a ModemManager simulator with a simulated carrier.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod domain;
+pub mod engine;
+pub mod mmsim;
+pub mod modem;
+pub mod notifier;
+pub mod number;
+pub mod router;
+pub mod sms_text;
+pub mod store;

@@ -1,0 +1,1 @@
+//! mmsim: not written yet.

@@ -1,0 +1,1 @@
+//! number: not written yet.
