@@ -1,1 +1,582 @@
-//! api: not written yet.
+//! The `org.tandem.Messages1` D-Bus interface on the session bus: the public contract of
+//! `../shared/design/dbus-api.md`, served at `/org/tandem/Messages1`.
+//!
+//! A thin layer: it converts and validates arguments, reads from the store, hands work to
+//! the engine over a channel, and converts results back. It owns no state of its own: the
+//! properties come from the engine's [`DaemonStatus`] watch, the signals from the engine's
+//! [`Event`] channel (see [`publish`]). Only this module and `modem` know zbus.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+use zbus::object_server::SignalEmitter;
+use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
+
+use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
+use crate::engine::{DaemonStatus, EngineCmd, Event};
+use crate::router::{self, Facts, Refusal};
+use crate::store::{NewOutgoing, StoreError, StoreHandle};
+use crate::{number, sms_text};
+
+/// The well-known name the daemon owns on the session bus.
+pub const BUS_NAME: &str = "org.tandem.Messages1";
+/// The one object it serves.
+pub const OBJECT_PATH: &str = "/org/tandem/Messages1";
+/// Largest `limit` a listing call accepts.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// The contract's errors; each becomes `org.tandem.Messages1.Error.<Variant>`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.tandem.Messages1.Error")]
+pub enum ApiError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// Not a phone number (nor a short code or alphanumeric sender).
+    InvalidNumber(String),
+    /// Empty or oversized text, bad option, out-of-range argument.
+    InvalidArgument(String),
+    /// Unknown message id or conversation.
+    NotFound(String),
+    /// The asked-for channel or feature is not available.
+    Unavailable(String),
+    /// The daemon itself failed (its store); the message says how.
+    Failed(String),
+}
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => ApiError::NotFound(format!("no message with id {id:?}")),
+            other => {
+                warn!(cause = %other, "store failed");
+                ApiError::Failed(format!("the message store failed: {other}"))
+            }
+        }
+    }
+}
+
+/// A message as the contract's `a{sv}` (wire type; the domain type is [`Message`]).
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDict, DeserializeDict, Type)]
+#[zbus(signature = "a{sv}", rename_all = "kebab-case")]
+pub struct MessageDict {
+    pub id: String,
+    pub peer: String,
+    pub direction: String,
+    pub text: String,
+    pub channel: String,
+    pub status: String,
+    pub timestamp: i64,
+    pub read: bool,
+    pub error: Option<String>,
+}
+
+impl From<Message> for MessageDict {
+    fn from(m: Message) -> Self {
+        MessageDict {
+            id: m.id,
+            peer: m.peer,
+            direction: m.direction.to_string(),
+            text: m.text,
+            channel: m.channel.map(Channel::as_str).unwrap_or("").to_owned(),
+            status: m.status.to_string(),
+            timestamp: m.timestamp_ms,
+            read: m.read,
+            error: m.error,
+        }
+    }
+}
+
+/// A conversation as the contract's `a{sv}`.
+#[derive(Debug, Clone, PartialEq, Eq, SerializeDict, DeserializeDict, Type)]
+#[zbus(signature = "a{sv}", rename_all = "kebab-case")]
+pub struct ConversationDict {
+    pub peer: String,
+    pub last_id: String,
+    pub last_text: String,
+    pub last_timestamp: i64,
+    pub last_direction: String,
+    pub unread: u32,
+    pub presence: String,
+}
+
+impl ConversationDict {
+    fn new(c: Conversation, presence: Presence) -> Self {
+        ConversationDict {
+            peer: c.peer,
+            last_id: c.last_id,
+            last_text: c.last_text,
+            last_timestamp: c.last_timestamp_ms,
+            last_direction: c.last_direction.to_string(),
+            unread: c.unread,
+            presence: presence.to_string(),
+        }
+    }
+}
+
+/// `EstimateSms`'s reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SmsEstimate {
+    pub segments: u32,
+    pub encoding: String,
+    pub remaining: u32,
+}
+
+/// The limits and defaults the API applies, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Region for numbers written without `+country`.
+    pub default_region: Option<String>,
+    /// `delivery-report` when the option is absent.
+    pub delivery_reports: bool,
+    /// Texts longer than this (in characters) are refused.
+    pub max_text_chars: usize,
+    /// `sms.max_parts`.
+    pub max_parts: u32,
+}
+
+/// The served object. Cheap to construct; everything it holds is a handle.
+pub struct Messages {
+    /// Reads and the outbox insert go straight to the store actor.
+    store: StoreHandle,
+    /// Tells the engine about new outbox entries and read/delete changes.
+    engine: mpsc::Sender<EngineCmd>,
+    /// The properties, as the engine publishes them.
+    status: watch::Receiver<DaemonStatus>,
+    config: ApiConfig,
+}
+
+impl Messages {
+    pub fn new(
+        store: StoreHandle,
+        engine: mpsc::Sender<EngineCmd>,
+        status: watch::Receiver<DaemonStatus>,
+        config: ApiConfig,
+    ) -> Self {
+        Messages {
+            store,
+            engine,
+            status,
+            config,
+        }
+    }
+
+    fn normalize(&self, input: &str) -> Result<String> {
+        number::normalize(input, self.config.default_region.as_deref())
+            .map_err(|e| ApiError::InvalidNumber(e.to_string()))
+    }
+
+    async fn tell_engine(&self, cmd: EngineCmd) {
+        if self.engine.send(cmd).await.is_err() {
+            warn!("the engine is gone; request not forwarded");
+        }
+    }
+
+    fn presence_of(&self, _peer: &str) -> Presence {
+        // The IP channel (relay, presence cache) is not built yet: everyone is offline.
+        Presence::Offline
+    }
+}
+
+/// Options of `SendMessage`, parsed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    pub channel: ChannelRequest,
+    pub delivery_report: Option<bool>,
+    pub client_token: Option<String>,
+}
+
+/// Parses `SendMessage`'s options; unknown keys and wrong types are refused by name.
+pub fn parse_send_options(options: &HashMap<String, OwnedVariant>) -> Result<SendOptions> {
+    let mut parsed = SendOptions::default();
+    for (key, value) in options {
+        let wrong_type = |expected: &str| {
+            ApiError::InvalidArgument(format!(
+                "option {key:?} must be of type {expected}, not {}",
+                value.value_signature()
+            ))
+        };
+        match key.as_str() {
+            "channel" => {
+                let s: &str = value.try_into().map_err(|_| wrong_type("s"))?;
+                parsed.channel = s.parse().map_err(|_| {
+                    ApiError::InvalidArgument(format!(
+                        "option \"channel\" must be \"auto\", \"sms\" or \"ip\", not {s:?}"
+                    ))
+                })?;
+            }
+            "delivery-report" => {
+                parsed.delivery_report = Some(value.try_into().map_err(|_| wrong_type("b"))?);
+            }
+            "client-token" => {
+                let s: &str = value.try_into().map_err(|_| wrong_type("s"))?;
+                if s.is_empty() || s.len() > 256 {
+                    return Err(ApiError::InvalidArgument(
+                        "option \"client-token\" must be 1 to 256 bytes long".into(),
+                    ));
+                }
+                parsed.client_token = Some(s.to_owned());
+            }
+            other => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "unknown option {other:?} (known: channel, delivery-report, client-token)"
+                )));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn check_limit(limit: u32) -> Result<()> {
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidArgument(format!(
+            "limit must be between 1 and {MAX_LIMIT}, not {limit}"
+        )))
+    }
+}
+
+#[interface(
+    name = "org.tandem.Messages1",
+    proxy(
+        default_service = "org.tandem.Messages1",
+        default_path = "/org/tandem/Messages1",
+    )
+)]
+impl Messages {
+    /// Validates, stores the message durably in the outbox (status `queued`), replies with
+    /// its id and delivers it asynchronously.
+    async fn send_message(
+        &self,
+        recipient: &str,
+        text: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<String> {
+        let options = parse_send_options(&options)?;
+        let peer = self.normalize(recipient)?;
+        if text.trim().is_empty() {
+            return Err(ApiError::InvalidArgument("the text is empty".into()));
+        }
+        let chars = text.chars().count();
+        if chars > self.config.max_text_chars {
+            return Err(ApiError::InvalidArgument(format!(
+                "the text is {chars} characters long, more than the limit of {}",
+                self.config.max_text_chars
+            )));
+        }
+        let status = self.status.borrow().clone();
+        let facts = Facts {
+            requested: options.channel,
+            relay: status.relay,
+            presence: self.presence_of(&peer),
+            peer_registered: None,
+            modem: status.modem,
+            sms_parts: sms_text::estimate(text).segments,
+            max_parts: self.config.max_parts,
+        };
+        match router::refuse_at_once(&facts) {
+            Some(Refusal::Unavailable(why)) => return Err(ApiError::Unavailable(why)),
+            Some(Refusal::InvalidArgument(why)) => return Err(ApiError::InvalidArgument(why)),
+            None => {}
+        }
+        let delivery_report = options
+            .delivery_report
+            .unwrap_or(self.config.delivery_reports);
+        let text = text.to_owned();
+        let (message, created) = self
+            .store
+            .call(move |s| {
+                s.insert_outgoing(&NewOutgoing {
+                    peer: &peer,
+                    text: &text,
+                    requested: options.channel,
+                    delivery_report,
+                    client_token: options.client_token.as_deref(),
+                    timestamp_ms: crate::domain::now_ms(),
+                })
+            })
+            .await?;
+        if created {
+            debug!(id = %message.id, peer = %message.peer, "message queued");
+            self.tell_engine(EngineCmd::Outbox).await;
+        }
+        Ok(message.id)
+    }
+
+    /// Conversations, newest activity first.
+    async fn list_conversations(&self, offset: u32, limit: u32) -> Result<Vec<ConversationDict>> {
+        check_limit(limit)?;
+        let list = self
+            .store
+            .call(move |s| s.list_conversations(offset, limit))
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let presence = self.presence_of(&c.peer);
+                ConversationDict::new(c, presence)
+            })
+            .collect())
+    }
+
+    /// The conversation with `peer`, newest first, strictly older than `before_id` if set.
+    async fn get_messages(&self, peer: &str, before_id: &str, limit: u32) -> Result<Vec<MessageDict>> {
+        check_limit(limit)?;
+        let peer = self.normalize(peer)?;
+        let before = (!before_id.is_empty()).then(|| before_id.to_owned());
+        let list = self
+            .store
+            .call(move |s| s.get_messages(&peer, before.as_deref(), limit))
+            .await?;
+        Ok(list.into_iter().map(MessageDict::from).collect())
+    }
+
+    async fn get_message(&self, id: &str) -> Result<MessageDict> {
+        let id = id.to_owned();
+        Ok(self.store.call(move |s| s.get_message(&id)).await?.into())
+    }
+
+    /// Marks every incoming message of the conversation read.
+    async fn mark_read(&self, peer: &str) -> Result<()> {
+        let peer = self.normalize(peer)?;
+        let changed = self.store.call(move |s| s.mark_read(&peer)).await?;
+        if changed > 0 {
+            self.tell_engine(EngineCmd::Recount).await;
+        }
+        Ok(())
+    }
+
+    async fn delete_message(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.store.call(move |s| s.delete_message(&id)).await?;
+        self.tell_engine(EngineCmd::Recount).await;
+        Ok(())
+    }
+
+    async fn delete_conversation(&self, peer: &str) -> Result<()> {
+        let peer = self.normalize(peer)?;
+        let key = peer.clone();
+        let deleted = self.store.call(move |s| s.delete_conversation(&key)).await?;
+        if deleted == 0 {
+            return Err(ApiError::NotFound(format!("no conversation with {peer}")));
+        }
+        self.tell_engine(EngineCmd::Recount).await;
+        Ok(())
+    }
+
+    /// Full-text search over all bodies, newest first.
+    async fn search(&self, query: &str, limit: u32) -> Result<Vec<MessageDict>> {
+        check_limit(limit)?;
+        if query.trim().is_empty() {
+            return Err(ApiError::InvalidArgument("the search query is empty".into()));
+        }
+        let query = query.to_owned();
+        let found = self.store.call(move |s| s.search(&query, limit)).await?;
+        Ok(found.into_iter().map(MessageDict::from).collect())
+    }
+
+    async fn get_presence(&self, number: &str) -> Result<String> {
+        let number = self.normalize(number)?;
+        Ok(self.presence_of(&number).to_string())
+    }
+
+    /// Adds numbers to the contacts whose presence is followed.
+    async fn watch(&self, numbers: Vec<String>) -> Result<()> {
+        for n in &numbers {
+            self.normalize(n)?;
+        }
+        // Presence is followed over the relay, which is not built yet: nothing to follow.
+        Ok(())
+    }
+
+    /// Tells the peer, over IP, that we are typing.
+    async fn set_typing(&self, peer: &str, typing: bool) -> Result<()> {
+        self.normalize(peer)?;
+        let relay = self.status.borrow().relay;
+        if relay == RelayState::Disabled {
+            return Err(ApiError::Unavailable(
+                "typing notices go over IP, and no relay is configured".into(),
+            ));
+        }
+        debug!(typing, "typing notice dropped: the relay client is not built yet");
+        Ok(())
+    }
+
+    /// How many SMS parts the text needs, the encoding, and characters left in the last part.
+    #[zbus(out_args("segments", "encoding", "remaining"))]
+    async fn estimate_sms(&self, text: &str) -> (u32, String, u32) {
+        let e = sms_text::estimate(text);
+        (e.segments, e.encoding.as_str().to_owned(), e.remaining)
+    }
+
+    #[zbus(signal)]
+    pub async fn message_received(emitter: &SignalEmitter<'_>, message: MessageDict) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn message_status_changed(
+        emitter: &SignalEmitter<'_>,
+        id: &str,
+        status: &str,
+        channel: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    pub async fn presence_changed(emitter: &SignalEmitter<'_>, number: &str, presence: &str) -> zbus::Result<()>;
+
+    #[zbus(property)]
+    async fn own_number(&self) -> String {
+        self.status.borrow().own_number.clone()
+    }
+
+    #[zbus(property)]
+    async fn relay_state(&self) -> String {
+        self.status.borrow().relay.to_string()
+    }
+
+    #[zbus(property)]
+    async fn modem_state(&self) -> String {
+        self.status.borrow().modem.to_string()
+    }
+
+    #[zbus(property)]
+    async fn unread_count(&self) -> u32 {
+        self.status.borrow().unread
+    }
+}
+
+/// Serves `iface` on `conn` and only then requests the well-known name, so that an
+/// activated service never gets a call it cannot answer.
+pub async fn serve(conn: &zbus::Connection, iface: Messages) -> zbus::Result<()> {
+    conn.object_server().at(OBJECT_PATH, iface).await?;
+    conn.request_name(BUS_NAME).await?;
+    Ok(())
+}
+
+/// Turns the engine's status changes into `PropertiesChanged` and its events into signals,
+/// until the engine's channels close.
+pub async fn publish(
+    conn: zbus::Connection,
+    mut status: watch::Receiver<DaemonStatus>,
+    mut events: mpsc::Receiver<Event>,
+) -> zbus::Result<()> {
+    let iface = conn
+        .object_server()
+        .interface::<_, Messages>(OBJECT_PATH)
+        .await?;
+    let emitter = iface.signal_emitter().clone();
+    let mut last = status.borrow_and_update().clone();
+    let mut status_open = true;
+    loop {
+        tokio::select! {
+            changed = status.changed(), if status_open => {
+                if changed.is_err() {
+                    status_open = false;
+                    continue;
+                }
+                let now = status.borrow_and_update().clone();
+                let messages = iface.get().await;
+                if now.own_number != last.own_number {
+                    messages.own_number_changed(&emitter).await?;
+                }
+                if now.relay != last.relay {
+                    messages.relay_state_changed(&emitter).await?;
+                }
+                if now.modem != last.modem {
+                    messages.modem_state_changed(&emitter).await?;
+                }
+                if now.unread != last.unread {
+                    messages.unread_count_changed(&emitter).await?;
+                }
+                last = now;
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                let sent = match event {
+                    Event::Received(m) => Messages::message_received(&emitter, m.into()).await,
+                    Event::StatusChanged { id, status, channel } => {
+                        let channel = channel.map(Channel::as_str).unwrap_or("");
+                        Messages::message_status_changed(&emitter, &id, status.as_str(), channel).await
+                    }
+                    Event::Presence { number, presence } => {
+                        Messages::presence_changed(&emitter, &number, presence.as_str()).await
+                    }
+                };
+                if let Err(e) = sent {
+                    warn!(cause = %e, "could not emit a signal");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::Variant;
+
+    fn opts(pairs: &[(&str, Variant<'static>)]) -> HashMap<String, OwnedVariant> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v).expect("plain value")))
+            .collect()
+    }
+
+    #[test]
+    fn send_options() {
+        let ok = parse_send_options(&opts(&[
+            ("channel", Variant::from("sms")),
+            ("delivery-report", Variant::from(false)),
+            ("client-token", Variant::from("abc")),
+        ]))
+        .expect("valid options");
+        assert_eq!(
+            ok,
+            SendOptions {
+                channel: ChannelRequest::Sms,
+                delivery_report: Some(false),
+                client_token: Some("abc".into()),
+            }
+        );
+        assert_eq!(parse_send_options(&opts(&[])).expect("empty"), SendOptions::default());
+
+        let rows: [(&str, Variant<'static>, &str); 5] = [
+            ("channel", Variant::from("pigeon"), "must be \"auto\", \"sms\" or \"ip\""),
+            ("channel", Variant::from(3u32), "must be of type s, not u"),
+            ("delivery-report", Variant::from("yes"), "must be of type b, not s"),
+            ("client-token", Variant::from(""), "1 to 256 bytes"),
+            ("colour", Variant::from("red"), "unknown option \"colour\""),
+        ];
+        for (key, value, expected) in rows {
+            match parse_send_options(&opts(&[(key, value)])) {
+                Err(ApiError::InvalidArgument(msg)) => {
+                    assert!(msg.contains(expected), "{key}: {msg:?} lacks {expected:?}")
+                }
+                other => panic!("{key}: expected InvalidArgument, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn message_dict_keys() {
+        let m = Message {
+            id: "x".into(),
+            peer: "+15551234567".into(),
+            direction: crate::domain::Direction::Outgoing,
+            text: "hi".into(),
+            channel: None,
+            status: crate::domain::Status::Queued,
+            timestamp_ms: 5,
+            read: true,
+            error: None,
+        };
+        let d = MessageDict::from(m);
+        assert_eq!(d.channel, "");
+        assert_eq!(d.status, "queued");
+        assert_eq!(d.direction, "outgoing");
+    }
+}

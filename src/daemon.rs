@@ -1,1 +1,139 @@
-//! daemon: not written yet.
+//! Wires the daemon together: opens the store, starts the adapters, the engine and the
+//! API publisher as tasks connected by channels, serves the D-Bus API, and shuts it all
+//! down in order. Shaped like mini-redis's `run(listener, shutdown)`: the caller owns the
+//! configuration and the shutdown trigger, so tests and the binary start it the same way.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::api::{self, ApiConfig, Messages};
+use crate::config::Config;
+use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
+use crate::modem::{self, ModemConfig, ModemEvent};
+use crate::notifier::Notifier;
+use crate::store::{Store, StoreError, StoreHandle};
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot open the message store {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("cannot connect to the session bus: {0}")]
+    SessionBus(zbus::Error),
+    #[error("cannot serve {name} on the session bus (is another tandemd running?): {source}")]
+    Name {
+        name: &'static str,
+        source: zbus::Error,
+    },
+}
+
+/// How long the daemon waits for its tasks to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(config: Config, db_path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    let store = Store::open(db_path).map_err(|source| DaemonError::Store {
+        path: db_path.to_owned(),
+        source,
+    })?;
+    let store = StoreHandle::spawn(store);
+
+    let (engine_tx, engine_rx) = mpsc::channel(64);
+    let (modem_cmd_tx, modem_cmd_rx) = mpsc::channel(64);
+    let (modem_ev_tx, modem_ev_rx) = mpsc::channel(64);
+    let (events_tx, events_rx) = mpsc::channel(256);
+    let (status_tx, status_rx) = watch::channel(DaemonStatus::default());
+
+    let session = zbus::connection::Builder::session()
+        .build()
+        .await
+        .map_err(DaemonError::SessionBus)?;
+    let messages = Messages::new(
+        store.clone(),
+        engine_tx.clone(),
+        status_rx.clone(),
+        ApiConfig {
+            default_region: config.default_region.clone(),
+            delivery_reports: config.sms.delivery_reports,
+            max_text_chars: config.sms.max_text_chars,
+            max_parts: config.sms.max_parts,
+        },
+    );
+    api::serve(&session, messages)
+        .await
+        .map_err(|source| DaemonError::Name {
+            name: api::BUS_NAME,
+            source,
+        })?;
+    info!(name = api::BUS_NAME, "serving on the session bus");
+
+    let notifier = Notifier::spawn(config.notifications.enabled);
+    let engine = Engine::new(
+        EngineConfig {
+            default_region: config.default_region.clone(),
+            own_number: config.own_number.clone(),
+            delete_received: config.sms.delete_received,
+            max_parts: config.sms.max_parts,
+            max_attempts: config.sms.max_attempts,
+        },
+        store,
+        modem_cmd_tx,
+        events_tx,
+        status_tx,
+        notifier,
+    );
+    let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
+    let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
+    let modem_config = ModemConfig {
+        modem: config.sms.modem.clone(),
+        delete_sent: config.sms.delete_sent,
+    };
+    let modem = tokio::spawn(run_modem(modem_config, modem_cmd_rx, modem_ev_tx));
+
+    shutdown.await;
+    info!("shutting down");
+    // Stop taking calls, then stop the engine: dropping it closes the channels that keep
+    // the modem adapter and the publisher running.
+    let _ = session.release_name(api::BUS_NAME).await;
+    let _ = engine_tx.send(EngineCmd::Shutdown).await;
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = engine.await;
+        let _ = modem.await;
+        let _ = publisher.await;
+    })
+    .await;
+    if stopped.is_err() {
+        warn!("tasks did not stop in time");
+    }
+    Ok(())
+}
+
+/// Connects to the system bus (retrying while it is not there) and runs the adapter.
+async fn run_modem(
+    config: ModemConfig,
+    commands: mpsc::Receiver<modem::ModemCommand>,
+    events: mpsc::Sender<ModemEvent>,
+) {
+    let mut delay = Duration::from_secs(1);
+    let system = loop {
+        match zbus::connection::Builder::system().build().await {
+            Ok(conn) => break conn,
+            Err(e) => {
+                warn!(cause = %e, retry_in = ?delay, "no system bus: no modem for now");
+                if events.send(ModemEvent::State(crate::domain::ModemState::Absent)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    };
+    modem::run(config, system, commands, events).await;
+}
