@@ -34,11 +34,33 @@ pub enum DaemonError {
     },
 }
 
+/// Where the two buses are. `None` means the usual places (`DBUS_SESSION_BUS_ADDRESS`,
+/// `DBUS_SYSTEM_BUS_ADDRESS`, then the defaults); the demo runs several daemons in one
+/// process, each on buses of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Buses {
+    pub session: Option<String>,
+    pub system: Option<String>,
+}
+
+fn builder(address: Option<&str>, system: bool) -> zbus::connection::Builder<'_> {
+    match (address, system) {
+        (Some(a), _) => zbus::connection::Builder::address(a),
+        (None, false) => zbus::connection::Builder::session(),
+        (None, true) => zbus::connection::Builder::system(),
+    }
+}
+
 /// How long the daemon waits for its tasks to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `shutdown` completes.
-pub async fn run(config: Config, db_path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    db_path: &Path,
+    buses: Buses,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let store = Store::open(db_path).map_err(|source| DaemonError::Store {
         path: db_path.to_owned(),
         source,
@@ -51,7 +73,7 @@ pub async fn run(config: Config, db_path: &Path, shutdown: impl Future<Output = 
     let (events_tx, events_rx) = mpsc::channel(256);
     let (status_tx, status_rx) = watch::channel(DaemonStatus::default());
 
-    let session = zbus::connection::Builder::session()
+    let session = builder(buses.session.as_deref(), false)
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
@@ -95,7 +117,7 @@ pub async fn run(config: Config, db_path: &Path, shutdown: impl Future<Output = 
         modem: config.sms.modem.clone(),
         delete_sent: config.sms.delete_sent,
     };
-    let modem = tokio::spawn(run_modem(modem_config, modem_cmd_rx, modem_ev_tx));
+    let modem = tokio::spawn(run_modem(modem_config, buses.system, modem_cmd_rx, modem_ev_tx));
 
     shutdown.await;
     info!("shutting down");
@@ -118,12 +140,13 @@ pub async fn run(config: Config, db_path: &Path, shutdown: impl Future<Output = 
 /// Connects to the system bus (retrying while it is not there) and runs the adapter.
 async fn run_modem(
     config: ModemConfig,
+    address: Option<String>,
     commands: mpsc::Receiver<modem::ModemCommand>,
     events: mpsc::Sender<ModemEvent>,
 ) {
     let mut delay = Duration::from_secs(1);
     let system = loop {
-        match zbus::connection::Builder::system().build().await {
+        match builder(address.as_deref(), true).build().await {
             Ok(conn) => break conn,
             Err(e) => {
                 warn!(cause = %e, retry_in = ?delay, "no system bus: no modem for now");

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tandem::daemon::run(config, &db, shutdown_signal())) {
+    match runtime.block_on(tandem::daemon::run(config, &db, Default::default(), shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
