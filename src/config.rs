@@ -21,7 +21,7 @@ use crate::number;
 
 /// Everything in `config.toml`. Every key is optional; [`Config::default`] is the
 /// documented default.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// This phone's number, for when the SIM does not carry it. Stored in E.164.
@@ -73,18 +73,6 @@ pub struct SmsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct NotificationsConfig {
     pub enabled: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            own_number: None,
-            default_region: None,
-            relay: RelayConfig::default(),
-            sms: SmsConfig::default(),
-            notifications: NotificationsConfig::default(),
-        }
-    }
 }
 
 impl Default for RelayConfig {
