@@ -88,21 +88,13 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
         Some(digits.as_str())
     } else {
         match region {
-            Some(meta) => strip_international_prefix(meta, &digits),
+            Some((_, meta)) => strip_international_prefix(meta, &digits),
             None => digits.strip_prefix("00"),
         }
     };
     let parsed = match (international, region) {
         (Some(rest), _) => phonenumber::parse(None, format!("+{rest}")),
-        (None, Some(meta)) => {
-            let id = meta
-                .id()
-                .parse::<Id>()
-                .map_err(|_| NumberError::UnknownRegion {
-                    region: meta.id().to_owned(),
-                })?;
-            phonenumber::parse(Some(id), &digits)
-        }
+        (None, Some((id, _))) => phonenumber::parse(Some(id), &digits),
         (None, None) => {
             return Err(NumberError::NoRegion {
                 input: trimmed.to_owned(),
@@ -127,17 +119,17 @@ pub fn is_known_region(code: &str) -> bool {
     region_metadata(code).is_ok()
 }
 
-/// The metadata of a two-letter region, case-insensitively. Excludes "001", the
+/// A two-letter region and its metadata, case-insensitively. Excludes "001", the
 /// pseudo-region of non-geographic codes, which is not a region anyone lives in.
-fn region_metadata(code: &str) -> Result<&'static Metadata, NumberError> {
+fn region_metadata(code: &str) -> Result<(Id, &'static Metadata), NumberError> {
     let upper = code.trim().to_ascii_uppercase();
-    let unknown = || NumberError::UnknownRegion {
-        region: code.to_owned(),
-    };
-    if upper.parse::<Id>().is_err() {
-        return Err(unknown());
-    }
-    DATABASE.by_id(upper.as_str()).ok_or_else(unknown)
+    upper
+        .parse::<Id>()
+        .ok()
+        .zip(DATABASE.by_id(upper.as_str()))
+        .ok_or_else(|| NumberError::UnknownRegion {
+            region: code.to_owned(),
+        })
 }
 
 /// A GSM alphanumeric sender: letters, digits and spaces, at least one letter and no
