@@ -1,1 +1,398 @@
-//! number: not written yet.
+//! Phone numbers: turns any common written form into E.164 ("+15551234567"), and keeps
+//! short codes ("12345") and alphanumeric senders ("ACME") verbatim.
+//!
+//! Owns: the rules for what counts as a number, a short code or a sender name, and the
+//! checks that make a number *possible* (right length for its country code). It does
+//! not decide whether a number is *valid* (assigned by a numbering plan): fictional
+//! numbers such as +15551234567 must pass. No I/O, no state.
+//!
+//! The `phonenumber` crate (0.3.10) does the country-code and national-prefix work, with
+//! two things done here instead, because the crate gets them wrong:
+//! - A number that carries its own country code ("+49 …", or an international call
+//!   prefix such as "00" or "011") is parsed *without* the default region: given a
+//!   region, the crate strips that region's national prefix from the foreign number
+//!   ("+49 1512345678" with region US becomes +49512345678).
+//! - The "possible number" length check: the crate has no public one, and its general
+//!   descriptors carry no lengths. We take the union of the per-type possible lengths of
+//!   the main region of the country code, as libphonenumber does when it builds its
+//!   metadata. Lengths that are only dialable locally (US 7-digit numbers) are refused,
+//!   since they cannot be written in E.164.
+
+use phonenumber::Mode;
+use phonenumber::country::Id;
+use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
+
+/// Longest alphanumeric sender ID GSM allows (TP-OA, 11 characters).
+const MAX_SENDER_CHARS: usize = 11;
+/// Longest digit string treated as a short code.
+const MAX_SHORT_CODE_DIGITS: usize = 6;
+
+/// Why an input is not a phone number, a short code or a sender name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    #[error("empty phone number")]
+    Empty,
+    #[error("{input:?} is not a phone number: unexpected character {ch:?}")]
+    InvalidCharacter { input: String, ch: char },
+    #[error("{input:?} is not a phone number: '+' may only start it")]
+    MisplacedPlus { input: String },
+    #[error("{input:?} has no country code (+…) and no default region is configured")]
+    NoRegion { input: String },
+    #[error("unknown region {region:?} (expected a two-letter code such as \"US\" or \"DE\")")]
+    UnknownRegion { region: String },
+    #[error("{input:?} is not a phone number: {reason}")]
+    Unparsable { input: String, reason: String },
+    #[error(
+        "{input:?} is not a possible phone number: {digits} digits after country code +{code}, \
+         expected {expected}"
+    )]
+    WrongLength {
+        input: String,
+        code: u16,
+        digits: usize,
+        expected: String,
+    },
+}
+
+/// Normalises to E.164 ("+15551234567"). Accepts any common written form ("+1 555 123-4567",
+/// "(555) 123-4567" and "0151 2345678" with a default region, "00491512345678").
+/// Short codes (digits only, up to 6 digits, e.g. "12345") and alphanumeric senders
+/// (e.g. "ACME", "Vodafone", up to 11 chars, letters/digits/space) are kept verbatim.
+/// Does not require the number to be assigned (fictional +1555… numbers pass); rejects
+/// what is not a possible number (wrong length, garbage, empty, letters mixed into
+/// digits, a national number with no default region).
+///
+/// Details: surrounding whitespace is trimmed. Digits may be separated by spaces, `-`,
+/// `.`, `/` and parentheses. An international prefix is recognised as the default
+/// region's (011 for US, 00 for DE), or "00" when there is no default region. A sender
+/// name must contain a letter and no more digits than letters ("1und1", "O2"); more
+/// digits than letters is a mistyped number ("555123a") and is refused.
+pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, NumberError> {
+    let trimmed = input.trim();
+    if trimmed.is_empty() {
+        return Err(NumberError::Empty);
+    }
+    if trimmed.len() <= MAX_SHORT_CODE_DIGITS && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(trimmed.to_owned());
+    }
+    if is_sender_name(trimmed) {
+        return Ok(trimmed.to_owned());
+    }
+
+    let (plus, digits) = dialled_digits(trimmed)?;
+    let region = default_region.map(region_metadata).transpose()?;
+
+    // Numbers that carry their own country code are parsed without the region (see the
+    // module doc); only national numbers get it.
+    let international = if plus {
+        Some(digits.as_str())
+    } else {
+        match region {
+            Some((_, meta)) => strip_international_prefix(meta, &digits),
+            None => digits.strip_prefix("00"),
+        }
+    };
+    let parsed = match (international, region) {
+        (Some(rest), _) => phonenumber::parse(None, format!("+{rest}")),
+        (None, Some((id, _))) => phonenumber::parse(Some(id), &digits),
+        (None, None) => {
+            return Err(NumberError::NoRegion {
+                input: trimmed.to_owned(),
+            });
+        }
+    }
+    .map_err(|err| NumberError::Unparsable {
+        input: trimmed.to_owned(),
+        reason: err.to_string(),
+    })?;
+
+    let code = parsed.code().value();
+    let e164 = parsed.format().mode(Mode::E164).to_string();
+    let nsn_len = e164.len().saturating_sub(1 + code.to_string().len());
+    check_length(trimmed, code, nsn_len)?;
+    Ok(e164)
+}
+
+/// Checks a region code ("US", "DE") is known to phonenumber (config validation).
+/// Case-insensitive, like [`normalize`]'s `default_region`.
+pub fn is_known_region(code: &str) -> bool {
+    region_metadata(code).is_ok()
+}
+
+/// A two-letter region and its metadata, case-insensitively. Excludes "001", the
+/// pseudo-region of non-geographic codes, which is not a region anyone lives in.
+fn region_metadata(code: &str) -> Result<(Id, &'static Metadata), NumberError> {
+    let upper = code.trim().to_ascii_uppercase();
+    upper
+        .parse::<Id>()
+        .ok()
+        .zip(DATABASE.by_id(upper.as_str()))
+        .ok_or_else(|| NumberError::UnknownRegion {
+            region: code.to_owned(),
+        })
+}
+
+/// A GSM alphanumeric sender: letters, digits and spaces, at least one letter and no
+/// more digits than letters, at most 11 characters.
+fn is_sender_name(text: &str) -> bool {
+    let mut letters = 0usize;
+    let mut digits = 0usize;
+    for ch in text.chars() {
+        if ch.is_alphabetic() {
+            letters += 1;
+        } else if ch.is_ascii_digit() {
+            digits += 1;
+        } else if ch != ' ' {
+            return false;
+        }
+    }
+    letters > 0 && digits <= letters && text.chars().count() <= MAX_SENDER_CHARS
+}
+
+/// Splits a written number into "started with +" and its digits, refusing anything but
+/// digits and the usual separators.
+fn dialled_digits(text: &str) -> Result<(bool, String), NumberError> {
+    let mut plus = false;
+    let mut digits = String::with_capacity(text.len());
+    for (index, ch) in text.char_indices() {
+        match ch {
+            '0'..='9' => digits.push(ch),
+            '+' if index == 0 => plus = true,
+            '+' => {
+                return Err(NumberError::MisplacedPlus {
+                    input: text.to_owned(),
+                });
+            }
+            '-' | '.' | '/' | '(' | ')' | '\u{2010}'..='\u{2015}' => {}
+            c if c.is_whitespace() => {}
+            c => {
+                return Err(NumberError::InvalidCharacter {
+                    input: text.to_owned(),
+                    ch: c,
+                });
+            }
+        }
+    }
+    Ok((plus, digits))
+}
+
+/// The digits after the region's international call prefix, if they start with it.
+fn strip_international_prefix<'a>(meta: &Metadata, digits: &'a str) -> Option<&'a str> {
+    let prefix = meta.international_prefix()?;
+    let found = prefix.find(digits)?;
+    (found.start() == 0 && found.end() > 0).then(|| &digits[found.end()..])
+}
+
+/// Refuses a national significant number whose length no number type of the country
+/// code has.
+fn check_length(input: &str, code: u16, nsn_len: usize) -> Result<(), NumberError> {
+    // The main region of the code decides, as in libphonenumber's isPossibleNumber.
+    let mut lengths: Vec<u16> = DATABASE
+        .by_code(&code)
+        .unwrap_or_default()
+        .into_iter()
+        .take(1)
+        .flat_map(|meta| {
+            let d = meta.descriptors();
+            let types: [Option<&Descriptor>; 10] = [
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ];
+            types
+                .into_iter()
+                .flatten()
+                .flat_map(|desc| desc.possible_length().iter().copied())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    if lengths.iter().any(|&len| usize::from(len) == nsn_len) {
+        return Ok(());
+    }
+    let expected = match lengths.as_slice() {
+        [] => "none (no metadata for this country code)".to_owned(),
+        [one] => one.to_string(),
+        [first, .., last] if usize::from(last - first) + 1 == lengths.len() => {
+            format!("{first} to {last}")
+        }
+        many => many
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    Err(NumberError::WrongLength {
+        input: input.to_owned(),
+        code,
+        digits: nsn_len,
+        expected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(input: &str, region: Option<&str>, expected: Result<&str, &str>) {
+        let got = normalize(input, region);
+        match (&got, expected) {
+            (Ok(value), Ok(want)) => assert_eq!(value, want, "normalize({input:?}, {region:?})"),
+            (Err(err), Err(want)) => {
+                let message = err.to_string();
+                assert!(
+                    message.contains(want),
+                    "normalize({input:?}, {region:?}): error {message:?} lacks {want:?}"
+                );
+            }
+            _ => panic!("normalize({input:?}, {region:?}) = {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn international_forms() {
+        check("+15551234567", None, Ok("+15551234567"));
+        check("+15550001111", None, Ok("+15550001111"));
+        check("+1 555 123-4567", None, Ok("+15551234567"));
+        check("+1 (555) 123-4567", None, Ok("+15551234567"));
+        check("+1.555.123.4567", None, Ok("+15551234567"));
+        check("  +1 555 123 4567\t", None, Ok("+15551234567"));
+        check("+49 151 2345678", None, Ok("+491512345678"));
+        check("+49 (0)151 2345678", None, Ok("+491512345678"));
+        check("+44 (0) 7912 345678", None, Ok("+447912345678"));
+        // Italian numbers keep their leading zero after the country code.
+        check("+39 02 3661 8300", None, Ok("+390236618300"));
+        check("+33 6 12 34 56 78", None, Ok("+33612345678"));
+        check("+800 1234 5678", None, Ok("+80012345678"));
+    }
+
+    #[test]
+    fn international_number_ignores_the_default_region() {
+        // The crate alone would strip the region's national prefix from these.
+        check("+49 1512345678", Some("US"), Ok("+491512345678"));
+        check("+39 02 3661 8300", Some("DE"), Ok("+390236618300"));
+        check("+15551234567", Some("DE"), Ok("+15551234567"));
+    }
+
+    #[test]
+    fn international_call_prefix() {
+        check("00491512345678", None, Ok("+491512345678"));
+        check("00 49 151 2345678", Some("DE"), Ok("+491512345678"));
+        check("011 49 1512345678", Some("US"), Ok("+491512345678"));
+        check("011 39 02 3661 8300", Some("US"), Ok("+390236618300"));
+        check("0015551234567", Some("de"), Ok("+15551234567"));
+    }
+
+    #[test]
+    fn national_forms_with_region() {
+        check("(555) 123-4567", Some("US"), Ok("+15551234567"));
+        check("555-123-4567", Some("US"), Ok("+15551234567"));
+        check("1 555 123 4567", Some("US"), Ok("+15551234567"));
+        check("5550001111", Some("us"), Ok("+15550001111"));
+        check("0151 2345678", Some("DE"), Ok("+491512345678"));
+        check("0151/2345678", Some("DE"), Ok("+491512345678"));
+        check("030 123456", Some("DE"), Ok("+4930123456"));
+        check("07912 345678", Some("GB"), Ok("+447912345678"));
+        check("06 12 34 56 78", Some("FR"), Ok("+33612345678"));
+    }
+
+    #[test]
+    fn short_codes_and_senders_are_verbatim() {
+        check("12345", None, Ok("12345"));
+        check("112", None, Ok("112"));
+        check("7", Some("DE"), Ok("7"));
+        check("123456", Some("US"), Ok("123456"));
+        check(" 33333 ", None, Ok("33333"));
+        check("ACME", None, Ok("ACME"));
+        check("Vodafone", Some("DE"), Ok("Vodafone"));
+        check("1und1", None, Ok("1und1"));
+        check("O2", None, Ok("O2"));
+        check("DHL Express", None, Ok("DHL Express"));
+        check("Müller", None, Ok("Müller"));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        check("", None, Err("empty"));
+        check("   ", Some("US"), Err("empty"));
+        check("+", None, Err("not a phone number"));
+        check("hello, world", None, Err("unexpected character 'h'"));
+        check("ACME Corporation", None, Err("unexpected character"));
+        check("+1555123456a", None, Err("unexpected character 'a'"));
+        check("555123a", Some("US"), Err("unexpected character 'a'"));
+        check("+1-800-FLOWERS", None, Err("unexpected character 'F'"));
+        check(
+            "+1 555 123 4567 ext 22",
+            None,
+            Err("unexpected character 'e'"),
+        );
+        check("1+5551234567", None, Err("'+' may only start it"));
+        check("++15551234567", None, Err("'+' may only start it"));
+        check("tel:+15551234567", None, Err("unexpected character 't'"));
+    }
+
+    #[test]
+    fn rejects_impossible_lengths() {
+        check(
+            "+1 555 123 456",
+            None,
+            Err("9 digits after country code +1, expected 10"),
+        );
+        check(
+            "+1 555 123 45678",
+            None,
+            Err("11 digits after country code +1"),
+        );
+        check("+447912345678999", None, Err("after country code +44"));
+        check("+49 12", None, Err("+49"));
+        // A US 7-digit local number cannot be written in E.164.
+        check(
+            "555-1234",
+            Some("US"),
+            Err("7 digits after country code +1"),
+        );
+        check("0049 12", Some("DE"), Err("+49"));
+        check("+999 1234567", None, Err("invalid country code"));
+        check("+12345", None, Err("4 digits after country code +1"));
+    }
+
+    #[test]
+    fn national_number_needs_a_region() {
+        check("(555) 123-4567", None, Err("no default region"));
+        check("0151 2345678", None, Err("no default region"));
+        check("1234567", None, Err("no default region"));
+    }
+
+    #[test]
+    fn rejects_unknown_default_region() {
+        check("0151 2345678", Some("XX"), Err("unknown region \"XX\""));
+        check("0151 2345678", Some("001"), Err("unknown region"));
+        check("0151 2345678", Some(""), Err("unknown region"));
+    }
+
+    #[test]
+    fn known_regions() {
+        for (code, known) in [
+            ("US", true),
+            ("DE", true),
+            ("de", true),
+            ("GB", true),
+            ("UK", false),
+            ("XX", false),
+            ("001", false),
+            ("", false),
+            ("USA", false),
+        ] {
+            assert_eq!(is_known_region(code), known, "is_known_region({code:?})");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The notifier against a fake `org.freedesktop.Notifications` server on a private
+//! session bus.
+//!
+//! This file holds a single test on purpose: it points `DBUS_SESSION_BUS_ADDRESS`
+//! (process-wide) at its own bus, so it must not share a process with other tests,
+//! whichever runner (`cargo test` runs a file's tests as threads of one process).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tandem::notifier::{APP_NAME, Notice, Notifier, preview};
+use tokio::sync::mpsc;
+use zbus::message::Header;
+
+/// A `dbus-daemon` of our own, with no service activation, killed on drop.
+struct PrivateBus {
+    child: Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateBus {
+    fn start() -> PrivateBus {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"#,
+                dir.path().display()
+            ),
+        )
+        .expect("write bus config");
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start dbus-daemon (package dbus-daemon)");
+        let stdout = child.stdout.take().expect("dbus-daemon stdout");
+        let mut address = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut address)
+            .expect("read the bus address");
+        let address = address.trim().to_owned();
+        assert!(address.starts_with("unix:"), "bus address {address:?}");
+        PrivateBus {
+            child,
+            address,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the fake server was called with.
+#[derive(Debug)]
+struct Call {
+    app_name: String,
+    replaces_id: u32,
+    icon: String,
+    summary: String,
+    body: String,
+    actions: Vec<String>,
+    string_hints: HashMap<String, String>,
+    expire_timeout: i32,
+    caller: String,
+}
+
+struct FakeServer {
+    calls: mpsc::UnboundedSender<Call>,
+    capabilities: Vec<String>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl FakeServer {
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        app_name: String,
+        replaces_id: u32,
+        app_icon: String,
+        summary: String,
+        body: String,
+        actions: Vec<String>,
+        hints: HashMap<String, zbus::OwnedVariant>,
+        expire_timeout: i32,
+        #[zbus(header)] header: Header<'_>,
+    ) -> u32 {
+        let string_hints = hints
+            .into_iter()
+            .filter_map(|(key, value)| String::try_from(value).ok().map(|value| (key, value)))
+            .collect();
+        let caller = header.sender().map(|s| s.to_string()).unwrap_or_default();
+        let _ = self.calls.send(Call {
+            app_name,
+            replaces_id,
+            icon: app_icon,
+            summary,
+            body,
+            actions,
+            string_hints,
+            expire_timeout,
+            caller,
+        });
+        42
+    }
+
+    fn get_capabilities(&self) -> Vec<String> {
+        self.capabilities.clone()
+    }
+
+    fn get_server_information(&self) -> (String, String, String, String) {
+        (
+            "fake".to_owned(),
+            "tandem tests".to_owned(),
+            "1".to_owned(),
+            "1.2".to_owned(),
+        )
+    }
+}
+
+async fn start_server(
+    address: &str,
+    capabilities: &[&str],
+) -> (zbus::Connection, mpsc::UnboundedReceiver<Call>) {
+    let (calls, received) = mpsc::unbounded_channel();
+    let server = FakeServer {
+        calls,
+        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+    };
+    let connection = zbus::connection::Builder::address(address)
+        .serve_at("/org/freedesktop/Notifications", server)
+        .name("org.freedesktop.Notifications")
+        .build()
+        .await
+        .expect("fake notification server on the private bus");
+    (connection, received)
+}
+
+async fn next_call(calls: &mut mpsc::UnboundedReceiver<Call>) -> Call {
+    tokio::time::timeout(Duration::from_secs(10), calls.recv())
+        .await
+        .expect("Notify was not called within 10 s")
+        .expect("fake server gone")
+}
+
+fn notice(sender: &str, text: &str) -> Notice {
+    Notice {
+        sender: sender.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn notifications_reach_the_server_and_never_block() {
+    let bus = PrivateBus::start();
+    // SAFETY: the only test of this binary, so no other thread reads the environment
+    // while it changes; the notifier connects only after this.
+    unsafe { std::env::set_var("DBUS_SESSION_BUS_ADDRESS", &bus.address) };
+
+    let notifier = Notifier::spawn(true);
+
+    // No server on the bus: notify returns at once, and a burst beyond the queue is
+    // dropped, not waited for.
+    let started = Instant::now();
+    for n in 0..100 {
+        notifier.notify(notice(&format!("+1555000{n:04}"), "nobody listens"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "notify blocked for {:?}",
+        started.elapsed()
+    );
+    // Let the task work through (and fail on) the queue before a server appears.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A server with body markup: the notice arrives, the preview escaped.
+    let (server, mut calls) = start_server(&bus.address, &["body", "body-markup"]).await;
+    let long = format!("<b>hi</b> & {}", "x".repeat(200));
+    notifier.notify(notice("+15551234567", &long));
+    // Skip what is left of the burst, if the task had not got through it yet.
+    let call = loop {
+        let call = next_call(&mut calls).await;
+        if !call.summary.starts_with("+1555000") {
+            break call;
+        }
+    };
+    assert_eq!(call.app_name, APP_NAME);
+    assert_eq!(call.app_name, "Tandem");
+    assert_eq!(call.summary, "+15551234567");
+    let expected = preview(&long)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    assert_eq!(call.body, expected);
+    assert!(call.body.ends_with('…'), "{:?}", call.body);
+    assert_eq!(call.icon, "mail-message-new");
+    assert_eq!(call.replaces_id, 0);
+    assert!(call.actions.is_empty());
+    assert_eq!(call.expire_timeout, -1);
+    assert_eq!(
+        call.string_hints.get("category").map(String::as_str),
+        Some("im.received")
+    );
+    assert_eq!(
+        call.string_hints.get("desktop-entry").map(String::as_str),
+        Some("org.tandem.Messages")
+    );
+
+    // The next notice goes over the same connection.
+    notifier.notify(notice("ACME", "short"));
+    let second = next_call(&mut calls).await;
+    assert_eq!(
+        (second.summary.as_str(), second.body.as_str()),
+        ("ACME", "short")
+    );
+    assert_eq!(
+        second.caller, call.caller,
+        "a new connection per notification"
+    );
+
+    // The server is replaced by one without markup: the text is sent as is.
+    drop(calls);
+    drop(server);
+    let (_server, mut calls) = start_server(&bus.address, &["body"]).await;
+    notifier.notify(notice("+491512345678", "a < b && c > d"));
+    let plain = next_call(&mut calls).await;
+    assert_eq!(plain.summary, "+491512345678");
+    assert_eq!(plain.body, "a < b && c > d");
+
+    // A disabled notifier sends nothing.
+    Notifier::spawn(false).notify(notice("+15550001111", "silent"));
+    notifier.notify(notice("+15550002222", "last"));
+    let last = next_call(&mut calls).await;
+    assert_eq!(last.summary, "+15550002222");
+}
