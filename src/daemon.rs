@@ -84,7 +84,7 @@ pub async fn run(
         ApiConfig {
             default_region: config.default_region.clone(),
             delivery_reports: config.sms.delivery_reports,
-            max_text_chars: config.sms.max_text_chars,
+            max_text_chars: config.sms.max_text_chars as usize,
             max_parts: config.sms.max_parts,
         },
     );

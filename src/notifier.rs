@@ -2,25 +2,22 @@
 //! bounded channel, so that a slow, hung or missing notification server never blocks
 //! the daemon or holds up a message.
 //!
-//! Owns: the session-bus connection to `org.freedesktop.Notifications`, what a
+//! Owns: what a
 //! notification looks like (app name "Tandem", the sender as summary, a preview of the
 //! text as body), and logging its failures. Must not: fail or block a caller, retry a
 //! notification (a dropped one is only a missed pop-up: the message itself is already
 //! stored), or know anything of messages beyond sender and text.
 //!
-//! Why not `notify-rust`: its 4.19 `Notification::show_async` opens a new session-bus
-//! connection for every notification (`connect_and_send_notification_at_bus` calls
-//! `zbus::Connection::session()`), and the function that sends on an existing
-//! connection is private. This task instead keeps one connection, calls the two
-//! methods of the freedesktop Notifications spec it needs through a small proxy, and
-//! reconnects only after a connection-level error.
+//! Notifications go out through notify-rust (the freedesktop Notifications spec over
+//! zbus). Its `show_async` opens a session-bus connection per notification; at the pace
+//! of incoming messages that costs a millisecond or two each, which is cheaper than a
+//! connection held open all day on a phone that mostly sleeps.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use notify_rust::{Hint, Notification, Timeout};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
-use zbus::{Connection, Variant};
 
 /// Notifications waiting for the task; more are dropped with a warning.
 const QUEUE_CAPACITY: usize = 32;
@@ -37,8 +34,6 @@ const ICON: &str = "mail-message-new";
 const CATEGORY: &str = "im.received";
 /// The desktop entry (without `.desktop`) servers use to group and badge our notifications.
 const DESKTOP_ENTRY: &str = "org.tandem.Messages";
-/// `expire_timeout` meaning "the server's default".
-const SERVER_DEFAULT_TIMEOUT: i32 = -1;
 
 /// One incoming message to announce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,73 +92,21 @@ pub fn preview(text: &str) -> String {
     }
 }
 
-/// Escapes what the spec's body markup would interpret, for servers with `body-markup`.
-fn escape_markup(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
-/// The part of the freedesktop Notifications spec (1.2) this module uses.
-#[zbus::proxy(
-    interface = "org.freedesktop.Notifications",
-    default_service = "org.freedesktop.Notifications",
-    default_path = "/org/freedesktop/Notifications"
-)]
-trait Notifications {
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        app_name: &str,
-        replaces_id: u32,
-        app_icon: &str,
-        summary: &str,
-        body: &str,
-        actions: &[&str],
-        hints: HashMap<&str, Variant<'_>>,
-        expire_timeout: i32,
-    ) -> zbus::Result<u32>;
-
-    fn get_capabilities(&self) -> zbus::Result<Vec<String>>;
-}
-
 /// Why one notification was not shown (logged, never returned to a caller).
 #[derive(Debug, thiserror::Error)]
 enum NotifyError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error(transparent)]
-    Bus(#[from] zbus::Error),
-}
-
-impl NotifyError {
-    /// Whether the connection itself is suspect (as opposed to an error reply from the
-    /// bus or the server, or a slow server), so the next notification reconnects.
-    fn breaks_connection(&self) -> bool {
-        match self {
-            NotifyError::Timeout(_) => false,
-            NotifyError::Bus(err) => !matches!(
-                err,
-                zbus::Error::MethodError(..) | zbus::Error::FDO(_) | zbus::Error::DBus(_)
-            ),
-        }
-    }
+    Notify(#[from] notify_rust::error::Error),
 }
 
 /// The task: shows queued notices one after the other until every handle is dropped.
 async fn run(mut receiver: mpsc::Receiver<Notice>) {
-    let mut connection: Option<Connection> = None;
     // Warn once when notifications stop working, not for every message after.
     let mut failing = false;
     while let Some(notice) = receiver.recv().await {
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, show(&mut connection, &notice))
+        let outcome = tokio::time::timeout(CALL_TIMEOUT, show(&notice))
             .await
             .unwrap_or(Err(NotifyError::Timeout(CALL_TIMEOUT)));
         match outcome {
@@ -175,9 +118,6 @@ async fn run(mut receiver: mpsc::Receiver<Notice>) {
                 debug!(id, sender = %notice.sender, "notification shown");
             }
             Err(err) => {
-                if err.breaks_connection() {
-                    connection = None;
-                }
                 if failing {
                     debug!(sender = %notice.sender, cause = %err, "notification not shown");
                 } else {
@@ -190,46 +130,19 @@ async fn run(mut receiver: mpsc::Receiver<Notice>) {
     debug!("notification task finished");
 }
 
-/// Shows one notice, connecting first when there is no connection.
-async fn show(connection: &mut Option<Connection>, notice: &Notice) -> Result<u32, NotifyError> {
-    let bus = match connection {
-        Some(bus) => bus.clone(),
-        None => {
-            let bus = Connection::session().await?;
-            debug!("connected to the session bus for notifications");
-            *connection = Some(bus.clone());
-            bus
-        }
-    };
-    let proxy = NotificationsProxy::new(&bus).await?;
-    // Asked every time: a notification server can be replaced by one with other
-    // capabilities, and incoming messages come at a human pace.
-    let markup = proxy
-        .get_capabilities()
-        .await?
-        .iter()
-        .any(|capability| capability == "body-markup");
-    let mut body = preview(&notice.text);
-    if markup {
-        body = escape_markup(&body);
-    }
-    let hints = HashMap::from([
-        ("category", Variant::from(CATEGORY)),
-        ("desktop-entry", Variant::from(DESKTOP_ENTRY)),
-    ]);
-    let id = proxy
-        .notify(
-            APP_NAME,
-            0,
-            ICON,
-            &notice.sender,
-            &body,
-            &[],
-            hints,
-            SERVER_DEFAULT_TIMEOUT,
-        )
+/// Shows one notice on the session bus's notification server.
+async fn show(notice: &Notice) -> Result<u32, NotifyError> {
+    let handle = Notification::new()
+        .appname(APP_NAME)
+        .summary(&notice.sender)
+        .body(&preview(&notice.text))
+        .icon(ICON)
+        .hint(Hint::Category(CATEGORY.to_owned()))
+        .hint(Hint::DesktopEntry(DESKTOP_ENTRY.to_owned()))
+        .timeout(Timeout::Default)
+        .show_async()
         .await?;
-    Ok(id)
+    Ok(handle.id())
 }
 
 #[cfg(test)]
@@ -261,19 +174,6 @@ mod tests {
             preview(&words),
             format!("{}…", "w".repeat(PREVIEW_CHARS - 1))
         );
-    }
-
-    #[test]
-    fn markup_escaping() {
-        for (text, expected) in [
-            ("plain", "plain"),
-            ("<b>x</b>", "&lt;b&gt;x&lt;/b&gt;"),
-            ("fish & chips", "fish &amp; chips"),
-            ("&amp;", "&amp;amp;"),
-            ("'quotes\"", "'quotes\""),
-        ] {
-            assert_eq!(escape_markup(text), expected, "{text:?}");
-        }
     }
 
     #[tokio::test]
