@@ -5,6 +5,16 @@
 //! out. It must not touch the store or decide anything about messages: it reports what the
 //! modem did and does what it is told.
 
+mod adapter;
+mod errors;
+mod pick;
+mod proxies;
+mod sms;
+mod timestamp;
+
+pub use adapter::run;
+pub use timestamp::parse_mm_timestamp;
+
 use zbus::OwnedObjectPath;
 
 use crate::domain::ModemState;
