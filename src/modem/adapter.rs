@@ -346,7 +346,7 @@ impl Adapter {
         info!(owner = %owner, modems = modems.len(), "found ModemManager");
         if self.mm_owner.as_deref() != Some(owner.as_str()) {
             // Another instance: nothing of the previous one holds.
-            self.forget_modem_manager();
+            self.reset_modem_manager();
         }
         self.mm_owner = Some(owner);
         self.snapshot_at = Some(reply.recv_position());
@@ -356,13 +356,18 @@ impl Adapter {
 
     /// ModemManager went away (or we lost track of it): nothing we knew holds.
     fn forget_modem_manager(&mut self) {
+        self.reset_modem_manager();
+        self.emit_state(ModemState::Absent);
+    }
+
+    /// Forgets everything of the ModemManager instance we knew, without telling anyone yet.
+    fn reset_modem_manager(&mut self) {
         self.mm_owner = None;
         self.snapshot_at = None;
         self.modems.clear();
         if self.picked.is_some() {
             self.unpick();
         }
-        self.emit_state(ModemState::Absent);
     }
 
     /// Makes the pick agree with `modems`: drops a modem that went away, picks one if none,
