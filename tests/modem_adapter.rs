@@ -875,3 +875,24 @@ async fn stops_when_commands_close_and_answers_every_send() {
     }
     assert_eq!(answers, 1);
 }
+
+#[tokio::test]
+async fn a_send_cut_short_by_stopping_is_answered() {
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    // A frozen ModemManager: the send hangs in Messaging.Create.
+    let pid = rig.sim.as_ref().expect("simulator").child.id().to_string();
+    let stopped = Command::new("kill").args(["-STOP", &pid]).status();
+    assert!(stopped.expect("kill").success());
+    rig.send("hang", B, "stuck", false).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rig.stop_adapter().await;
+    assert_eq!(
+        rig.send_result("hang").await,
+        Err(SendFailure {
+            temporary: true,
+            reason: "adapter stopped".to_owned()
+        })
+    );
+    // Dropping the rig kills the stopped simulator (SIGKILL needs no SIGCONT).
+}

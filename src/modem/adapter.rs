@@ -7,7 +7,10 @@
 //! Ordering: all of ModemManager's signals arrive on one match-rule stream that is subscribed
 //! before `GetManagedObjects`; a modem-level signal received before that snapshot (by the
 //! connection's receive order) is older than it and dropped, and signals from a previous
-//! ModemManager instance (another unique name) are ignored.
+//! ModemManager instance (another unique name) are ignored. The `PropertiesChanged` of SMS
+//! objects come on that same stream, subscribed before any SMS is read, so a multipart SMS
+//! read as `receiving` cannot complete unseen: a State change during the read marks it for
+//! another read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::pending;
@@ -683,8 +686,11 @@ impl Adapter {
         let Some(Tracked::Reading { dirty }) = self.tracked.get(&path).copied() else {
             return;
         };
-        let modem = self.picked.as_ref().map(|p| p.path.clone());
-        let modem = modem.as_ref().map(|p| p.as_str()).unwrap_or_default();
+        let modem = self
+            .picked
+            .as_ref()
+            .map(|p| p.path.to_string())
+            .unwrap_or_default();
         match result {
             Ok(SmsFound::Incoming(sms)) => {
                 info!(modem = %modem, sms = %path, "SMS received");
