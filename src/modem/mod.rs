@@ -4,6 +4,24 @@
 //! the rest of the daemon only through two channels: [`ModemCommand`]s in, [`ModemEvent`]s
 //! out. It must not touch the store or decide anything about messages: it reports what the
 //! modem did and does what it is told.
+//!
+//! Layout:
+//! - `adapter`: the task ([`run`]): discovery, picking, state, and the SMS it follows.
+//! - `sms`: one-shot helper jobs (list, read, send, delete), each bounded by a timeout.
+//! - `pick`: what is known of each modem, which one to use, the state mapping (pure).
+//! - `errors`: temporary or final, for failed sends (pure).
+//! - `timestamp`: [`parse_mm_timestamp`] (pure).
+//! - `proxies`: zbus proxies generated from ModemManager's XML (`proxies/regenerate.sh`).
+
+mod adapter;
+mod errors;
+mod pick;
+mod proxies;
+mod sms;
+mod timestamp;
+
+pub use adapter::run;
+pub use timestamp::parse_mm_timestamp;
 
 use zbus::OwnedObjectPath;
 

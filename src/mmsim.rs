@@ -1,1 +1,0 @@
-//! mmsim: not written yet.

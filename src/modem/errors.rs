@@ -1,0 +1,235 @@
+//! What a failed ModemManager call means for a send: worth retrying later (temporary) or not
+//! (final), with a short human reason. Pure, apart from picking the error name out of a
+//! `zbus::Error`. Knows ModemManager's error names (`ModemManager-errors.h`, 1.20) and the
+//! standard D-Bus ones; must not log or decide about retries itself.
+
+use zbus::DBusError as _;
+
+use super::SendFailure;
+
+const MM_ERROR: &str = "org.freedesktop.ModemManager1.Error.";
+const DBUS_ERROR: &str = "org.freedesktop.DBus.Error.";
+
+/// The D-Bus error name and its message, when `err` is an error reply at all (rather than a
+/// local or transport failure).
+pub(crate) fn error_name(err: &zbus::Error) -> Option<(String, String)> {
+    match err {
+        zbus::Error::MethodError(name, detail, _) => {
+            Some((name.to_string(), detail.clone().unwrap_or_default()))
+        }
+        zbus::Error::FDO(fdo) => match &**fdo {
+            zbus::fdo::Error::ZBus(inner) => error_name(inner),
+            other => Some((
+                other.name().to_string(),
+                other.description().unwrap_or_default().to_owned(),
+            )),
+        },
+        _ => None,
+    }
+}
+
+/// Classifies a failed call of the send sequence (Create, Send, reading the reference).
+pub(crate) fn classify(err: &zbus::Error) -> SendFailure {
+    match error_name(err) {
+        Some((name, _)) => classify_name(&name),
+        // No reply at all: the bus connection broke, or the reply made no sense.
+        None => SendFailure {
+            temporary: true,
+            reason: "connection to ModemManager lost".to_owned(),
+        },
+    }
+}
+
+/// Classifies a D-Bus error name. Unknown names are temporary: a message is only failed for
+/// good when the modem or network said that this message cannot go.
+pub(crate) fn classify_name(name: &str) -> SendFailure {
+    use Kind::*;
+    let kind = if let Some(rest) = name.strip_prefix(MM_ERROR) {
+        let (domain, code) = rest.split_once('.').unwrap_or((rest, ""));
+        match domain {
+            "Core" => core(code),
+            // "MessageError" and "Cms" are not ModemManager's spellings (it uses "Message"
+            // for CMS errors) but are accepted as the same domain.
+            "Message" | "MessageError" | "Cms" => message(code),
+            "MobileEquipment" => mobile_equipment(code),
+            "Serial" => Temporary("modem not responding"),
+            "Connection" => Temporary("modem not responding"),
+            _ => Temporary("modem error"),
+        }
+    } else if let Some(code) = name.strip_prefix(DBUS_ERROR) {
+        match code {
+            "ServiceUnknown" | "NameHasNoOwner" => Temporary("ModemManager not running"),
+            "NoReply" | "Timeout" | "TimedOut" => Temporary("timed out"),
+            "Disconnected" | "IOError" | "NoServer" | "NoNetwork" => {
+                Temporary("connection to ModemManager lost")
+            }
+            "UnknownObject" | "UnknownMethod" | "UnknownInterface" | "UnknownProperty" => {
+                Temporary("modem went away")
+            }
+            "InvalidArgs" => Final("invalid number or text"),
+            "AccessDenied" | "AuthFailed" => Final("not authorized"),
+            "LimitsExceeded" | "NoMemory" => Temporary("modem busy"),
+            _ => Temporary("modem error"),
+        }
+    } else {
+        Temporary("modem error")
+    };
+    kind.into()
+}
+
+/// A classification before it becomes a [`SendFailure`].
+enum Kind {
+    Temporary(&'static str),
+    Final(&'static str),
+}
+
+impl From<Kind> for SendFailure {
+    fn from(kind: Kind) -> Self {
+        let (temporary, reason) = match kind {
+            Kind::Temporary(reason) => (true, reason),
+            Kind::Final(reason) => (false, reason),
+        };
+        SendFailure {
+            temporary,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// `org.freedesktop.ModemManager1.Error.Core.*`
+fn core(code: &str) -> Kind {
+    use Kind::*;
+    match code {
+        "InvalidArgs" => Final("invalid number or text"),
+        "Unsupported" => Final("not supported by the modem"),
+        "Unauthorized" => Final("not authorized"),
+        "Retry" | "InProgress" | "Connected" => Temporary("modem busy"),
+        "WrongState" | "NoPlugins" | "NotFound" => Temporary("modem not ready"),
+        "WrongSimState" => Temporary("SIM not ready"),
+        "TooMany" => Temporary("modem storage full"),
+        "Cancelled" | "Aborted" => Temporary("cancelled"),
+        _ => Temporary("modem error"),
+    }
+}
+
+/// `org.freedesktop.ModemManager1.Error.Message.*`: the CMS errors of 3GPP TS 27.005.
+fn message(code: &str) -> Kind {
+    use Kind::*;
+    match code {
+        "InvalidPduParameter" | "InvalidTextParameter" => Final("invalid number or text"),
+        "NotSupported" => Final("not supported by the modem"),
+        "NotAllowed" | "SmsServiceReserved" => Final("refused by the network"),
+        "SmscAddressUnknown" => Final("no SMS centre number"),
+        "NoNetwork" => Temporary("no network"),
+        "NetworkTimeout" => Temporary("network timeout"),
+        "SimNotInserted" => Temporary("no SIM"),
+        "SimPin" | "PhSimPin" | "SimPuk" | "SimPin2" | "SimPuk2" => Temporary("SIM locked"),
+        "SimFailure" | "SimBusy" | "SimWrong" => Temporary("SIM not ready"),
+        "MemoryFull" => Temporary("modem storage full"),
+        _ => Temporary("modem error"),
+    }
+}
+
+/// `org.freedesktop.ModemManager1.Error.MobileEquipment.*`: the CME errors of 3GPP TS 27.007.
+fn mobile_equipment(code: &str) -> Kind {
+    use Kind::*;
+    match code {
+        "TextTooLong"
+        | "InvalidChars"
+        | "DialStringTooLong"
+        | "DialStringInvalid"
+        | "IncorrectParameters" => Final("invalid number or text"),
+        "NotSupported" | "FeatureNotSupported" => Final("not supported by the modem"),
+        "NotAllowed"
+        | "CallBarred"
+        | "OperatorDeterminedBarring"
+        | "FixedDialNumberOnly"
+        | "NetworkNotAllowed" => Final("refused by the network"),
+        "NoNetwork" | "NoConnection" | "TemporarilyOutOfService" => Temporary("no network"),
+        "NetworkTimeout" => Temporary("network timeout"),
+        "SimNotInserted" => Temporary("no SIM"),
+        "SimPin" | "SimPuk" | "SimPin2" | "SimPuk2" | "PhSimPin" => Temporary("SIM locked"),
+        "SimFailure" | "SimBusy" | "SimWrong" => Temporary("SIM not ready"),
+        "MemoryFull" => Temporary("modem storage full"),
+        _ => Temporary("modem error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(name: &str, temporary: bool, reason: &str) {
+        let got = classify_name(name);
+        assert_eq!(
+            (got.temporary, got.reason.as_str()),
+            (temporary, reason),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn modem_manager_errors() {
+        let mm = |s: &str| format!("org.freedesktop.ModemManager1.Error.{s}");
+        check(&mm("Core.InvalidArgs"), false, "invalid number or text");
+        check(&mm("Core.Unsupported"), false, "not supported by the modem");
+        check(&mm("Core.Retry"), true, "modem busy");
+        check(&mm("Core.WrongState"), true, "modem not ready");
+        check(&mm("Core.Failed"), true, "modem error");
+        check(&mm("Core.SomethingNew"), true, "modem error");
+        check(
+            &mm("Message.InvalidPduParameter"),
+            false,
+            "invalid number or text",
+        );
+        check(&mm("Message.NotAllowed"), false, "refused by the network");
+        check(&mm("Message.NoNetwork"), true, "no network");
+        check(&mm("Message.NetworkTimeout"), true, "network timeout");
+        check(&mm("Message.Unknown"), true, "modem error");
+        check(
+            &mm("MessageError.InvalidTextParameter"),
+            false,
+            "invalid number or text",
+        );
+        check(&mm("Cms.NotSupported"), false, "not supported by the modem");
+        check(
+            &mm("MobileEquipment.DialStringInvalid"),
+            false,
+            "invalid number or text",
+        );
+        check(&mm("MobileEquipment.SimBusy"), true, "SIM not ready");
+        check(&mm("Serial.ResponseTimeout"), true, "modem not responding");
+        check(&mm("Whatever"), true, "modem error");
+    }
+
+    #[test]
+    fn dbus_errors() {
+        let dbus = |s: &str| format!("org.freedesktop.DBus.Error.{s}");
+        check(&dbus("NoReply"), true, "timed out");
+        check(&dbus("ServiceUnknown"), true, "ModemManager not running");
+        check(
+            &dbus("Disconnected"),
+            true,
+            "connection to ModemManager lost",
+        );
+        check(&dbus("UnknownObject"), true, "modem went away");
+        check(&dbus("InvalidArgs"), false, "invalid number or text");
+        check(&dbus("Failed"), true, "modem error");
+        check("com.example.Odd", true, "modem error");
+    }
+
+    #[test]
+    fn zbus_errors() {
+        let io = zbus::Error::InputOutput(std::sync::Arc::new(std::io::Error::other("gone")));
+        assert_eq!(error_name(&io), None);
+        assert!(classify(&io).temporary);
+
+        let fdo = zbus::Error::FDO(Box::new(zbus::fdo::Error::NoReply("late".into())));
+        assert_eq!(
+            error_name(&fdo),
+            Some(("org.freedesktop.DBus.Error.NoReply".into(), "late".into()))
+        );
+        assert_eq!(classify(&fdo).reason, "timed out");
+    }
+}
