@@ -324,7 +324,12 @@ impl Messages {
     }
 
     /// The conversation with `peer`, newest first, strictly older than `before_id` if set.
-    async fn get_messages(&self, peer: &str, before_id: &str, limit: u32) -> Result<Vec<MessageDict>> {
+    async fn get_messages(
+        &self,
+        peer: &str,
+        before_id: &str,
+        limit: u32,
+    ) -> Result<Vec<MessageDict>> {
         check_limit(limit)?;
         let peer = self.normalize(peer)?;
         let before = (!before_id.is_empty()).then(|| before_id.to_owned());
@@ -360,7 +365,10 @@ impl Messages {
     async fn delete_conversation(&self, peer: &str) -> Result<()> {
         let peer = self.normalize(peer)?;
         let key = peer.clone();
-        let deleted = self.store.call(move |s| s.delete_conversation(&key)).await?;
+        let deleted = self
+            .store
+            .call(move |s| s.delete_conversation(&key))
+            .await?;
         if deleted == 0 {
             return Err(ApiError::NotFound(format!("no conversation with {peer}")));
         }
@@ -372,7 +380,9 @@ impl Messages {
     async fn search(&self, query: &str, limit: u32) -> Result<Vec<MessageDict>> {
         check_limit(limit)?;
         if query.trim().is_empty() {
-            return Err(ApiError::InvalidArgument("the search query is empty".into()));
+            return Err(ApiError::InvalidArgument(
+                "the search query is empty".into(),
+            ));
         }
         let query = query.to_owned();
         let found = self.store.call(move |s| s.search(&query, limit)).await?;
@@ -402,7 +412,10 @@ impl Messages {
                 "typing notices go over IP, and no relay is configured".into(),
             ));
         }
-        debug!(typing, "typing notice dropped: the relay client is not built yet");
+        debug!(
+            typing,
+            "typing notice dropped: the relay client is not built yet"
+        );
         Ok(())
     }
 
@@ -414,7 +427,10 @@ impl Messages {
     }
 
     #[zbus(signal)]
-    pub async fn message_received(emitter: &SignalEmitter<'_>, message: MessageDict) -> zbus::Result<()>;
+    pub async fn message_received(
+        emitter: &SignalEmitter<'_>,
+        message: MessageDict,
+    ) -> zbus::Result<()>;
 
     #[zbus(signal)]
     pub async fn message_status_changed(
@@ -425,7 +441,11 @@ impl Messages {
     ) -> zbus::Result<()>;
 
     #[zbus(signal)]
-    pub async fn presence_changed(emitter: &SignalEmitter<'_>, number: &str, presence: &str) -> zbus::Result<()>;
+    pub async fn presence_changed(
+        emitter: &SignalEmitter<'_>,
+        number: &str,
+        presence: &str,
+    ) -> zbus::Result<()>;
 
     #[zbus(property)]
     async fn own_number(&self) -> String {
@@ -522,7 +542,12 @@ mod tests {
     fn opts(pairs: &[(&str, Variant<'static>)]) -> HashMap<String, OwnedVariant> {
         pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v).expect("plain value")))
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    OwnedVariant::try_from(v).expect("plain value"),
+                )
+            })
             .collect()
     }
 
@@ -542,12 +567,23 @@ mod tests {
                 client_token: Some("abc".into()),
             }
         );
-        assert_eq!(parse_send_options(&opts(&[])).expect("empty"), SendOptions::default());
+        assert_eq!(
+            parse_send_options(&opts(&[])).expect("empty"),
+            SendOptions::default()
+        );
 
         let rows: [(&str, Variant<'static>, &str); 5] = [
-            ("channel", Variant::from("pigeon"), "must be \"auto\", \"sms\" or \"ip\""),
+            (
+                "channel",
+                Variant::from("pigeon"),
+                "must be \"auto\", \"sms\" or \"ip\"",
+            ),
             ("channel", Variant::from(3u32), "must be of type s, not u"),
-            ("delivery-report", Variant::from("yes"), "must be of type b, not s"),
+            (
+                "delivery-report",
+                Variant::from("yes"),
+                "must be of type b, not s",
+            ),
             ("client-token", Variant::from(""), "1 to 256 bytes"),
             ("colour", Variant::from("red"), "unknown option \"colour\""),
         ];

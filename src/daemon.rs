@@ -117,7 +117,12 @@ pub async fn run(
         modem: config.sms.modem.clone(),
         delete_sent: config.sms.delete_sent,
     };
-    let modem = tokio::spawn(run_modem(modem_config, buses.system, modem_cmd_rx, modem_ev_tx));
+    let modem = tokio::spawn(run_modem(
+        modem_config,
+        buses.system,
+        modem_cmd_rx,
+        modem_ev_tx,
+    ));
 
     shutdown.await;
     info!("shutting down");
@@ -150,7 +155,11 @@ async fn run_modem(
             Ok(conn) => break conn,
             Err(e) => {
                 warn!(cause = %e, retry_in = ?delay, "no system bus: no modem for now");
-                if events.send(ModemEvent::State(crate::domain::ModemState::Absent)).await.is_err() {
+                if events
+                    .send(ModemEvent::State(crate::domain::ModemState::Absent))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 tokio::time::sleep(delay).await;

@@ -183,10 +183,24 @@ mod tests {
 
     #[test]
     fn spellings_round_trip() {
-        for s in ["queued", "sending", "sent", "delivered", "failed", "received"] {
+        for s in [
+            "queued",
+            "sending",
+            "sent",
+            "delivered",
+            "failed",
+            "received",
+        ] {
             assert_eq!(s.parse::<Status>().unwrap().as_str(), s);
         }
-        for s in ["absent", "locked", "disabled", "searching", "registered", "failed"] {
+        for s in [
+            "absent",
+            "locked",
+            "disabled",
+            "searching",
+            "registered",
+            "failed",
+        ] {
             assert_eq!(s.parse::<ModemState>().unwrap().to_string(), s);
         }
         assert_eq!("typing".parse::<Presence>(), Ok(Presence::Typing));

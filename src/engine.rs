@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::domain::{Channel, ChannelRequest, Message, ModemState, Presence, RelayState, Status, now_ms};
+use crate::domain::{
+    Channel, ChannelRequest, Message, ModemState, Presence, RelayState, Status, now_ms,
+};
 use crate::modem::{IncomingSms, ModemCommand, ModemEvent, SendFailure, StatusReport};
 use crate::notifier::{Notice, Notifier};
 use crate::router::{self, Delivery, Facts, Retry, Route};
@@ -153,9 +155,13 @@ impl Engine {
             Ok(outbox) => outbox,
             Err(e) => return warn!(cause = %e, "cannot read the outbox"),
         };
-        for entry in outbox.iter().filter(|e| e.message.status == Status::Sending) {
+        for entry in outbox
+            .iter()
+            .filter(|e| e.message.status == Status::Sending)
+        {
             warn!(id = %entry.message.id, "message was being sent when the daemon stopped; sending it again");
-            self.set_status(&entry.message.id, Status::Queued, None, None).await;
+            self.set_status(&entry.message.id, Status::Queued, None, None)
+                .await;
         }
         self.pump().await;
     }
@@ -255,7 +261,8 @@ impl Engine {
             Err(e) => return warn!(cause = %e, "cannot apply a status report"),
         }
         if self.config.delete_received {
-            self.command(ModemCommand::Delete { path: report.path }).await;
+            self.command(ModemCommand::Delete { path: report.path })
+                .await;
         }
     }
 
@@ -274,7 +281,8 @@ impl Engine {
                     warn!(%id, cause = %e, "cannot record the sms reference");
                 }
                 info!(%id, reference, "sms sent");
-                self.set_status(&id, Status::Sent, Some(Channel::Sms), None).await;
+                self.set_status(&id, Status::Sent, Some(Channel::Sms), None)
+                    .await;
             }
             Err(failure) => self.on_send_failure(&id, failure).await,
         }
@@ -296,7 +304,11 @@ impl Engine {
                 warn!(%id, attempts, reason = %failure.reason, ?delay, "sms send failed, will retry");
                 let due = now_ms() + delay.as_millis() as i64;
                 let key = id.to_owned();
-                if let Err(e) = self.store.call(move |s| s.record_attempt(&key, attempts, due)).await {
+                if let Err(e) = self
+                    .store
+                    .call(move |s| s.record_attempt(&key, attempts, due))
+                    .await
+                {
                     warn!(%id, cause = %e, "cannot record the attempt");
                 }
                 self.set_status(id, Status::Queued, None, None).await;
@@ -304,10 +316,15 @@ impl Engine {
             Retry::GiveUp => {
                 warn!(%id, attempts, reason = %failure.reason, "sms send failed for good");
                 let key = id.to_owned();
-                if let Err(e) = self.store.call(move |s| s.record_attempt(&key, attempts, 0)).await {
+                if let Err(e) = self
+                    .store
+                    .call(move |s| s.record_attempt(&key, attempts, 0))
+                    .await
+                {
                     warn!(%id, cause = %e, "cannot record the attempt");
                 }
-                self.set_status(id, Status::Failed, None, Some(failure.reason)).await;
+                self.set_status(id, Status::Failed, None, Some(failure.reason))
+                    .await;
             }
         }
     }
@@ -333,7 +350,8 @@ impl Engine {
                 continue;
             }
             if entry.next_attempt_ms > now {
-                next_due = Some(next_due.map_or(entry.next_attempt_ms, |d| d.min(entry.next_attempt_ms)));
+                next_due =
+                    Some(next_due.map_or(entry.next_attempt_ms, |d| d.min(entry.next_attempt_ms)));
                 continue;
             }
             let facts = Facts {
@@ -347,7 +365,8 @@ impl Engine {
             };
             match router::route(&facts) {
                 Route::Sms => {
-                    self.set_status(&message.id, Status::Sending, None, None).await;
+                    self.set_status(&message.id, Status::Sending, None, None)
+                        .await;
                     self.in_flight = Some(message.id.clone());
                     self.command(ModemCommand::Send {
                         id: message.id,
@@ -360,7 +379,8 @@ impl Engine {
                 }
                 Route::Fail(reason) => {
                     held_peers.remove(&message.peer);
-                    self.set_status(&message.id, Status::Failed, None, Some(reason)).await;
+                    self.set_status(&message.id, Status::Failed, None, Some(reason))
+                        .await;
                 }
                 // The relay client does not exist yet, so IP waits like the relay does.
                 Route::Ip | Route::Wait(_) => {
@@ -378,7 +398,13 @@ impl Engine {
     }
 
     /// Stores a status change and announces it; a message deleted meanwhile is skipped.
-    async fn set_status(&self, id: &str, status: Status, channel: Option<Channel>, error: Option<String>) {
+    async fn set_status(
+        &self,
+        id: &str,
+        status: Status,
+        channel: Option<Channel>,
+        error: Option<String>,
+    ) {
         let key = id.to_owned();
         let updated = self
             .store

@@ -60,7 +60,9 @@ pub fn route(f: &Facts) -> Route {
     match f.requested {
         ChannelRequest::Ip => match f.relay {
             RelayState::Online => Route::Ip,
-            RelayState::Disabled => Route::Fail("the IP channel is disabled (no relay configured)".into()),
+            RelayState::Disabled => {
+                Route::Fail("the IP channel is disabled (no relay configured)".into())
+            }
             RelayState::Offline | RelayState::Connecting => Route::Wait(Waiting::Relay),
         },
         ChannelRequest::Sms if too_long => Route::Fail(too_long_reason(f)),
@@ -107,7 +109,9 @@ pub fn refuse_at_once(f: &Facts) -> Option<Refusal> {
         ));
     }
     match route(f) {
-        Route::Fail(reason) if f.relay == RelayState::Disabled || f.requested == ChannelRequest::Sms => {
+        Route::Fail(reason)
+            if f.relay == RelayState::Disabled || f.requested == ChannelRequest::Sms =>
+        {
             Some(Refusal::InvalidArgument(reason))
         }
         _ => None,
@@ -197,40 +201,106 @@ mod tests {
             Route::Wait(Waiting::Relay) => "wait-relay".to_string(),
             Route::Fail(reason) => format!("fail: {reason}"),
         };
-        assert!(got.starts_with(expected), "{f:?}: expected {expected}, got {got}");
+        assert!(
+            got.starts_with(expected),
+            "{f:?}: expected {expected}, got {got}"
+        );
     }
 
     #[test]
     fn channel_rule() {
         let rows = [
             // auto: both online → IP, else SMS (method figure 5, S303-S305)
-            (facts(Req::Auto, R::Online, P::Online, M::Registered, 1), "ip"),
-            (facts(Req::Auto, R::Online, P::Typing, M::Registered, 1), "ip"),
+            (
+                facts(Req::Auto, R::Online, P::Online, M::Registered, 1),
+                "ip",
+            ),
+            (
+                facts(Req::Auto, R::Online, P::Typing, M::Registered, 1),
+                "ip",
+            ),
             (facts(Req::Auto, R::Online, P::Online, M::Absent, 1), "ip"),
-            (facts(Req::Auto, R::Online, P::Offline, M::Registered, 1), "sms"),
-            (facts(Req::Auto, R::Connecting, P::Online, M::Registered, 1), "sms"),
-            (facts(Req::Auto, R::Offline, P::Online, M::Registered, 1), "sms"),
-            (facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 1), "sms"),
+            (
+                facts(Req::Auto, R::Online, P::Offline, M::Registered, 1),
+                "sms",
+            ),
+            (
+                facts(Req::Auto, R::Connecting, P::Online, M::Registered, 1),
+                "sms",
+            ),
+            (
+                facts(Req::Auto, R::Offline, P::Online, M::Registered, 1),
+                "sms",
+            ),
+            (
+                facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 1),
+                "sms",
+            ),
             // auto, SMS needed but no network: wait for the modem
-            (facts(Req::Auto, R::Disabled, P::Offline, M::Absent, 1), "wait-modem"),
-            (facts(Req::Auto, R::Disabled, P::Offline, M::Locked, 1), "wait-modem"),
-            (facts(Req::Auto, R::Online, P::Offline, M::Searching, 1), "wait-modem"),
+            (
+                facts(Req::Auto, R::Disabled, P::Offline, M::Absent, 1),
+                "wait-modem",
+            ),
+            (
+                facts(Req::Auto, R::Disabled, P::Offline, M::Locked, 1),
+                "wait-modem",
+            ),
+            (
+                facts(Req::Auto, R::Online, P::Offline, M::Searching, 1),
+                "wait-modem",
+            ),
             // forced SMS ignores presence
-            (facts(Req::Sms, R::Online, P::Online, M::Registered, 1), "sms"),
-            (facts(Req::Sms, R::Online, P::Online, M::Disabled, 1), "wait-modem"),
+            (
+                facts(Req::Sms, R::Online, P::Online, M::Registered, 1),
+                "sms",
+            ),
+            (
+                facts(Req::Sms, R::Online, P::Online, M::Disabled, 1),
+                "wait-modem",
+            ),
             // forced IP waits for the relay, fails without one
-            (facts(Req::Ip, R::Online, P::Offline, M::Registered, 1), "ip"),
-            (facts(Req::Ip, R::Offline, P::Online, M::Registered, 1), "wait-relay"),
-            (facts(Req::Ip, R::Connecting, P::Online, M::Registered, 1), "wait-relay"),
-            (facts(Req::Ip, R::Disabled, P::Offline, M::Registered, 1), "fail: the IP channel is disabled"),
+            (
+                facts(Req::Ip, R::Online, P::Offline, M::Registered, 1),
+                "ip",
+            ),
+            (
+                facts(Req::Ip, R::Offline, P::Online, M::Registered, 1),
+                "wait-relay",
+            ),
+            (
+                facts(Req::Ip, R::Connecting, P::Online, M::Registered, 1),
+                "wait-relay",
+            ),
+            (
+                facts(Req::Ip, R::Disabled, P::Offline, M::Registered, 1),
+                "fail: the IP channel is disabled",
+            ),
             // too long for SMS: never cut
-            (facts(Req::Auto, R::Online, P::Online, M::Registered, 11), "ip"),
-            (facts(Req::Auto, R::Online, P::Offline, M::Registered, 11), "ip"),
-            (facts(Req::Auto, R::Offline, P::Offline, M::Registered, 11), "wait-relay"),
-            (facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 11), "fail: the text needs 11 SMS parts"),
-            (facts(Req::Sms, R::Online, P::Online, M::Registered, 11), "fail: the text needs 11 SMS parts"),
+            (
+                facts(Req::Auto, R::Online, P::Online, M::Registered, 11),
+                "ip",
+            ),
+            (
+                facts(Req::Auto, R::Online, P::Offline, M::Registered, 11),
+                "ip",
+            ),
+            (
+                facts(Req::Auto, R::Offline, P::Offline, M::Registered, 11),
+                "wait-relay",
+            ),
+            (
+                facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 11),
+                "fail: the text needs 11 SMS parts",
+            ),
+            (
+                facts(Req::Sms, R::Online, P::Online, M::Registered, 11),
+                "fail: the text needs 11 SMS parts",
+            ),
             // exactly at the limit is fine
-            (facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 10), "sms"),
+            (
+                facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 10),
+                "sms",
+            ),
         ];
         for (f, expected) in rows {
             check(f, expected);
@@ -249,11 +319,20 @@ mod tests {
     #[test]
     fn refusals_at_send_time() {
         let ip_without_relay = facts(Req::Ip, R::Disabled, P::Offline, M::Registered, 1);
-        assert!(matches!(refuse_at_once(&ip_without_relay), Some(Refusal::Unavailable(_))));
+        assert!(matches!(
+            refuse_at_once(&ip_without_relay),
+            Some(Refusal::Unavailable(_))
+        ));
         let too_long_no_relay = facts(Req::Auto, R::Disabled, P::Offline, M::Registered, 11);
-        assert!(matches!(refuse_at_once(&too_long_no_relay), Some(Refusal::InvalidArgument(_))));
+        assert!(matches!(
+            refuse_at_once(&too_long_no_relay),
+            Some(Refusal::InvalidArgument(_))
+        ));
         let too_long_forced_sms = facts(Req::Sms, R::Online, P::Online, M::Registered, 11);
-        assert!(matches!(refuse_at_once(&too_long_forced_sms), Some(Refusal::InvalidArgument(_))));
+        assert!(matches!(
+            refuse_at_once(&too_long_forced_sms),
+            Some(Refusal::InvalidArgument(_))
+        ));
         // Waiting is no refusal: the modem or relay may come.
         let no_modem = facts(Req::Auto, R::Disabled, P::Offline, M::Absent, 1);
         assert_eq!(refuse_at_once(&no_modem), None);
@@ -274,7 +353,11 @@ mod tests {
             (40, 50, true, Retry::After(RETRY_MAX)),
         ];
         for (attempts, max, temporary, expected) in rows {
-            assert_eq!(retry(attempts, max, temporary), expected, "attempt {attempts}");
+            assert_eq!(
+                retry(attempts, max, temporary),
+                expected,
+                "attempt {attempts}"
+            );
         }
     }
 

@@ -43,7 +43,10 @@ fn error_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (String, String)
     use zbus::DBusError;
     match result {
         Err(ApiError::ZBus(e)) => panic!("expected one of the contract's errors, got {e:?}"),
-        Err(e) => (e.name().to_string(), e.description().unwrap_or_default().to_owned()),
+        Err(e) => (
+            e.name().to_string(),
+            e.description().unwrap_or_default().to_owned(),
+        ),
         Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
@@ -51,7 +54,12 @@ fn error_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (String, String)
 fn opts(pairs: &[(&str, zbus::Variant<'static>)]) -> HashMap<String, OwnedVariant> {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v).expect("plain value")))
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                OwnedVariant::try_from(v).expect("plain value"),
+            )
+        })
         .collect()
 }
 
@@ -62,38 +70,68 @@ async fn bad_input_gets_the_named_error() {
     let e = "org.tandem.Messages1.Error.";
     let long = "x".repeat(10_001);
     let cases: Vec<(&str, Result<String, ApiError>, &str, &str)> = vec![
-        ("invalid number", api.send_message("not a number", "hi", opts(&[])).await, "InvalidNumber", "not a number"),
-        ("too short", api.send_message("+1 555", "hi", opts(&[])).await, "InvalidNumber", "+1 555"),
-        ("empty text", api.send_message(BOB, "", opts(&[])).await, "InvalidArgument", "empty"),
-        ("blank text", api.send_message(BOB, "  \n", opts(&[])).await, "InvalidArgument", "empty"),
-        ("oversized text", api.send_message(BOB, &long, opts(&[])).await, "InvalidArgument", "10001 characters"),
+        (
+            "invalid number",
+            api.send_message("not a number", "hi", opts(&[])).await,
+            "InvalidNumber",
+            "not a number",
+        ),
+        (
+            "too short",
+            api.send_message("+1 555", "hi", opts(&[])).await,
+            "InvalidNumber",
+            "+1 555",
+        ),
+        (
+            "empty text",
+            api.send_message(BOB, "", opts(&[])).await,
+            "InvalidArgument",
+            "empty",
+        ),
+        (
+            "blank text",
+            api.send_message(BOB, "  \n", opts(&[])).await,
+            "InvalidArgument",
+            "empty",
+        ),
+        (
+            "oversized text",
+            api.send_message(BOB, &long, opts(&[])).await,
+            "InvalidArgument",
+            "10001 characters",
+        ),
         (
             "too many SMS parts without IP",
-            api.send_message(BOB, &"y".repeat(153 * 10 + 1), opts(&[])).await,
+            api.send_message(BOB, &"y".repeat(153 * 10 + 1), opts(&[]))
+                .await,
             "InvalidArgument",
             "11 SMS parts",
         ),
         (
             "bad channel",
-            api.send_message(BOB, "hi", opts(&[("channel", "fax".into())])).await,
+            api.send_message(BOB, "hi", opts(&[("channel", "fax".into())]))
+                .await,
             "InvalidArgument",
             "\"fax\"",
         ),
         (
             "unknown option",
-            api.send_message(BOB, "hi", opts(&[("priority", 1u32.into())])).await,
+            api.send_message(BOB, "hi", opts(&[("priority", 1u32.into())]))
+                .await,
             "InvalidArgument",
             "unknown option \"priority\"",
         ),
         (
             "option of the wrong type",
-            api.send_message(BOB, "hi", opts(&[("delivery-report", "yes".into())])).await,
+            api.send_message(BOB, "hi", opts(&[("delivery-report", "yes".into())]))
+                .await,
             "InvalidArgument",
             "delivery-report",
         ),
         (
             "ip without a relay",
-            api.send_message(BOB, "hi", opts(&[("channel", "ip".into())])).await,
+            api.send_message(BOB, "hi", opts(&[("channel", "ip".into())]))
+                .await,
             "Unavailable",
             "no relay",
         ),
@@ -101,7 +139,10 @@ async fn bad_input_gets_the_named_error() {
     for (what, result, name, needle) in cases {
         let (got, message) = error_of(result);
         assert_eq!(got, format!("{e}{name}"), "{what}: {message}");
-        assert!(message.contains(needle), "{what}: {message:?} should mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{what}: {message:?} should mention {needle:?}"
+        );
     }
 
     let unknown = "00000000-0000-4000-8000-000000000000";
@@ -125,13 +166,32 @@ async fn bad_input_gets_the_named_error() {
     assert_eq!(name, format!("{e}Unavailable"));
 
     // Nothing of the above was stored.
-    assert!(api.list_conversations(0, 50).await.expect("list").is_empty());
+    assert!(
+        api.list_conversations(0, 50)
+            .await
+            .expect("list")
+            .is_empty()
+    );
     // The IP parts answer honestly while there is no relay.
     assert_eq!(api.relay_state().await.expect("RelayState"), "disabled");
-    assert_eq!(api.get_presence("+1 555 000 2222").await.expect("GetPresence"), "offline");
-    assert_eq!(api.estimate_sms("hello").await.expect("EstimateSms"), (1, "gsm7".into(), 155));
-    assert_eq!(api.estimate_sms("€").await.expect("EstimateSms"), (1, "gsm7".into(), 158));
-    assert_eq!(api.estimate_sms("😀").await.expect("EstimateSms"), (1, "ucs2".into(), 68));
+    assert_eq!(
+        api.get_presence("+1 555 000 2222")
+            .await
+            .expect("GetPresence"),
+        "offline"
+    );
+    assert_eq!(
+        api.estimate_sms("hello").await.expect("EstimateSms"),
+        (1, "gsm7".into(), 155)
+    );
+    assert_eq!(
+        api.estimate_sms("€").await.expect("EstimateSms"),
+        (1, "gsm7".into(), 158)
+    );
+    assert_eq!(
+        api.estimate_sms("😀").await.expect("EstimateSms"),
+        (1, "ucs2".into(), 68)
+    );
 }
 
 fn busctl(session: &Bus, args: &[&str]) -> String {
@@ -152,19 +212,44 @@ fn busctl(session: &Bus, args: &[&str]) -> String {
 #[tokio::test]
 async fn the_contracts_busctl_examples_work_as_written() {
     let s = setup(&config_for(ALICE)).await;
-    let call = ["call", "org.tandem.Messages1", "/org/tandem/Messages1", "org.tandem.Messages1"];
-    let with = |rest: &[&'static str]| -> Vec<&'static str> { call.iter().copied().chain(rest.iter().copied()).collect() };
+    let call = [
+        "call",
+        "org.tandem.Messages1",
+        "/org/tandem/Messages1",
+        "org.tandem.Messages1",
+    ];
+    let with = |rest: &[&'static str]| -> Vec<&'static str> {
+        call.iter().copied().chain(rest.iter().copied()).collect()
+    };
 
-    let out = busctl(&s.session, &with(&["SendMessage", "ssa{sv}", "+15551234567", "hello", "0"]));
-    assert!(out.starts_with("s \""), "{out}");
     let out = busctl(
         &s.session,
-        &with(&["SendMessage", "ssa{sv}", "+15551234567", "hello", "1", "channel", "s", "sms"]),
+        &with(&["SendMessage", "ssa{sv}", "+15551234567", "hello", "0"]),
     );
     assert!(out.starts_with("s \""), "{out}");
     let out = busctl(
         &s.session,
-        &["get-property", "org.tandem.Messages1", "/org/tandem/Messages1", "org.tandem.Messages1", "RelayState"],
+        &with(&[
+            "SendMessage",
+            "ssa{sv}",
+            "+15551234567",
+            "hello",
+            "1",
+            "channel",
+            "s",
+            "sms",
+        ]),
+    );
+    assert!(out.starts_with("s \""), "{out}");
+    let out = busctl(
+        &s.session,
+        &[
+            "get-property",
+            "org.tandem.Messages1",
+            "/org/tandem/Messages1",
+            "org.tandem.Messages1",
+            "RelayState",
+        ],
     );
     assert_eq!(out.trim(), "s \"disabled\"");
     let out = busctl(
@@ -193,7 +278,9 @@ fn interface_xml(doc: &str) -> String {
     let mut rest = doc;
     while let Some(start) = rest.find("<!--") {
         text.push_str(&rest[..start]);
-        let end = rest[start..].find("-->").map_or(rest.len(), |e| start + e + 3);
+        let end = rest[start..]
+            .find("-->")
+            .map_or(rest.len(), |e| start + e + 3);
         rest = &rest[end..];
     }
     text.push_str(rest);
@@ -226,8 +313,15 @@ async fn introspection_matches_the_committed_xml() {
         interface_xml(committed),
         "dbus/org.tandem.Messages1.xml is out of date; the live introspection is:\n{live}"
     );
-    for iface in ["org.freedesktop.DBus.Properties", "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer"] {
-        assert!(live.contains(&format!("<interface name=\"{iface}\">")), "{iface} missing");
+    for iface in [
+        "org.freedesktop.DBus.Properties",
+        "org.freedesktop.DBus.Introspectable",
+        "org.freedesktop.DBus.Peer",
+    ] {
+        assert!(
+            live.contains(&format!("<interface name=\"{iface}\">")),
+            "{iface} missing"
+        );
     }
 }
 
@@ -247,13 +341,22 @@ fn a_bad_config_names_the_file_and_key_and_fails() {
         let out = Command::new(env!("CARGO_BIN_EXE_tandemd"))
             .arg("--config")
             .arg(&path)
-            .env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/tandem-test")
-            .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/tandem-test")
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                "unix:path=/nonexistent/tandem-test",
+            )
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                "unix:path=/nonexistent/tandem-test",
+            )
             .output()
             .expect("tandemd runs");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text:?} was accepted");
-        assert!(stderr.contains(&path.display().to_string()), "{text:?}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{text:?}: {stderr}"
+        );
         assert!(stderr.contains(key), "{text:?}: {stderr} should name {key}");
     }
     // An explicit --config that does not exist is an error too.
@@ -303,7 +406,12 @@ impl FakeNotifications {
 
     #[zbus(out_args("name", "vendor", "version", "spec_version"))]
     fn get_server_information(&self) -> (String, String, String, String) {
-        ("fake".into(), "tandem tests".into(), "1".into(), "1.2".into())
+        (
+            "fake".into(),
+            "tandem tests".into(),
+            "1".into(),
+            "1.2".into(),
+        )
     }
 }
 
@@ -324,8 +432,18 @@ async fn an_incoming_sms_raises_one_notification() {
     let _daemon = Daemon::start(&session, &system, dir.path(), &config).await;
     let ctl = SimCtl::new(&system.connect().await).await;
     ctl.inject_sms(ALICE, BOB, "ping from Bob").await;
-    eventually("a notification", || async { !fake.seen.lock().expect("fake").is_empty() }).await;
+    eventually("a notification", || async {
+        !fake.seen.lock().expect("fake").is_empty()
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let seen = fake.seen.lock().expect("fake").clone();
-    assert_eq!(seen, [("Tandem".to_string(), BOB.to_string(), "ping from Bob".to_string())]);
+    assert_eq!(
+        seen,
+        [(
+            "Tandem".to_string(),
+            BOB.to_string(),
+            "ping from Bob".to_string()
+        )]
+    );
 }

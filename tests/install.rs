@@ -7,7 +7,9 @@ use std::process::Command;
 #[test]
 fn install_honours_prefix_and_destdir() {
     let dest = tempfile::tempdir().expect("temp dir");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_tandemd")).parent().expect("bin dir");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_tandemd"))
+        .parent()
+        .expect("bin dir");
     let status = Command::new("sh")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/data/install.sh"))
         .env("PREFIX", "/usr")
@@ -28,12 +30,21 @@ fn install_honours_prefix_and_destdir() {
     ] {
         assert!(root.join(file).is_file(), "{file} not installed");
     }
-    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/user/tandemd.service")).expect("unit");
+    let unit =
+        std::fs::read_to_string(root.join("usr/lib/systemd/user/tandemd.service")).expect("unit");
     assert!(unit.contains("ExecStart=/usr/bin/tandemd\n"), "{unit}");
     assert!(unit.contains("Type=dbus") && unit.contains("BusName=org.tandem.Messages1"));
-    let activation = std::fs::read_to_string(root.join("usr/share/dbus-1/services/org.tandem.Messages1.service"))
-        .expect("activation file");
-    assert!(activation.contains("Exec=/usr/bin/tandemd\n"), "{activation}");
-    assert!(activation.contains("SystemdService=tandemd.service"), "{activation}");
+    let activation = std::fs::read_to_string(
+        root.join("usr/share/dbus-1/services/org.tandem.Messages1.service"),
+    )
+    .expect("activation file");
+    assert!(
+        activation.contains("Exec=/usr/bin/tandemd\n"),
+        "{activation}"
+    );
+    assert!(
+        activation.contains("SystemdService=tandemd.service"),
+        "{activation}"
+    );
     assert!(!unit.contains("@bindir@") && !activation.contains("@bindir@"));
 }

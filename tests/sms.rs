@@ -21,7 +21,12 @@ fn no_options() -> HashMap<String, OwnedVariant> {
 fn options(pairs: &[(&str, zbus::Variant<'static>)]) -> HashMap<String, OwnedVariant> {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), OwnedVariant::try_from(v).expect("plain value")))
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                OwnedVariant::try_from(v).expect("plain value"),
+            )
+        })
         .collect()
 }
 
@@ -47,7 +52,13 @@ impl World {
         let system = Bus::start();
         let sim = Sim::start(&system, modems);
         let signals = SignalLog::start(&session).await;
-        let daemon = Daemon::start(&session, &system, &dir.path().join("alice"), &config_for(ALICE)).await;
+        let daemon = Daemon::start(
+            &session,
+            &system,
+            &dir.path().join("alice"),
+            &config_for(ALICE),
+        )
+        .await;
         let ctl = SimCtl::new(&system.connect().await).await;
         World {
             _dir: dir,
@@ -80,13 +91,21 @@ async fn send_goes_queued_sending_sent_delivered() {
         .await
         .expect("SendMessage");
     w.signals
-        .wait_until("delivered", |s| s.statuses(&id).last().map(String::as_str) == Some("delivered"))
+        .wait_until("delivered", |s| {
+            s.statuses(&id).last().map(String::as_str) == Some("delivered")
+        })
         .await;
     assert_eq!(w.signals.statuses(&id), ["sending", "sent", "delivered"]);
 
     let m = api.get_message(&id).await.expect("GetMessage");
-    assert_eq!((m.peer.as_str(), m.status.as_str(), m.channel.as_str()), (BOB, "delivered", "sms"));
-    assert_eq!((m.direction.as_str(), m.read, m.text.as_str()), ("outgoing", true, "hello Bob"));
+    assert_eq!(
+        (m.peer.as_str(), m.status.as_str(), m.channel.as_str()),
+        (BOB, "delivered", "sms")
+    );
+    assert_eq!(
+        (m.direction.as_str(), m.read, m.text.as_str()),
+        ("outgoing", true, "hello Bob")
+    );
 
     let sent = w.ctl.get_sent(ALICE).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -94,9 +113,15 @@ async fn send_goes_queued_sending_sent_delivered() {
     assert_eq!(dict_str(&sent[0], "text"), "hello Bob");
     // Bob's phone got it through the simulated carrier.
     let at_bob = w.ctl.list_sms(BOB).await;
-    assert!(at_bob.iter().any(|d| dict_str(d, "text") == "hello Bob"), "{at_bob:?}");
+    assert!(
+        at_bob.iter().any(|d| dict_str(d, "text") == "hello Bob"),
+        "{at_bob:?}"
+    );
     // Our sent SMS (and the applied status report) were removed from Alice's modem.
-    eventually("Alice's modem is empty", || async { w.ctl.list_sms(ALICE).await.is_empty() }).await;
+    eventually("Alice's modem is empty", || async {
+        w.ctl.list_sms(ALICE).await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -105,14 +130,22 @@ async fn without_delivery_report_it_stays_sent() {
     let api = client(&w.session).await;
     wait_modem(&api, "registered").await;
     let opts = options(&[("delivery-report", false.into()), ("channel", "sms".into())]);
-    let id = api.send_message(BOB, "no report please", opts).await.expect("SendMessage");
+    let id = api
+        .send_message(BOB, "no report please", opts)
+        .await
+        .expect("SendMessage");
     w.signals
         .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_string()))
         .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.signals.statuses(&id), ["sending", "sent"]);
     let sent = w.ctl.get_sent(ALICE).await;
-    assert_eq!(sent[0].get("delivery-report").map(|v| bool::try_from(v).ok()), Some(Some(false)));
+    assert_eq!(
+        sent[0]
+            .get("delivery-report")
+            .map(|v| bool::try_from(v).ok()),
+        Some(Some(false))
+    );
 }
 
 #[tokio::test]
@@ -122,23 +155,51 @@ async fn receive_stores_announces_and_deletes_from_the_modem() {
     wait_modem(&api, "registered").await;
 
     w.ctl.inject_sms(ALICE, CAROL, "hi Alice").await;
-    w.signals.wait_until("MessageReceived", |s| !s.received().is_empty()).await;
+    w.signals
+        .wait_until("MessageReceived", |s| !s.received().is_empty())
+        .await;
     let got = &w.signals.received()[0];
     assert_eq!((got.peer.as_str(), got.text.as_str()), (CAROL, "hi Alice"));
-    assert_eq!((got.direction.as_str(), got.status.as_str(), got.channel.as_str()), ("incoming", "received", "sms"));
+    assert_eq!(
+        (
+            got.direction.as_str(),
+            got.status.as_str(),
+            got.channel.as_str()
+        ),
+        ("incoming", "received", "sms")
+    );
     assert!(!got.read);
 
     let stored = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, got.id);
-    eventually("deleted from the modem", || async { w.ctl.list_sms(ALICE).await.is_empty() }).await;
-    eventually("UnreadCount 1", || async { api.unread_count().await.ok() == Some(1) }).await;
+    eventually("deleted from the modem", || async {
+        w.ctl.list_sms(ALICE).await.is_empty()
+    })
+    .await;
+    eventually("UnreadCount 1", || async {
+        api.unread_count().await.ok() == Some(1)
+    })
+    .await;
 
-    let list = api.list_conversations(0, 50).await.expect("ListConversations");
+    let list = api
+        .list_conversations(0, 50)
+        .await
+        .expect("ListConversations");
     assert_eq!(list.len(), 1);
-    assert_eq!((list[0].peer.as_str(), list[0].unread, list[0].presence.as_str()), (CAROL, 1, "offline"));
+    assert_eq!(
+        (
+            list[0].peer.as_str(),
+            list[0].unread,
+            list[0].presence.as_str()
+        ),
+        (CAROL, 1, "offline")
+    );
     api.mark_read(CAROL).await.expect("MarkRead");
-    eventually("UnreadCount 0", || async { api.unread_count().await.ok() == Some(0) }).await;
+    eventually("UnreadCount 0", || async {
+        api.unread_count().await.ok() == Some(0)
+    })
+    .await;
     assert!(api.get_message(&got.id).await.expect("GetMessage").read);
 }
 
@@ -152,11 +213,22 @@ async fn multipart_is_taken_only_when_complete() {
     w.ctl.add_part(&sms, "first part, ").await;
     w.ctl.add_part(&sms, "second part, ").await;
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(w.signals.received().is_empty(), "half a message was taken: {:?}", w.signals.all());
-    assert!(api.get_messages(CAROL, "", 10).await.expect("GetMessages").is_empty());
+    assert!(
+        w.signals.received().is_empty(),
+        "half a message was taken: {:?}",
+        w.signals.all()
+    );
+    assert!(
+        api.get_messages(CAROL, "", 10)
+            .await
+            .expect("GetMessages")
+            .is_empty()
+    );
 
     w.ctl.add_part(&sms, "third part.").await;
-    w.signals.wait_until("MessageReceived", |s| !s.received().is_empty()).await;
+    w.signals
+        .wait_until("MessageReceived", |s| !s.received().is_empty())
+        .await;
     let got = w.signals.received();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].text, "first part, second part, third part.");
@@ -174,12 +246,23 @@ async fn messages_waiting_on_the_modem_are_taken_at_start() {
 
     let signals = SignalLog::start(&session).await;
     let _daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    signals.wait_until("two messages", |s| s.received().len() == 2).await;
+    signals
+        .wait_until("two messages", |s| s.received().len() == 2)
+        .await;
     let api = client(&session).await;
-    assert_eq!(api.get_messages(CAROL, "", 10).await.expect("Carol")[0].text, "sent while you slept");
+    assert_eq!(
+        api.get_messages(CAROL, "", 10).await.expect("Carol")[0].text,
+        "sent while you slept"
+    );
     // Alphanumeric senders are kept verbatim.
-    assert_eq!(api.get_messages("ACME", "", 10).await.expect("ACME")[0].text, "your parcel is here");
-    eventually("modem emptied", || async { ctl.list_sms(ALICE).await.is_empty() }).await;
+    assert_eq!(
+        api.get_messages("ACME", "", 10).await.expect("ACME")[0].text,
+        "your parcel is here"
+    );
+    eventually("modem emptied", || async {
+        ctl.list_sms(ALICE).await.is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -188,23 +271,42 @@ async fn without_a_modem_messages_wait_and_go_when_it_appears() {
     let api = client(&w.session).await;
     wait_modem(&api, "absent").await;
 
-    let first = api.send_message(BOB, "one", no_options()).await.expect("SendMessage");
-    let second = api.send_message(BOB, "two", no_options()).await.expect("SendMessage");
+    let first = api
+        .send_message(BOB, "one", no_options())
+        .await
+        .expect("SendMessage");
+    let second = api
+        .send_message(BOB, "two", no_options())
+        .await
+        .expect("SendMessage");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.get_message(&first).await.expect("first").status, "queued");
+    assert_eq!(
+        api.get_message(&first).await.expect("first").status,
+        "queued"
+    );
 
     // The outbox survives a restart of the daemon.
     w.daemon.restart().await;
     let api = client(&w.session).await;
-    assert_eq!(api.get_message(&second).await.expect("second").status, "queued");
+    assert_eq!(
+        api.get_message(&second).await.expect("second").status,
+        "queued"
+    );
 
     w.ctl.add_modem(ALICE).await;
     w.signals
         .wait_until("both sent", |s| {
-            s.statuses(&first).contains(&"sent".to_string()) && s.statuses(&second).contains(&"sent".to_string())
+            s.statuses(&first).contains(&"sent".to_string())
+                && s.statuses(&second).contains(&"sent".to_string())
         })
         .await;
-    let texts: Vec<String> = w.ctl.get_sent(ALICE).await.iter().map(|d| dict_str(d, "text")).collect();
+    let texts: Vec<String> = w
+        .ctl
+        .get_sent(ALICE)
+        .await
+        .iter()
+        .map(|d| dict_str(d, "text"))
+        .collect();
     assert_eq!(texts, ["one", "two"], "sent in order");
 }
 
@@ -215,9 +317,15 @@ async fn a_locked_or_unregistered_modem_holds_the_outbox() {
     wait_modem(&api, "registered").await;
     w.ctl.set_modem_state(ALICE, 2).await; // locked
     wait_modem(&api, "locked").await;
-    let id = api.send_message(BOB, "after the PIN", no_options()).await.expect("SendMessage");
+    let id = api
+        .send_message(BOB, "after the PIN", no_options())
+        .await
+        .expect("SendMessage");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.get_message(&id).await.expect("GetMessage").status, "queued");
+    assert_eq!(
+        api.get_message(&id).await.expect("GetMessage").status,
+        "queued"
+    );
     w.ctl.set_modem_state(ALICE, 7).await; // searching
     wait_modem(&api, "searching").await;
     w.ctl.set_modem_state(ALICE, 8).await; // registered
@@ -231,7 +339,10 @@ async fn history_survives_a_daemon_restart() {
     let mut w = World::new().await;
     let api = client(&w.session).await;
     wait_modem(&api, "registered").await;
-    let id = api.send_message(CAROL, "before restart", no_options()).await.expect("SendMessage");
+    let id = api
+        .send_message(CAROL, "before restart", no_options())
+        .await
+        .expect("SendMessage");
     w.ctl.inject_sms(ALICE, CAROL, "reply before restart").await;
     w.signals
         .wait_until("sent and received", |s| {
@@ -258,7 +369,10 @@ async fn follows_modemmanager_going_away_and_coming_back() {
 
     w.sim.kill();
     wait_modem(&api, "absent").await;
-    let id = api.send_message(BOB, "while MM was away", no_options()).await.expect("SendMessage");
+    let id = api
+        .send_message(BOB, "while MM was away", no_options())
+        .await
+        .expect("SendMessage");
 
     w.sim.restart();
     wait_modem(&api, "registered").await;
@@ -268,7 +382,9 @@ async fn follows_modemmanager_going_away_and_coming_back() {
     // Receiving works again too.
     let ctl = SimCtl::new(&w.system.connect().await).await;
     ctl.inject_sms(ALICE, CAROL, "after the restart").await;
-    w.signals.wait_until("received", |s| s.received().len() == 1).await;
+    w.signals
+        .wait_until("received", |s| s.received().len() == 1)
+        .await;
 }
 
 #[tokio::test]
@@ -280,7 +396,9 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
     // The modem will not answer Delete: the daemon stores and announces, then hangs on it.
     w.ctl.set_delete_blocked(ALICE, true).await;
     w.ctl.inject_sms(ALICE, CAROL, "do not lose me").await;
-    w.signals.wait_until("stored and announced", |s| s.received().len() == 1).await;
+    w.signals
+        .wait_until("stored and announced", |s| s.received().len() == 1)
+        .await;
     w.daemon.kill9();
     assert_eq!(w.ctl.list_sms(ALICE).await.len(), 1, "still on the modem");
 
@@ -288,7 +406,10 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
     let api = client(&w.session).await;
     wait_modem(&api, "registered").await;
     w.ctl.set_delete_blocked(ALICE, false).await;
-    eventually("deleted from the modem", || async { w.ctl.list_sms(ALICE).await.is_empty() }).await;
+    eventually("deleted from the modem", || async {
+        w.ctl.list_sms(ALICE).await.is_empty()
+    })
+    .await;
 
     let stored = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     assert_eq!(stored.len(), 1, "stored exactly once: {stored:?}");
@@ -303,13 +424,25 @@ async fn a_failed_send_is_retried() {
     let api = client(&w.session).await;
     wait_modem(&api, "registered").await;
     w.ctl
-        .fail_next_send(ALICE, "org.freedesktop.ModemManager1.Error.Core.Retry", "try again")
+        .fail_next_send(
+            ALICE,
+            "org.freedesktop.ModemManager1.Error.Core.Retry",
+            "try again",
+        )
         .await;
-    let id = api.send_message(BOB, "second time lucky", no_options()).await.expect("SendMessage");
+    let id = api
+        .send_message(BOB, "second time lucky", no_options())
+        .await
+        .expect("SendMessage");
     w.signals
-        .wait_until("sent after a retry", |s| s.statuses(&id).contains(&"sent".to_string()))
+        .wait_until("sent after a retry", |s| {
+            s.statuses(&id).contains(&"sent".to_string())
+        })
         .await;
-    assert_eq!(w.signals.statuses(&id)[..4], ["sending", "queued", "sending", "sent"]);
+    assert_eq!(
+        w.signals.statuses(&id)[..4],
+        ["sending", "queued", "sending", "sent"]
+    );
     assert_eq!(w.ctl.get_sent(ALICE).await.len(), 1);
 }
 
@@ -326,7 +459,13 @@ async fn client_token_makes_send_idempotent() {
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.ctl.get_sent(ALICE).await.len(), 1);
-    assert_eq!(api.get_messages(BOB, "", 10).await.expect("GetMessages").len(), 1);
+    assert_eq!(
+        api.get_messages(BOB, "", 10)
+            .await
+            .expect("GetMessages")
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -335,15 +474,30 @@ async fn paging_search_and_deleting() {
     let api = client(&w.session).await;
     wait_modem(&api, "registered").await;
     for i in 0..5 {
-        w.ctl.inject_sms(ALICE, CAROL, &format!("note number {i} about apples")).await;
+        w.ctl
+            .inject_sms(ALICE, CAROL, &format!("note number {i} about apples"))
+            .await;
     }
     w.ctl.inject_sms(ALICE, BOB, "pears only").await;
-    w.signals.wait_until("six messages", |s| s.received().len() == 6).await;
+    w.signals
+        .wait_until("six messages", |s| s.received().len() == 6)
+        .await;
 
     let page1 = api.get_messages(CAROL, "", 2).await.expect("page 1");
-    let page2 = api.get_messages(CAROL, &page1[1].id, 2).await.expect("page 2");
-    let page3 = api.get_messages(CAROL, &page2[1].id, 2).await.expect("page 3");
-    let ids: Vec<&str> = page1.iter().chain(&page2).chain(&page3).map(|m| m.id.as_str()).collect();
+    let page2 = api
+        .get_messages(CAROL, &page1[1].id, 2)
+        .await
+        .expect("page 2");
+    let page3 = api
+        .get_messages(CAROL, &page2[1].id, 2)
+        .await
+        .expect("page 3");
+    let ids: Vec<&str> = page1
+        .iter()
+        .chain(&page2)
+        .chain(&page3)
+        .map(|m| m.id.as_str())
+        .collect();
     assert_eq!(ids.len(), 5);
     let mut unique = ids.clone();
     unique.dedup();
@@ -354,10 +508,29 @@ async fn paging_search_and_deleting() {
     assert!(found.iter().all(|m| m.peer == CAROL));
     assert_eq!(api.search("pears", 10).await.expect("Search").len(), 1);
 
-    api.delete_message(&page1[0].id).await.expect("DeleteMessage");
-    assert_eq!(api.get_messages(CAROL, "", 10).await.expect("after delete").len(), 4);
-    api.delete_conversation(BOB).await.expect("DeleteConversation");
-    let list = api.list_conversations(0, 10).await.expect("ListConversations");
-    assert_eq!(list.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>(), [CAROL]);
-    eventually("UnreadCount 4", || async { api.unread_count().await.ok() == Some(4) }).await;
+    api.delete_message(&page1[0].id)
+        .await
+        .expect("DeleteMessage");
+    assert_eq!(
+        api.get_messages(CAROL, "", 10)
+            .await
+            .expect("after delete")
+            .len(),
+        4
+    );
+    api.delete_conversation(BOB)
+        .await
+        .expect("DeleteConversation");
+    let list = api
+        .list_conversations(0, 10)
+        .await
+        .expect("ListConversations");
+    assert_eq!(
+        list.iter().map(|c| c.peer.as_str()).collect::<Vec<_>>(),
+        [CAROL]
+    );
+    eventually("UnreadCount 4", || async {
+        api.unread_count().await.ok() == Some(4)
+    })
+    .await;
 }

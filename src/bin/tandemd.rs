@@ -35,10 +35,12 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,tandem={level},tandemd={level}")));
     // Under systemd (JOURNAL_STREAM is set) log to the journal with structured fields.
-    let journald = std::env::var_os("JOURNAL_STREAM")
-        .and_then(|_| tracing_journald::layer().ok());
+    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     match journald {
-        Some(layer) => tracing_subscriber::registry().with(filter).with(layer).init(),
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init(),
         None => tracing_subscriber::registry()
             .with(filter)
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
@@ -61,14 +63,22 @@ fn main() -> ExitCode {
         }
     };
     let db = args.db.unwrap_or_else(config::default_db_path);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tandemd: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tandem::daemon::run(config, &db, Default::default(), shutdown_signal())) {
+    match runtime.block_on(tandem::daemon::run(
+        config,
+        &db,
+        Default::default(),
+        shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -81,7 +91,10 @@ fn main() -> ExitCode {
 /// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -159,11 +159,17 @@ impl SimCtl {
     }
 
     pub async fn get_sent(&self, modem: &str) -> Vec<Dict> {
-        self.proxy.call("GetSent", &(modem,)).await.expect("GetSent")
+        self.proxy
+            .call("GetSent", &(modem,))
+            .await
+            .expect("GetSent")
     }
 
     pub async fn list_sms(&self, modem: &str) -> Vec<Dict> {
-        self.proxy.call("ListSms", &(modem,)).await.expect("ListSms")
+        self.proxy
+            .call("ListSms", &(modem,))
+            .await
+            .expect("ListSms")
     }
 
     pub async fn fail_next_send(&self, modem: &str, error: &str, message: &str) {
@@ -285,10 +291,21 @@ impl Daemon {
             if dbus.name_has_owner(name).await.unwrap_or(false) {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("tandemd exited with {status} while starting:\n{}", self.log_text());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "tandemd exited with {status} while starting:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "tandemd did not take its name:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "tandemd did not take its name:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -315,7 +332,11 @@ impl Daemon {
             let pid = child.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
             let status = child.wait().expect("wait for tandemd");
-            assert!(status.success(), "tandemd did not exit cleanly: {status}\n{}", self.log_text());
+            assert!(
+                status.success(),
+                "tandemd did not exit cleanly: {status}\n{}",
+                self.log_text()
+            );
         }
     }
 
@@ -328,7 +349,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("---- tandemd log ({}) ----\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "---- tandemd log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
         self.kill9();
     }
@@ -344,8 +369,15 @@ pub async fn client(session: &Bus) -> MessagesProxy<'static> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Signal {
     Received(MessageDict),
-    Status { id: String, status: String, channel: String },
-    Presence { number: String, presence: String },
+    Status {
+        id: String,
+        status: String,
+        channel: String,
+    },
+    Presence {
+        number: String,
+        presence: String,
+    },
 }
 
 /// Every `org.tandem.Messages1` signal on a bus, from any sender, recorded from the moment
@@ -375,11 +407,18 @@ impl SignalLog {
                 let member = header.member().map(|m| m.to_string()).unwrap_or_default();
                 let body = msg.body();
                 let signal = match member.as_str() {
-                    "MessageReceived" => body.deserialize::<(MessageDict,)>().ok().map(|(m,)| Signal::Received(m)),
+                    "MessageReceived" => body
+                        .deserialize::<(MessageDict,)>()
+                        .ok()
+                        .map(|(m,)| Signal::Received(m)),
                     "MessageStatusChanged" => body
                         .deserialize::<(String, String, String)>()
                         .ok()
-                        .map(|(id, status, channel)| Signal::Status { id, status, channel }),
+                        .map(|(id, status, channel)| Signal::Status {
+                            id,
+                            status,
+                            channel,
+                        }),
                     "PresenceChanged" => body
                         .deserialize::<(String, String)>()
                         .ok()
@@ -423,7 +462,11 @@ impl SignalLog {
     pub async fn wait_until(&self, what: &str, check: impl Fn(&SignalLog) -> bool) {
         let deadline = Instant::now() + WAIT;
         while !check(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; signals: {:#?}", self.all());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; signals: {:#?}",
+                self.all()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
