@@ -1,7 +1,18 @@
 //! `tandem-mmsim`: runs the ModemManager simulator on a private (or test) bus until
 //! SIGINT/SIGTERM. Prints `ready` on stdout once the names are owned, and nothing else;
 //! logs go to stderr.
+//!
+//! On a laptop, with a private bus:
+//! ```sh
+//! dbus-daemon --session --fork --print-address > /tmp/mmsim-bus
+//! export DBUS_SYSTEM_BUS_ADDRESS=$(cat /tmp/mmsim-bus)
+//! tandem-mmsim --modem +15550001111 --modem +15550002222,nosimnumber &
+//! mmcli -L
+//! busctl --system call org.tandem.MMSim1 /org/tandem/MMSim1 org.tandem.MMSim1 \
+//!   InjectSms sssa{sv} +15550001111 +4915112345678 "hello" 0
+//! ```
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -12,6 +23,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
 /// A ModemManager 1.20 simulator with a simulated carrier.
+///
+/// Serves org.freedesktop.ModemManager1 and the control interface org.tandem.MMSim1 on
+/// the given bus (never start it on the machine's real system bus).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -79,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let address = match args

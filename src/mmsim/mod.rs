@@ -361,20 +361,33 @@ pub async fn serve(conn: &Connection, config: SimConfig) -> Result<Simulator, Si
         carrier_tx,
     });
     let carrier = tokio::spawn(Carrier::new(ctx.clone()).run(carrier_rx));
+    let simulator = Simulator { ctx, carrier };
+    if let Err(error) = publish(conn, &simulator, config.modems).await {
+        simulator.shutdown().await;
+        return Err(error);
+    }
+    info!(modems = simulator.modems().len(), "simulator ready");
+    Ok(simulator)
+}
+
+/// Serves the objects, hosts the first modems, then takes the names.
+async fn publish(
+    conn: &Connection,
+    simulator: &Simulator,
+    modems: Vec<ModemSpec>,
+) -> Result<(), SimError> {
     let server = conn.object_server();
     server
         .at(mm::MANAGER_PATH, zbus::fdo::ObjectManager)
         .await?;
     server.at(mm::MANAGER_PATH, ManagerIface).await?;
     server
-        .at(CONTROL_PATH, ControlIface::new(ctx.clone()))
+        .at(CONTROL_PATH, ControlIface::new(simulator.ctx.clone()))
         .await?;
-    let simulator = Simulator { ctx, carrier };
-    for spec in config.modems {
+    for spec in modems {
         simulator.ctx.add_modem(spec).await?;
     }
     conn.request_name(mm::BUS_NAME).await?;
     conn.request_name(CONTROL_NAME).await?;
-    info!(modems = simulator.modems().len(), "simulator ready");
-    Ok(simulator)
+    Ok(())
 }

@@ -84,7 +84,7 @@ pub fn mm_timestamp(unix_secs: i64, offset_minutes: i32) -> String {
     let (y, m, d) = civil_from_days(days);
     let sign = if offset_minutes < 0 { '-' } else { '+' };
     let off = offset_minutes.unsigned_abs();
-    let offset = if off % 60 == 0 {
+    let offset = if off.is_multiple_of(60) {
         format!("{sign}{:02}", off / 60)
     } else {
         format!("{sign}{:02}:{:02}", off / 60, off % 60)
