@@ -155,11 +155,8 @@ async fn run_modem(
             Ok(conn) => break conn,
             Err(e) => {
                 warn!(cause = %e, retry_in = ?delay, "no system bus: no modem for now");
-                if events
-                    .send(ModemEvent::State(crate::domain::ModemState::Absent))
-                    .await
-                    .is_err()
-                {
+                // The engine starts with the modem absent; just wait and retry.
+                if events.is_closed() {
                     return;
                 }
                 tokio::time::sleep(delay).await;

@@ -39,6 +39,7 @@ async fn setup(config: &str) -> Setup {
 }
 
 /// The D-Bus error name and message of a failed call.
+#[track_caller]
 fn error_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (String, String) {
     use zbus::DBusError;
     match result {
@@ -154,13 +155,13 @@ async fn bad_input_gets_the_named_error() {
     assert_eq!(name, format!("{e}NotFound"));
     let (name, _) = error_of(api.delete_conversation(BOB).await);
     assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.get_messages("garbage", "", 10).await);
+    let (name, _) = error_of(api.get_messages("+1 555", "", 10).await);
     assert_eq!(name, format!("{e}InvalidNumber"));
     let (name, msg) = error_of(api.list_conversations(0, 0).await);
     assert_eq!(name, format!("{e}InvalidArgument"), "{msg}");
     let (name, _) = error_of(api.search("", 10).await);
     assert_eq!(name, format!("{e}InvalidArgument"));
-    let (name, _) = error_of(api.watch(vec![BOB.into(), "nope".into()]).await);
+    let (name, _) = error_of(api.watch(vec![BOB.into(), "555-12x".into()]).await);
     assert_eq!(name, format!("{e}InvalidNumber"));
     let (name, _) = error_of(api.set_typing(BOB, true).await);
     assert_eq!(name, format!("{e}Unavailable"));

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use tandem::notifier::{APP_NAME, Notice, Notifier, preview};
 use tokio::sync::mpsc;
-use zbus::message::Header;
 
 /// A `dbus-daemon` of our own, with no service activation, killed on drop.
 struct PrivateBus {
@@ -84,7 +83,6 @@ struct Call {
     actions: Vec<String>,
     string_hints: HashMap<String, String>,
     expire_timeout: i32,
-    caller: String,
 }
 
 struct FakeServer {
@@ -105,13 +103,11 @@ impl FakeServer {
         actions: Vec<String>,
         hints: HashMap<String, zbus::OwnedVariant>,
         expire_timeout: i32,
-        #[zbus(header)] header: Header<'_>,
     ) -> u32 {
         let string_hints = hints
             .into_iter()
             .filter_map(|(key, value)| String::try_from(value).ok().map(|value| (key, value)))
             .collect();
-        let caller = header.sender().map(|s| s.to_string()).unwrap_or_default();
         let _ = self.calls.send(Call {
             app_name,
             replaces_id,
@@ -121,7 +117,6 @@ impl FakeServer {
             actions,
             string_hints,
             expire_timeout,
-            caller,
         });
         42
     }

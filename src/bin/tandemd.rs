@@ -2,6 +2,7 @@
 //! Parses the command line, sets up logging, loads the configuration and runs
 //! [`tandem::daemon::run`] until SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,7 +44,11 @@ fn init_logging(verbose: u8) {
             .init(),
         None => tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .init(),
     }
 }
