@@ -62,6 +62,9 @@ CREATE TABLE messages (
 CREATE INDEX messages_by_conv ON messages (conv, timestamp_ms);
 CREATE UNIQUE INDEX messages_dedupe ON messages (dedupe_hash) WHERE dedupe_hash IS NOT NULL;
 CREATE UNIQUE INDEX messages_token ON messages (token_hash) WHERE token_hash IS NOT NULL;
+-- SMS status reports: Sent messages by peer and message reference, newest last.
+-- Holds Sent messages only (the literal 2 must match the query's).
+CREATE INDEX messages_sent_refs ON messages (conv, sms_ref, timestamp_ms) WHERE status = 2;
 -- MarkRead without visiting read messages; holds unread messages only.
 CREATE INDEX messages_unread ON messages (conv) WHERE read = 0;
 -- The outbox, in acceptance (seq) order; holds pending outgoing messages only.

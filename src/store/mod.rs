@@ -124,8 +124,9 @@ const GET_MESSAGE: &str = select_message!("WHERE m.uuid = ?1");
 const BY_TOKEN: &str = select_message!("WHERE m.token_hash = ?1");
 const DEDUPE_SEEN: &str = "SELECT 1 FROM messages WHERE dedupe_hash = ?1";
 const CONVERSATION_BY_PEER: &str = "SELECT id FROM conversations WHERE peer = ?1";
+/// `status = 2` (Sent) is a literal so that the partial index `messages_sent_refs` applies.
 const BY_SMS_REF: &str = select_message!(
-    "WHERE c.peer = ?1 AND m.sms_ref = ?2 AND m.status = ?3 AND m.outgoing = 1 ",
+    "WHERE c.peer = ?1 AND m.sms_ref = ?2 AND m.status = 2 AND m.outgoing = 1 ",
     "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT 1"
 );
 const OUTBOX: &str = concat!(
@@ -134,11 +135,15 @@ const OUTBOX: &str = concat!(
     "FROM messages m INDEXED BY messages_outbox JOIN conversations c ON c.id = m.conv ",
     "WHERE m.status IN (0, 1) AND m.outgoing = 1 ORDER BY m.seq"
 );
+/// The page of conversations is cut before the join, so rows skipped by OFFSET cost an
+/// index step each and no message lookup.
 const LIST_CONVERSATIONS: &str = concat!(
     "SELECT c.peer, m.uuid, m.body, m.timestamp_ms, m.outgoing, c.unread ",
-    "FROM conversations c INDEXED BY conversations_by_activity ",
+    "FROM (SELECT peer, last_seq, last_ts, unread ",
+    "FROM conversations INDEXED BY conversations_by_activity ",
+    "ORDER BY last_ts DESC, last_seq DESC LIMIT ?1 OFFSET ?2) c ",
     "JOIN messages m ON m.seq = c.last_seq ",
-    "ORDER BY c.last_ts DESC, c.last_seq DESC LIMIT ?1 OFFSET ?2"
+    "ORDER BY c.last_ts DESC, c.last_seq DESC"
 );
 const CURSOR: &str = "SELECT conv, timestamp_ms, seq FROM messages WHERE uuid = ?1";
 const PAGE: &str = select_message!(
@@ -368,10 +373,7 @@ impl Store {
         Ok(self
             .conn
             .prepare_cached(BY_SMS_REF)?
-            .query_row(
-                params![peer, reference, status_code(Status::Sent)],
-                message_from_row,
-            )
+            .query_row(params![peer, reference], message_from_row)
             .optional()?)
     }
 
@@ -460,8 +462,12 @@ impl Store {
 
     /// Full-text search (FTS5) over all bodies, newest first. Any user text works: it is
     /// split into tokens by the index's own tokenizer (so `"`, `*`, `-`, `:`, `(`,
-    /// `AND` ... are plain text or separators, never syntax), every token must match as
-    /// a word prefix, and a query without any token finds nothing.
+    /// `AND` ... are plain text or separators, never syntax), every token must match a
+    /// whole word (case and accents aside), and a query without any token finds nothing.
+    ///
+    /// Words do not match as prefixes: FTS5 answers a prefix query by merging the full
+    /// posting lists of every matching word, 6 to 140 ms on a million messages, where a
+    /// whole-word query walks its lists newest first and stops at `limit` (~0.1 ms).
     ///
     /// "Newest" is by arrival in the store (the FTS index walks rowids backwards, which
     /// is what keeps this index-only); the page itself is sorted by timestamp. The two
@@ -663,13 +669,13 @@ fn advance_conversation(
 }
 
 /// The FTS5 expression for tokens of the index's tokenizer: each one quoted (a quote
-/// doubled, although the tokenizer never keeps one) with a prefix star, implicitly
-/// AND-ed; `None` when there are none. Each string is a single token, never a phrase,
-/// which `detail=none` would refuse.
+/// doubled, although the tokenizer never keeps one), implicitly AND-ed; `None` when
+/// there are none. Each string is a single token, never a phrase, which `detail=none`
+/// would refuse.
 fn fts_expression(tokens: &[String]) -> Option<String> {
     let terms: Vec<String> = tokens
         .iter()
-        .map(|token| format!("\"{}\"*", token.replace('"', "\"\"")))
+        .map(|token| format!("\"{}\"", token.replace('"', "\"\"")))
         .collect();
     (!terms.is_empty()).then(|| terms.join(" "))
 }
