@@ -203,6 +203,7 @@ impl Store {
         Ok(store)
     }
 
+    /// A private, empty store that vanishes when dropped (tests, tools).
     pub fn open_in_memory() -> Result<Store> {
         Store::init(Connection::open_in_memory()?)
     }
@@ -314,6 +315,7 @@ impl Store {
         }))
     }
 
+    /// The message with this id; NotFound for an unknown id or one that is no UUID.
     pub fn get_message(&self, id: &str) -> Result<Message> {
         let uuid = parse_id(id)?;
         self.conn
@@ -356,6 +358,7 @@ impl Store {
         self.get_message(id)
     }
 
+    /// Records the message reference the SMS centre gave an outgoing SMS.
     pub fn set_sms_reference(&mut self, id: &str, reference: u32) -> Result<()> {
         self.update_one(
             id,
@@ -377,6 +380,7 @@ impl Store {
             .optional()?)
     }
 
+    /// Records how many sending attempts were made and when the next one is due.
     pub fn record_attempt(&mut self, id: &str, attempts: u32, next_attempt_ms: i64) -> Result<()> {
         self.update_one(
             id,
