@@ -1,1 +1,761 @@
-//! store: not written yet.
+//! store: the message store, one SQLite file. The only module that knows SQL.
+//!
+//! It owns the schema (`data/migrations/*.sql`, applied in order and counted in
+//! `PRAGMA user_version`), the messages, the per-peer `conversations` summary kept in
+//! the same transactions, and the FTS5 index over the bodies. It decides nothing about
+//! delivery, numbers or channels: callers hand it normalised numbers and computed keys.
+//! It must not be called from async code directly: the daemon wraps it in a
+//! [`StoreHandle`], a dedicated thread, so SQLite I/O never blocks the runtime.
+//!
+//! Layout on disk, in short (the SQL file says more):
+//! - `messages.seq`, the rowid, is the insertion order; messages are ordered by
+//!   `(timestamp_ms, seq)`, which the index `(conv, timestamp_ms)` (plus rowid) serves
+//!   for cursor paging. The FTS index uses the same dense rowids.
+//! - ids are UUIDs stored as 16-byte BLOBs; enums are small integers; idempotency keys
+//!   are stored as digests ([`codec`]).
+//! - every write that touches more than one row or table is one transaction, and
+//!   `synchronous=FULL` makes a commit durable when the method returns.
+
+mod codec;
+mod handle;
+pub mod synthetic;
+#[cfg(test)]
+mod tests;
+
+pub use handle::StoreHandle;
+pub use synthetic::fill_synthetic;
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::domain::{Channel, ChannelRequest, Conversation, Direction, Message, Status};
+use codec::{
+    channel_code, channel_from_code, key_digest, request_code, request_from_code, status_code,
+    status_from_code,
+};
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An id (message id or `before_id` cursor) that is not in the store.
+    #[error("no message with id {0:?}")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create or open {path:?}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The database was written by a newer Tandem (user_version higher than we know).
+    #[error("the database has schema version {found}, newer than this Tandem knows ({known})")]
+    TooNew { found: i64, known: i64 },
+    /// The store thread is gone (only from StoreHandle).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// An outgoing message as `SendMessage` accepted it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOutgoing<'a> {
+    pub peer: &'a str,
+    pub text: &'a str,
+    pub requested: ChannelRequest,
+    pub delivery_report: bool,
+    /// SendMessage's `client-token`: a second insert with the same token is a no-op.
+    pub client_token: Option<&'a str>,
+    pub timestamp_ms: i64,
+}
+
+/// An incoming message from either channel.
+#[derive(Debug, Clone, Copy)]
+pub struct NewIncoming<'a> {
+    pub peer: &'a str,
+    pub text: &'a str,
+    pub channel: Channel,
+    pub timestamp_ms: i64,
+    /// idempotency key computed by the caller (e.g. "sms:<sender>:<smsc ts>:<hash of text>")
+    pub dedupe_key: &'a str,
+}
+
+/// A pending outgoing message and what the engine needs to (re)try it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub message: Message,
+    pub requested: ChannelRequest,
+    pub delivery_report: bool,
+    pub attempts: u32,
+    /// When to try next, ms since the epoch; 0 when no attempt was recorded (due now).
+    pub next_attempt_ms: i64,
+}
+
+/// The numbered migrations, in order; `PRAGMA user_version` counts the applied ones.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init",
+    include_str!("../../data/migrations/0001_init.sql"),
+)];
+
+/// The tokenizer of `messages_fts` (data/migrations/0001_init.sql), used to split search
+/// queries the same way; a test checks that the two agree.
+const QUERY_TOKENIZER: &str = "unicode61 remove_diacritics 2";
+
+/// Columns read by [`message_from_row`], from `messages m JOIN conversations c`.
+macro_rules! select_message {
+    ($($rest:literal),* $(,)?) => {
+        concat!(
+            "SELECT m.uuid, c.peer, m.outgoing, m.body, m.channel, m.status, m.timestamp_ms, \
+             m.read, m.error FROM messages m JOIN conversations c ON c.id = m.conv ",
+            $($rest),*
+        )
+    };
+}
+
+// The statements the speed requirement rests on. A test checks every one's query plan:
+// index searches only, never a scan of `messages`, never a sort of more than a page.
+const GET_MESSAGE: &str = select_message!("WHERE m.uuid = ?1");
+const BY_TOKEN: &str = select_message!("WHERE m.token_hash = ?1");
+const DEDUPE_SEEN: &str = "SELECT 1 FROM messages WHERE dedupe_hash = ?1";
+const CONVERSATION_BY_PEER: &str = "SELECT id FROM conversations WHERE peer = ?1";
+/// `status = 2` (Sent) is a literal so that the partial index `messages_sent_refs` applies.
+const BY_SMS_REF: &str = select_message!(
+    "WHERE c.peer = ?1 AND m.sms_ref = ?2 AND m.status = 2 AND m.outgoing = 1 ",
+    "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT 1"
+);
+const OUTBOX: &str = concat!(
+    "SELECT m.uuid, c.peer, m.outgoing, m.body, m.channel, m.status, m.timestamp_ms, ",
+    "m.read, m.error, m.requested, m.delivery_report, m.attempts, m.next_attempt_ms ",
+    "FROM messages m INDEXED BY messages_outbox JOIN conversations c ON c.id = m.conv ",
+    "WHERE m.status IN (0, 1) AND m.outgoing = 1 ORDER BY m.seq"
+);
+/// The page of conversations is cut before the join, so rows skipped by OFFSET cost an
+/// index step each and no message lookup.
+const LIST_CONVERSATIONS: &str = concat!(
+    "SELECT c.peer, m.uuid, m.body, m.timestamp_ms, m.outgoing, c.unread ",
+    "FROM (SELECT peer, last_seq, last_ts, unread ",
+    "FROM conversations INDEXED BY conversations_by_activity ",
+    "ORDER BY last_ts DESC, last_seq DESC LIMIT ?1 OFFSET ?2) c ",
+    "JOIN messages m ON m.seq = c.last_seq ",
+    "ORDER BY c.last_ts DESC, c.last_seq DESC"
+);
+const CURSOR: &str = "SELECT conv, timestamp_ms, seq FROM messages WHERE uuid = ?1";
+const PAGE: &str = select_message!(
+    "WHERE m.conv = ?1 AND m.timestamp_ms <= ?2 ",
+    "AND (m.timestamp_ms < ?2 OR m.seq < ?3) ",
+    "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT ?4"
+);
+const SEARCH: &str = select_message!(
+    "JOIN (SELECT rowid AS hit FROM messages_fts WHERE messages_fts MATCH ?1 ",
+    "ORDER BY rowid DESC LIMIT ?2) f ON m.seq = f.hit ",
+    "ORDER BY m.timestamp_ms DESC, m.seq DESC"
+);
+const MARK_READ: &str = "UPDATE messages SET read = 1 WHERE read = 0 \
+     AND conv = (SELECT id FROM conversations WHERE peer = ?1)";
+const NEWEST_IN_CONVERSATION: &str = "SELECT seq, timestamp_ms FROM messages WHERE conv = ?1 \
+     ORDER BY timestamp_ms DESC, seq DESC LIMIT 1";
+const UNREAD_COUNT: &str = "SELECT coalesce(sum(unread), 0) \
+     FROM conversations INDEXED BY conversations_unread WHERE unread > 0";
+
+/// The message store. Owns one SQLite connection; not `Sync`, use it from one thread
+/// (see [`StoreHandle`]).
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Creates the parent directory (mode 0700) and the file (mode 0600, also -wal/-shm),
+    /// WAL journal, synchronous=FULL (a commit survives power loss), migrations via
+    /// PRAGMA user_version; refuses a newer schema (TooNew).
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| io_error(dir, source))?;
+        }
+        // SQLite gives -wal and -shm the mode of the database file, so creating the file
+        // ourselves with 0600 covers all three.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| io_error(path, source))?;
+        for file in [
+            path.to_owned(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
+            restrict_mode(&file)?;
+        }
+        let conn = Connection::open(path)?;
+        let store = Store::init(conn)?;
+        info!(path = %path.display(), "message store open");
+        Ok(store)
+    }
+
+    /// A private, empty store that vanishes when dropped (tests, tools).
+    pub fn open_in_memory() -> Result<Store> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store> {
+        // Only another process (a sqlite3 shell) can hold a lock; do not fail at once.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        debug!(journal_mode = %mode, "store journal");
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        migrate(&mut conn)?;
+        conn.execute_batch(&format!(
+            "CREATE VIRTUAL TABLE temp.search_query USING fts5 (q, tokenize = '{QUERY_TOKENIZER}');
+             CREATE VIRTUAL TABLE temp.search_query_terms
+                 USING fts5vocab ('temp', 'search_query', 'instance');"
+        ))?;
+        Ok(Store { conn })
+    }
+
+    /// New outgoing message, status Queued, channel None, read true, id = new UUID v4.
+    /// With a client_token already used: returns the existing message and false.
+    pub fn insert_outgoing(&mut self, m: &NewOutgoing) -> Result<(Message, bool)> {
+        let tx = self.write()?;
+        let token = m.client_token.map(key_digest);
+        if let Some(token) = &token {
+            let existing = tx
+                .prepare_cached(BY_TOKEN)?
+                .query_row([token], message_from_row)
+                .optional()?;
+            if let Some(existing) = existing {
+                debug!(id = %existing.id, "client token already used");
+                return Ok((existing, false));
+            }
+        }
+        let conv = conversation_id(&tx, m.peer)?;
+        let uuid = Uuid::new_v4();
+        tx.prepare_cached(
+            "INSERT INTO messages (uuid, conv, outgoing, status, channel, timestamp_ms, \
+             read, body, token_hash, requested, delivery_report, attempts) \
+             VALUES (?1, ?2, 1, ?3, NULL, ?4, 1, ?5, ?6, ?7, ?8, 0)",
+        )?
+        .execute(params![
+            uuid.as_bytes(),
+            conv,
+            status_code(Status::Queued),
+            m.timestamp_ms,
+            m.text,
+            token,
+            request_code(m.requested),
+            m.delivery_report,
+        ])?;
+        advance_conversation(&tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 0)?;
+        tx.commit()?;
+        debug!(id = %uuid, peer = m.peer, "outgoing message stored");
+        let message = Message {
+            id: uuid.to_string(),
+            peer: m.peer.to_owned(),
+            direction: Direction::Outgoing,
+            text: m.text.to_owned(),
+            channel: None,
+            status: Status::Queued,
+            timestamp_ms: m.timestamp_ms,
+            read: true,
+            error: None,
+        };
+        Ok((message, true))
+    }
+
+    /// New incoming message (status Received, read false) or None when dedupe_key exists.
+    pub fn insert_incoming(&mut self, m: &NewIncoming) -> Result<Option<Message>> {
+        let tx = self.write()?;
+        let dedupe = key_digest(m.dedupe_key);
+        let seen = tx.prepare_cached(DEDUPE_SEEN)?.exists([dedupe])?;
+        if seen {
+            debug!(dedupe_key = m.dedupe_key, "incoming message already stored");
+            return Ok(None);
+        }
+        let conv = conversation_id(&tx, m.peer)?;
+        let uuid = Uuid::new_v4();
+        tx.prepare_cached(
+            "INSERT INTO messages (uuid, conv, outgoing, status, channel, timestamp_ms, \
+             read, body, dedupe_hash) VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6, ?7)",
+        )?
+        .execute(params![
+            uuid.as_bytes(),
+            conv,
+            status_code(Status::Received),
+            channel_code(m.channel),
+            m.timestamp_ms,
+            m.text,
+            dedupe,
+        ])?;
+        advance_conversation(&tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 1)?;
+        tx.commit()?;
+        debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message stored");
+        Ok(Some(Message {
+            id: uuid.to_string(),
+            peer: m.peer.to_owned(),
+            direction: Direction::Incoming,
+            text: m.text.to_owned(),
+            channel: Some(m.channel),
+            status: Status::Received,
+            timestamp_ms: m.timestamp_ms,
+            read: false,
+            error: None,
+        }))
+    }
+
+    /// The message with this id; NotFound for an unknown id or one that is no UUID.
+    pub fn get_message(&self, id: &str) -> Result<Message> {
+        let uuid = parse_id(id)?;
+        self.conn
+            .prepare_cached(GET_MESSAGE)?
+            .query_row([uuid], message_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    /// Sets status, channel (None = leave as is), error (set when Failed, cleared otherwise).
+    pub fn update_status(
+        &mut self,
+        id: &str,
+        status: Status,
+        channel: Option<Channel>,
+        error: Option<&str>,
+    ) -> Result<Message> {
+        let uuid = parse_id(id)?;
+        let error = if status == Status::Failed {
+            error
+        } else {
+            None
+        };
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE messages SET status = ?2, channel = coalesce(?3, channel), error = ?4 \
+                 WHERE uuid = ?1",
+            )?
+            .execute(params![
+                uuid,
+                status_code(status),
+                channel.map(channel_code),
+                error
+            ])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        debug!(id, status = %status, "message status updated");
+        self.get_message(id)
+    }
+
+    /// Records the message reference the SMS centre gave an outgoing SMS.
+    pub fn set_sms_reference(&mut self, id: &str, reference: u32) -> Result<()> {
+        self.update_one(
+            id,
+            "UPDATE messages SET sms_ref = ?2 WHERE uuid = ?1",
+            params![parse_id(id)?, reference],
+        )
+    }
+
+    /// The newest outgoing SMS to `peer` carrying that message reference, status Sent
+    /// (references wrap at 256, so prefer the newest one not yet Delivered/Failed).
+    ///
+    /// Only messages still `Sent` qualify: a report must never turn an older, already
+    /// final message with a recycled reference into something else.
+    pub fn find_by_sms_reference(&self, peer: &str, reference: u32) -> Result<Option<Message>> {
+        Ok(self
+            .conn
+            .prepare_cached(BY_SMS_REF)?
+            .query_row(params![peer, reference], message_from_row)
+            .optional()?)
+    }
+
+    /// Records how many sending attempts were made and when the next one is due.
+    pub fn record_attempt(&mut self, id: &str, attempts: u32, next_attempt_ms: i64) -> Result<()> {
+        self.update_one(
+            id,
+            "UPDATE messages SET attempts = ?2, next_attempt_ms = ?3 WHERE uuid = ?1",
+            params![parse_id(id)?, attempts, next_attempt_ms],
+        )
+    }
+
+    /// Outgoing messages with status Queued or Sending, oldest first (acceptance order).
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        let mut stmt = self.conn.prepare_cached(OUTBOX)?;
+        let rows = stmt.query_map([], |row| {
+            let requested: i64 = row.get(9)?;
+            Ok(OutboxEntry {
+                message: message_from_row(row)?,
+                requested: request_from_code(requested)
+                    .ok_or(rusqlite::Error::IntegralValueOutOfRange(9, requested))?,
+                delivery_report: row.get::<_, Option<bool>>(10)?.unwrap_or(false),
+                attempts: row.get::<_, Option<u32>>(11)?.unwrap_or(0),
+                next_attempt_ms: row.get::<_, Option<i64>>(12)?.unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Newest activity first; see the contract's keys (peer, last-id, last-text,
+    /// last-timestamp, last-direction, unread).
+    pub fn list_conversations(&self, offset: u32, limit: u32) -> Result<Vec<Conversation>> {
+        let mut stmt = self.conn.prepare_cached(LIST_CONVERSATIONS)?;
+        let rows = stmt.query_map(params![limit, offset], |row| {
+            Ok(Conversation {
+                peer: row.get(0)?,
+                last_id: uuid_from_row(row, 1)?,
+                last_text: row.get(2)?,
+                last_timestamp_ms: row.get(3)?,
+                last_direction: direction(row.get(4)?),
+                unread: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Newest first; before_id Some = strictly older than that message (cursor), NotFound
+    /// if the cursor id is unknown (or belongs to another peer).
+    pub fn get_messages(
+        &self,
+        peer: &str,
+        before_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let conv: Option<i64> = self
+            .conn
+            .prepare_cached(CONVERSATION_BY_PEER)?
+            .query_row([peer], |row| row.get(0))
+            .optional()?;
+        // (timestamp_ms, seq) of the cursor: the page holds messages strictly before it.
+        let (before_ts, before_seq) = match before_id {
+            None => (i64::MAX, i64::MAX),
+            Some(cursor) => {
+                let found: Option<(i64, i64, i64)> = self
+                    .conn
+                    .prepare_cached(CURSOR)?
+                    .query_row([parse_id(cursor)?], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()?;
+                match found {
+                    Some((owner, ts, seq)) if Some(owner) == conv => (ts, seq),
+                    _ => return Err(StoreError::NotFound(cursor.to_owned())),
+                }
+            }
+        };
+        let Some(conv) = conv else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(PAGE)?;
+        let rows = stmt.query_map(
+            params![conv, before_ts, before_seq, limit],
+            message_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Full-text search (FTS5) over all bodies, newest first. Any user text works: it is
+    /// split into tokens by the index's own tokenizer (so `"`, `*`, `-`, `:`, `(`,
+    /// `AND` ... are plain text or separators, never syntax), every token must match a
+    /// whole word (case and accents aside), and a query without any token finds nothing.
+    ///
+    /// Words do not match as prefixes: FTS5 answers a prefix query by merging the full
+    /// posting lists of every matching word, 6 to 140 ms on a million messages, where a
+    /// whole-word query walks its lists newest first and stops at `limit` (~0.1 ms).
+    ///
+    /// "Newest" is by arrival in the store (the FTS index walks rowids backwards, which
+    /// is what keeps this index-only); the page itself is sorted by timestamp. The two
+    /// differ only for a message that arrived long after its timestamp.
+    pub fn search(&self, query: &str, limit: u32) -> Result<Vec<Message>> {
+        let Some(expr) = fts_expression(&self.query_tokens(query)?) else {
+            return Ok(Vec::new());
+        };
+        let mut stmt = self.conn.prepare_cached(SEARCH)?;
+        let rows = stmt.query_map(params![expr, limit], message_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks every incoming message of the conversation read; returns how many changed.
+    pub fn mark_read(&mut self, peer: &str) -> Result<u32> {
+        let tx = self.write()?;
+        let changed = tx.prepare_cached(MARK_READ)?.execute([peer])?;
+        tx.prepare_cached("UPDATE conversations SET unread = 0 WHERE peer = ?1 AND unread > 0")?
+            .execute([peer])?;
+        tx.commit()?;
+        debug!(peer, changed, "conversation marked read");
+        Ok(saturating_u32(changed))
+    }
+
+    /// Deletes one message and returns it; the conversation's last message and unread
+    /// count follow, and a conversation left empty disappears.
+    pub fn delete_message(&mut self, id: &str) -> Result<Message> {
+        let uuid = parse_id(id)?;
+        let tx = self.write()?;
+        let (message, seq, conv): (Message, i64, i64) = tx
+            .prepare_cached(concat!(
+                "SELECT m.uuid, c.peer, m.outgoing, m.body, m.channel, m.status, ",
+                "m.timestamp_ms, m.read, m.error, m.seq, m.conv ",
+                "FROM messages m JOIN conversations c ON c.id = m.conv WHERE m.uuid = ?1"
+            ))?
+            .query_row([uuid], |row| {
+                Ok((message_from_row(row)?, row.get(9)?, row.get(10)?))
+            })
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+        tx.prepare_cached("DELETE FROM messages WHERE seq = ?1")?
+            .execute([seq])?;
+        if !message.read {
+            tx.prepare_cached("UPDATE conversations SET unread = unread - 1 WHERE id = ?1")?
+                .execute([conv])?;
+        }
+        let newest: Option<(i64, i64)> = tx
+            .prepare_cached(NEWEST_IN_CONVERSATION)?
+            .query_row([conv], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        match newest {
+            Some((seq, ts)) => tx
+                .prepare_cached(
+                    "UPDATE conversations SET last_seq = ?2, last_ts = ?3 WHERE id = ?1",
+                )?
+                .execute([conv, seq, ts])?,
+            None => tx
+                .prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+                .execute([conv])?,
+        };
+        tx.commit()?;
+        debug!(id, "message deleted");
+        Ok(message)
+    }
+
+    /// Deletes every message with `peer` and the conversation; returns how many messages.
+    pub fn delete_conversation(&mut self, peer: &str) -> Result<u32> {
+        let tx = self.write()?;
+        let conv: Option<i64> = tx
+            .prepare_cached(CONVERSATION_BY_PEER)?
+            .query_row([peer], |row| row.get(0))
+            .optional()?;
+        let Some(conv) = conv else {
+            return Ok(0);
+        };
+        let deleted = tx
+            .prepare_cached("DELETE FROM messages WHERE conv = ?1")?
+            .execute([conv])?;
+        tx.prepare_cached("DELETE FROM conversations WHERE id = ?1")?
+            .execute([conv])?;
+        tx.commit()?;
+        debug!(peer, deleted, "conversation deleted");
+        Ok(saturating_u32(deleted))
+    }
+
+    /// All unread incoming messages.
+    pub fn unread_count(&self) -> Result<u32> {
+        let total: i64 = self
+            .conn
+            .prepare_cached(UNREAD_COUNT)?
+            .query_row([], |row| row.get(0))?;
+        Ok(u32::try_from(total).unwrap_or(u32::MAX))
+    }
+
+    /// Every conversation peer (for presence following, later), sorted.
+    pub fn peers(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT peer FROM conversations ORDER BY peer")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// `query` split and folded exactly as the FTS index splits and folds bodies: through
+    /// the temp FTS5 table made in [`Store::init`] and its vocabulary (only this
+    /// connection sees it; it lives in memory).
+    fn query_tokens(&self, query: &str) -> Result<Vec<String>> {
+        self.conn
+            .prepare_cached("DELETE FROM temp.search_query")?
+            .execute([])?;
+        self.conn
+            .prepare_cached("INSERT INTO temp.search_query (rowid, q) VALUES (1, ?1)")?
+            .execute([query])?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT term FROM temp.search_query_terms ORDER BY offset")?;
+        let tokens = stmt.query_map([], |row| row.get(0))?;
+        Ok(tokens.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A write transaction, taking the write lock up front.
+    fn write(&mut self) -> Result<Transaction<'_>> {
+        Ok(self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?)
+    }
+
+    /// Runs an UPDATE of one message by uuid (`?1`); NotFound when it matched nothing.
+    fn update_one(&mut self, id: &str, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Result<()> {
+        match self.conn.prepare_cached(sql)?.execute(params)? {
+            0 => Err(StoreError::NotFound(id.to_owned())),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Applies the migrations not yet applied, each in its own transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let known = MIGRATIONS.len() as i64;
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        // A negative version is no schema of ours either.
+        let Some((name, sql)) = usize::try_from(found)
+            .ok()
+            .filter(|&applied| applied <= MIGRATIONS.len())
+            .map(|applied| MIGRATIONS.get(applied))
+            .ok_or(StoreError::TooNew { found, known })?
+        else {
+            return Ok(());
+        };
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+        info!(
+            migration = name,
+            version = found + 1,
+            "store schema migrated"
+        );
+    }
+}
+
+/// The conversation of `peer`, created if new (its last message is set by
+/// [`advance_conversation`] in the same transaction).
+fn conversation_id(tx: &Transaction, peer: &str) -> Result<i64> {
+    let existing: Option<i64> = tx
+        .prepare_cached(CONVERSATION_BY_PEER)?
+        .query_row([peer], |row| row.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO conversations (peer, last_seq, last_ts, unread) \
+             VALUES (?1, 0, ?2, 0) RETURNING id",
+        )?
+        .query_row(params![peer, i64::MIN], |row| row.get(0))?)
+}
+
+/// Records a new message (`seq`, `timestamp_ms`) in its conversation: it becomes the last
+/// message unless an older-stamped one is newer, and `unread` is added.
+fn advance_conversation(
+    tx: &Transaction,
+    conv: i64,
+    seq: i64,
+    timestamp_ms: i64,
+    unread: i64,
+) -> Result<()> {
+    // A new seq is above every stored one, so (timestamp_ms, seq) is the newest exactly
+    // when timestamp_ms >= last_ts. SET expressions all see the old row.
+    tx.prepare_cached(
+        "UPDATE conversations SET \
+         last_seq = CASE WHEN ?3 >= last_ts THEN ?2 ELSE last_seq END, \
+         last_ts = max(last_ts, ?3), unread = unread + ?4 WHERE id = ?1",
+    )?
+    .execute(params![conv, seq, timestamp_ms, unread])?;
+    Ok(())
+}
+
+/// The FTS5 expression for tokens of the index's tokenizer: each one quoted (a quote
+/// doubled, although the tokenizer never keeps one), implicitly AND-ed; `None` when
+/// there are none. Each string is a single token, never a phrase, which `detail=none`
+/// would refuse.
+fn fts_expression(tokens: &[String]) -> Option<String> {
+    let terms: Vec<String> = tokens
+        .iter()
+        .map(|token| format!("\"{}\"", token.replace('"', "\"\"")))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" "))
+}
+
+/// Reads the columns of [`select_message!`] (indexes 0 to 8).
+fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
+    let status: i64 = row.get(5)?;
+    let channel: Option<i64> = row.get(4)?;
+    Ok(Message {
+        id: uuid_from_row(row, 0)?,
+        peer: row.get(1)?,
+        direction: direction(row.get(2)?),
+        text: row.get(3)?,
+        channel: match channel {
+            None => None,
+            Some(code) => Some(
+                channel_from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(4, code))?,
+            ),
+        },
+        status: status_from_code(status)
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(5, status))?,
+        timestamp_ms: row.get(6)?,
+        read: row.get(7)?,
+        error: row.get(8)?,
+    })
+}
+
+fn uuid_from_row(row: &Row, idx: usize) -> rusqlite::Result<String> {
+    let bytes: [u8; 16] = row.get(idx)?;
+    Ok(Uuid::from_bytes(bytes).to_string())
+}
+
+const fn direction(outgoing: bool) -> Direction {
+    if outgoing {
+        Direction::Outgoing
+    } else {
+        Direction::Incoming
+    }
+}
+
+/// The 16 stored bytes of an API id; an id that is no UUID names no message.
+fn parse_id(id: &str) -> Result<[u8; 16]> {
+    Uuid::parse_str(id)
+        .map(|uuid| uuid.into_bytes())
+        .map_err(|_| StoreError::NotFound(id.to_owned()))
+}
+
+fn saturating_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn io_error(path: &Path, source: io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `path` with `suffix` appended to the file name (SQLite's `-wal`, `-shm`).
+fn sidecar(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Makes an existing file private to the user (0600); a missing file is fine.
+fn restrict_mode(path: &Path) -> Result<()> {
+    let mode = match fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io_error(path, source)),
+    };
+    if mode & 0o077 != 0 {
+        warn!(path = %path.display(), mode = format_args!("{mode:o}"), "making the database private");
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .map_err(|source| io_error(path, source))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1014 @@
+//! Tests of the store at its boundary: the public methods, the file on disk, the query
+//! plans the speed requirement rests on, and the actor handle.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Instant;
+
+use super::*;
+
+const ALICE: &str = "+15550000001";
+const BOB: &str = "+15550000002";
+const CAROL: &str = "+15550000003";
+
+fn store() -> Store {
+    Store::open_in_memory().expect("in-memory store")
+}
+
+fn outgoing(store: &mut Store, peer: &str, text: &str, timestamp_ms: i64) -> Message {
+    let (message, new) = store
+        .insert_outgoing(&NewOutgoing {
+            peer,
+            text,
+            requested: ChannelRequest::Auto,
+            delivery_report: false,
+            client_token: None,
+            timestamp_ms,
+        })
+        .expect("insert outgoing");
+    assert!(new);
+    message
+}
+
+fn incoming(store: &mut Store, peer: &str, text: &str, timestamp_ms: i64) -> Message {
+    let dedupe_key = format!("test:{peer}:{timestamp_ms}:{text}");
+    store
+        .insert_incoming(&NewIncoming {
+            peer,
+            text,
+            channel: Channel::Sms,
+            timestamp_ms,
+            dedupe_key: &dedupe_key,
+        })
+        .expect("insert incoming")
+        .expect("a new message")
+}
+
+fn ids(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.id.as_str()).collect()
+}
+
+fn texts(messages: &[Message]) -> Vec<&str> {
+    messages.iter().map(|m| m.text.as_str()).collect()
+}
+
+/// The summary tables agree with the messages: every conversation's last message is its
+/// newest by (timestamp, seq), its unread count is right, none is empty, and the FTS
+/// index matches the bodies.
+fn assert_consistent(store: &Store) {
+    let mut stmt = store
+        .conn
+        .prepare(
+            "SELECT c.peer, c.last_seq, c.last_ts, c.unread, \
+             (SELECT seq FROM messages WHERE conv = c.id \
+              ORDER BY timestamp_ms DESC, seq DESC LIMIT 1), \
+             (SELECT max(timestamp_ms) FROM messages WHERE conv = c.id), \
+             (SELECT count(*) FROM messages WHERE conv = c.id AND read = 0) \
+             FROM conversations c",
+        )
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                (
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                ),
+                (
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<i64>>(5)?,
+                    row.get::<_, i64>(6)?,
+                ),
+            ))
+        })
+        .expect("query");
+    for row in rows {
+        let (peer, (last_seq, last_ts, unread), (seq, ts, count)) = row.expect("row");
+        assert_eq!(
+            (Some(last_seq), Some(last_ts), unread),
+            (seq, ts, count),
+            "conversation {peer}"
+        );
+    }
+    store
+        .conn
+        .execute(
+            "INSERT INTO messages_fts (messages_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )
+        .expect("FTS index matches the messages");
+    let broken: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+            row.get(0)
+        })
+        .expect("foreign key check");
+    assert_eq!(broken, 0);
+}
+
+// ---- opening, files, migrations -------------------------------------------------
+
+#[test]
+fn file_store_keeps_its_data_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/tandem/messages.db");
+    let (sent, got) = {
+        let mut store = Store::open(&path).expect("open new");
+        let sent = outgoing(&mut store, ALICE, "see you at 8", 1_000);
+        let got = incoming(&mut store, ALICE, "ok, at the café", 2_000);
+        (sent, got)
+    };
+    let mut store = Store::open(&path).expect("reopen");
+    assert_eq!(store.get_message(&sent.id).expect("sent"), sent);
+    assert_eq!(store.get_message(&got.id).expect("got"), got);
+    assert_eq!(
+        ids(&store.search("cafe", 10).expect("search")),
+        [got.id.as_str()]
+    );
+    assert_eq!(store.unread_count().expect("unread"), 1);
+    let version: i64 = store
+        .conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .expect("user_version");
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    // The reopened store is writable and its dedupe keys survived.
+    assert!(
+        store
+            .insert_incoming(&NewIncoming {
+                peer: ALICE,
+                text: "ok, at the café",
+                channel: Channel::Sms,
+                timestamp_ms: 2_000,
+                dedupe_key: &format!("test:{ALICE}:2000:ok, at the café"),
+            })
+            .expect("insert")
+            .is_none()
+    );
+    assert_consistent(&store);
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn database_files_are_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("data/messages.db");
+    let mut store = Store::open(&path).expect("open");
+    outgoing(&mut store, ALICE, "hi", 1);
+    assert_eq!(mode(&dir.path().join("data")), 0o700);
+    for file in ["messages.db", "messages.db-wal", "messages.db-shm"] {
+        assert_eq!(mode(&dir.path().join("data").join(file)), 0o600, "{file}");
+    }
+    drop(store);
+
+    // A database left readable by others is made private again.
+    let loose = dir.path().join("loose.db");
+    std::fs::write(&loose, b"").expect("create");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    Store::open(&loose).expect("open loose");
+    assert_eq!(mode(&loose), 0o600);
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("messages.db");
+    drop(Store::open(&path).expect("open"));
+    Connection::open(&path)
+        .and_then(|conn| conn.pragma_update(None, "user_version", 99))
+        .expect("bump user_version");
+    match Store::open(&path) {
+        Err(StoreError::TooNew { found: 99, known }) => {
+            assert_eq!(known, MIGRATIONS.len() as i64)
+        }
+        other => panic!("expected TooNew, got {:?}", other.map(|_| "a store")),
+    }
+}
+
+#[test]
+fn unopenable_path_is_an_io_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("create");
+    // A regular file where the parent directory should be.
+    match Store::open(&file.join("messages.db")) {
+        Err(StoreError::Io { path, .. }) => assert_eq!(path, file),
+        other => panic!("expected Io, got {:?}", other.map(|_| "a store")),
+    }
+}
+
+#[test]
+fn query_tokenizer_is_the_index_tokenizer() {
+    let (_, sql) = MIGRATIONS[0];
+    assert!(sql.contains(&format!("tokenize = '{QUERY_TOKENIZER}'")));
+}
+
+// ---- inserting ------------------------------------------------------------------
+
+#[test]
+fn outgoing_is_queued_and_idempotent_by_client_token() {
+    let mut store = store();
+    let send = |store: &mut Store, text: &str, token: Option<&str>| {
+        store
+            .insert_outgoing(&NewOutgoing {
+                peer: ALICE,
+                text,
+                requested: ChannelRequest::Sms,
+                delivery_report: true,
+                client_token: token,
+                timestamp_ms: 10,
+            })
+            .expect("insert")
+    };
+    let (first, new) = send(&mut store, "hello", Some("token-1"));
+    assert!(new);
+    assert_eq!(
+        (
+            first.direction,
+            first.status,
+            first.channel,
+            first.read,
+            first.error.as_deref()
+        ),
+        (Direction::Outgoing, Status::Queued, None, true, None)
+    );
+    assert_eq!(
+        Uuid::parse_str(&first.id).map(|u| u.get_version_num()),
+        Ok(4)
+    );
+    // (text, token, expect a new message)
+    let cases: &[(&str, Option<&str>, bool)] = &[
+        ("hello again", Some("token-1"), false),
+        ("hello", Some("token-2"), true),
+        ("hello", None, true),
+        ("hello", None, true),
+    ];
+    for &(text, token, want_new) in cases {
+        let (message, new) = send(&mut store, text, token);
+        assert_eq!(new, want_new, "{text} {token:?}");
+        assert_eq!(message.id == first.id, !want_new, "{text} {token:?}");
+    }
+    assert_eq!(store.get_messages(ALICE, None, 100).expect("list").len(), 4);
+    let entry = &store.outbox().expect("outbox")[0];
+    assert_eq!(
+        (
+            entry.requested,
+            entry.delivery_report,
+            entry.attempts,
+            entry.next_attempt_ms
+        ),
+        (ChannelRequest::Sms, true, 0, 0)
+    );
+    assert_consistent(&store);
+}
+
+#[test]
+fn incoming_is_deduplicated_by_key() {
+    let mut store = store();
+    let receive = |store: &mut Store, text: &str, key: &str| {
+        store
+            .insert_incoming(&NewIncoming {
+                peer: BOB,
+                text,
+                channel: Channel::Ip,
+                timestamp_ms: 50,
+                dedupe_key: key,
+            })
+            .expect("insert")
+    };
+    let first = receive(&mut store, "ping", "ip:1").expect("new");
+    assert_eq!(
+        (first.direction, first.status, first.channel, first.read),
+        (
+            Direction::Incoming,
+            Status::Received,
+            Some(Channel::Ip),
+            false
+        )
+    );
+    // (text, key, expect a new message)
+    let cases: &[(&str, &str, bool)] = &[
+        ("ping", "ip:1", false),
+        ("something else", "ip:1", false),
+        ("ping", "ip:2", true),
+        ("ping", "ip:1 ", true),
+    ];
+    for &(text, key, want_new) in cases {
+        assert_eq!(
+            receive(&mut store, text, key).is_some(),
+            want_new,
+            "{text} {key:?}"
+        );
+    }
+    assert_eq!(store.unread_count().expect("unread"), 3);
+    assert_consistent(&store);
+}
+
+// ---- single messages ------------------------------------------------------------
+
+#[test]
+fn unknown_ids_are_not_found() {
+    let mut store = store();
+    outgoing(&mut store, ALICE, "hi", 1);
+    let unknown = Uuid::new_v4().to_string();
+    for id in [unknown.as_str(), "not-a-uuid", ""] {
+        let check = |result: Result<()>| match result {
+            Err(StoreError::NotFound(got)) => assert_eq!(got, id),
+            other => panic!("{id:?}: expected NotFound, got {other:?}"),
+        };
+        check(store.get_message(id).map(drop));
+        check(store.update_status(id, Status::Sent, None, None).map(drop));
+        check(store.set_sms_reference(id, 1));
+        check(store.record_attempt(id, 1, 2));
+        check(store.delete_message(id).map(drop));
+    }
+}
+
+#[test]
+fn update_status_sets_channel_and_error() {
+    let mut store = store();
+    let id = outgoing(&mut store, ALICE, "hi", 1).id;
+    // (status, channel, error) → (channel, error) afterwards
+    type Step = (
+        Status,
+        Option<Channel>,
+        Option<&'static str>,
+        Option<Channel>,
+        Option<&'static str>,
+    );
+    let steps: &[Step] = &[
+        (Status::Sending, None, None, None, None),
+        (
+            Status::Sending,
+            Some(Channel::Ip),
+            Some("ignored"),
+            Some(Channel::Ip),
+            None,
+        ),
+        (
+            Status::Failed,
+            None,
+            Some("no route"),
+            Some(Channel::Ip),
+            Some("no route"),
+        ),
+        (
+            Status::Queued,
+            Some(Channel::Sms),
+            None,
+            Some(Channel::Sms),
+            None,
+        ),
+        (Status::Sent, None, None, Some(Channel::Sms), None),
+        (
+            Status::Delivered,
+            None,
+            Some("ignored"),
+            Some(Channel::Sms),
+            None,
+        ),
+        (Status::Failed, None, None, Some(Channel::Sms), None),
+    ];
+    for &(status, channel, error, want_channel, want_error) in steps {
+        let message = store
+            .update_status(&id, status, channel, error)
+            .expect("update");
+        assert_eq!(
+            (message.status, message.channel, message.error.as_deref()),
+            (status, want_channel, want_error),
+            "{status} {channel:?} {error:?}"
+        );
+        assert_eq!(store.get_message(&id).expect("get"), message);
+    }
+}
+
+#[test]
+fn sms_reference_finds_the_newest_sent_message() {
+    let mut store = store();
+    let sent = |store: &mut Store, peer: &str, ts: i64, reference: u32, status: Status| {
+        let id = outgoing(store, peer, "sms", ts).id;
+        store.set_sms_reference(&id, reference).expect("reference");
+        store
+            .update_status(&id, status, Some(Channel::Sms), None)
+            .expect("status");
+        id
+    };
+    let old_delivered = sent(&mut store, ALICE, 100, 7, Status::Delivered);
+    let older = sent(&mut store, ALICE, 200, 7, Status::Sent);
+    let newer = sent(&mut store, ALICE, 300, 7, Status::Sent);
+    let _other_peer = sent(&mut store, BOB, 400, 7, Status::Sent);
+    let _other_ref = sent(&mut store, ALICE, 500, 8, Status::Delivered);
+    let find = |store: &Store, peer: &str, reference: u32| {
+        store
+            .find_by_sms_reference(peer, reference)
+            .expect("find")
+            .map(|m| m.id)
+    };
+    assert_eq!(find(&store, ALICE, 7), Some(newer.clone()));
+    store
+        .update_status(&newer, Status::Delivered, None, None)
+        .expect("deliver");
+    assert_eq!(find(&store, ALICE, 7), Some(older.clone()));
+    store
+        .update_status(&older, Status::Failed, None, Some("rejected"))
+        .expect("fail");
+    // Only final messages carry 7 now: a late report must not touch them.
+    assert_eq!(find(&store, ALICE, 7), None);
+    assert_eq!(find(&store, ALICE, 8), None);
+    assert_eq!(find(&store, CAROL, 7), None);
+    assert!(store.get_message(&old_delivered).is_ok());
+}
+
+#[test]
+fn outbox_holds_pending_outgoing_in_acceptance_order() {
+    let mut store = store();
+    let first = outgoing(&mut store, ALICE, "one", 1_000);
+    incoming(&mut store, ALICE, "not outgoing", 1_500);
+    let second = outgoing(&mut store, BOB, "two", 3_000);
+    // The clock went back: still accepted after `second`.
+    let third = outgoing(&mut store, ALICE, "three", 2_000);
+    let done = outgoing(&mut store, CAROL, "done", 500);
+    store
+        .update_status(&done.id, Status::Sent, Some(Channel::Ip), None)
+        .expect("sent");
+    store
+        .update_status(&second.id, Status::Sending, Some(Channel::Sms), None)
+        .expect("sending");
+    store.record_attempt(&first.id, 2, 9_000).expect("attempt");
+
+    let outbox = store.outbox().expect("outbox");
+    let got: Vec<(&str, Status, u32, i64)> = outbox
+        .iter()
+        .map(|e| {
+            (
+                e.message.text.as_str(),
+                e.message.status,
+                e.attempts,
+                e.next_attempt_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("one", Status::Queued, 2, 9_000),
+            ("two", Status::Sending, 0, 0),
+            ("three", Status::Queued, 0, 0),
+        ]
+    );
+    assert_eq!(outbox[2].message, third);
+
+    store
+        .update_status(&first.id, Status::Failed, None, Some("gave up"))
+        .expect("fail");
+    assert_eq!(store.outbox().expect("outbox").len(), 2);
+}
+
+// ---- conversations ----------------------------------------------------------------
+
+/// (peer, last text, last direction, unread), newest activity first.
+fn summary(store: &Store) -> Vec<(String, String, Direction, u32)> {
+    store
+        .list_conversations(0, 100)
+        .expect("list")
+        .into_iter()
+        .map(|c| (c.peer, c.last_text, c.last_direction, c.unread))
+        .collect()
+}
+
+fn row(
+    peer: &str,
+    text: &str,
+    direction: Direction,
+    unread: u32,
+) -> (String, String, Direction, u32) {
+    (peer.to_owned(), text.to_owned(), direction, unread)
+}
+
+#[test]
+fn conversation_list_follows_every_change() {
+    use Direction::{Incoming, Outgoing};
+    let mut store = store();
+    incoming(&mut store, ALICE, "a1", 100);
+    let a2 = incoming(&mut store, ALICE, "a2", 400);
+    incoming(&mut store, BOB, "b1", 200);
+    outgoing(&mut store, BOB, "b2", 300);
+    incoming(&mut store, CAROL, "c1", 250);
+    // Arrives last but is stamped older: neither the last message nor first in the list.
+    incoming(&mut store, CAROL, "c0 (delayed)", 50);
+    assert_eq!(
+        summary(&store),
+        [
+            row(ALICE, "a2", Incoming, 2),
+            row(BOB, "b2", Outgoing, 1),
+            row(CAROL, "c1", Incoming, 2),
+        ]
+    );
+    let first = &store.list_conversations(0, 1).expect("list")[0];
+    assert_eq!(
+        (first.last_id.as_str(), first.last_timestamp_ms),
+        (a2.id.as_str(), 400)
+    );
+    assert_eq!(store.unread_count().expect("unread"), 5);
+    assert_consistent(&store);
+
+    // Paging the list.
+    let page: Vec<String> = store
+        .list_conversations(1, 5)
+        .expect("list")
+        .into_iter()
+        .map(|c| c.peer)
+        .collect();
+    assert_eq!(page, [BOB, CAROL]);
+    assert!(store.list_conversations(3, 5).expect("list").is_empty());
+    assert!(store.list_conversations(0, 0).expect("list").is_empty());
+
+    // (peer to mark read, how many change)
+    for (peer, want) in [(CAROL, 2), (CAROL, 0), ("+10000000000", 0)] {
+        assert_eq!(store.mark_read(peer).expect("mark read"), want, "{peer}");
+    }
+    assert_eq!(store.unread_count().expect("unread"), 3);
+    assert_consistent(&store);
+
+    // Deleting the last message moves the conversation back in the list.
+    let deleted = store.delete_message(&a2.id).expect("delete");
+    assert_eq!(deleted, a2);
+    assert_eq!(
+        summary(&store),
+        [
+            row(BOB, "b2", Outgoing, 1),
+            row(CAROL, "c1", Incoming, 0),
+            row(ALICE, "a1", Incoming, 1),
+        ]
+    );
+    assert_eq!(store.unread_count().expect("unread"), 2);
+    assert_consistent(&store);
+
+    assert_eq!(store.delete_conversation(BOB).expect("delete"), 2);
+    assert_eq!(store.delete_conversation(BOB).expect("delete again"), 0);
+    assert_eq!(
+        summary(&store),
+        [row(CAROL, "c1", Incoming, 0), row(ALICE, "a1", Incoming, 1)]
+    );
+    assert_eq!(store.peers().expect("peers"), [ALICE, CAROL]);
+    assert_eq!(store.unread_count().expect("unread"), 1);
+    assert_consistent(&store);
+
+    // The only message of a conversation: the conversation goes with it.
+    let only = store.get_messages(ALICE, None, 10).expect("messages");
+    assert_eq!(texts(&only), ["a1"]);
+    store.delete_message(&only[0].id).expect("delete");
+    assert_eq!(store.peers().expect("peers"), [CAROL]);
+    assert_eq!(store.unread_count().expect("unread"), 0);
+    assert_consistent(&store);
+}
+
+#[test]
+fn cursor_paging_is_stable_across_equal_timestamps() {
+    let mut store = store();
+    // Inserted in this order; equal timestamps keep insertion order.
+    let stamps = [5, 5, 5, 3, 5, 9, 5, 1];
+    let mut inserted = Vec::new();
+    for (i, &ts) in stamps.iter().enumerate() {
+        let text = format!("m{i}");
+        inserted.push(if i % 2 == 0 {
+            incoming(&mut store, ALICE, &text, ts)
+        } else {
+            outgoing(&mut store, ALICE, &text, ts)
+        });
+        outgoing(&mut store, BOB, "interleaved", ts);
+    }
+    let want = ["m5", "m6", "m4", "m2", "m1", "m0", "m3", "m7"];
+    let all = store.get_messages(ALICE, None, 100).expect("all");
+    assert_eq!(texts(&all), want);
+    for limit in 1..=4 {
+        let mut paged = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .get_messages(ALICE, cursor.as_deref(), limit)
+                .expect("page");
+            assert!(page.len() <= limit as usize);
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id.clone());
+            paged.extend(page);
+        }
+        assert_eq!(texts(&paged), want, "limit {limit}");
+    }
+    assert!(
+        store
+            .get_messages(ALICE, None, 0)
+            .expect("empty")
+            .is_empty()
+    );
+    assert!(
+        store
+            .get_messages(CAROL, None, 10)
+            .expect("unknown peer")
+            .is_empty()
+    );
+}
+
+#[test]
+fn unknown_cursor_is_not_found() {
+    let mut store = store();
+    incoming(&mut store, ALICE, "a", 1);
+    let bobs = outgoing(&mut store, BOB, "b", 2);
+    let deleted = outgoing(&mut store, ALICE, "gone", 3);
+    store.delete_message(&deleted.id).expect("delete");
+    let unknown = Uuid::new_v4().to_string();
+    // (peer, cursor)
+    let cases = [
+        (ALICE, unknown.as_str()),
+        (ALICE, "garbage"),
+        (ALICE, bobs.id.as_str()),
+        (ALICE, deleted.id.as_str()),
+        (CAROL, bobs.id.as_str()),
+    ];
+    for (peer, cursor) in cases {
+        match store.get_messages(peer, Some(cursor), 10) {
+            Err(StoreError::NotFound(id)) => assert_eq!(id, cursor),
+            other => panic!("{peer} {cursor}: expected NotFound, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn peers_lists_every_conversation() {
+    let mut store = store();
+    assert!(store.peers().expect("peers").is_empty());
+    for peer in [CAROL, "ACME", ALICE, CAROL] {
+        outgoing(&mut store, peer, "hi", 1);
+    }
+    assert_eq!(
+        store.peers().expect("peers"),
+        ["+15550000001", "+15550000003", "ACME"]
+    );
+}
+
+// ---- search -------------------------------------------------------------------------
+
+#[test]
+fn search_takes_any_text_as_words() {
+    let mut store = store();
+    let bodies = [
+        "Meet me at the station at 5",
+        "don't forget the milk",
+        "e-mail: bob@example.com (work)",
+        "Grüße aus Köln",
+        "Привет, как дела?",
+        "café au lait",
+        "AND OR NOT NEAR",
+        "price: $5 * 2 - \"discount\"",
+        "東京で会いましょう",
+    ];
+    for (i, body) in bodies.iter().enumerate() {
+        incoming(&mut store, ALICE, body, i as i64);
+    }
+    // (query, bodies found, newest first)
+    let cases: &[(&str, &[&str])] = &[
+        ("station", &[bodies[0]]),
+        ("STATION", &[bodies[0]]),
+        ("stat", &[]),
+        ("the", &[bodies[1], bodies[0]]),
+        ("the milk", &[bodies[1]]),
+        ("\"station\"", &[bodies[0]]),
+        ("station*", &[bodies[0]]),
+        ("-station", &[bodies[0]]),
+        ("station:", &[bodies[0]]),
+        ("(station", &[bodies[0]]),
+        ("station)", &[bodies[0]]),
+        ("{station}", &[bodies[0]]),
+        ("^station", &[bodies[0]]),
+        ("station AND milk", &[]),
+        ("station OR milk", &[]),
+        ("NOT", &[bodies[6]]),
+        ("NEAR(", &[bodies[6]]),
+        ("don't", &[bodies[1]]),
+        ("bob@example.com", &[bodies[2]]),
+        ("e-mail", &[bodies[2]]),
+        ("body:station", &[]),
+        ("\"discount\" $5", &[bodies[7]]),
+        ("grüße", &[bodies[3]]),
+        ("GRÜSSE", &[]),
+        ("koln", &[bodies[3]]),
+        ("Köln", &[bodies[3]]),
+        ("привет", &[bodies[4]]),
+        ("ПРИВЕТ", &[bodies[4]]),
+        ("прив", &[]),
+        ("дела", &[bodies[4]]),
+        ("cafe", &[bodies[5]]),
+        ("CAFÉ", &[bodies[5]]),
+        // unicode61 keeps a run of ideographs as one word.
+        ("東京で会いましょう", &[bodies[8]]),
+        ("東京", &[]),
+        ("nothing-like-this", &[]),
+        ("", &[]),
+        ("   ", &[]),
+        ("\"", &[]),
+        ("\"\"\"", &[]),
+        ("*", &[]),
+        ("-", &[]),
+        (":", &[]),
+        ("()", &[]),
+        ("'", &[]),
+        ("\0", &[]),
+        ("sta\0tion", &[]),
+        ("😊", &[]),
+        ("\u{202e}", &[]),
+    ];
+    for &(query, want) in cases {
+        let found = store
+            .search(query, 10)
+            .unwrap_or_else(|e| panic!("{query:?}: {e}"));
+        assert_eq!(texts(&found), want, "{query:?}");
+    }
+}
+
+#[test]
+fn search_is_newest_first_and_limited() {
+    let mut store = store();
+    for ts in [30, 10, 50, 20, 40] {
+        incoming(&mut store, BOB, &format!("hello {ts}"), ts);
+    }
+    outgoing(&mut store, ALICE, "hello from me", 60);
+    let found = store.search("hello", 3).expect("search");
+    assert_eq!(texts(&found), ["hello from me", "hello 40", "hello 20"]);
+    assert_eq!(found[0].peer, ALICE);
+    assert_eq!(found[0].direction, Direction::Outgoing);
+    assert!(store.search("hello", 0).expect("search").is_empty());
+}
+
+/// The query expression never contains a phrase (which `detail=none` refuses): every
+/// token the tokenizer makes of any character is again exactly one token, and searching
+/// for any character, alone or in runs, is no error.
+#[test]
+fn search_survives_every_character() {
+    let mut store = store();
+    incoming(&mut store, ALICE, "plain words", 1);
+    let chars: Vec<char> = (0..=0x10ffff_u32).filter_map(char::from_u32).collect();
+    for chunk in chars.chunks(4_000) {
+        let from = u32::from(chunk[0]);
+        let separated: String = chunk.iter().flat_map(|&c| [c, ' ']).collect();
+        let tokens = store.query_tokens(&separated).expect("tokens");
+        let again = store.query_tokens(&tokens.join(" ")).expect("tokens again");
+        assert_eq!(tokens, again, "chars from U+{from:04X}");
+        let joined: String = chunk.iter().collect();
+        if let Err(e) = store.search(&joined, 1) {
+            panic!("chars from U+{from:04X}: {e}");
+        }
+    }
+}
+
+#[test]
+fn fts_expression_quotes_every_token() {
+    let cases: &[(&[&str], Option<&str>)] = &[
+        (&[], None),
+        (&["word"], Some("\"word\"")),
+        (&["a", "b"], Some("\"a\" \"b\"")),
+        (&["say\"what"], Some("\"say\"\"what\"")),
+    ];
+    for &(tokens, want) in cases {
+        let tokens: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        assert_eq!(fts_expression(&tokens).as_deref(), want, "{tokens:?}");
+    }
+}
+
+#[test]
+fn deleted_messages_leave_the_search_index() {
+    let mut store = store();
+    let keep = incoming(&mut store, ALICE, "lunch at noon", 1);
+    let gone = outgoing(&mut store, ALICE, "lunch tomorrow instead", 2);
+    incoming(&mut store, BOB, "lunch? bob here", 3);
+    assert_eq!(store.search("lunch", 10).expect("search").len(), 3);
+    store.delete_message(&gone.id).expect("delete");
+    assert!(matches!(
+        store.delete_message(&gone.id),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.search("tomorrow", 10).expect("search").is_empty());
+    store.delete_conversation(BOB).expect("delete conversation");
+    assert_eq!(
+        ids(&store.search("lunch", 10).expect("search")),
+        [keep.id.as_str()]
+    );
+    assert_consistent(&store);
+}
+
+// ---- speed: query plans --------------------------------------------------------------
+
+#[test]
+fn hot_queries_use_indexes_only() {
+    let mut store = store();
+    fill_synthetic(&mut store, 2_000, 50, 3).expect("fill");
+    // As the daemon runs (no statistics), and after an ANALYZE (as `PRAGMA optimize`
+    // might one day do): the plans must be right either way.
+    assert_plans(&store);
+    store.conn.execute_batch("ANALYZE").expect("analyze");
+    assert_plans(&store);
+}
+
+fn assert_plans(store: &Store) {
+    // (name, statement, the index it must use)
+    let hot = [
+        ("GET_MESSAGE", GET_MESSAGE, "sqlite_autoindex_messages_1"),
+        ("BY_TOKEN", BY_TOKEN, "messages_token"),
+        ("DEDUPE_SEEN", DEDUPE_SEEN, "messages_dedupe"),
+        (
+            "CONVERSATION_BY_PEER",
+            CONVERSATION_BY_PEER,
+            "sqlite_autoindex_conversations_1",
+        ),
+        ("BY_SMS_REF", BY_SMS_REF, "messages_sent_refs"),
+        ("OUTBOX", OUTBOX, "messages_outbox"),
+        (
+            "LIST_CONVERSATIONS",
+            LIST_CONVERSATIONS,
+            "conversations_by_activity",
+        ),
+        ("CURSOR", CURSOR, "sqlite_autoindex_messages_1"),
+        ("PAGE", PAGE, "messages_by_conv"),
+        ("SEARCH", SEARCH, "messages_fts VIRTUAL TABLE"),
+        ("MARK_READ", MARK_READ, "messages_unread"),
+        (
+            "NEWEST_IN_CONVERSATION",
+            NEWEST_IN_CONVERSATION,
+            "messages_by_conv",
+        ),
+        ("UNREAD_COUNT", UNREAD_COUNT, "conversations_unread"),
+    ];
+    for (name, sql, index) in hot {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("explain");
+        let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |row| row.get(3))
+            .expect("plan")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan rows");
+        let text = plan.join("\n");
+        assert!(text.contains(index), "{name} does not use {index}:\n{text}");
+        for line in &plan {
+            let scan = match line.split(' ').take(2).collect::<Vec<_>>()[..] {
+                // Reading a subquery's page (search hits, a page of conversations).
+                ["SCAN", alias] if plan.contains(&format!("CO-ROUTINE {alias}")) => false,
+                // The FTS index answering MATCH.
+                ["SCAN", "messages_fts"] => false,
+                // Walking the list in order, stopping after offset + limit rows.
+                ["SCAN", "conversations"] => {
+                    name != "LIST_CONVERSATIONS"
+                        || !line.contains("USING INDEX conversations_by_activity")
+                }
+                ["SCAN", _] => true,
+                _ => false,
+            };
+            // Sorting a page (search hits, the outbox) is fine; sorting a table is not.
+            let sort = line.contains("TEMP B-TREE")
+                && !matches!(name, "SEARCH" | "OUTBOX" | "LIST_CONVERSATIONS");
+            assert!(!scan && !sort, "{name}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn synthetic_fill_is_deterministic_and_consistent() {
+    let fill = |seed| {
+        let mut store = store();
+        fill_synthetic(&mut store, 3_000, 40, seed).expect("fill");
+        store
+    };
+    let (a, b, c) = (fill(11), fill(11), fill(12));
+    let list = |s: &Store| s.list_conversations(0, 100).expect("list");
+    assert_eq!(list(&a), list(&b));
+    assert_ne!(list(&a), list(&c));
+    let top = &list(&a)[0].peer;
+    assert_eq!(
+        a.get_messages(top, None, 500).expect("messages"),
+        b.get_messages(top, None, 500).expect("messages")
+    );
+    assert_eq!(
+        a.unread_count().expect("unread"),
+        b.unread_count().expect("unread")
+    );
+    assert!(a.peers().expect("peers").len() <= 40);
+    assert_consistent(&a);
+
+    // Growing a store continues after its newest message.
+    let mut a = a;
+    let newest = list(&a)[0].last_timestamp_ms;
+    fill_synthetic(&mut a, 500, 40, 99).expect("grow");
+    assert!(list(&a)[0].last_timestamp_ms > newest);
+    let count: i64 = a
+        .conn
+        .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(count, 3_500);
+    assert_consistent(&a);
+}
+
+/// The on-disk size budget: 300 bytes per message, indexes and FTS included. The full
+/// measurement (1,000,000 messages) is in the module's report; this keeps a smaller
+/// store honest so that a new index or column cannot slip in unnoticed.
+#[test]
+fn synthetic_store_stays_within_the_size_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("messages.db");
+    let mut store = Store::open(&path).expect("open");
+    let messages = 20_000;
+    let started = Instant::now();
+    fill_synthetic(&mut store, messages, 500, 1).expect("fill");
+    let fill_time = started.elapsed();
+    store
+        .conn
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .expect("checkpoint");
+    let bytes = std::fs::metadata(&path).expect("metadata").len();
+    let per_message = bytes as f64 / messages as f64;
+    let mut stmt = store
+        .conn
+        .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
+        .expect("dbstat");
+    let parts: Vec<(String, i64)> = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .expect("dbstat rows")
+        .collect::<rusqlite::Result<_>>()
+        .expect("dbstat rows");
+    println!("{messages} messages in {fill_time:?}: {per_message:.1} bytes/message");
+    for (name, size) in &parts {
+        println!("  {name:32} {:6.1}", *size as f64 / messages as f64);
+    }
+    assert!(per_message <= 300.0, "{per_message:.1} bytes/message");
+}
+
+// ---- the actor handle ------------------------------------------------------------------
+
+#[tokio::test]
+async fn handle_runs_calls_on_the_store_thread() {
+    let handle = StoreHandle::spawn(store());
+    let other = handle.clone();
+    let (message, thread) = handle
+        .call(|store| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            Ok((outgoing(store, ALICE, "via the actor", 7), thread))
+        })
+        .await
+        .expect("call");
+    assert_eq!(thread.as_deref(), Some("tandem-store"));
+    let id = message.id.clone();
+    let got = other
+        .call(move |store| store.get_message(&id))
+        .await
+        .expect("get");
+    assert_eq!(got, message);
+
+    // Errors come back as they are.
+    let missing = other.call(|store| store.get_message("nope")).await;
+    assert!(matches!(missing, Err(StoreError::NotFound(id)) if id == "nope"));
+
+    // A panicking job costs its caller an answer (Closed), not the store.
+    let panicked = handle
+        .call(|store| -> Result<()> {
+            store.mark_read(ALICE)?;
+            panic!("job failure for the test")
+        })
+        .await;
+    assert!(matches!(panicked, Err(StoreError::Closed)));
+    let count = handle
+        .call(|store| Ok(store.get_messages(ALICE, None, 10)?.len()))
+        .await
+        .expect("still running");
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn handle_serves_many_tasks_at_once() {
+    let handle = StoreHandle::spawn(store());
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .call(move |store| Ok(incoming(store, BOB, &format!("n{i}"), i).id))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("task").expect("call");
+    }
+    let unread = handle
+        .call(|store| store.unread_count())
+        .await
+        .expect("unread");
+    assert_eq!(unread, 20);
+}
