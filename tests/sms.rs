@@ -125,6 +125,48 @@ async fn send_goes_queued_sending_sent_delivered() {
 }
 
 #[tokio::test]
+async fn a_status_report_that_comes_while_the_daemon_is_down_still_finds_its_message() {
+    let dir = temp_dir();
+    let session = Bus::start();
+    let system = Bus::start();
+    let _sim = Sim::with_report_delay(&system, &[ALICE, BOB], 1500);
+    let signals = SignalLog::start(&session).await;
+    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
+    let api = client(&session).await;
+    wait_modem(&api, "registered").await;
+    let id = api
+        .send_message(BOB, "report me later", no_options())
+        .await
+        .expect("SendMessage");
+    signals
+        .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_string()))
+        .await;
+    daemon.kill9();
+    // The report reaches the modem while nobody listens.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let ctl = SimCtl::new(&system.connect().await).await;
+    assert!(
+        ctl.list_sms(ALICE)
+            .await
+            .iter()
+            .any(|d| d.get("pdu-type").and_then(|v| u32::try_from(v).ok()) == Some(3)),
+        "the report waits on the modem"
+    );
+    daemon.restart().await;
+    signals
+        .wait_until("delivered", |s| {
+            s.statuses(&id).last().map(String::as_str) == Some("delivered")
+        })
+        .await;
+    let api = client(&session).await;
+    assert_eq!(api.get_message(&id).await.expect("GetMessage").status, "delivered");
+    eventually("report removed from the modem", || async {
+        ctl.list_sms(ALICE).await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn without_delivery_report_it_stays_sent() {
     let w = World::new().await;
     let api = client(&w.session).await;

@@ -61,15 +61,22 @@ pub struct Sim {
     child: Option<Child>,
     bus_address: String,
     modems: Vec<String>,
+    report_delay_ms: u32,
 }
 
 impl Sim {
     /// Starts the simulator hosting one modem per number and waits until it is ready.
     pub fn start(bus: &Bus, modems: &[&str]) -> Sim {
+        Self::with_report_delay(bus, modems, 50)
+    }
+
+    /// Same, with the carrier's status reports coming `report_delay_ms` after delivery.
+    pub fn with_report_delay(bus: &Bus, modems: &[&str], report_delay_ms: u32) -> Sim {
         let mut sim = Sim {
             child: None,
             bus_address: bus.address.clone(),
             modems: modems.iter().map(|m| m.to_string()).collect(),
+            report_delay_ms,
         };
         sim.spawn();
         sim
@@ -77,7 +84,8 @@ impl Sim {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem-mmsim"));
-        cmd.args(["--bus", &self.bus_address, "--report-delay-ms", "50"]);
+        let delay = self.report_delay_ms.to_string();
+        cmd.args(["--bus", &self.bus_address, "--report-delay-ms", &delay]);
         for m in &self.modems {
             cmd.args(["--modem", m]);
         }
