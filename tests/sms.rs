@@ -159,7 +159,10 @@ async fn a_status_report_that_comes_while_the_daemon_is_down_still_finds_its_mes
         })
         .await;
     let api = client(&session).await;
-    assert_eq!(api.get_message(&id).await.expect("GetMessage").status, "delivered");
+    assert_eq!(
+        api.get_message(&id).await.expect("GetMessage").status,
+        "delivered"
+    );
     eventually("report removed from the modem", || async {
         ctl.list_sms(ALICE).await.is_empty()
     })

@@ -92,7 +92,8 @@ impl TempDir {
     fn new(parent: Option<&Path>) -> Result<TempDir> {
         let parent = parent.map_or_else(|| PathBuf::from("/var/tmp"), Path::to_owned);
         let dir = parent.join(format!("tandem-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(TempDir(dir))
     }
 }
@@ -110,7 +111,12 @@ struct Daemon {
 
 impl Daemon {
     /// Starts it and returns once it owns its name, with the time that took.
-    async fn start(session: &Bus, system: &Bus, dir: &Path, db: &Path) -> Result<(Daemon, Duration)> {
+    async fn start(
+        session: &Bus,
+        system: &Bus,
+        dir: &Path,
+        db: &Path,
+    ) -> Result<(Daemon, Duration)> {
         let conn = zbus::connection::Builder::address(session.address.as_str())
             .build()
             .await?;
@@ -193,10 +199,18 @@ where
     Ok(median_ms(samples))
 }
 
-async fn store_scenario(args: &Args, messages: u64, conversations: u32, calls: usize) -> Result<String> {
+async fn store_scenario(
+    args: &Args,
+    messages: u64,
+    conversations: u32,
+    calls: usize,
+) -> Result<String> {
     let dir = TempDir::new(args.dir.as_deref())?;
     let db = dir.0.join("messages.db");
-    eprintln!("building a store of {messages} messages over {conversations} conversations in {}", dir.0.display());
+    eprintln!(
+        "building a store of {messages} messages over {conversations} conversations in {}",
+        dir.0.display()
+    );
     let t = Instant::now();
     {
         let mut store = Store::open(&db)?;
@@ -224,7 +238,10 @@ async fn store_scenario(args: &Args, messages: u64, conversations: u32, calls: u
     if peers.is_empty() {
         bail!("the store has no conversations");
     }
-    let list_ms = time_calls(calls, |_| async { Ok(api.list_conversations(0, 50).await?) }).await?;
+    let list_ms = time_calls(calls, |_| async {
+        Ok(api.list_conversations(0, 50).await?)
+    })
+    .await?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let picks: Vec<usize> = (0..calls + 3).map(|_| rng.below(peers.len())).collect();
     let page_ms = time_calls(calls, |i| {
@@ -258,7 +275,10 @@ async fn store_scenario(args: &Args, messages: u64, conversations: u32, calls: u
 
 /// Daemon mode: exactly what `tandemd --db DB` does, with the default configuration.
 fn run_daemon(db: &Path) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tandem-bench: {e}");
@@ -272,7 +292,12 @@ fn run_daemon(db: &Path) -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match runtime.block_on(tandem::daemon::run(config, db, Default::default(), shutdown)) {
+    match runtime.block_on(tandem::daemon::run(
+        config,
+        db,
+        Default::default(),
+        shutdown,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tandem-bench daemon: {e}");
@@ -286,7 +311,10 @@ fn main() -> ExitCode {
     if let Some(db) = &args.daemon {
         return run_daemon(db);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tandem-bench: {e}");
@@ -306,7 +334,11 @@ fn main() -> ExitCode {
         conversations: None,
         calls: 100,
     };
-    let scenarios = if scenarios.is_empty() { vec![&quick_store] } else { scenarios };
+    let scenarios = if scenarios.is_empty() {
+        vec![&quick_store]
+    } else {
+        scenarios
+    };
     for scenario in scenarios {
         let result = match scenario {
             Scenario::Store {
