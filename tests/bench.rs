@@ -28,7 +28,10 @@ fn quick_bench_prints_every_figure() {
         "bytes_per_message",
         "rss_mib",
     ] {
-        assert!(line.contains(&format!("\"{key}\":")), "{key} missing: {line}");
+        assert!(
+            line.contains(&format!("\"{key}\":")),
+            "{key} missing: {line}"
+        );
     }
     // It cleaned up after itself.
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);

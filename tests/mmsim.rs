@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tandem::devbus::PrivateBus;
 use zbus::proxy::{CacheProperties, SignalStream};
 use zbus::{Connection, OwnedObjectPath, OwnedVariant, Proxy, Variant};
 
@@ -58,7 +59,7 @@ struct Harness {
     address: String,
     sim: Proc,
     log: tempfile::NamedTempFile,
-    _bus: Proc,
+    _bus: PrivateBus,
 }
 
 impl Drop for Harness {
@@ -76,14 +77,8 @@ impl Drop for Harness {
 }
 
 async fn start(args: &[&str]) -> Harness {
-    let mut bus = Command::new("dbus-daemon")
-        .args(["--session", "--nofork", "--print-address=1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dbus-daemon runs");
-    let address = first_line(&mut bus);
-    let bus = Proc(bus);
+    let bus = PrivateBus::start().expect("a private dbus-daemon");
+    let address = bus.address().to_owned();
     let log = tempfile::NamedTempFile::new().expect("temp file");
     let mut sim = Command::new(env!("CARGO_BIN_EXE_tandem-mmsim"))
         .arg("--bus")

@@ -5,10 +5,11 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tandem::devbus::PrivateBus;
 use tandem::domain::ModemState;
 use tandem::modem::{self, ModemCommand, ModemConfig, ModemEvent, SendFailure};
 use tokio::sync::mpsc;
@@ -131,7 +132,7 @@ struct Rig {
     backlog: Vec<ModemEvent>,
     adapter: Option<JoinHandle<()>>,
     // Kept last: dropped (killed) after the simulator.
-    _bus: Proc,
+    _bus: PrivateBus,
 }
 
 impl Rig {
@@ -142,13 +143,8 @@ impl Rig {
             .with_env_filter("tandem::modem=debug")
             .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(&config, bus_config(dir.path())).expect("bus config");
-        let mut cmd = Command::new("dbus-daemon");
-        cmd.arg("--nofork")
-            .arg("--print-address=1")
-            .arg(format!("--config-file={}", config.display()));
-        let (bus, address) = Proc::start("dbus-daemon", cmd, dir.path().join("bus.log")).await;
+        let bus = PrivateBus::start().expect("a private dbus-daemon");
+        let address = bus.address().to_owned();
 
         let conn = zbus::connection::Builder::address(address.as_str())
             .build()
@@ -340,25 +336,6 @@ impl Rig {
                 .expect("the adapter does not panic");
         }
     }
-}
-
-fn bus_config(dir: &Path) -> String {
-    format!(
-        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-        dir.display()
-    )
 }
 
 fn options<'a>(entries: &'a [(&'a str, Variant<'a>)]) -> HashMap<&'a str, &'a Variant<'a>> {

@@ -6,71 +6,11 @@
 //! whichever runner (`cargo test` runs a file's tests as threads of one process).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tandem::devbus::PrivateBus;
 use tandem::notifier::{APP_NAME, Notice, Notifier, preview};
 use tokio::sync::mpsc;
-
-/// A `dbus-daemon` of our own, with no service activation, killed on drop.
-struct PrivateBus {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl PrivateBus {
-    fn start() -> PrivateBus {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let config = dir.path().join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                dir.path().display()
-            ),
-        )
-        .expect("write bus config");
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start dbus-daemon (package dbus-daemon)");
-        let stdout = child.stdout.take().expect("dbus-daemon stdout");
-        let mut address = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut address)
-            .expect("read the bus address");
-        let address = address.trim().to_owned();
-        assert!(address.starts_with("unix:"), "bus address {address:?}");
-        PrivateBus {
-            child,
-            address,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PrivateBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What the fake server was called with.
 #[derive(Debug)]
@@ -169,10 +109,10 @@ fn notice(sender: &str, text: &str) -> Notice {
 
 #[tokio::test]
 async fn notifications_reach_the_server_and_never_block() {
-    let bus = PrivateBus::start();
+    let bus = PrivateBus::start().expect("a private dbus-daemon");
     // SAFETY: the only test of this binary, so no other thread reads the environment
     // while it changes; the notifier connects only after this.
-    unsafe { std::env::set_var("DBUS_SESSION_BUS_ADDRESS", &bus.address) };
+    unsafe { std::env::set_var("DBUS_SESSION_BUS_ADDRESS", bus.address()) };
 
     let notifier = Notifier::spawn(true);
 
@@ -191,7 +131,7 @@ async fn notifications_reach_the_server_and_never_block() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A server appears: the notice arrives, with the text's preview as body.
-    let (server, mut calls) = start_server(&bus.address, &["body"]).await;
+    let (server, mut calls) = start_server(bus.address(), &["body"]).await;
     let long = format!("<b>hi</b> & {}", "x".repeat(200));
     notifier.notify(notice("+15551234567", &long));
     // Skip what is left of the burst, if the task had not got through it yet.
@@ -229,7 +169,7 @@ async fn notifications_reach_the_server_and_never_block() {
     // The server is replaced by another: notifications reach the new one.
     drop(calls);
     drop(server);
-    let (_server, mut calls) = start_server(&bus.address, &["body"]).await;
+    let (_server, mut calls) = start_server(bus.address(), &["body"]).await;
     notifier.notify(notice("+491512345678", "a < b && c > d"));
     let plain = next_call(&mut calls).await;
     assert_eq!(plain.summary, "+491512345678");

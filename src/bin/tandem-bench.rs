@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use tandem::api::MessagesProxy;
 use tandem::config::Config;
+use tandem::devbus::PrivateBus;
 use tandem::store::{self, Store};
 
 /// Benchmarks of the Tandem daemon; one JSON line per scenario on stdout.
@@ -53,38 +54,6 @@ enum Scenario {
     },
 }
 
-/// A private `dbus-daemon`, stopped on drop.
-struct Bus {
-    child: Child,
-    address: String,
-}
-
-impl Bus {
-    fn start() -> Result<Bus> {
-        let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start dbus-daemon")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("dbus-daemon stdout")?;
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-        let address = line.trim().to_owned();
-        if address.is_empty() {
-            bail!("dbus-daemon printed no address");
-        }
-        Ok(Bus { child, address })
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -112,12 +81,12 @@ struct Daemon {
 impl Daemon {
     /// Starts it and returns once it owns its name, with the time that took.
     async fn start(
-        session: &Bus,
-        system: &Bus,
+        session: &PrivateBus,
+        system: &PrivateBus,
         dir: &Path,
         db: &Path,
     ) -> Result<(Daemon, Duration)> {
-        let conn = zbus::connection::Builder::address(session.address.as_str())
+        let conn = zbus::connection::Builder::address(session.address())
             .build()
             .await?;
         let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
@@ -128,8 +97,8 @@ impl Daemon {
         let child = Command::new(std::env::current_exe()?)
             .arg("--daemon")
             .arg(db)
-            .env("DBUS_SESSION_BUS_ADDRESS", &session.address)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &system.address)
+            .env("DBUS_SESSION_BUS_ADDRESS", session.address())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", system.address())
             .env("XDG_CONFIG_HOME", dir.join("config"))
             .env("XDG_DATA_HOME", dir.join("data"))
             .stdout(Stdio::null())
@@ -220,11 +189,11 @@ async fn store_scenario(
     let db_bytes = std::fs::metadata(&db)?.len();
     eprintln!("built in {build_s:.1} s, {db_bytes} bytes; starting the daemon");
 
-    let session = Bus::start()?;
-    let system = Bus::start()?;
+    let session = PrivateBus::start()?;
+    let system = PrivateBus::start()?;
     let (daemon, startup) = Daemon::start(&session, &system, &dir.0, &db).await?;
     let rss_start = daemon.rss_mib()?;
-    let conn = zbus::connection::Builder::address(session.address.as_str())
+    let conn = zbus::connection::Builder::address(session.address())
         .build()
         .await?;
     let api = MessagesProxy::new(&conn).await?;

@@ -4,9 +4,8 @@
 //! daemon on a session bus of its own), plays a short script, prints the `busctl`
 //! commands to try, and stays up until Ctrl-C. Everything it started is stopped at exit.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +14,7 @@ use futures_util::StreamExt;
 use tandem::api::MessagesProxy;
 use tandem::config::Config;
 use tandem::daemon::{self, Buses};
+use tandem::devbus::PrivateBus;
 use tandem::mmsim::{self, ModemSpec, SimConfig};
 use tokio::sync::oneshot;
 use tracing_subscriber::EnvFilter;
@@ -34,43 +34,11 @@ struct Args {
     verbose: u8,
 }
 
-/// A private `dbus-daemon`, stopped on drop.
-struct Bus {
-    child: Child,
-    address: String,
-}
-
-impl Bus {
-    fn start() -> Result<Bus> {
-        let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start dbus-daemon (install the dbus-daemon package)")?;
-        let mut line = String::new();
-        let stdout = child.stdout.take().context("dbus-daemon stdout")?;
-        BufReader::new(stdout).read_line(&mut line)?;
-        let address = line.trim().to_owned();
-        if address.is_empty() {
-            bail!("dbus-daemon printed no address");
-        }
-        Ok(Bus { child, address })
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One simulated phone: its session bus, its daemon, and a client of it.
 struct Phone {
     name: &'static str,
     number: &'static str,
-    session: Bus,
+    session: PrivateBus,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     api: MessagesProxy<'static>,
@@ -80,10 +48,10 @@ impl Phone {
     async fn start(
         name: &'static str,
         number: &'static str,
-        system: &Bus,
+        system: &PrivateBus,
         dir: &Path,
     ) -> Result<Phone> {
-        let session = Bus::start()?;
+        let session = PrivateBus::start()?;
         let config = Config {
             own_number: None,
             default_region: Some("US".into()),
@@ -96,8 +64,8 @@ impl Phone {
         };
         let db = dir.join(name).join("messages.db");
         let buses = Buses {
-            session: Some(session.address.clone()),
-            system: Some(system.address.clone()),
+            session: Some(session.address().to_owned()),
+            system: Some(system.address().to_owned()),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -108,7 +76,7 @@ impl Phone {
                 eprintln!("{name}'s daemon failed: {e}");
             }
         });
-        let conn = zbus::connection::Builder::address(session.address.as_str())
+        let conn = zbus::connection::Builder::address(session.address())
             .build()
             .await?;
         let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
@@ -196,9 +164,9 @@ async fn converse(from: &Phone, to: &Phone, text: &str, started: Instant) -> Res
 async fn demo(args: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tandem-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let system = Bus::start()?;
+    let system = PrivateBus::start()?;
 
-    let sim_conn = zbus::connection::Builder::address(system.address.as_str())
+    let sim_conn = zbus::connection::Builder::address(system.address())
         .build()
         .await?;
     let spec = |number: &str| ModemSpec {
@@ -240,7 +208,7 @@ async fn demo(args: &Args) -> Result<()> {
     println!("\nTry it yourself (in another terminal):");
     for phone in [&alice, &bob] {
         let other = if phone.number == ALICE { BOB } else { ALICE };
-        let env = format!("DBUS_SESSION_BUS_ADDRESS='{}'", phone.session.address);
+        let env = format!("DBUS_SESSION_BUS_ADDRESS='{}'", phone.session.address());
         println!("  # {}'s phone", phone.name);
         println!("  {env} busctl --user call {call} SendMessage ssa{{sv}} '{other}' 'hello' 0");
         println!("  {env} busctl --user --json=short call {call} GetMessages ssu '{other}' '' 20");
@@ -249,7 +217,7 @@ async fn demo(args: &Args) -> Result<()> {
     println!("  # the simulated world: an SMS to Alice from outside");
     println!(
         "  busctl --address='{}' call org.tandem.MMSim1 /org/tandem/MMSim1 org.tandem.MMSim1 InjectSms sssa{{sv}} '{ALICE}' '+15559876543' 'hello from outside' 0",
-        system.address
+        system.address()
     );
 
     if !args.exit {

@@ -13,46 +13,30 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tandem::api::{MessageDict, MessagesProxy};
+use tandem::devbus::PrivateBus;
 use zbus::{MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Variant};
 
 /// How long a test waits for something that should happen quickly.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// A private bus: `dbus-daemon --session` on a socket of its own, killed on drop.
+/// A private bus (see `tandem::devbus`), with its address at hand.
 pub struct Bus {
-    child: Child,
+    bus: PrivateBus,
     pub address: String,
 }
 
 impl Bus {
     pub fn start() -> Bus {
-        let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon runs (package dbus)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("dbus-daemon prints its address");
-        let address = line.trim().to_owned();
-        assert!(!address.is_empty(), "dbus-daemon printed no address");
-        Bus { child, address }
+        let bus = PrivateBus::start().expect("a private dbus-daemon");
+        let address = bus.address().to_owned();
+        Bus { bus, address }
     }
 
     pub async fn connect(&self) -> zbus::Connection {
-        zbus::connection::Builder::address(self.address.as_str())
-            .build()
+        self.bus
+            .connect()
             .await
             .expect("connect to the private bus")
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
