@@ -300,9 +300,20 @@ impl Rig {
         .await
     }
 
+    /// The answer to a send the modem tried; the reference must be known on success.
     async fn send_result(&mut self, id: &str) -> Result<u32, SendFailure> {
         self.wait_for("a send result", |e| match e {
             ModemEvent::SendResult { id: got, result } if got == id => Some(result.clone()),
+            _ => None,
+        })
+        .await
+        .map(|reference| reference.expect("the reference of a sent SMS"))
+    }
+
+    /// The refusal of a send the adapter could not even try.
+    async fn send_refused(&mut self, id: &str) -> String {
+        self.wait_for("a refused send", |e| match e {
+            ModemEvent::SendRefused { id: got, reason } if got == id => Some(reason.clone()),
             _ => None,
         })
         .await
@@ -405,15 +416,13 @@ async fn own_number_is_none_when_the_sim_has_none() {
 }
 
 #[tokio::test]
-async fn without_modem_manager_the_state_is_absent_and_sends_fail_temporarily() {
+async fn without_modem_manager_the_state_is_absent_and_sends_are_refused() {
     let mut rig = Rig::new(&[A]).await;
     rig.kill_sim();
     rig.start_adapter(ModemConfig::default()).await;
     assert_eq!(rig.next().await, ModemEvent::State(ModemState::Absent));
     rig.send("x", B, "hello", false).await;
-    let failure = rig.send_result("x").await.expect_err("no modem");
-    assert!(failure.temporary);
-    assert_eq!(failure.reason, "no modem");
+    assert_eq!(rig.send_refused("x").await, "no modem");
 
     // ModemManager appears later.
     rig.start_sim().await;
@@ -516,8 +525,7 @@ async fn refuses_to_send_while_not_registered() {
         .expect("SetModemState");
     rig.state(ModemState::Disabled).await;
     rig.send("d", B, "hello", false).await;
-    let failure = rig.send_result("d").await.expect_err("not registered");
-    assert!(failure.temporary);
+    assert_eq!(rig.send_refused("d").await, "modem not registered");
     assert!(rig.control.get_sent(A).await.expect("GetSent").is_empty());
 }
 
@@ -662,13 +670,10 @@ async fn follows_the_simulator_going_away_and_coming_back() {
 
     rig.kill_sim();
     rig.state(ModemState::Absent).await;
+    // The SIM's number went with it.
+    assert_eq!(rig.own_number().await, None);
     rig.send("gone", B, "anyone?", false).await;
-    assert!(
-        rig.send_result("gone")
-            .await
-            .expect_err("no modem")
-            .temporary
-    );
+    assert_eq!(rig.send_refused("gone").await, "no modem");
 
     rig.start_sim().await;
     rig.state(ModemState::Registered).await;
@@ -692,6 +697,11 @@ async fn follows_the_modem_being_removed_and_added() {
 
     rig.control.remove_modem(A).await.expect("RemoveModem");
     rig.state(ModemState::Absent).await;
+    assert_eq!(
+        rig.own_number().await,
+        None,
+        "the number left with the modem"
+    );
 
     let state = Variant::from(3i32);
     rig.control

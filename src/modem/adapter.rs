@@ -165,7 +165,7 @@ enum Done {
     },
     Sent {
         ticket: u64,
-        result: Result<u32, SendFailure>,
+        result: Result<Option<u32>, SendFailure>,
     },
     Deleted {
         path: OwnedObjectPath,
@@ -420,6 +420,10 @@ impl Adapter {
     }
 
     fn unpick(&mut self) {
+        // The number went with the SIM: the daemon falls back to its configuration.
+        if self.picked.as_ref().is_some_and(|p| p.own_number.is_some()) {
+            self.emit(ModemEvent::OwnNumber(None));
+        }
         self.picked = None;
         self.generation += 1;
         self.tracked.clear();
@@ -771,12 +775,9 @@ impl Adapter {
                 };
                 if let Some(reason) = refuse {
                     debug!(id = %id, reason, "SMS not sent");
-                    self.emit(ModemEvent::SendResult {
+                    self.emit(ModemEvent::SendRefused {
                         id,
-                        result: Err(SendFailure {
-                            temporary: true,
-                            reason: reason.to_owned(),
-                        }),
+                        reason: reason.to_owned(),
                     });
                     return;
                 }

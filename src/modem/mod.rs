@@ -96,9 +96,16 @@ pub enum ModemEvent {
     OwnNumber(Option<String>),
     Incoming(IncomingSms),
     StatusReport(StatusReport),
-    /// The answer to [`ModemCommand::Send`]: the SMS's `MessageReference` on success.
+    /// The answer to [`ModemCommand::Send`] when the modem tried: on success the SMS's
+    /// `MessageReference` (`None` when it went out but the reference could not be read).
     SendResult {
         id: String,
-        result: Result<u32, SendFailure>,
+        result: Result<Option<u32>, SendFailure>,
+    },
+    /// The answer to [`ModemCommand::Send`] when nothing was tried: no modem, or it is not
+    /// registered. Not a failed attempt; the message should wait for the modem.
+    SendRefused {
+        id: String,
+        reason: String,
     },
 }

@@ -208,7 +208,7 @@ pub(crate) struct Outgoing {
 /// How a send went, and the SMS object left behind that should be deleted.
 #[derive(Debug)]
 pub(crate) struct SendOutcome {
-    pub result: Result<u32, SendFailure>,
+    pub result: Result<Option<u32>, SendFailure>,
     pub leftover: Option<OwnedObjectPath>,
 }
 
@@ -256,14 +256,20 @@ pub(crate) async fn send(
             .await
             .map_err(|e| ("opening the SMS", e))?;
         sms.send().await.map_err(|e| ("send", e))?;
-        sms.message_reference()
-            .await
-            .map_err(|e| ("reading MessageReference", e))
+        // It went out: from here on, no error may turn it into a retry (a second SMS).
+        Ok::<_, (&str, zbus::Error)>(match sms.message_reference().await {
+            Ok(reference) => Some(reference),
+            Err(err) => {
+                tracing::warn!(modem = %modem, sms = %created, error = %err,
+                    "SMS sent, but its MessageReference is unreadable: no status report will match");
+                None
+            }
+        })
     })
     .await;
     let result = match sent {
         Ok(Ok(reference)) => {
-            tracing::info!(modem = %modem, sms = %created, reference, "SMS sent");
+            tracing::info!(modem = %modem, sms = %created, ?reference, "SMS sent");
             Ok(reference)
         }
         Ok(Err((step, err))) => Err(failed(step, &err)),
