@@ -98,10 +98,16 @@ pub struct OutboxEntry {
 }
 
 /// The numbered migrations, in order; `PRAGMA user_version` counts the applied ones.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init",
-    include_str!("../../data/migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init",
+        include_str!("../../data/migrations/0001_init.sql"),
+    ),
+    (
+        "0002_announced",
+        include_str!("../../data/migrations/0002_announced.sql"),
+    ),
+];
 
 /// The tokenizer of `messages_fts` (data/migrations/0001_init.sql), used to split search
 /// queries the same way; a test checks that the two agree.
@@ -129,6 +135,11 @@ const BY_SMS_REF: &str = select_message!(
     "WHERE c.peer = ?1 AND m.sms_ref = ?2 AND m.status = 2 AND m.outgoing = 1 ",
     "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT 1"
 );
+const SENT_WITH_REF: &str = select_message!(
+    "WHERE m.sms_ref = ?1 AND m.status = 2 AND m.outgoing = 1 ",
+    "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT ?2"
+);
+const UNANNOUNCED: &str = select_message!("WHERE m.announced = 0 ORDER BY m.seq");
 const OUTBOX: &str = concat!(
     "SELECT m.uuid, c.peer, m.outgoing, m.body, m.channel, m.status, m.timestamp_ms, ",
     "m.read, m.error, m.requested, m.delivery_report, m.attempts, m.next_attempt_ms ",
@@ -288,7 +299,7 @@ impl Store {
         let uuid = Uuid::new_v4();
         tx.prepare_cached(
             "INSERT INTO messages (uuid, conv, outgoing, status, channel, timestamp_ms, \
-             read, body, dedupe_hash) VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6, ?7)",
+             read, body, dedupe_hash, announced) VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6, ?7, 0)",
         )?
         .execute(params![
             uuid.as_bytes(),
@@ -358,13 +369,53 @@ impl Store {
         self.get_message(id)
     }
 
-    /// Records the message reference the SMS centre gave an outgoing SMS.
-    pub fn set_sms_reference(&mut self, id: &str, reference: u32) -> Result<()> {
+    /// Incoming messages stored but not yet announced, oldest first.
+    pub fn unannounced(&self) -> Result<Vec<Message>> {
+        let mut stmt = self.conn.prepare_cached(UNANNOUNCED)?;
+        let rows = stmt.query_map([], message_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records that an incoming message was announced.
+    pub fn mark_announced(&mut self, id: &str) -> Result<()> {
         self.update_one(
             id,
-            "UPDATE messages SET sms_ref = ?2 WHERE uuid = ?1",
-            params![parse_id(id)?, reference],
+            "UPDATE messages SET announced = 1 WHERE uuid = ?1",
+            params![parse_id(id)?],
         )
+    }
+
+    /// An outgoing message went out as SMS: status Sent, channel SMS, and the message
+    /// reference the SMS centre gave (`None`: unknown), in one transaction.
+    pub fn mark_sent_sms(&mut self, id: &str, reference: Option<u32>) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, channel = ?3, sms_ref = ?4, error = NULL \
+             WHERE uuid = ?1",
+            params![
+                parse_id(id)?,
+                status_code(Status::Sent),
+                channel_code(Channel::Sms),
+                reference
+            ],
+        )?;
+        self.get_message(id)
+    }
+
+    /// Outgoing SMS still `Sent` that carry this message reference, newest first (at most
+    /// `limit`): for a status report whose number does not match a peer as written.
+    pub fn sent_with_reference(&self, reference: u32, limit: u32) -> Result<Vec<Message>> {
+        let mut stmt = self.conn.prepare_cached(SENT_WITH_REF)?;
+        let rows = stmt.query_map(params![reference, limit], message_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Whether a conversation with exactly this peer exists.
+    pub fn has_conversation(&self, peer: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(CONVERSATION_BY_PEER)?
+            .exists([peer])?)
     }
 
     /// The newest outgoing SMS to `peer` carrying that message reference, status Sent

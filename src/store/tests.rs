@@ -326,7 +326,8 @@ fn unknown_ids_are_not_found() {
         };
         check(store.get_message(id).map(drop));
         check(store.update_status(id, Status::Sent, None, None).map(drop));
-        check(store.set_sms_reference(id, 1));
+        check(store.mark_sent_sms(id, Some(1)).map(drop));
+        check(store.mark_announced(id));
         check(store.record_attempt(id, 1, 2));
         check(store.delete_message(id).map(drop));
     }
@@ -395,7 +396,9 @@ fn sms_reference_finds_the_newest_sent_message() {
     let mut store = store();
     let sent = |store: &mut Store, peer: &str, ts: i64, reference: u32, status: Status| {
         let id = outgoing(store, peer, "sms", ts).id;
-        store.set_sms_reference(&id, reference).expect("reference");
+        store
+            .mark_sent_sms(&id, Some(reference))
+            .expect("reference");
         store
             .update_status(&id, status, Some(Channel::Sms), None)
             .expect("status");
@@ -1011,4 +1014,79 @@ async fn handle_serves_many_tasks_at_once() {
         .await
         .expect("unread");
     assert_eq!(unread, 20);
+}
+
+#[test]
+fn incoming_messages_are_unannounced_until_marked() {
+    let mut store = store();
+    let first = incoming(&mut store, ALICE, "one", 100);
+    let second = incoming(&mut store, BOB, "two", 200);
+    outgoing(&mut store, ALICE, "outgoing ones need no announcement", 300);
+    let ids = |store: &Store| -> Vec<String> {
+        store
+            .unannounced()
+            .expect("unannounced")
+            .into_iter()
+            .map(|m| m.id)
+            .collect()
+    };
+    assert_eq!(ids(&store), [first.id.clone(), second.id.clone()]);
+    store.mark_announced(&first.id).expect("mark");
+    assert_eq!(ids(&store), std::slice::from_ref(&second.id));
+    // A duplicate of an unannounced message stays one message, still unannounced.
+    let again = store
+        .insert_incoming(&NewIncoming {
+            peer: BOB,
+            text: "two",
+            channel: Channel::Sms,
+            timestamp_ms: 200,
+            dedupe_key: "test:+15550000002:200:two",
+        })
+        .expect("insert");
+    assert!(again.is_none(), "{again:?}");
+    assert_eq!(ids(&store), [second.id]);
+}
+
+#[test]
+fn mark_sent_sms_sets_status_channel_and_reference_at_once() {
+    let mut store = store();
+    let id = outgoing(&mut store, ALICE, "hi", 100).id;
+    store
+        .update_status(&id, Status::Failed, None, Some("earlier try"))
+        .expect("fail");
+    let sent = store.mark_sent_sms(&id, Some(42)).expect("sent");
+    assert_eq!(
+        (sent.status, sent.channel, sent.error),
+        (Status::Sent, Some(Channel::Sms), None)
+    );
+    assert_eq!(
+        store
+            .find_by_sms_reference(ALICE, 42)
+            .expect("find")
+            .map(|m| m.id),
+        Some(id.clone())
+    );
+    let unknown_ref = outgoing(&mut store, BOB, "no reference", 200).id;
+    store.mark_sent_sms(&unknown_ref, None).expect("sent");
+    assert_eq!(
+        store.get_message(&unknown_ref).expect("get").status,
+        Status::Sent
+    );
+    let by_ref: Vec<String> = store
+        .sent_with_reference(42, 10)
+        .expect("by reference")
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(by_ref, [id]);
+    assert!(store.sent_with_reference(43, 10).expect("none").is_empty());
+}
+
+#[test]
+fn has_conversation_matches_the_peer_exactly() {
+    let mut store = store();
+    incoming(&mut store, "DHL-Express", "parcel", 100);
+    assert!(store.has_conversation("DHL-Express").expect("has"));
+    assert!(!store.has_conversation("dhl-express").expect("has"));
+    assert!(!store.has_conversation(ALICE).expect("has"));
 }
