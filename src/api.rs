@@ -15,7 +15,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
-use crate::engine::{DaemonStatus, EngineCmd, Event};
+use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event};
 use crate::router::{self, Facts, Refusal};
 use crate::store::{NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
@@ -167,6 +167,27 @@ impl Messages {
     fn normalize(&self, input: &str) -> Result<String> {
         number::normalize(input, self.config.default_region.as_deref())
             .map_err(|e| ApiError::InvalidNumber(e.to_string()))
+    }
+
+    /// The conversation a frontend names: normalised like any number, or, for senders kept
+    /// verbatim (names like "DHL-Express", numbers the network wrote oddly), exactly as
+    /// listed by `ListConversations`.
+    async fn conversation_peer(&self, input: &str) -> Result<String> {
+        match self.normalize(input) {
+            Ok(peer) => Ok(peer),
+            Err(invalid) => {
+                let verbatim = input.to_owned();
+                let known = self
+                    .store
+                    .call(move |s| s.has_conversation(&verbatim))
+                    .await?;
+                if known {
+                    Ok(input.to_owned())
+                } else {
+                    Err(invalid)
+                }
+            }
+        }
     }
 
     async fn tell_engine(&self, cmd: EngineCmd) {
@@ -331,7 +352,7 @@ impl Messages {
         limit: u32,
     ) -> Result<Vec<MessageDict>> {
         check_limit(limit)?;
-        let peer = self.normalize(peer)?;
+        let peer = self.conversation_peer(peer).await?;
         let before = (!before_id.is_empty()).then(|| before_id.to_owned());
         let list = self
             .store
@@ -347,7 +368,7 @@ impl Messages {
 
     /// Marks every incoming message of the conversation read.
     async fn mark_read(&self, peer: &str) -> Result<()> {
-        let peer = self.normalize(peer)?;
+        let peer = self.conversation_peer(peer).await?;
         let changed = self.store.call(move |s| s.mark_read(&peer)).await?;
         if changed > 0 {
             self.tell_engine(EngineCmd::Recount).await;
@@ -363,7 +384,7 @@ impl Messages {
     }
 
     async fn delete_conversation(&self, peer: &str) -> Result<()> {
-        let peer = self.normalize(peer)?;
+        let peer = self.conversation_peer(peer).await?;
         let key = peer.clone();
         let deleted = self
             .store
@@ -477,11 +498,12 @@ pub async fn serve(conn: &zbus::Connection, iface: Messages) -> zbus::Result<()>
 }
 
 /// Turns the engine's status changes into `PropertiesChanged` and its events into signals,
-/// until the engine's channels close.
+/// until the engine's channels close. A signal that cannot be emitted is logged and
+/// skipped: one failure must not silence the daemon for the rest of its life.
 pub async fn publish(
     conn: zbus::Connection,
     mut status: watch::Receiver<DaemonStatus>,
-    mut events: mpsc::Receiver<Event>,
+    mut events: mpsc::Receiver<Announcement>,
 ) -> zbus::Result<()> {
     let iface = conn
         .object_server()
@@ -499,22 +521,30 @@ pub async fn publish(
                 }
                 let now = status.borrow_and_update().clone();
                 let messages = iface.get().await;
-                if now.own_number != last.own_number {
-                    messages.own_number_changed(&emitter).await?;
-                }
-                if now.relay != last.relay {
-                    messages.relay_state_changed(&emitter).await?;
-                }
-                if now.modem != last.modem {
-                    messages.modem_state_changed(&emitter).await?;
-                }
-                if now.unread != last.unread {
-                    messages.unread_count_changed(&emitter).await?;
+                let emitted = [
+                    (now.own_number != last.own_number, "OwnNumber"),
+                    (now.relay != last.relay, "RelayState"),
+                    (now.modem != last.modem, "ModemState"),
+                    (now.unread != last.unread, "UnreadCount"),
+                ];
+                for (changed, property) in emitted {
+                    if !changed {
+                        continue;
+                    }
+                    let sent = match property {
+                        "OwnNumber" => messages.own_number_changed(&emitter).await,
+                        "RelayState" => messages.relay_state_changed(&emitter).await,
+                        "ModemState" => messages.modem_state_changed(&emitter).await,
+                        _ => messages.unread_count_changed(&emitter).await,
+                    };
+                    if let Err(e) = sent {
+                        warn!(property, cause = %e, "could not emit PropertiesChanged");
+                    }
                 }
                 last = now;
             }
-            event = events.recv() => {
-                let Some(event) = event else { break };
+            announcement = events.recv() => {
+                let Some(Announcement { event, emitted }) = announcement else { break };
                 let sent = match event {
                     Event::Received(m) => Messages::message_received(&emitter, m.into()).await,
                     Event::StatusChanged { id, status, channel } => {
@@ -527,6 +557,9 @@ pub async fn publish(
                 };
                 if let Err(e) = sent {
                     warn!(cause = %e, "could not emit a signal");
+                }
+                if let Some(emitted) = emitted {
+                    let _ = emitted.send(());
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The engine: the daemon's core task. It takes events from the adapters and commands from
 //! the API, asks the router what to do, and carries it out on the store, the adapters, the
 //! notifier and the API's signals, in an order that loses nothing on a crash:
-//! store first (durable), then announce, then clean up on the modem.
+//! store first (durable, marked unannounced), then announce (signal and notification),
+//! then mark it announced, then clean up on the modem.
 //!
 //! It owns the daemon's live state (modem state, own number, the SMS in flight) and is the
 //! only writer of [`DaemonStatus`]. It knows no SQL and no D-Bus: it talks to the store
@@ -10,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -50,6 +51,28 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The status change that leaves `m` as it is now.
+    pub fn status_of(m: Message) -> Event {
+        Event::StatusChanged {
+            id: m.id,
+            status: m.status,
+            channel: m.channel,
+        }
+    }
+}
+
+/// An [`Event`] for the API's publisher, with a way to learn when it is on the bus.
+#[derive(Debug)]
+pub struct Announcement {
+    pub event: Event,
+    /// Answered once the signal has been emitted (or could not be).
+    pub emitted: Option<oneshot::Sender<()>>,
+}
+
+/// How long the engine waits for the publisher to emit a `MessageReceived`.
+const EMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The daemon's state as the API's properties show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DaemonStatus {
@@ -82,7 +105,7 @@ pub struct Engine {
     /// Commands to the ModemManager adapter.
     modem: mpsc::Sender<ModemCommand>,
     /// Announcements for the API.
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Announcement>,
     /// The API's properties; the engine is their only writer.
     status: watch::Sender<DaemonStatus>,
     notifier: Notifier,
@@ -91,6 +114,9 @@ pub struct Engine {
     in_flight: Option<String>,
     /// When the earliest message waiting out a retry delay is due.
     next_retry: Option<Instant>,
+    /// The adapter refused a send as "not ready" although our view said registered: hold
+    /// the outbox until the adapter's next state report, rather than ask again in a loop.
+    modem_refused: bool,
 }
 
 impl Engine {
@@ -98,7 +124,7 @@ impl Engine {
         config: EngineConfig,
         store: StoreHandle,
         modem: mpsc::Sender<ModemCommand>,
-        events: mpsc::Sender<Event>,
+        events: mpsc::Sender<Announcement>,
         status: watch::Sender<DaemonStatus>,
         notifier: Notifier,
     ) -> Self {
@@ -113,6 +139,7 @@ impl Engine {
             notifier,
             in_flight: None,
             next_retry: None,
+            modem_refused: false,
         }
     }
 
@@ -148,19 +175,34 @@ impl Engine {
         debug!("engine stopped");
     }
 
-    /// After a crash or kill, a message may be left `sending`: whether the modem sent it
-    /// is unknown, so it goes again (a possible duplicate SMS rather than a lost one).
+    /// Picks up what a crash or kill left half done. Incoming messages stored but not
+    /// announced are announced now. An outgoing message left `sending`: whether the modem
+    /// sent it is unknown, so it goes again (a possible duplicate SMS rather than a lost
+    /// one); that counts as an attempt, so a daemon that keeps dying on it stops trying.
     async fn recover(&mut self) {
+        match self.store.call(|s| s.unannounced()).await {
+            Ok(unannounced) => {
+                for message in unannounced {
+                    info!(id = %message.id, "announcing a message stored before the daemon stopped");
+                    self.announce_received(message).await;
+                }
+            }
+            Err(e) => warn!(cause = %e, "cannot read unannounced messages"),
+        }
         let outbox = match self.store.call(|s| s.outbox()).await {
             Ok(outbox) => outbox,
             Err(e) => return warn!(cause = %e, "cannot read the outbox"),
         };
         for entry in outbox
-            .iter()
+            .into_iter()
             .filter(|e| e.message.status == Status::Sending)
         {
-            warn!(id = %entry.message.id, "message was being sent when the daemon stopped; sending it again");
-            self.set_status(&entry.message.id, Status::Queued, None, None)
+            warn!(id = %entry.message.id, "message was being sent when the daemon stopped");
+            let failure = SendFailure {
+                temporary: true,
+                reason: "the daemon stopped while sending it".into(),
+            };
+            self.count_failed_attempt(entry, failure, Duration::ZERO)
                 .await;
         }
         self.pump().await;
@@ -171,6 +213,7 @@ impl Engine {
             ModemEvent::State(state) => {
                 info!(modem = %state, "modem state");
                 self.status.send_modify(|s| s.modem = state);
+                self.modem_refused = false;
                 if state == ModemState::Registered {
                     self.pump().await;
                 }
@@ -189,6 +232,15 @@ impl Engine {
             ModemEvent::Incoming(sms) => self.on_incoming(sms).await,
             ModemEvent::StatusReport(report) => self.on_report(report).await,
             ModemEvent::SendResult { id, result } => self.on_send_result(id, result).await,
+            ModemEvent::SendRefused { id, reason } => {
+                // Nothing was tried: back to the queue, no attempt counted.
+                debug!(%id, %reason, "the modem adapter could not send yet");
+                if self.in_flight.as_deref() == Some(id.as_str()) {
+                    self.in_flight = None;
+                }
+                self.modem_refused = true;
+                self.set_status(&id, Status::Queued, None, None).await;
+            }
         }
     }
 
@@ -215,12 +267,8 @@ impl Engine {
         match stored {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
-                self.notifier.notify(Notice {
-                    sender: message.peer.clone(),
-                    text: message.text.clone(),
-                });
-                self.announce(Event::Received(message)).await;
                 self.recount().await;
+                self.announce_received(message).await;
             }
             Ok(None) => debug!(path = %sms.path.as_str(), "sms already stored"),
             Err(e) => {
@@ -237,9 +285,19 @@ impl Engine {
         let peer = self.peer_of(&report.number);
         let reference = report.reference;
         let lookup = peer.clone();
+        let raw = report.number.clone();
         let found = self
             .store
-            .call(move |s| s.find_by_sms_reference(&lookup, reference))
+            .call(move |s| {
+                if let Some(m) = s.find_by_sms_reference(&lookup, reference)? {
+                    return Ok(Some(m));
+                }
+                // The network may write the number differently from how we stored it
+                // (national form, no default region): match the trailing digits.
+                Ok(s.sent_with_reference(reference, 20)?
+                    .into_iter()
+                    .find(|m| same_subscriber(&m.peer, &raw)))
+            })
             .await;
         match found {
             Ok(Some(message)) => match router::delivery(report.delivery_state) {
@@ -266,23 +324,22 @@ impl Engine {
         }
     }
 
-    async fn on_send_result(&mut self, id: String, result: Result<u32, SendFailure>) {
+    async fn on_send_result(&mut self, id: String, result: Result<Option<u32>, SendFailure>) {
         if self.in_flight.as_deref() == Some(id.as_str()) {
             self.in_flight = None;
         }
         match result {
             Ok(reference) => {
+                info!(%id, ?reference, "sms sent");
                 let key = id.clone();
-                if let Err(e) = self
+                match self
                     .store
-                    .call(move |s| s.set_sms_reference(&key, reference))
+                    .call(move |s| s.mark_sent_sms(&key, reference))
                     .await
                 {
-                    warn!(%id, cause = %e, "cannot record the sms reference");
+                    Ok(m) => self.announce(Event::status_of(m)).await,
+                    Err(e) => debug!(%id, cause = %e, "sent message not updated"),
                 }
-                info!(%id, reference, "sms sent");
-                self.set_status(&id, Status::Sent, Some(Channel::Sms), None)
-                    .await;
             }
             Err(failure) => self.on_send_failure(&id, failure).await,
         }
@@ -298,42 +355,51 @@ impl Engine {
         let Ok(Some(entry)) = entry else {
             return debug!(%id, "failed message is no longer in the outbox");
         };
+        self.count_failed_attempt(entry, failure, Duration::MAX)
+            .await;
+    }
+
+    /// Counts one failed attempt and either queues the message again (after the router's
+    /// backoff, at most `max_delay`) or fails it for good.
+    async fn count_failed_attempt(
+        &mut self,
+        entry: OutboxEntry,
+        failure: SendFailure,
+        max_delay: Duration,
+    ) {
+        let id = entry.message.id;
         let attempts = entry.attempts + 1;
-        match router::retry(attempts, self.config.max_attempts, failure.temporary) {
+        let (status, due, error) = match router::retry(
+            attempts,
+            self.config.max_attempts,
+            failure.temporary,
+        ) {
             Retry::After(delay) => {
+                let delay = delay.min(max_delay);
                 warn!(%id, attempts, reason = %failure.reason, ?delay, "sms send failed, will retry");
-                let due = now_ms() + delay.as_millis() as i64;
-                let key = id.to_owned();
-                if let Err(e) = self
-                    .store
-                    .call(move |s| s.record_attempt(&key, attempts, due))
-                    .await
-                {
-                    warn!(%id, cause = %e, "cannot record the attempt");
-                }
-                self.set_status(id, Status::Queued, None, None).await;
+                (Status::Queued, now_ms() + delay.as_millis() as i64, None)
             }
             Retry::GiveUp => {
                 warn!(%id, attempts, reason = %failure.reason, "sms send failed for good");
-                let key = id.to_owned();
-                if let Err(e) = self
-                    .store
-                    .call(move |s| s.record_attempt(&key, attempts, 0))
-                    .await
-                {
-                    warn!(%id, cause = %e, "cannot record the attempt");
-                }
-                self.set_status(id, Status::Failed, None, Some(failure.reason))
-                    .await;
+                (Status::Failed, 0, Some(failure.reason))
             }
+        };
+        let key = id.clone();
+        if let Err(e) = self
+            .store
+            .call(move |s| s.record_attempt(&key, attempts, due))
+            .await
+        {
+            warn!(%id, cause = %e, "cannot record the attempt");
         }
+        self.set_status(&id, status, None, error).await;
     }
 
     /// Hands the next message that can go to its channel. Messages go strictly one at a
     /// time and, per peer, in acceptance order: a message waiting out a retry delay holds
     /// back the later ones to the same peer, not those to others.
     async fn pump(&mut self) {
-        if self.in_flight.is_some() {
+        if self.in_flight.is_some() || self.modem_refused {
             return;
         }
         let outbox: Vec<OutboxEntry> = match self.store.call(|s| s.outbox()).await {
@@ -411,14 +477,7 @@ impl Engine {
             .call(move |s| s.update_status(&key, status, channel, error.as_deref()))
             .await;
         match updated {
-            Ok(message) => {
-                self.announce(Event::StatusChanged {
-                    id: message.id,
-                    status: message.status,
-                    channel: message.channel,
-                })
-                .await
-            }
+            Ok(message) => self.announce(Event::status_of(message)).await,
             Err(e) => debug!(%id, cause = %e, "status not updated"),
         }
     }
@@ -437,8 +496,39 @@ impl Engine {
     }
 
     async fn announce(&self, event: Event) {
-        if self.events.send(event).await.is_err() {
+        let announcement = Announcement {
+            event,
+            emitted: None,
+        };
+        if self.events.send(announcement).await.is_err() {
             debug!("nobody publishes events any more");
+        }
+    }
+
+    /// Announces a stored incoming message: the signal (waiting until it is on the bus),
+    /// the notification, then the mark in the store. A crash before the mark makes the
+    /// next start announce it (see [`Engine::recover`]); one after it never repeats it.
+    async fn announce_received(&self, message: Message) {
+        let (emitted, on_bus) = oneshot::channel();
+        let id = message.id.clone();
+        let notice = Notice {
+            sender: message.peer.clone(),
+            text: message.text.clone(),
+        };
+        let announcement = Announcement {
+            event: Event::Received(message),
+            emitted: Some(emitted),
+        };
+        if self.events.send(announcement).await.is_err() {
+            return debug!("nobody publishes events any more");
+        }
+        if tokio::time::timeout(EMIT_TIMEOUT, on_bus).await.is_err() {
+            warn!(%id, "MessageReceived not confirmed on the bus in time");
+        }
+        self.notifier.notify(notice);
+        let key = id.clone();
+        if let Err(e) = self.store.call(move |s| s.mark_announced(&key)).await {
+            warn!(%id, cause = %e, "cannot mark the message announced");
         }
     }
 
@@ -466,13 +556,34 @@ async fn sleep_until(at: Option<Instant>) {
 /// The idempotency key of an incoming SMS: the sender and SMS-centre timestamp as the
 /// network gave them, and a hash of the text. Stable across restarts and modem re-enables
 /// (unlike the object path), so the same SMS found twice is stored once.
+///
+/// Two SMS with the same text from the same sender in the same second are taken for one
+/// (the network gives no finer identity). Without a timestamp there is no stable identity
+/// at all: such an SMS gets a key of its own, so it may be stored twice after a crash but
+/// is never merged with another one and lost.
 pub fn dedupe_key(sms: &IncomingSms) -> String {
+    if sms.smsc_timestamp.trim().is_empty() {
+        return format!("sms-unstamped:{}", uuid::Uuid::new_v4());
+    }
     format!(
         "sms:{}:{}:{:016x}",
         sms.number,
         sms.smsc_timestamp,
         fnv1a64(sms.text.as_bytes())
     )
+}
+
+/// Whether two ways of writing a number name the same subscriber: equal, or the same
+/// last 8 digits (national and international forms of one number).
+fn same_subscriber(a: &str, b: &str) -> bool {
+    let digits = |s: &str| {
+        s.chars()
+            .filter(char::is_ascii_digit)
+            .collect::<Vec<char>>()
+    };
+    let (a, b) = (digits(a), digits(b));
+    let tail = 8;
+    a.len() >= tail && b.len() >= tail && a[a.len() - tail..] == b[b.len() - tail..]
 }
 
 /// FNV-1a, 64 bits: a stable hash (std's `DefaultHasher` may change between releases,
@@ -494,6 +605,262 @@ mod tests {
             text: text.into(),
             smsc_timestamp: ts.into(),
             timestamp_ms: None,
+        }
+    }
+
+    use crate::store::{NewOutgoing, Store};
+
+    /// An engine on an in-memory store, driven through its channels like the daemon does.
+    struct Rig {
+        store: StoreHandle,
+        commands: mpsc::Sender<EngineCmd>,
+        modem_events: mpsc::Sender<ModemEvent>,
+        modem_commands: mpsc::Receiver<ModemCommand>,
+        announcements: mpsc::Receiver<Announcement>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Rig {
+        fn start(store: Store) -> Rig {
+            let store = StoreHandle::spawn(store);
+            let (commands, commands_rx) = mpsc::channel(16);
+            let (modem_events, modem_events_rx) = mpsc::channel(16);
+            let (modem_tx, modem_commands) = mpsc::channel(16);
+            let (events_tx, announcements) = mpsc::channel(16);
+            let (status, _) = watch::channel(DaemonStatus::default());
+            let engine = Engine::new(
+                EngineConfig {
+                    default_region: Some("US".into()),
+                    own_number: None,
+                    delete_received: true,
+                    max_parts: 10,
+                    max_attempts: 3,
+                },
+                store.clone(),
+                modem_tx,
+                events_tx,
+                status,
+                Notifier::spawn(false),
+            );
+            let task = tokio::spawn(engine.run(commands_rx, modem_events_rx));
+            Rig {
+                store,
+                commands,
+                modem_events,
+                modem_commands,
+                announcements,
+                task,
+            }
+        }
+
+        /// The next announcement, confirmed as emitted like the publisher does.
+        async fn announced(&mut self) -> Event {
+            let a = tokio::time::timeout(Duration::from_secs(5), self.announcements.recv())
+                .await
+                .expect("an announcement in time")
+                .expect("the engine runs");
+            if let Some(emitted) = a.emitted {
+                let _ = emitted.send(());
+            }
+            a.event
+        }
+
+        async fn modem_command(&mut self) -> ModemCommand {
+            tokio::time::timeout(Duration::from_secs(5), self.modem_commands.recv())
+                .await
+                .expect("a modem command in time")
+                .expect("the engine runs")
+        }
+
+        async fn stop(self) {
+            let _ = self.commands.send(EngineCmd::Shutdown).await;
+            let _ = self.task.await;
+        }
+    }
+
+    fn queue(store: &mut Store, peer: &str, text: &str) -> String {
+        store
+            .insert_outgoing(&NewOutgoing {
+                peer,
+                text,
+                requested: ChannelRequest::Auto,
+                delivery_report: true,
+                client_token: None,
+                timestamp_ms: 1,
+            })
+            .expect("queue")
+            .0
+            .id
+    }
+
+    #[tokio::test]
+    async fn a_message_stored_but_not_announced_is_announced_at_start_once() {
+        // The daemon died right after storing this SMS: on the modem, in the store,
+        // not announced.
+        let on_modem = sms(
+            "+15550002222",
+            "2024-05-01T12:34:56+02",
+            "stored, then a crash",
+            "/sms/3",
+        );
+        let mut store = Store::open_in_memory().expect("store");
+        let key = dedupe_key(&on_modem);
+        let stored = store
+            .insert_incoming(&NewIncoming {
+                peer: "+15550002222",
+                text: &on_modem.text,
+                channel: Channel::Sms,
+                timestamp_ms: 5,
+                dedupe_key: &key,
+            })
+            .expect("insert")
+            .expect("new");
+        let mut rig = Rig::start(store);
+        match rig.announced().await {
+            Event::Received(m) => assert_eq!(m.id, stored.id),
+            other => panic!("expected MessageReceived, got {other:?}"),
+        }
+        let mut left = vec![stored];
+        for _ in 0..100 {
+            left = rig
+                .store
+                .call(|s| s.unannounced())
+                .await
+                .expect("unannounced");
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(left.is_empty(), "still unannounced: {left:?}");
+        // Then the adapter finds it on the modem: a duplicate, deleted, not announced.
+        rig.modem_events
+            .send(ModemEvent::Incoming(on_modem.clone()))
+            .await
+            .expect("send");
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete {
+                path: on_modem.path
+            }
+        );
+        assert!(rig.announcements.try_recv().is_err(), "announced twice");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_send_waits_for_the_modem_without_counting_an_attempt() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "hello");
+        let mut rig = Rig::start(store);
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Send { .. }
+        ));
+        rig.modem_events
+            .send(ModemEvent::SendRefused {
+                id: id.clone(),
+                reason: "modem not registered".into(),
+            })
+            .await
+            .expect("send");
+        // No new attempt until the adapter reports a state again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.modem_commands.try_recv().is_err());
+        let entry = rig.store.call(|s| s.outbox()).await.expect("outbox");
+        assert_eq!(
+            (entry[0].attempts, entry[0].message.status),
+            (0, Status::Queued)
+        );
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Send { id: again, .. } if again == id)
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_keeps_dying_while_sending_gives_up() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "hello");
+        store
+            .update_status(&id, Status::Sending, None, None)
+            .expect("sending");
+        store.record_attempt(&id, 2, 0).expect("attempts");
+        let rig = Rig::start(store);
+        let key = id.clone();
+        let mut status = Status::Sending;
+        for _ in 0..100 {
+            let k = key.clone();
+            status = rig
+                .store
+                .call(move |s| s.get_message(&k))
+                .await
+                .expect("get")
+                .status;
+            if status == Status::Failed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            status,
+            Status::Failed,
+            "the third interrupted attempt is the last"
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_status_report_in_national_form_finds_its_message() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "hello");
+        store.mark_sent_sms(&id, Some(17)).expect("sent");
+        let mut rig = Rig::start(store);
+        rig.modem_events
+            .send(ModemEvent::StatusReport(StatusReport {
+                path: zbus::OwnedObjectPath::try_from("/sms/9").expect("path"),
+                number: "5550002222".into(),
+                reference: 17,
+                delivery_state: 0,
+            }))
+            .await
+            .expect("send");
+        assert_eq!(
+            rig.announced().await,
+            Event::StatusChanged {
+                id,
+                status: Status::Delivered,
+                channel: Some(Channel::Sms)
+            }
+        );
+        rig.stop().await;
+    }
+
+    #[test]
+    fn unstamped_sms_are_never_merged() {
+        let a = sms("+15550001111", "", "ok", "/sms/1");
+        assert_ne!(dedupe_key(&a), dedupe_key(&a));
+    }
+
+    #[test]
+    fn subscribers_match_by_their_last_digits() {
+        for (a, b, same) in [
+            ("+15550002222", "5550002222", true),
+            ("+15550002222", "+1 (555) 000-2222", true),
+            ("+491512345678", "01512345678", true),
+            ("+15550002222", "+15550002223", false),
+            ("12345", "12345", false),
+            ("ACME", "ACME", false),
+        ] {
+            assert_eq!(same_subscriber(a, b), same, "{a} ~ {b}");
         }
     }
 

@@ -329,6 +329,12 @@ async fn without_a_modem_messages_wait_and_go_when_it_appears() {
         api.get_message(&first).await.expect("first").status,
         "queued"
     );
+    // Not even tried: no status change at all while there is no modem.
+    assert!(
+        w.signals.statuses(&first).is_empty(),
+        "{:?}",
+        w.signals.all()
+    );
 
     // The outbox survives a restart of the daemon.
     w.daemon.restart().await;
@@ -373,6 +379,11 @@ async fn a_locked_or_unregistered_modem_holds_the_outbox() {
     );
     w.ctl.set_modem_state(ALICE, 7).await; // searching
     wait_modem(&api, "searching").await;
+    assert!(
+        w.signals.statuses(&id).is_empty(),
+        "tried while not registered: {:?}",
+        w.signals.all()
+    );
     w.ctl.set_modem_state(ALICE, 8).await; // registered
     w.signals
         .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_string()))
@@ -388,6 +399,8 @@ async fn history_survives_a_daemon_restart() {
         .send_message(CAROL, "before restart", no_options())
         .await
         .expect("SendMessage");
+    // Keep the incoming SMS on the modem across the restart: the new daemon finds it again.
+    w.ctl.set_delete_blocked(ALICE, true).await;
     w.ctl.inject_sms(ALICE, CAROL, "reply before restart").await;
     w.signals
         .wait_until("sent and received", |s| {
@@ -396,6 +409,15 @@ async fn history_survives_a_daemon_restart() {
         .await;
 
     w.daemon.restart().await;
+    w.ctl.set_delete_blocked(ALICE, false).await;
+    eventually("the SMS is gone from the modem", || async {
+        w.ctl
+            .list_sms(ALICE)
+            .await
+            .iter()
+            .all(|d| dict_str(d, "text") != "reply before restart")
+    })
+    .await;
     let api = client(&w.session).await;
     let history = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     let texts: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
@@ -578,4 +600,44 @@ async fn paging_search_and_deleting() {
         api.unread_count().await.ok() == Some(4)
     })
     .await;
+}
+
+#[tokio::test]
+async fn senders_kept_verbatim_can_be_read_marked_and_deleted() {
+    let w = World::new().await;
+    let api = client(&w.session).await;
+    wait_modem(&api, "registered").await;
+    w.ctl
+        .inject_sms(ALICE, "DHL-Express", "your parcel is on its way")
+        .await;
+    w.signals
+        .wait_until("received", |s| s.received().len() == 1)
+        .await;
+    assert_eq!(w.signals.received()[0].peer, "DHL-Express");
+    let list = api
+        .list_conversations(0, 10)
+        .await
+        .expect("ListConversations");
+    assert_eq!(list[0].peer, "DHL-Express");
+    let messages = api
+        .get_messages("DHL-Express", "", 10)
+        .await
+        .expect("GetMessages");
+    assert_eq!(messages.len(), 1);
+    api.mark_read("DHL-Express").await.expect("MarkRead");
+    eventually("UnreadCount 0", || async {
+        api.unread_count().await.ok() == Some(0)
+    })
+    .await;
+    api.delete_conversation("DHL-Express")
+        .await
+        .expect("DeleteConversation");
+    assert!(
+        api.list_conversations(0, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    // A name that is no conversation is still refused.
+    assert!(api.get_messages("No-Such-Sender!", "", 10).await.is_err());
 }
