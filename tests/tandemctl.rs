@@ -91,7 +91,10 @@ impl Ctl {
             .spawn()
             .expect("tandemctl starts");
         let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin.as_bytes()).expect("write stdin");
+        if let Err(e) = input.write_all(stdin.as_bytes()) {
+            // A command that does not read its input may be gone already.
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
         drop(input);
         let stdout = read_all(child.stdout.take().expect("stdout"));
         let stderr = read_all(child.stderr.take().expect("stderr"));
