@@ -12,11 +12,13 @@
 //! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
 //! - [`daemon`]: wires everything together: `run(config, shutdown)`.
+//! - [`ctl`]: `tandemctl`, the command-line client of the API (through its generated proxy).
 //! - [`devbus`]: private `dbus-daemon`s for the demo, the benchmarks and the tests.
 //! - [`mmsim`]: `tandem-mmsim`, a ModemManager simulator with a simulated carrier.
 
 pub mod api;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod devbus;
 pub mod domain;

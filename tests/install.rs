@@ -1,5 +1,6 @@
 //! The install script puts every file where a distribution expects it, honouring
-//! PREFIX and DESTDIR, with the binaries' real path in the unit and activation file.
+//! PREFIX and DESTDIR, with the binaries' real path in the unit and activation file,
+//! and tandemctl's generated completions and man page.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,8 +28,28 @@ fn install_honours_prefix_and_destdir() {
         "usr/share/dbus-1/services/org.tandem.Messages1.service",
         "usr/share/dbus-1/interfaces/org.tandem.Messages1.xml",
         "usr/share/doc/tandem/config.toml",
+        "usr/bin/tandemctl",
     ] {
         assert!(root.join(file).is_file(), "{file} not installed");
+    }
+    for (file, start) in [
+        (
+            "usr/share/bash-completion/completions/tandemctl",
+            "_tandemctl()",
+        ),
+        (
+            "usr/share/zsh/site-functions/_tandemctl",
+            "#compdef tandemctl",
+        ),
+        (
+            "usr/share/fish/vendor_completions.d/tandemctl.fish",
+            "complete -c tandemctl",
+        ),
+        ("usr/share/man/man1/tandemctl.1", ".TH tandemctl 1"),
+    ] {
+        let text = std::fs::read_to_string(root.join(file))
+            .unwrap_or_else(|e| panic!("{file} not installed: {e}"));
+        assert!(text.contains(start), "{file} lacks {start:?}");
     }
     let unit =
         std::fs::read_to_string(root.join("usr/lib/systemd/user/tandemd.service")).expect("unit");

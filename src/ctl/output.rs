@@ -1,0 +1,448 @@
+//! What `tandemctl` prints: the JSON shapes for scripts (the contract's key names, every
+//! key always present) and the tables and lines for people (local times, long texts
+//! shortened). Pure formatting: no D-Bus, no I/O beyond the writer it is handed.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::localtime;
+use crate::api::{ConversationDict, MessageDict};
+
+/// Longest text a table cell shows, in characters; longer ones end with `…`.
+pub const CELL_CHARS: usize = 48;
+
+/// A message, as `--json` prints it (the contract's keys; `error` is null unless failed).
+#[derive(Debug, Serialize)]
+pub struct MessageJson<'a> {
+    pub id: &'a str,
+    pub peer: &'a str,
+    pub direction: &'a str,
+    pub text: &'a str,
+    pub channel: &'a str,
+    pub status: &'a str,
+    pub timestamp: i64,
+    pub read: bool,
+    pub error: Option<&'a str>,
+}
+
+impl<'a> From<&'a MessageDict> for MessageJson<'a> {
+    fn from(m: &'a MessageDict) -> Self {
+        MessageJson {
+            id: &m.id,
+            peer: &m.peer,
+            direction: &m.direction,
+            text: &m.text,
+            channel: &m.channel,
+            status: &m.status,
+            timestamp: m.timestamp,
+            read: m.read,
+            error: m.error.as_deref(),
+        }
+    }
+}
+
+/// A conversation, as `--json` prints it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ConversationJson<'a> {
+    pub peer: &'a str,
+    pub last_id: &'a str,
+    pub last_text: &'a str,
+    pub last_timestamp: i64,
+    pub last_direction: &'a str,
+    pub unread: u32,
+    pub presence: &'a str,
+}
+
+impl<'a> From<&'a ConversationDict> for ConversationJson<'a> {
+    fn from(c: &'a ConversationDict) -> Self {
+        ConversationJson {
+            peer: &c.peer,
+            last_id: &c.last_id,
+            last_text: &c.last_text,
+            last_timestamp: c.last_timestamp,
+            last_direction: &c.last_direction,
+            unread: c.unread,
+            presence: &c.presence,
+        }
+    }
+}
+
+/// The daemon's properties, as `status --json` prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StatusJson {
+    pub own_number: String,
+    pub modem_state: String,
+    pub relay_state: String,
+    pub unread_count: u32,
+}
+
+/// `EstimateSms`'s answer, as `estimate --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct EstimateJson<'a> {
+    pub segments: u32,
+    pub encoding: &'a str,
+    pub remaining: u32,
+}
+
+/// A contact's presence, as `presence --json` and `watch-contacts --json` print it.
+#[derive(Debug, Serialize)]
+pub struct PresenceJson<'a> {
+    /// The number as it was given on the command line.
+    pub number: &'a str,
+    pub presence: &'a str,
+}
+
+/// One `monitor --json` line.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum EventJson<'a> {
+    MessageReceived {
+        message: MessageJson<'a>,
+    },
+    MessageStatusChanged {
+        id: &'a str,
+        status: &'a str,
+        channel: &'a str,
+    },
+    PresenceChanged {
+        number: &'a str,
+        presence: &'a str,
+    },
+    /// `property` is one of `status --json`'s keys; `value` has that key's type.
+    PropertyChanged {
+        property: &'a str,
+        value: serde_json::Value,
+    },
+}
+
+/// Writes `value` as one line of JSON.
+pub fn json_line(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(io::Error::from)?;
+    writeln!(out)?;
+    out.flush()
+}
+
+/// One line, with control characters (newlines, tabs) shown as spaces.
+pub fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// [`one_line`], shortened to `max` characters with a trailing `…`.
+pub fn shorten(text: &str, max: usize) -> String {
+    let line = one_line(text);
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut short: String = line.chars().take(max.saturating_sub(1)).collect();
+    short.push('…');
+    short
+}
+
+/// Columns aligned on the widest cell (in characters); the last column is not padded.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    let pad = widths[c] - cell.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// What the STATUS column says: read/unread for incoming, the status (and why it
+/// failed) for outgoing.
+fn status_cell(m: &MessageDict) -> String {
+    match (m.direction.as_str(), m.status.as_str(), &m.error) {
+        ("incoming", _, _) if m.read => "read".to_owned(),
+        ("incoming", _, _) => "unread".to_owned(),
+        (_, "failed", Some(why)) => shorten(&format!("failed: {why}"), 32),
+        (_, status, _) => status.to_owned(),
+    }
+}
+
+fn direction_cell(direction: &str) -> &str {
+    match direction {
+        "incoming" => "in",
+        "outgoing" => "out",
+        other => other,
+    }
+}
+
+fn channel_cell(channel: &str) -> &str {
+    if channel.is_empty() { "-" } else { channel }
+}
+
+/// `messages`: one conversation.
+pub fn messages_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
+    if messages.is_empty() {
+        return writeln!(out, "no messages");
+    }
+    let mut table = Table::new(&["TIME", "DIR", "VIA", "STATUS", "TEXT", "ID"]);
+    for m in messages {
+        table.row(vec![
+            localtime::date_minutes(m.timestamp),
+            direction_cell(&m.direction).to_owned(),
+            channel_cell(&m.channel).to_owned(),
+            status_cell(m),
+            shorten(&m.text, CELL_CHARS),
+            m.id.clone(),
+        ]);
+    }
+    table.write(out)
+}
+
+/// `search`: messages of any conversation.
+pub fn search_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
+    if messages.is_empty() {
+        return writeln!(out, "nothing found");
+    }
+    let mut table = Table::new(&["TIME", "PEER", "DIR", "TEXT", "ID"]);
+    for m in messages {
+        table.row(vec![
+            localtime::date_minutes(m.timestamp),
+            m.peer.clone(),
+            direction_cell(&m.direction).to_owned(),
+            shorten(&m.text, CELL_CHARS),
+            m.id.clone(),
+        ]);
+    }
+    table.write(out)
+}
+
+/// `conversations`.
+pub fn conversations_table(out: &mut dyn Write, list: &[ConversationDict]) -> io::Result<()> {
+    if list.is_empty() {
+        return writeln!(out, "no conversations");
+    }
+    let mut table = Table::new(&["PEER", "UNREAD", "PRESENCE", "LAST", "MESSAGE"]);
+    for c in list {
+        let text = if c.last_direction == "outgoing" {
+            format!("you: {}", c.last_text)
+        } else {
+            c.last_text.clone()
+        };
+        table.row(vec![
+            c.peer.clone(),
+            c.unread.to_string(),
+            c.presence.clone(),
+            localtime::date_minutes(c.last_timestamp),
+            shorten(&text, CELL_CHARS),
+        ]);
+    }
+    table.write(out)
+}
+
+/// `status`.
+pub fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()> {
+    let own = if s.own_number.is_empty() {
+        "unknown"
+    } else {
+        &s.own_number
+    };
+    writeln!(out, "own number  {own}")?;
+    writeln!(out, "modem       {}", s.modem_state)?;
+    writeln!(out, "relay       {}", s.relay_state)?;
+    writeln!(out, "unread      {}", s.unread_count)
+}
+
+/// `estimate`.
+pub fn estimate_line(out: &mut dyn Write, e: &EstimateJson<'_>) -> io::Result<()> {
+    let parts = if e.segments == 1 { "part" } else { "parts" };
+    writeln!(
+        out,
+        "{} SMS {parts}, {}, {} characters left in the last part",
+        e.segments, e.encoding, e.remaining
+    )
+}
+
+/// One `monitor` line for people, stamped with the local time `now_ms`.
+pub fn event_line(out: &mut dyn Write, now_ms: i64, event: &EventJson<'_>) -> io::Result<()> {
+    let clock = localtime::clock(now_ms);
+    let text = match event {
+        EventJson::MessageReceived { message } => {
+            format!("received  {}  {}", message.peer, one_line(message.text))
+        }
+        EventJson::MessageStatusChanged {
+            id,
+            status,
+            channel,
+        } => {
+            if channel.is_empty() {
+                format!("status    {id}  {status}")
+            } else {
+                format!("status    {id}  {status} ({channel})")
+            }
+        }
+        EventJson::PresenceChanged { number, presence } => {
+            format!("presence  {number}  {presence}")
+        }
+        EventJson::PropertyChanged { property, value } => {
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{property}  {value}")
+        }
+    };
+    writeln!(out, "{clock}  {text}")?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(direction: &str, status: &str, read: bool, error: Option<&str>) -> MessageDict {
+        MessageDict {
+            id: "id-1".into(),
+            peer: "+15550002222".into(),
+            direction: direction.into(),
+            text: "hello\nthere".into(),
+            channel: "".into(),
+            status: status.into(),
+            timestamp: 1_714_564_800_000,
+            read,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn shortening() {
+        let rows = [
+            ("short", 10, "short"),
+            ("exactly ten", 11, "exactly ten"),
+            ("a bit too long", 8, "a bit t…"),
+            ("two\nlines\ttab", 20, "two lines tab"),
+            ("😀😀😀😀", 3, "😀😀…"),
+            ("", 3, ""),
+        ];
+        for (text, max, expected) in rows {
+            assert_eq!(shorten(text, max), expected, "{text:?} {max}");
+        }
+    }
+
+    #[test]
+    fn status_cells() {
+        let rows = [
+            (message("incoming", "received", false, None), "unread"),
+            (message("incoming", "received", true, None), "read"),
+            (message("outgoing", "delivered", true, None), "delivered"),
+            (
+                message("outgoing", "failed", true, Some("no network")),
+                "failed: no network",
+            ),
+        ];
+        for (m, expected) in rows {
+            assert_eq!(status_cell(&m), expected, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn message_json_has_every_contract_key() {
+        let m = message("outgoing", "queued", true, None);
+        let v = serde_json::to_value(MessageJson::from(&m)).expect("json");
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = [
+            "id",
+            "peer",
+            "direction",
+            "text",
+            "channel",
+            "status",
+            "timestamp",
+            "read",
+            "error",
+        ];
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        assert!(v["error"].is_null());
+        assert_eq!(v["timestamp"], 1_714_564_800_000_i64);
+    }
+
+    #[test]
+    fn event_json_shapes() {
+        let rows = [
+            (
+                EventJson::MessageStatusChanged {
+                    id: "x",
+                    status: "sent",
+                    channel: "sms",
+                },
+                r#"{"event":"message-status-changed","id":"x","status":"sent","channel":"sms"}"#,
+            ),
+            (
+                EventJson::PresenceChanged {
+                    number: "+1555",
+                    presence: "online",
+                },
+                r#"{"event":"presence-changed","number":"+1555","presence":"online"}"#,
+            ),
+            (
+                EventJson::PropertyChanged {
+                    property: "unread-count",
+                    value: 3.into(),
+                },
+                r#"{"event":"property-changed","property":"unread-count","value":3}"#,
+            ),
+        ];
+        for (event, expected) in rows {
+            assert_eq!(serde_json::to_string(&event).expect("json"), expected);
+        }
+    }
+
+    #[test]
+    fn table_alignment() {
+        let mut t = Table::new(&["A", "LONGER", "C"]);
+        t.row(vec!["wide cell".into(), "x".into(), "".into()]);
+        let mut out = Vec::new();
+        t.write(&mut out).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "A          LONGER  C\nwide cell  x\n"
+        );
+    }
+}
