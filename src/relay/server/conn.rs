@@ -96,15 +96,16 @@ where
         ctx,
         ..
     } = conn;
+    // The hub first (presence changes at once), then the goodbye, which may linger.
+    if opened {
+        let _ = ctx.hub.send(HubCmd::Closed { conn: ctx.id }).await;
+    }
     match end {
         End::Fatal(error) => {
             debug!(conn = ctx.id, peer = %ctx.peer, code = error.code.as_str(), reason = %error.message, "closing");
             close(&mut ws, &error).await;
         }
         End::Gone(why) => debug!(conn = ctx.id, peer = %ctx.peer, why, "connection ended"),
-    }
-    if opened {
-        let _ = ctx.hub.send(HubCmd::Closed { conn: ctx.id }).await;
     }
 }
 
@@ -184,7 +185,7 @@ where
                         }
                     }
                     Some(Outbound::LoggedIn) => authenticated = true,
-                    Some(Outbound::Fatal(error)) => return End::Fatal(error),
+                    Some(Outbound::Fatal(error)) => return End::Fatal(*error),
                     None => return fatal(ErrorCode::Overloaded, "this client did not read its frames fast enough"),
                 },
                 _ = ping.tick() => {

@@ -66,8 +66,9 @@ pub enum Outbound {
     Frame(Utf8Bytes),
     /// The connection is logged in: its auth timer stops.
     LoggedIn,
-    /// Write this error and close the connection.
-    Fatal(ErrorFrame),
+    /// Write this error and close the connection. Boxed: it is rare, and every slot of
+    /// every connection's channel is as large as the largest variant.
+    Fatal(Box<ErrorFrame>),
 }
 
 /// Capacity of the hub's request channel: connections wait (and stop reading their
@@ -247,7 +248,7 @@ impl State {
     fn fail(&mut self, conn: ConnId, error: ErrorFrame) {
         if error.fatal {
             if let Some(c) = self.conns.get(&conn) {
-                let _ = c.tx.try_send(Outbound::Fatal(error));
+                let _ = c.tx.try_send(Outbound::Fatal(Box::new(error)));
             }
             self.detach(conn);
         } else {
@@ -594,7 +595,13 @@ impl State {
         let queued = self.db.pending_count(&number)?;
         let receipts = self.db.owed_receipts(&number)?;
         let old = self.online.insert(number.clone(), conn);
+        let mut typing_to = None;
         if let Some(old) = old.filter(|&old| old != conn) {
+            typing_to = self
+                .conns
+                .get(&old)
+                .and_then(|c| c.typing.as_ref())
+                .map(|(to, _)| to.clone());
             // `online` already points to the new connection: no offline blip.
             let message = "logged in again from another connection";
             self.fail(old, ErrorFrame::new(ErrorCode::Replaced, message));
@@ -626,7 +633,12 @@ impl State {
             self.send(conn, &frame);
             self.db.receipt_sent(receipt.seq)?;
         }
-        self.broadcast(&number);
+        match (old, typing_to) {
+            // Already online on the connection it replaces: only the typing state ended.
+            (Some(_), Some(to)) => self.push_to_number(&to, &number),
+            (Some(_), None) => {}
+            (None, _) => self.broadcast(&number),
+        }
         Ok(())
     }
 

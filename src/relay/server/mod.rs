@@ -275,8 +275,13 @@ pub async fn run(
             stop: stop_rx.clone(),
             _done: done_tx.clone(),
         };
-        let tls = tls.clone();
-        tokio::spawn(accept(stream, peer, tls, ctx));
+        let _ = stream.set_nodelay(true);
+        // Two kinds of task, so a plain connection's future is not as large as a TLS
+        // handshake's.
+        match &tls {
+            None => tokio::spawn(conn::serve(stream, ctx)),
+            Some(acceptor) => tokio::spawn(accept_tls(stream, peer, acceptor.clone(), ctx)),
+        };
     }
 
     info!("relay stopping");
@@ -288,23 +293,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Finishes the TLS handshake (if any) and hands the stream to its connection task.
-async fn accept(
+/// Finishes the TLS handshake and hands the stream to its connection task.
+async fn accept_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: tokio_rustls::TlsAcceptor,
     ctx: conn::Ctx,
 ) {
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None => conn::serve(stream, ctx).await,
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(ctx.config.auth_timeout, acceptor.accept(stream));
-            match handshake.await {
-                Ok(Ok(stream)) => conn::serve(stream, ctx).await,
-                Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
-            }
-        }
+    let handshake = tokio::time::timeout(ctx.config.auth_timeout, acceptor.accept(stream));
+    match handshake.await {
+        Ok(Ok(stream)) => conn::serve(stream, ctx).await,
+        Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        Err(_) => debug!(%peer, "TLS handshake timed out"),
     }
 }
