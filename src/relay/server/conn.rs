@@ -46,6 +46,9 @@ const LINGER: Duration = Duration::from_secs(1);
 /// What a connection task needs, handed over by `run`.
 pub struct Ctx {
     pub id: ConnId,
+    /// When the TCP connection was accepted: the TLS and WebSocket handshakes and the
+    /// login must all be done within `auth_timeout` of it.
+    pub accepted: Instant,
     pub peer: SocketAddr,
     pub config: Arc<RelayConfig>,
     pub hub: mpsc::Sender<HubCmd>,
@@ -53,6 +56,19 @@ pub struct Ctx {
     pub stop: watch::Receiver<bool>,
     /// Held until the task ends: `run` waits for all of these to drop.
     pub _done: mpsc::Sender<()>,
+}
+
+impl Ctx {
+    /// Runs a handshake step until it ends, the auth deadline passes (`None`) or the
+    /// relay stops (`None`).
+    pub async fn handshake<F: std::future::Future>(&self, step: F) -> Option<F::Output> {
+        let mut stop = self.stop.clone();
+        let deadline = self.accepted + self.config.auth_timeout;
+        tokio::select! {
+            result = tokio::time::timeout_at(deadline, step) => result.ok(),
+            _ = stop.wait_for(|stopping| *stopping) => None,
+        }
+    }
 }
 
 /// The WebSocket settings of every connection.
@@ -72,14 +88,14 @@ where
 {
     let config = ws_config(&ctx.config);
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
-    let ws = match tokio::time::timeout(ctx.config.auth_timeout, handshake).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(err)) => {
+    let ws = match ctx.handshake(handshake).await {
+        Some(Ok(ws)) => ws,
+        Some(Err(err)) => {
             debug!(peer = %ctx.peer, cause = %err, "WebSocket handshake failed");
             return;
         }
-        Err(_) => {
-            debug!(peer = %ctx.peer, "WebSocket handshake timed out");
+        None => {
+            debug!(peer = %ctx.peer, "WebSocket handshake timed out or the relay stops");
             return;
         }
     };
@@ -132,7 +148,7 @@ where
 {
     async fn run(&mut self) -> End {
         let config = self.ctx.config.clone();
-        let auth_deadline = tokio::time::sleep(config.auth_timeout);
+        let auth_deadline = tokio::time::sleep_until(self.ctx.accepted + config.auth_timeout);
         tokio::pin!(auth_deadline);
         let mut authenticated = false;
         let start = Instant::now();

@@ -269,6 +269,7 @@ pub async fn run(
         next_id += 1;
         let ctx = conn::Ctx {
             id: next_id,
+            accepted: tokio::time::Instant::now(),
             peer,
             config: config.clone(),
             hub: hub.sender(),
@@ -300,10 +301,9 @@ async fn accept_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     ctx: conn::Ctx,
 ) {
-    let handshake = tokio::time::timeout(ctx.config.auth_timeout, acceptor.accept(stream));
-    match handshake.await {
-        Ok(Ok(stream)) => conn::serve(stream, ctx).await,
-        Ok(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
-        Err(_) => debug!(%peer, "TLS handshake timed out"),
+    match ctx.handshake(acceptor.accept(stream)).await {
+        Some(Ok(stream)) => conn::serve(stream, ctx).await,
+        Some(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        None => debug!(%peer, "TLS handshake timed out or the relay stops"),
     }
 }
