@@ -267,8 +267,8 @@ impl Engine {
         match stored {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
-                self.recount().await;
                 self.announce_received(message).await;
+                self.recount().await;
             }
             Ok(None) => debug!(path = %sms.path.as_str(), "sms already stored"),
             Err(e) => {

@@ -15,6 +15,7 @@
 //! - [`ctl`]: `tandemctl`, the command-line client of the API (through its generated proxy).
 //! - [`devbus`]: private `dbus-daemon`s for the demo, the benchmarks and the tests.
 //! - [`mmsim`]: `tandem-mmsim`, a ModemManager simulator with a simulated carrier.
+//! - [`relay`]: `tandem-relay`, the IP relay server (own SQLite), and its wire protocol.
 
 pub mod api;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod mmsim;
 pub mod modem;
 pub mod notifier;
 pub mod number;
+pub mod relay;
 pub mod router;
 pub mod sms_text;
 pub mod store;

@@ -1,0 +1,176 @@
+//! `tandem-relay`: the IP relay server. Parses arguments, sets up logging, calls
+//! `tandem::relay::run` until SIGINT/SIGTERM. Prints `listening on ADDR` on stdout once
+//! it accepts connections, and nothing else; logs go to stderr.
+//!
+//! ```sh
+//! # development, on loopback, no number verification:
+//! tandem-relay --listen 127.0.0.1:7000 --db /tmp/relay.db --verify none
+//! # production: TLS, codes sent by an operator script (number and code appended):
+//! tandem-relay --listen 0.0.0.0:443 --db /var/lib/tandem-relay/relay.db \
+//!   --sms-command /usr/local/bin/send-code --tls-cert cert.pem --tls-key key.pem
+//! ```
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use tandem::relay::server::load_tls;
+use tandem::relay::{RelayConfig, Verify};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The Tandem IP relay: accounts by phone number, presence, store-and-forward.
+///
+/// Protocol: docs/relay-protocol.md. Plain ws:// is served only on a loopback address
+/// unless --insecure; anything else needs --tls-cert and --tls-key.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to listen on, HOST:PORT (port 0: any free port, printed at start).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// The SQLite database (created if missing).
+    /// Default: $STATE_DIRECTORY/relay.db under systemd, else ./tandem-relay.db.
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// How registration proves a number: by a code sent with --sms-command, or not at
+    /// all (development only).
+    #[arg(long, value_enum, default_value_t = VerifyArg::SmsCommand)]
+    verify: VerifyArg,
+    /// Shell command that sends the code SMS; run as `sh -c 'CMD "$@"' - NUMBER CODE`,
+    /// with TANDEM_NUMBER, TANDEM_CODE and TANDEM_TEXT in its environment.
+    #[arg(long, value_name = "CMD")]
+    sms_command: Option<String>,
+    /// PEM certificate chain: serve wss:// (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain ws:// on a non-loopback address (behind a TLS-terminating proxy).
+    #[arg(long)]
+    insecure: bool,
+    /// Largest WebSocket message read from a client, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
+    max_frame_bytes: usize,
+    /// Largest message text, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    max_text_bytes: usize,
+    /// Most undelivered messages kept for one recipient.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    queue_per_recipient: u32,
+    /// How long an undelivered message waits for its recipient, in hours.
+    #[arg(long, value_name = "HOURS", default_value_t = 7 * 24)]
+    max_age_hours: u64,
+    /// Most numbers one client may subscribe to.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    max_subscriptions: usize,
+    /// How long a registration code is valid, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    code_ttl_s: u64,
+    /// Wrong tries one code allows.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    code_attempts: u32,
+    /// Minimum seconds between two code SMS to one number.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    code_resend_s: u64,
+    /// Seconds between keepalive pings.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    ping_interval_s: u64,
+    /// Seconds of silence after which a client counts as dead.
+    #[arg(long, value_name = "SECONDS", default_value_t = 75)]
+    idle_timeout_s: u64,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum VerifyArg {
+    None,
+    SmsCommand,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let level = match args.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let verify = match (args.verify, args.sms_command) {
+        (VerifyArg::SmsCommand, Some(command)) => Verify::SmsCommand(command),
+        (VerifyArg::SmsCommand, None) => {
+            bail!(
+                "give --sms-command CMD to send registration codes, or --verify none for development"
+            )
+        }
+        (VerifyArg::None, Some(_)) => bail!("--sms-command makes no sense with --verify none"),
+        (VerifyArg::None, None) => {
+            eprintln!(
+                "WARNING: --verify none: tandem-relay hands out device tokens WITHOUT proving \
+                 that a number belongs to the caller. Anyone can claim any unregistered \
+                 number. Use this for development only, never on a reachable network."
+            );
+            Verify::None
+        }
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(load_tls(cert, key).context("cannot set up TLS")?),
+        _ => None,
+    };
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("no local address")?;
+    if tls.is_none() && !addr.ip().is_loopback() && !args.insecure {
+        bail!(
+            "refusing plain ws:// on {addr}, which is not a loopback address: give \
+             --tls-cert and --tls-key, or --insecure behind a TLS-terminating proxy"
+        );
+    }
+    let db = args
+        .db
+        .unwrap_or_else(|| match std::env::var_os("STATE_DIRECTORY") {
+            Some(dir) => PathBuf::from(dir).join("relay.db"),
+            None => PathBuf::from("tandem-relay.db"),
+        });
+    let config = RelayConfig {
+        db_path: Some(db),
+        verify,
+        tls,
+        max_frame_bytes: args.max_frame_bytes,
+        max_text_bytes: args.max_text_bytes,
+        queue_per_recipient: args.queue_per_recipient,
+        max_age: Duration::from_secs(args.max_age_hours * 3600),
+        max_subscriptions: args.max_subscriptions,
+        code_ttl: Duration::from_secs(args.code_ttl_s),
+        code_attempts: args.code_attempts,
+        code_resend: Duration::from_secs(args.code_resend_s),
+        ping_interval: Duration::from_secs(args.ping_interval_s),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        ..RelayConfig::default()
+    };
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    println!("listening on {addr}");
+    tandem::relay::run(listener, config, shutdown)
+        .await
+        .context("the relay failed")
+}

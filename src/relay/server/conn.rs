@@ -1,0 +1,339 @@
+//! server::conn: one task per client connection.
+//!
+//! Owns the WebSocket (small buffers: an idle connection costs a few KiB), the `hello`
+//! handshake, the auth timer, keepalive (a WebSocket ping every `ping_interval`; a
+//! connection silent for `idle_timeout` is dead), frame size and JSON syntax, and
+//! writing what the hub sends. Every request past `hello` goes to the hub; `ping` is
+//! answered here.
+//!
+//! Must not: keep any state about other connections or decide anything about
+//! accounts, messages or presence. Every write has a timeout, so a client that stops
+//! reading cannot hold its task forever; a fatal error ends only this connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tracing::{debug, info};
+
+use super::RelayConfig;
+use super::hub::{ConnId, HubCmd, Outbound};
+use crate::relay::protocol::{
+    ClientFrame, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerFrame, decode_client, encode,
+};
+
+/// Bytes the WebSocket reads from the socket at a time, and its initial read buffer.
+/// Frames are small JSON objects; a larger frame grows the buffer only while it lasts.
+const READ_BUFFER: usize = 2048;
+
+/// Frames the hub may queue for one connection beyond its delivery window before the
+/// connection counts as not reading.
+const OUTBOUND_SLACK: usize = 64;
+
+/// How long a closing connection waits for its last frames to go out and for the
+/// client to hang up.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// What a connection task needs, handed over by `run`.
+pub struct Ctx {
+    pub id: ConnId,
+    /// When the TCP connection was accepted: the TLS and WebSocket handshakes and the
+    /// login must all be done within `auth_timeout` of it.
+    pub accepted: Instant,
+    pub peer: SocketAddr,
+    pub config: Arc<RelayConfig>,
+    pub hub: mpsc::Sender<HubCmd>,
+    /// Becomes true when the relay stops.
+    pub stop: watch::Receiver<bool>,
+    /// Held until the task ends: `run` waits for all of these to drop.
+    pub _done: mpsc::Sender<()>,
+}
+
+impl Ctx {
+    /// Runs a handshake step until it ends, the auth deadline passes (`None`) or the
+    /// relay stops (`None`).
+    pub async fn handshake<F: std::future::Future>(&self, step: F) -> Option<F::Output> {
+        let mut stop = self.stop.clone();
+        let deadline = self.accepted + self.config.auth_timeout;
+        tokio::select! {
+            result = tokio::time::timeout_at(deadline, step) => result.ok(),
+            _ = stop.wait_for(|stopping| *stopping) => None,
+        }
+    }
+}
+
+/// The WebSocket settings of every connection.
+fn ws_config(config: &RelayConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        // Write each frame at once: no write buffer kept between frames.
+        .write_buffer_size(0)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+/// Serves one connection until it closes.
+pub async fn serve<S>(stream: S, ctx: Ctx)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = ws_config(&ctx.config);
+    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let ws = match ctx.handshake(handshake).await {
+        Some(Ok(ws)) => ws,
+        Some(Err(err)) => {
+            debug!(peer = %ctx.peer, cause = %err, "WebSocket handshake failed");
+            return;
+        }
+        None => {
+            debug!(peer = %ctx.peer, "WebSocket handshake timed out or the relay stops");
+            return;
+        }
+    };
+    let mut conn = Conn {
+        ws,
+        opened: false,
+        last_rx: Instant::now(),
+        ctx,
+    };
+    let end = conn.run().await;
+    let Conn {
+        mut ws,
+        opened,
+        ctx,
+        ..
+    } = conn;
+    // The hub first (presence changes at once), then the goodbye, which may linger.
+    if opened {
+        let _ = ctx.hub.send(HubCmd::Closed { conn: ctx.id }).await;
+    }
+    match end {
+        End::Fatal(error) => {
+            debug!(conn = ctx.id, peer = %ctx.peer, code = error.code.as_str(), reason = %error.message, "closing");
+            close(&mut ws, &error).await;
+        }
+        End::Gone(why) => debug!(conn = ctx.id, peer = %ctx.peer, why, "connection ended"),
+    }
+}
+
+/// Why a connection's loop ended.
+enum End {
+    /// Tell the client this, then close.
+    Fatal(ErrorFrame),
+    /// The client left or the socket failed: nothing more to say.
+    Gone(&'static str),
+}
+
+struct Conn<S> {
+    ws: WebSocketStream<S>,
+    /// The hub knows this connection (after a valid `hello`).
+    opened: bool,
+    /// When the client last sent anything (pongs included).
+    last_rx: Instant,
+    ctx: Ctx,
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn run(&mut self) -> End {
+        let config = self.ctx.config.clone();
+        let auth_deadline = tokio::time::sleep_until(self.ctx.accepted + config.auth_timeout);
+        tokio::pin!(auth_deadline);
+        let mut authenticated = false;
+        let start = Instant::now();
+        let mut ping = tokio::time::interval_at(start + config.ping_interval, config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outbound: Option<mpsc::Receiver<Outbound>> = None;
+        let mut stop = self.ctx.stop.clone();
+        if *stop.borrow() {
+            return fatal(ErrorCode::ShuttingDown, "the relay is stopping");
+        }
+
+        loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return fatal(ErrorCode::ShuttingDown, "the relay is stopping");
+                    }
+                }
+                message = self.ws.next() => {
+                    let message = match message {
+                        None => return End::Gone("closed by the client"),
+                        Some(Ok(message)) => message,
+                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                            let message = format!("a message of {size} bytes, more than this relay's {max_size}");
+                            return fatal(ErrorCode::FrameTooLarge, message);
+                        }
+                        Some(Err(err)) => {
+                            debug!(conn = self.ctx.id, cause = %err, "read failed");
+                            return End::Gone("read failed");
+                        }
+                    };
+                    self.last_rx = Instant::now();
+                    match message {
+                        Message::Text(text) => {
+                            if let Some(end) = self.text(&text, &mut outbound).await {
+                                return end;
+                            }
+                        }
+                        Message::Binary(_) => {
+                            return fatal(ErrorCode::Malformed, "binary messages are not part of the protocol");
+                        }
+                        // Pongs only prove life; tungstenite answers pings and closes itself.
+                        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+                    }
+                }
+                item = recv(&mut outbound) => match item {
+                    Some(Outbound::Frame(text)) => {
+                        if let Some(end) = self.write(Message::Text(text)).await {
+                            return end;
+                        }
+                    }
+                    Some(Outbound::LoggedIn) => authenticated = true,
+                    Some(Outbound::Fatal(error)) => return End::Fatal(*error),
+                    None => return fatal(ErrorCode::Overloaded, "this client did not read its frames fast enough"),
+                },
+                _ = ping.tick() => {
+                    if self.last_rx.elapsed() >= config.idle_timeout {
+                        info!(conn = self.ctx.id, peer = %self.ctx.peer, "dead connection: no answer to pings");
+                        return fatal(ErrorCode::IdleTimeout, "nothing received for too long");
+                    }
+                    if let Some(end) = self.write(Message::Ping(Default::default())).await {
+                        return end;
+                    }
+                }
+                () = &mut auth_deadline, if !authenticated => {
+                    return fatal(ErrorCode::AuthTimeout, "not logged in in time");
+                }
+            }
+        }
+    }
+
+    /// Handles one text message; `Some` ends the connection.
+    async fn text(
+        &mut self,
+        text: &str,
+        outbound: &mut Option<mpsc::Receiver<Outbound>>,
+    ) -> Option<End> {
+        let frame = match decode_client(text) {
+            Ok(frame) => frame,
+            Err(err) => return Some(fatal(ErrorCode::Malformed, err.to_string())),
+        };
+        match (self.opened, frame) {
+            (false, ClientFrame::Hello { v, client }) => {
+                if v != PROTOCOL_VERSION {
+                    let message = format!("this relay speaks version {PROTOCOL_VERSION} only");
+                    return Some(fatal(ErrorCode::UnsupportedVersion, message));
+                }
+                debug!(conn = self.ctx.id, peer = %self.ctx.peer, client = client.as_deref().unwrap_or(""), "hello");
+                let capacity = self.ctx.config.deliver_window as usize + OUTBOUND_SLACK;
+                let (tx, rx) = mpsc::channel(capacity);
+                let open = HubCmd::Open {
+                    conn: self.ctx.id,
+                    tx,
+                };
+                if self.ctx.hub.send(open).await.is_err() {
+                    return Some(fatal(ErrorCode::ShuttingDown, "the relay is stopping"));
+                }
+                self.opened = true;
+                *outbound = Some(rx);
+                let welcome = ServerFrame::Welcome {
+                    v: PROTOCOL_VERSION,
+                    server: concat!("tandem-relay/", env!("CARGO_PKG_VERSION")).to_owned(),
+                    verify: self.ctx.config.verify.mode(),
+                    limits: self.ctx.config.limits(),
+                };
+                self.write(Message::Text(Utf8Bytes::from(encode(&welcome))))
+                    .await
+            }
+            (false, frame) => {
+                let message = format!("the first frame must be `hello`, not `{}`", frame.kind());
+                Some(fatal(ErrorCode::HelloRequired, message))
+            }
+            (true, ClientFrame::Hello { .. }) => {
+                Some(fatal(ErrorCode::BadState, "`hello` was already said"))
+            }
+            (true, ClientFrame::Ping { n }) => {
+                let pong = encode(&ServerFrame::Pong { n });
+                self.write(Message::Text(Utf8Bytes::from(pong))).await
+            }
+            (true, frame) => {
+                let request = HubCmd::Frame {
+                    conn: self.ctx.id,
+                    frame,
+                };
+                if self.ctx.hub.send(request).await.is_err() {
+                    return Some(fatal(ErrorCode::ShuttingDown, "the relay is stopping"));
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes one message within the idle timeout; `Some` ends the connection.
+    async fn write(&mut self, message: Message) -> Option<End> {
+        match tokio::time::timeout(self.ctx.config.idle_timeout, self.ws.send(message)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => {
+                debug!(conn = self.ctx.id, cause = %err, "write failed");
+                Some(End::Gone("write failed"))
+            }
+            Err(_) => Some(End::Gone("write timed out: the client does not read")),
+        }
+    }
+}
+
+fn fatal(code: ErrorCode, message: impl Into<String>) -> End {
+    End::Fatal(ErrorFrame::new(code, message))
+}
+
+/// The next item for the connection, or never before `hello`.
+async fn recv(outbound: &mut Option<mpsc::Receiver<Outbound>>) -> Option<Outbound> {
+    match outbound {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the fatal error and a close frame, then lingers briefly (discarding input) so
+/// the client reads them before the socket goes away.
+async fn close<S>(ws: &mut WebSocketStream<S>, error: &ErrorFrame)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = encode(&ServerFrame::Error(error.clone()));
+    let close = CloseFrame {
+        code: CloseCode::from(error.code.close_code()),
+        reason: Utf8Bytes::from(error.code.as_str().to_owned()),
+    };
+    let goodbye = async {
+        ws.feed(Message::Text(Utf8Bytes::from(frame))).await?;
+        ws.send(Message::Close(Some(close))).await
+    };
+    if !matches!(tokio::time::timeout(LINGER, goodbye).await, Ok(Ok(()))) {
+        return;
+    }
+    // Hang up our side (FIN), then read and drop whatever the client still sends, raw
+    // (after an oversized frame the WebSocket layer cannot parse the rest), until it
+    // hangs up too. Closing with unread input would reset the connection and could
+    // destroy the error frame in flight.
+    let raw = ws.get_mut();
+    let drain = async {
+        raw.shutdown().await?;
+        let mut buf = [0u8; 1024];
+        while raw.read(&mut buf).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}

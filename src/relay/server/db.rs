@@ -1,0 +1,494 @@
+//! server::db: the relay's SQLite database, and the only SQL of the relay.
+//!
+//! Owns the schema (applied by `PRAGMA user_version`), the accounts (number and the
+//! SHA-256 of its device token), the pending registration codes (hashed), and the
+//! messages: queued ones with their text, settled ones as the `(sender, id)` dedupe
+//! memory without their text, and the receipts still owed to offline senders.
+//!
+//! Must not: decide anything (the hub does), hold a token or a code in clear, or be
+//! called from async code: only the hub's thread owns a [`Db`]. Times are ms since the
+//! Unix epoch, passed in by the caller so the rules stay testable.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The schema, version by version; `user_version` counts the ones applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    number        TEXT PRIMARY KEY,
+    token_hash    BLOB NOT NULL,
+    registered_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE codes (
+    number     TEXT PRIMARY KEY,
+    code_hash  BLOB NOT NULL,
+    sent_ms    INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- One row per accepted message. `seq` is the queue order (AUTOINCREMENT: never
+-- reused, so a connection's delivery cursor stays valid across purges).
+-- state: 0 pending, 1 delivered, 2 revoked, 3 expired. `body` is NULL once settled.
+CREATE TABLE messages (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender          TEXT NOT NULL,
+    id              TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    body            TEXT,
+    ts              INTEGER NOT NULL,
+    accepted_ms     INTEGER NOT NULL,
+    state           INTEGER NOT NULL DEFAULT 0,
+    settled_ms      INTEGER,
+    receipt_pending INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sender, id)
+);
+CREATE INDEX messages_pending ON messages (recipient, seq) WHERE state = 0;
+CREATE INDEX messages_receipts ON messages (sender, seq) WHERE receipt_pending = 1;
+CREATE INDEX messages_accepted ON messages (accepted_ms);
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("relay database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the relay database has schema version {found}, newer than this relay knows ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, DbError>;
+
+/// Where a message is, as stored in `messages.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgState {
+    Pending,
+    Delivered,
+    Revoked,
+    Expired,
+}
+
+impl MsgState {
+    fn code(self) -> i64 {
+        match self {
+            MsgState::Pending => 0,
+            MsgState::Delivered => 1,
+            MsgState::Revoked => 2,
+            MsgState::Expired => 3,
+        }
+    }
+
+    fn from_code(code: i64) -> MsgState {
+        match code {
+            0 => MsgState::Pending,
+            1 => MsgState::Delivered,
+            2 => MsgState::Revoked,
+            // Only this module writes the column; 3 is the only other value it writes.
+            _ => MsgState::Expired,
+        }
+    }
+}
+
+/// A pending registration code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRow {
+    pub code_hash: Vec<u8>,
+    pub sent_ms: i64,
+    pub expires_ms: i64,
+    pub attempts: u32,
+}
+
+/// What the dedupe memory knows of `(sender, id)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgRow {
+    pub seq: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub state: MsgState,
+}
+
+/// A queued message, as delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub seq: i64,
+    pub sender: String,
+    pub id: String,
+    pub text: String,
+    pub ts: i64,
+    pub accepted_ms: i64,
+}
+
+/// A receipt owed to a sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedReceipt {
+    pub seq: i64,
+    pub id: String,
+    pub recipient: String,
+    pub state: MsgState,
+    pub settled_ms: i64,
+}
+
+/// A message that expired in a sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredMsg {
+    pub seq: i64,
+    pub sender: String,
+    pub id: String,
+    pub recipient: String,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, or an in-memory one.
+    pub fn open(path: Option<&Path>) -> Result<Db> {
+        let conn = match path {
+            Some(path) => Connection::open(path)?,
+            None => Connection::open_in_memory()?,
+        };
+        // WAL + FULL: an `ack` says a message is stored, so the commit must be durable
+        // before the ack leaves.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let known = MIGRATIONS.len() as i64;
+        let found: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if found > known {
+            return Err(DbError::TooNew { found, known });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    // Accounts.
+
+    /// The token hash of `number`, if it is registered.
+    pub fn token_hash(&self, number: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT token_hash FROM accounts WHERE number = ?1",
+                [number],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn is_registered(&self, number: &str) -> Result<bool> {
+        Ok(self.token_hash(number)?.is_some())
+    }
+
+    /// Gives `number` a new token (replacing any old one) and drops its pending code,
+    /// in one transaction.
+    pub fn set_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (number) DO UPDATE SET token_hash = ?2, registered_ms = ?3",
+            params![number, token_hash, now],
+        )?;
+        tx.execute("DELETE FROM codes WHERE number = ?1", [number])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Registers `number` only if it holds no token yet; false if it does.
+    pub fn create_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<bool> {
+        let inserted = self.conn.execute(
+            "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (number) DO NOTHING",
+            params![number, token_hash, now],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    // Codes.
+
+    pub fn code(&self, number: &str) -> Result<Option<CodeRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT code_hash, sent_ms, expires_ms, attempts FROM codes WHERE number = ?1",
+                [number],
+                |row| {
+                    Ok(CodeRow {
+                        code_hash: row.get(0)?,
+                        sent_ms: row.get(1)?,
+                        expires_ms: row.get(2)?,
+                        attempts: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores a new code for `number`, replacing any earlier one (and its attempts).
+    pub fn put_code(&self, number: &str, code_hash: &[u8], now: i64, expires: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO codes (number, code_hash, sent_ms, expires_ms, attempts)
+             VALUES (?1, ?2, ?3, ?4, 0)
+             ON CONFLICT (number) DO UPDATE
+             SET code_hash = ?2, sent_ms = ?3, expires_ms = ?4, attempts = 0",
+            params![number, code_hash, now, expires],
+        )?;
+        Ok(())
+    }
+
+    /// Counts one wrong try; returns the tries made so far.
+    pub fn count_attempt(&self, number: &str) -> Result<u32> {
+        Ok(self.conn.query_row(
+            "UPDATE codes SET attempts = attempts + 1 WHERE number = ?1 RETURNING attempts",
+            [number],
+            |row| row.get(0),
+        )?)
+    }
+
+    pub fn delete_code(&self, number: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM codes WHERE number = ?1", [number])?;
+        Ok(())
+    }
+
+    // Messages.
+
+    pub fn message(&self, sender: &str, id: &str) -> Result<Option<MsgRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT seq, recipient, state FROM messages WHERE sender = ?1 AND id = ?2",
+                [sender, id],
+                |row| {
+                    Ok(MsgRow {
+                        seq: row.get(0)?,
+                        sender: sender.to_owned(),
+                        recipient: row.get(1)?,
+                        state: MsgState::from_code(row.get(2)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Undelivered messages waiting for `recipient`.
+    pub fn pending_count(&self, recipient: &str) -> Result<u32> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM messages WHERE recipient = ?1 AND state = 0",
+            [recipient],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Stores an accepted message; returns its queue position.
+    pub fn insert_message(
+        &self,
+        sender: &str,
+        id: &str,
+        recipient: &str,
+        text: &str,
+        ts: i64,
+        now: i64,
+    ) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "INSERT INTO messages (sender, id, recipient, body, ts, accepted_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+            params![sender, id, recipient, text, ts, now],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Up to `limit` pending messages for `recipient` after queue position `after`.
+    pub fn pending_after(&self, recipient: &str, after: i64, limit: u32) -> Result<Vec<Queued>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, sender, id, body, ts, accepted_ms FROM messages
+             WHERE recipient = ?1 AND state = 0 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![recipient, after, limit], |row| {
+            Ok(Queued {
+                seq: row.get(0)?,
+                sender: row.get(1)?,
+                id: row.get(2)?,
+                text: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                ts: row.get(4)?,
+                accepted_ms: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Moves a *pending* message to `state` (dropping its text), owing the sender a
+    /// receipt when `receipt` is set. Returns false if it was no longer pending: this
+    /// compare-and-set is what makes `revoke` and the recipient's `ack` exclusive.
+    pub fn settle(&self, seq: i64, state: MsgState, receipt: bool, now: i64) -> Result<bool> {
+        let changed = self.conn.execute(
+            "UPDATE messages SET state = ?2, body = NULL, settled_ms = ?3, receipt_pending = ?4
+             WHERE seq = ?1 AND state = 0",
+            params![seq, state.code(), now, receipt],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Receipts owed to `sender`, oldest first.
+    pub fn owed_receipts(&self, sender: &str) -> Result<Vec<OwedReceipt>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, id, recipient, state, settled_ms FROM messages
+             WHERE sender = ?1 AND receipt_pending = 1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([sender], |row| {
+            Ok(OwedReceipt {
+                seq: row.get(0)?,
+                id: row.get(1)?,
+                recipient: row.get(2)?,
+                state: MsgState::from_code(row.get(3)?),
+                settled_ms: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The receipt for `seq` reached its sender.
+    pub fn receipt_sent(&self, seq: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE messages SET receipt_pending = 0 WHERE seq = ?1",
+            [seq],
+        )?;
+        Ok(())
+    }
+
+    /// Expires every pending message accepted before `cutoff`, owing each sender a
+    /// receipt; returns them.
+    pub fn expire_before(&mut self, cutoff: i64, now: i64) -> Result<Vec<ExpiredMsg>> {
+        let tx = self.conn.transaction()?;
+        let expired = {
+            let mut stmt = tx.prepare(
+                "UPDATE messages
+                 SET state = 3, body = NULL, settled_ms = ?2, receipt_pending = 1
+                 WHERE state = 0 AND accepted_ms < ?1
+                 RETURNING seq, sender, id, recipient",
+            )?;
+            let rows = stmt.query_map(params![cutoff, now], |row| {
+                Ok(ExpiredMsg {
+                    seq: row.get(0)?,
+                    sender: row.get(1)?,
+                    id: row.get(2)?,
+                    recipient: row.get(3)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        tx.commit()?;
+        Ok(expired)
+    }
+
+    /// Forgets settled messages accepted before `messages_before` (the end of the dedupe
+    /// memory, receipts still owed included) and codes that expired before
+    /// `codes_before`. Returns the number of messages forgotten.
+    pub fn purge(&self, messages_before: i64, codes_before: i64) -> Result<usize> {
+        let forgotten = self.conn.execute(
+            "DELETE FROM messages WHERE state <> 0 AND accepted_ms < ?1",
+            [messages_before],
+        )?;
+        self.conn
+            .execute("DELETE FROM codes WHERE expires_ms < ?1", [codes_before])?;
+        Ok(forgotten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Db {
+        Db::open(None).expect("open")
+    }
+
+    #[test]
+    fn accounts_and_codes() {
+        let mut db = db();
+        assert!(!db.is_registered("+1555").unwrap());
+        assert!(db.create_account("+1555", b"h1", 1).unwrap());
+        assert!(
+            !db.create_account("+1555", b"h2", 2).unwrap(),
+            "no takeover"
+        );
+        assert_eq!(db.token_hash("+1555").unwrap().as_deref(), Some(&b"h1"[..]));
+        db.put_code("+1555", b"c", 10, 20).unwrap();
+        assert_eq!(db.count_attempt("+1555").unwrap(), 1);
+        assert_eq!(db.count_attempt("+1555").unwrap(), 2);
+        db.put_code("+1555", b"d", 11, 21).unwrap();
+        let code = db.code("+1555").unwrap().expect("code");
+        assert_eq!((code.attempts, code.sent_ms), (0, 11));
+        db.set_account("+1555", b"h3", 3).unwrap();
+        assert_eq!(db.token_hash("+1555").unwrap().as_deref(), Some(&b"h3"[..]));
+        assert_eq!(db.code("+1555").unwrap(), None, "a used code is gone");
+    }
+
+    #[test]
+    fn settle_is_a_compare_and_set() {
+        let db = db();
+        let seq = db.insert_message("+1", "m", "+2", "hi", 5, 100).unwrap();
+        assert!(
+            db.insert_message("+1", "m", "+3", "x", 5, 100).is_err(),
+            "unique"
+        );
+        assert_eq!(db.pending_count("+2").unwrap(), 1);
+        assert!(db.settle(seq, MsgState::Revoked, false, 110).unwrap());
+        assert!(!db.settle(seq, MsgState::Delivered, true, 120).unwrap());
+        let row = db.message("+1", "m").unwrap().expect("row");
+        assert_eq!(row.state, MsgState::Revoked);
+        assert_eq!(db.pending_count("+2").unwrap(), 0);
+        assert!(db.owed_receipts("+1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn queue_order_expiry_and_purge() {
+        let mut db = db();
+        let a = db.insert_message("+1", "a", "+2", "A", 0, 100).unwrap();
+        let b = db.insert_message("+3", "b", "+2", "B", 0, 200).unwrap();
+        let queued = db.pending_after("+2", 0, 10).unwrap();
+        assert_eq!(queued.iter().map(|q| q.seq).collect::<Vec<_>>(), [a, b]);
+        assert_eq!(db.pending_after("+2", a, 10).unwrap()[0].text, "B");
+        assert_eq!(db.pending_after("+2", 0, 1).unwrap().len(), 1);
+
+        let expired = db.expire_before(150, 300).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(
+            (expired[0].sender.as_str(), expired[0].id.as_str()),
+            ("+1", "a")
+        );
+        let owed = db.owed_receipts("+1").unwrap();
+        assert_eq!(
+            (owed[0].state, owed[0].settled_ms),
+            (MsgState::Expired, 300)
+        );
+        db.receipt_sent(owed[0].seq).unwrap();
+        assert!(db.owed_receipts("+1").unwrap().is_empty());
+
+        assert_eq!(db.purge(150, 0).unwrap(), 1, "settled and old");
+        assert_eq!(db.message("+1", "a").unwrap(), None);
+        assert_eq!(
+            db.purge(1000, 0).unwrap(),
+            0,
+            "pending messages are never purged"
+        );
+        // AUTOINCREMENT: a purged seq is never handed out again.
+        let c = db.insert_message("+1", "c", "+2", "C", 0, 400).unwrap();
+        assert!(c > b);
+    }
+}

@@ -1,0 +1,931 @@
+//! server::hub: the relay's single owner of shared state, on a thread of its own.
+//!
+//! Owns the database ([`Db`]), which connection is logged in as which number, every
+//! subscription and typing state, and each recipient's delivery window. Connection
+//! tasks send it [`HubCmd`]s over one bounded channel and get [`Outbound`] items back
+//! over their own bounded channel; the hub never waits for a connection (a full channel
+//! means a client that does not read: it is dropped with `overloaded`).
+//!
+//! Because one thread handles every request in turn, each request is atomic with
+//! respect to all others without a lock: in particular a `revoke` and the recipient's
+//! `ack` of the same message are ordered, and exactly one of them settles it (the
+//! database's compare-and-set, [`Db::settle`], is a second guard).
+//!
+//! The thread runs a current-thread tokio runtime of its own, so that SQLite's blocking
+//! calls (fsync on every commit) never stall the connections' runtime, and so the SMS
+//! command can run as a task without blocking the hub.
+//!
+//! Must not: touch sockets, parse JSON, or block on anything but SQLite.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, error, info, warn};
+
+use super::db::{Db, DbError, MsgState};
+use super::secret::{self, RandomError};
+use super::sms::{self, SmsError};
+use super::{RelayConfig, RelayError, Verify};
+use crate::relay::protocol::{
+    ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, PresenceEntry, PresenceState,
+    ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, encode, is_e164, is_message_id,
+};
+
+/// Identifies one connection for the hub's whole life.
+pub type ConnId = u64;
+
+/// Requests to the hub.
+pub enum HubCmd {
+    /// A connection said a valid `hello`; frames for it go to `tx`.
+    Open {
+        conn: ConnId,
+        tx: mpsc::Sender<Outbound>,
+    },
+    /// A decoded frame other than `hello` and `ping`.
+    Frame { conn: ConnId, frame: ClientFrame },
+    /// The connection ended.
+    Closed { conn: ConnId },
+    /// The SMS command for a `register` finished.
+    SmsDone {
+        conn: ConnId,
+        number: String,
+        result: Result<(), SmsError>,
+    },
+    /// End the hub (sent by `run` once every connection has ended).
+    Stop,
+}
+
+/// What the hub sends a connection.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A frame to write.
+    Frame(Utf8Bytes),
+    /// The connection is logged in: its auth timer stops.
+    LoggedIn,
+    /// Write this error and close the connection. Boxed: it is rare, and every slot of
+    /// every connection's channel is as large as the largest variant.
+    Fatal(Box<ErrorFrame>),
+}
+
+/// Capacity of the hub's request channel: connections wait (and stop reading their
+/// socket) when the hub is this far behind.
+const HUB_QUEUE: usize = 1024;
+
+/// The handle `run` keeps: the request channel and the thread's completion.
+pub struct Hub {
+    tx: mpsc::Sender<HubCmd>,
+    done: oneshot::Receiver<()>,
+}
+
+impl Hub {
+    /// Opens the database and starts the hub's thread.
+    pub fn start(config: Arc<RelayConfig>) -> Result<Hub, RelayError> {
+        let db = Db::open(config.db_path.as_deref())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(RelayError::Thread)?;
+        let (tx, rx) = mpsc::channel(HUB_QUEUE);
+        let (done_tx, done) = oneshot::channel();
+        let state = State::new(config, db, tx.clone());
+        std::thread::Builder::new()
+            .name("relay-hub".to_owned())
+            .spawn(move || {
+                runtime.block_on(state.run(rx));
+                // Drops (kills) any SMS command still running, then reports the end.
+                drop(runtime);
+                let _ = done_tx.send(());
+            })
+            .map_err(RelayError::Thread)?;
+        Ok(Hub { tx, done })
+    }
+
+    pub fn sender(&self) -> mpsc::Sender<HubCmd> {
+        self.tx.clone()
+    }
+
+    /// Stops the hub and waits until its thread has closed the database.
+    pub async fn stop(self) {
+        let _ = self.tx.send(HubCmd::Stop).await;
+        let _ = self.done.await;
+    }
+}
+
+/// Why a request failed inside the relay (the client gets `internal`).
+#[derive(Debug, thiserror::Error)]
+enum HubError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
+
+type Res = Result<(), HubError>;
+
+/// One connection, as the hub sees it.
+struct Conn {
+    /// Where its frames go.
+    tx: mpsc::Sender<Outbound>,
+    /// The number it is logged in as.
+    number: Option<String>,
+    /// The numbers it follows, deduplicated, in request order.
+    subs: Vec<String>,
+    /// Whom it is typing to, and until when.
+    typing: Option<(String, Instant)>,
+    /// Queue position of the last message pushed to it in this session: the next
+    /// delivery is the first pending message after it.
+    cursor: i64,
+    /// Messages pushed in this session and not yet acked (the delivery window).
+    inflight: Vec<i64>,
+    /// Its SMS command is running: one code request at a time per connection.
+    sms_running: bool,
+}
+
+struct State {
+    config: Arc<RelayConfig>,
+    db: Db,
+    /// For the SMS tasks to report back.
+    tx: mpsc::Sender<HubCmd>,
+    conns: HashMap<ConnId, Conn>,
+    /// Number → the connection logged in as it (at most one).
+    online: HashMap<String, ConnId>,
+    /// Number → the connections subscribed to it.
+    watchers: HashMap<String, HashSet<ConnId>>,
+    /// Typing deadlines, soonest first.
+    typing: BTreeSet<(Instant, ConnId)>,
+    next_sweep: Instant,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn err(code: ErrorCode, message: impl Into<String>, re: &str) -> ErrorFrame {
+    ErrorFrame::new(code, message).re(re)
+}
+
+impl State {
+    fn new(config: Arc<RelayConfig>, db: Db, tx: mpsc::Sender<HubCmd>) -> State {
+        State {
+            next_sweep: Instant::now(),
+            config,
+            db,
+            tx,
+            conns: HashMap::new(),
+            online: HashMap::new(),
+            watchers: HashMap::new(),
+            typing: BTreeSet::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<HubCmd>) {
+        loop {
+            let mut deadline = self.next_sweep;
+            if let Some(&(first, _)) = self.typing.first() {
+                deadline = deadline.min(first);
+            }
+            let cmd = tokio::select! {
+                cmd = rx.recv() => cmd,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.tick(Instant::now());
+                    continue;
+                }
+            };
+            match cmd {
+                None | Some(HubCmd::Stop) => break,
+                Some(HubCmd::Open { conn, tx }) => {
+                    self.conns.insert(
+                        conn,
+                        Conn {
+                            tx,
+                            number: None,
+                            subs: Vec::new(),
+                            typing: None,
+                            cursor: 0,
+                            inflight: Vec::new(),
+                            sms_running: false,
+                        },
+                    );
+                }
+                Some(HubCmd::Frame { conn, frame }) => self.frame(conn, frame),
+                Some(HubCmd::Closed { conn }) => self.detach(conn),
+                Some(HubCmd::SmsDone {
+                    conn,
+                    number,
+                    result,
+                }) => self.sms_done(conn, number, result),
+            }
+        }
+        debug!("hub stopped");
+    }
+
+    // Sending to connections.
+
+    /// Queues `frame` for `conn`; a connection whose queue is full is dropped.
+    fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let text = Utf8Bytes::from(encode(frame));
+        if c.tx.try_send(Outbound::Frame(text)).is_err() {
+            warn!(conn, "client does not read its frames, dropping it");
+            self.detach(conn);
+        }
+    }
+
+    /// Answers a request with an error; a fatal one also ends the connection.
+    fn fail(&mut self, conn: ConnId, error: ErrorFrame) {
+        if error.fatal {
+            if let Some(c) = self.conns.get(&conn) {
+                let _ = c.tx.try_send(Outbound::Fatal(Box::new(error)));
+            }
+            self.detach(conn);
+        } else {
+            self.send(conn, &ServerFrame::Error(error));
+        }
+    }
+
+    /// Forgets `conn`: its login, subscriptions and typing. Dropping its sender ends the
+    /// connection's task once it has written what is queued.
+    fn detach(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        for number in &c.subs {
+            if let Some(set) = self.watchers.get_mut(number) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.watchers.remove(number);
+                }
+            }
+        }
+        if let Some((_, deadline)) = &c.typing {
+            self.typing.remove(&(*deadline, conn));
+        }
+        if let Some(number) = c.number
+            && self.online.get(&number) == Some(&conn)
+        {
+            self.online.remove(&number);
+            info!(%number, conn, "offline");
+            self.broadcast(&number);
+        }
+    }
+
+    // Presence.
+
+    /// `number`'s state as `viewer` sees it.
+    fn presence_of(&self, number: &str, viewer: Option<&str>) -> PresenceState {
+        let Some(conn) = self.online.get(number).and_then(|id| self.conns.get(id)) else {
+            return PresenceState::Offline;
+        };
+        match (&conn.typing, viewer) {
+            (Some((to, _)), Some(viewer)) if to == viewer => PresenceState::Typing,
+            _ => PresenceState::Online,
+        }
+    }
+
+    /// Pushes `number`'s state to every connection subscribed to it.
+    fn broadcast(&mut self, number: &str) {
+        let Some(watchers) = self.watchers.get(number) else {
+            return;
+        };
+        let watchers: Vec<ConnId> = watchers.iter().copied().collect();
+        for watcher in watchers {
+            self.push_presence(watcher, number);
+        }
+    }
+
+    /// Pushes `number`'s state to `viewer`'s connection if it follows `number`.
+    fn push_to_number(&mut self, viewer: &str, number: &str) {
+        if let Some(&conn) = self.online.get(viewer)
+            && self
+                .watchers
+                .get(number)
+                .is_some_and(|set| set.contains(&conn))
+        {
+            self.push_presence(conn, number);
+        }
+    }
+
+    fn push_presence(&mut self, watcher: ConnId, number: &str) {
+        let viewer = self.conns.get(&watcher).and_then(|c| c.number.clone());
+        let state = self.presence_of(number, viewer.as_deref());
+        let frame = ServerFrame::Presence(PresenceEntry {
+            number: number.to_owned(),
+            // Only logged-in numbers change state, and only registered ones log in.
+            registered: true,
+            state,
+        });
+        self.send(watcher, &frame);
+    }
+
+    /// Ends `conn`'s typing state (if any) and tells its target.
+    fn stop_typing(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some((to, deadline)) = c.typing.take() else {
+            return;
+        };
+        let me = c.number.clone().unwrap_or_default();
+        self.typing.remove(&(deadline, conn));
+        self.push_to_number(&to, &me);
+    }
+
+    // Timers.
+
+    fn tick(&mut self, now: Instant) {
+        while let Some(&(deadline, conn)) = self.typing.first() {
+            if deadline > now {
+                break;
+            }
+            self.typing.pop_first();
+            if let Some(c) = self.conns.get(&conn)
+                && c.typing.as_ref().is_some_and(|(_, d)| *d == deadline)
+            {
+                self.stop_typing(conn);
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.config.sweep_interval;
+            if let Err(err) = self.sweep() {
+                error!(cause = %err, "sweep failed");
+            }
+        }
+    }
+
+    /// Expires messages older than `max_age` (receipts to their senders), forgets old
+    /// dedupe memory and stale codes.
+    fn sweep(&mut self) -> Res {
+        let now = now_ms();
+        let expired = self.db.expire_before(now - ms(self.config.max_age), now)?;
+        for msg in expired {
+            info!(sender = %msg.sender, id = %msg.id, recipient = %msg.recipient, "message expired");
+            if let Some(&conn) = self.online.get(&msg.sender) {
+                let receipt = ServerFrame::Receipt {
+                    id: msg.id,
+                    to: msg.recipient,
+                    outcome: ReceiptOutcome::Expired,
+                    at: now,
+                };
+                self.send(conn, &receipt);
+                self.db.receipt_sent(msg.seq)?;
+            }
+        }
+        let forgotten = self.db.purge(
+            now - ms(self.config.dedupe_retention),
+            now - ms(self.config.code_resend),
+        )?;
+        if forgotten > 0 {
+            debug!(forgotten, "dedupe memory purged");
+        }
+        Ok(())
+    }
+
+    // Requests.
+
+    fn frame(&mut self, conn: ConnId, frame: ClientFrame) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let logged_in = c.number.is_some();
+        let kind = frame.kind();
+        let id = match &frame {
+            ClientFrame::Send { id, .. } | ClientFrame::Revoke { id } => Some(id.clone()),
+            _ => None,
+        };
+        let result = match (logged_in, frame) {
+            (false, ClientFrame::Register { number }) => self.register(conn, number),
+            (false, ClientFrame::Verify { number, code }) => self.verify(conn, number, code),
+            (false, ClientFrame::Login { number, token }) => self.login(conn, number, token),
+            (true, ClientFrame::Send { id, to, text, ts }) => self.send_msg(conn, id, to, text, ts),
+            (true, ClientFrame::Ack { from, id }) => self.ack(conn, from, id),
+            (true, ClientFrame::Revoke { id }) => self.revoke(conn, id),
+            (true, ClientFrame::Subscribe { numbers }) => self.subscribe(conn, numbers),
+            (true, ClientFrame::Typing { to, active }) => self.typing(conn, to, active),
+            (logged_in, _) => {
+                let when = if logged_in { "after" } else { "before" };
+                let message = format!("`{kind}` is not allowed {when} login");
+                self.fail(conn, err(ErrorCode::BadState, message, kind));
+                Ok(())
+            }
+        };
+        if let Err(cause) = result {
+            error!(conn, frame = kind, %cause, "request failed");
+            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            error.id = id;
+            self.fail(conn, error);
+        }
+    }
+
+    fn register(&mut self, conn: ConnId, number: String) -> Res {
+        if !is_e164(&number) {
+            let message = format!("{number:?} is not an E.164 number");
+            self.fail(conn, err(ErrorCode::InvalidNumber, message, "register"));
+            return Ok(());
+        }
+        let now = now_ms();
+        let command = match &self.config.verify {
+            Verify::None => {
+                let token = secret::new_token()?;
+                if self
+                    .db
+                    .create_account(&number, &secret::token_hash(&token), now)?
+                {
+                    warn!(%number, "registered WITHOUT verification (--verify none)");
+                    self.send(conn, &ServerFrame::Registered { number, token });
+                } else {
+                    let message = "this number already holds a token on another device, and \
+                                   this relay cannot verify numbers (--verify none)";
+                    self.fail(conn, err(ErrorCode::NumberTaken, message, "register"));
+                }
+                return Ok(());
+            }
+            Verify::SmsCommand(command) => command.clone(),
+        };
+        if self.conns.get(&conn).is_some_and(|c| c.sms_running) {
+            let mut error = err(
+                ErrorCode::RateLimited,
+                "a code is being sent on this connection",
+                "register",
+            );
+            error.retry_after_ms = Some(1000);
+            self.fail(conn, error);
+            return Ok(());
+        }
+        if let Some(code) = self.db.code(&number)? {
+            let ready = code.sent_ms + ms(self.config.code_resend);
+            if now < ready {
+                let mut error = err(
+                    ErrorCode::RateLimited,
+                    "a code was sent to this number recently",
+                    "register",
+                );
+                error.retry_after_ms = Some(u64::try_from(ready - now).unwrap_or(0));
+                self.fail(conn, error);
+                return Ok(());
+            }
+        }
+        let code = secret::new_code()?;
+        let expires = now + ms(self.config.code_ttl);
+        self.db
+            .put_code(&number, &secret::code_hash(&number, &code), now, expires)?;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sms_running = true;
+        }
+        info!(%number, conn, "sending a registration code");
+        let tx = self.tx.clone();
+        let timeout = self.config.sms_timeout;
+        tokio::spawn(async move {
+            let result = sms::send_code(&command, &number, &code, timeout).await;
+            let _ = tx
+                .send(HubCmd::SmsDone {
+                    conn,
+                    number,
+                    result,
+                })
+                .await;
+        });
+        Ok(())
+    }
+
+    fn sms_done(&mut self, conn: ConnId, number: String, result: Result<(), SmsError>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sms_running = false;
+        }
+        match result {
+            Ok(()) => {
+                let expires_in_ms = u64::try_from(ms(self.config.code_ttl)).unwrap_or(0);
+                let frame = ServerFrame::CodeSent {
+                    number,
+                    expires_in_ms,
+                };
+                self.send(conn, &frame);
+            }
+            Err(cause) => {
+                error!(%number, %cause, "cannot send the registration code");
+                // A code nobody received must not hold the number's rate limit.
+                if let Err(err) = self.db.delete_code(&number) {
+                    error!(%number, cause = %err, "cannot delete an unsent code");
+                }
+                let message = "the relay could not send the code SMS";
+                self.fail(conn, err(ErrorCode::SmsFailed, message, "register"));
+            }
+        }
+    }
+
+    fn verify(&mut self, conn: ConnId, number: String, code: String) -> Res {
+        let refuse = |code, message: &str| err(code, message, "verify");
+        if !is_e164(&number) {
+            let message = format!("{number:?} is not an E.164 number");
+            self.fail(conn, refuse(ErrorCode::InvalidNumber, &message));
+            return Ok(());
+        }
+        if self.config.verify == Verify::None {
+            let message = "this relay sends no codes (--verify none)";
+            self.fail(conn, refuse(ErrorCode::NoCode, message));
+            return Ok(());
+        }
+        let Some(pending) = self.db.code(&number)? else {
+            let message = "no code is pending for this number";
+            self.fail(conn, refuse(ErrorCode::NoCode, message));
+            return Ok(());
+        };
+        let now = now_ms();
+        if now >= pending.expires_ms {
+            let message = "the code expired; ask for a new one";
+            self.fail(conn, refuse(ErrorCode::CodeExpired, message));
+            return Ok(());
+        }
+        let max = self.config.code_attempts;
+        if pending.attempts >= max {
+            let message = "too many wrong tries; ask for a new code";
+            self.fail(conn, refuse(ErrorCode::TooManyAttempts, message));
+            return Ok(());
+        }
+        if !secret::same(&secret::code_hash(&number, &code), &pending.code_hash) {
+            let attempts = self.db.count_attempt(&number)?;
+            warn!(%number, attempts, "wrong registration code");
+            if attempts >= max {
+                let message = "too many wrong tries; ask for a new code";
+                self.fail(conn, refuse(ErrorCode::TooManyAttempts, message));
+            } else {
+                let mut error = refuse(ErrorCode::CodeInvalid, "wrong code");
+                error.attempts_left = Some(max - attempts);
+                self.fail(conn, error);
+            }
+            return Ok(());
+        }
+        let token = secret::new_token()?;
+        self.db
+            .set_account(&number, &secret::token_hash(&token), now)?;
+        info!(%number, conn, "number verified; any earlier device token is void");
+        if let Some(&old) = self.online.get(&number) {
+            let message = "this number was registered on another device";
+            self.fail(old, ErrorFrame::new(ErrorCode::Replaced, message));
+        }
+        self.send(conn, &ServerFrame::Registered { number, token });
+        Ok(())
+    }
+
+    fn login(&mut self, conn: ConnId, number: String, token: String) -> Res {
+        let known = if is_e164(&number) {
+            self.db.token_hash(&number)?
+        } else {
+            None
+        };
+        let valid = known.is_some_and(|hash| secret::same(&hash, &secret::token_hash(&token)));
+        if !valid {
+            warn!(%number, conn, "login refused");
+            let message = "unknown number or wrong token";
+            self.fail(conn, err(ErrorCode::AuthFailed, message, "login"));
+            return Ok(());
+        }
+        let queued = self.db.pending_count(&number)?;
+        let receipts = self.db.owed_receipts(&number)?;
+        let old = self.online.insert(number.clone(), conn);
+        let mut typing_to = None;
+        if let Some(old) = old.filter(|&old| old != conn) {
+            typing_to = self
+                .conns
+                .get(&old)
+                .and_then(|c| c.typing.as_ref())
+                .map(|(to, _)| to.clone());
+            // `online` already points to the new connection: no offline blip.
+            let message = "logged in again from another connection";
+            self.fail(old, ErrorFrame::new(ErrorCode::Replaced, message));
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            self.online.remove(&number);
+            return Ok(());
+        };
+        c.number = Some(number.clone());
+        let _ = c.tx.try_send(Outbound::LoggedIn);
+        info!(%number, conn, queued, "online");
+        let frame = ServerFrame::LoggedIn {
+            number: number.clone(),
+            queued,
+        };
+        self.send(conn, &frame);
+        self.fill_window(conn)?;
+        for receipt in receipts {
+            let outcome = match receipt.state {
+                MsgState::Delivered => ReceiptOutcome::Delivered,
+                _ => ReceiptOutcome::Expired,
+            };
+            let frame = ServerFrame::Receipt {
+                id: receipt.id,
+                to: receipt.recipient,
+                outcome,
+                at: receipt.settled_ms,
+            };
+            self.send(conn, &frame);
+            self.db.receipt_sent(receipt.seq)?;
+        }
+        match (old, typing_to) {
+            // Already online on the connection it replaces: only the typing state ended.
+            (Some(_), Some(to)) => self.push_to_number(&to, &number),
+            (Some(_), None) => {}
+            (None, _) => self.broadcast(&number),
+        }
+        Ok(())
+    }
+
+    /// Pushes the next pending messages to `conn` while its window has room.
+    fn fill_window(&mut self, conn: ConnId) -> Res {
+        let window = self.config.deliver_window as usize;
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let Some(number) = &c.number else {
+            return Ok(());
+        };
+        let room = window.saturating_sub(c.inflight.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let batch = self.db.pending_after(number, c.cursor, room as u32)?;
+        for queued in batch {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.cursor = queued.seq;
+                c.inflight.push(queued.seq);
+            }
+            let frame = ServerFrame::Deliver {
+                from: queued.sender,
+                id: queued.id,
+                text: queued.text,
+                ts: queued.ts,
+                relay_ts: queued.accepted_ms,
+            };
+            self.send(conn, &frame);
+        }
+        Ok(())
+    }
+
+    fn send_msg(&mut self, conn: ConnId, id: String, to: String, text: String, ts: i64) -> Res {
+        let refuse = |code, message: String| ErrorFrame::new(code, message).re("send").id(&id);
+        if !is_message_id(&id) {
+            let message = "message ids are 1 to 64 bytes of [A-Za-z0-9._:-]".to_owned();
+            self.fail(conn, refuse(ErrorCode::InvalidId, message));
+            return Ok(());
+        }
+        if !is_e164(&to) {
+            let message = format!("{to:?} is not an E.164 number");
+            self.fail(conn, refuse(ErrorCode::InvalidNumber, message));
+            return Ok(());
+        }
+        if text.len() > self.config.max_text_bytes {
+            let message = format!(
+                "the text has {} bytes, more than this relay's {}",
+                text.len(),
+                self.config.max_text_bytes
+            );
+            self.fail(conn, refuse(ErrorCode::TextTooLarge, message));
+            return Ok(());
+        }
+        let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
+            return Ok(());
+        };
+        if let Some(row) = self.db.message(&me, &id)? {
+            if row.recipient != to {
+                let message = format!("id {id:?} was already used for another recipient");
+                self.fail(conn, refuse(ErrorCode::IdConflict, message));
+                return Ok(());
+            }
+            let state = match row.state {
+                MsgState::Pending if self.online.contains_key(&to) => SendState::Online,
+                MsgState::Pending => SendState::Queued,
+                MsgState::Delivered => SendState::Delivered,
+                MsgState::Revoked => SendState::Revoked,
+                MsgState::Expired => SendState::Expired,
+            };
+            debug!(sender = %me, %id, ?state, "duplicate send");
+            let frame = ServerFrame::Ack {
+                id,
+                to,
+                state,
+                duplicate: true,
+            };
+            self.send(conn, &frame);
+            return Ok(());
+        }
+        if !self.db.is_registered(&to)? {
+            let message = format!("{to} is not registered on this relay");
+            self.fail(conn, refuse(ErrorCode::RecipientUnregistered, message));
+            return Ok(());
+        }
+        let bound = self.config.queue_per_recipient;
+        if self.db.pending_count(&to)? >= bound {
+            let message = format!("{to} already has {bound} undelivered messages");
+            self.fail(conn, refuse(ErrorCode::QueueFull, message));
+            return Ok(());
+        }
+        self.db.insert_message(&me, &id, &to, &text, ts, now_ms())?;
+        let recipient = self.online.get(&to).copied();
+        let state = match recipient {
+            Some(_) => SendState::Online,
+            None => SendState::Queued,
+        };
+        debug!(sender = %me, %id, recipient = %to, ?state, "accepted");
+        let frame = ServerFrame::Ack {
+            id,
+            to: to.clone(),
+            state,
+            duplicate: false,
+        };
+        self.send(conn, &frame);
+        if self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.typing.as_ref())
+            .is_some_and(|(target, _)| *target == to)
+        {
+            self.stop_typing(conn);
+        }
+        if let Some(recipient) = recipient {
+            self.fill_window(recipient)?;
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, conn: ConnId, from: String, id: String) -> Res {
+        let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
+            return Ok(());
+        };
+        let row = self
+            .db
+            .message(&from, &id)?
+            .filter(|row| row.recipient == me);
+        let Some(row) = row else {
+            let frame = ServerFrame::Confirm {
+                from,
+                id,
+                outcome: ConfirmOutcome::Unknown,
+            };
+            self.send(conn, &frame);
+            return Ok(());
+        };
+        let outcome = match row.state {
+            MsgState::Pending => {
+                let sender = self.online.get(&row.sender).copied();
+                let now = now_ms();
+                if self
+                    .db
+                    .settle(row.seq, MsgState::Delivered, sender.is_none(), now)?
+                {
+                    info!(sender = %row.sender, %id, recipient = %me, "delivered");
+                    if let Some(sender) = sender {
+                        let receipt = ServerFrame::Receipt {
+                            id: id.clone(),
+                            to: me.clone(),
+                            outcome: ReceiptOutcome::Delivered,
+                            at: now,
+                        };
+                        self.send(sender, &receipt);
+                    }
+                    ConfirmOutcome::Delivered
+                } else {
+                    // Unreachable while the hub is the only writer; keep the answer safe.
+                    ConfirmOutcome::Revoked
+                }
+            }
+            MsgState::Delivered => ConfirmOutcome::Delivered,
+            MsgState::Revoked | MsgState::Expired => ConfirmOutcome::Revoked,
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.inflight.retain(|&seq| seq != row.seq);
+        }
+        let frame = ServerFrame::Confirm { from, id, outcome };
+        self.send(conn, &frame);
+        self.fill_window(conn)
+    }
+
+    fn revoke(&mut self, conn: ConnId, id: String) -> Res {
+        let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
+            return Ok(());
+        };
+        let Some(row) = self.db.message(&me, &id)? else {
+            let message = format!("no message {id:?} from this number");
+            let error = ErrorFrame::new(ErrorCode::UnknownMessage, message)
+                .re("revoke")
+                .id(&id);
+            self.fail(conn, error);
+            return Ok(());
+        };
+        let outcome = match row.state {
+            MsgState::Pending => {
+                if self
+                    .db
+                    .settle(row.seq, MsgState::Revoked, false, now_ms())?
+                {
+                    info!(sender = %me, %id, recipient = %row.recipient, "revoked");
+                    RevokeOutcome::Revoked
+                } else {
+                    RevokeOutcome::AlreadyDelivered
+                }
+            }
+            MsgState::Delivered => RevokeOutcome::AlreadyDelivered,
+            MsgState::Revoked | MsgState::Expired => RevokeOutcome::Revoked,
+        };
+        self.send(conn, &ServerFrame::RevokeResult { id, outcome });
+        Ok(())
+    }
+
+    fn subscribe(&mut self, conn: ConnId, numbers: Vec<String>) -> Res {
+        let max = self.config.max_subscriptions;
+        if numbers.len() > max {
+            let message = format!("{} numbers, more than this relay's {max}", numbers.len());
+            self.fail(
+                conn,
+                err(ErrorCode::TooManySubscriptions, message, "subscribe"),
+            );
+            return Ok(());
+        }
+        if let Some(bad) = numbers.iter().find(|n| !is_e164(n)) {
+            let message = format!("{bad:?} is not an E.164 number");
+            self.fail(conn, err(ErrorCode::InvalidNumber, message, "subscribe"));
+            return Ok(());
+        }
+        let mut seen = HashSet::with_capacity(numbers.len());
+        let numbers: Vec<String> = numbers
+            .into_iter()
+            .filter(|n| seen.insert(n.clone()))
+            .collect();
+        let me = self.conns.get(&conn).and_then(|c| c.number.clone());
+        let mut entries = Vec::with_capacity(numbers.len());
+        for number in &numbers {
+            let registered = self.online.contains_key(number) || self.db.is_registered(number)?;
+            entries.push(PresenceEntry {
+                number: number.clone(),
+                registered,
+                state: self.presence_of(number, me.as_deref()),
+            });
+        }
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let old = std::mem::replace(&mut c.subs, numbers);
+        for number in &old {
+            if let Some(set) = self.watchers.get_mut(number) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.watchers.remove(number);
+                }
+            }
+        }
+        for number in &c.subs {
+            self.watchers
+                .entry(number.clone())
+                .or_default()
+                .insert(conn);
+        }
+        self.send(conn, &ServerFrame::Snapshot { entries });
+        Ok(())
+    }
+
+    fn typing(&mut self, conn: ConnId, to: String, active: bool) -> Res {
+        if !is_e164(&to) {
+            let message = format!("{to:?} is not an E.164 number");
+            self.fail(conn, err(ErrorCode::InvalidNumber, message, "typing"));
+            return Ok(());
+        }
+        let Some(c) = self.conns.get(&conn) else {
+            return Ok(());
+        };
+        let current = c.typing.as_ref().map(|(target, _)| target.clone());
+        if !active {
+            if current.as_deref() == Some(to.as_str()) {
+                self.stop_typing(conn);
+            }
+            return Ok(());
+        }
+        if current.is_some() && current.as_deref() != Some(to.as_str()) {
+            self.stop_typing(conn);
+        }
+        let deadline = Instant::now() + self.config.typing_ttl;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Ok(());
+        };
+        let started = c.typing.is_none();
+        if let Some((_, old)) = c.typing.replace((to.clone(), deadline)) {
+            self.typing.remove(&(old, conn));
+        }
+        self.typing.insert((deadline, conn));
+        if started {
+            let me = c.number.clone().unwrap_or_default();
+            self.push_to_number(&to, &me);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! relay::server: the relay server, `run(listener, config, shutdown)`.
+//!
+//! Owns the accept loop, the optional TLS layer, and the shutdown sequence; the work is
+//! split between
+//! - [`conn`]: one task per connection: the WebSocket, the `hello` handshake, keepalive
+//!   and dead-connection detection, frame size and syntax; it forwards every decoded
+//!   request to the hub and writes whatever the hub sends back;
+//! - [`hub`]: one thread that owns all shared state: the database ([`db`], the relay's
+//!   only SQL), who is logged in where, subscriptions, typing, delivery windows. Being
+//!   the single owner is what makes `revoke` and the recipient's `ack` atomic, without a
+//!   lock;
+//! - [`sms`]: runs the operator's SMS command for registration codes;
+//! - [`secret`]: tokens, codes and their hashes.
+//!
+//! Must not: share state between connections other than through the hub's channel, or
+//! let one connection's failure (a malformed frame, a slow reader) touch another.
+
+mod conn;
+mod db;
+mod hub;
+mod secret;
+mod sms;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+pub use db::DbError;
+
+use crate::relay::protocol::{Limits, VerifyMode};
+
+/// How the relay checks that a number belongs to the one who registers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// Development only: tokens without proof. A number that holds a token still never
+    /// moves to another device.
+    None,
+    /// Run this shell command to send the code SMS: `/bin/sh -c 'CMD "$@"'` with the
+    /// number and the code appended as two arguments, and `TANDEM_NUMBER`,
+    /// `TANDEM_CODE`, `TANDEM_TEXT` in its environment. Exit status 0 means sent.
+    SmsCommand(String),
+}
+
+impl Verify {
+    pub(crate) fn mode(&self) -> VerifyMode {
+        match self {
+            Verify::None => VerifyMode::None,
+            Verify::SmsCommand(_) => VerifyMode::SmsCommand,
+        }
+    }
+}
+
+/// Everything the relay can be told. `Default` is for tests and examples: it verifies
+/// nothing and keeps its database in memory; the binary always sets both.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The SQLite file; `None` keeps everything in memory (lost at exit).
+    pub db_path: Option<PathBuf>,
+    /// How registration proves a number.
+    pub verify: Verify,
+    /// Serve `wss://` with this TLS configuration; `None` serves plain `ws://`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Largest WebSocket message read from a client, in bytes: bounds the memory one
+    /// client can make the relay hold.
+    pub max_frame_bytes: usize,
+    /// Largest `send.text`, in bytes: the "64 KiB of text".
+    pub max_text_bytes: usize,
+    /// Most numbers in one `subscribe`: bounds the fan-out one client can cause.
+    pub max_subscriptions: usize,
+    /// Most undelivered messages kept for one recipient (store-and-forward bound).
+    pub queue_per_recipient: u32,
+    /// How long an undelivered message waits before it expires.
+    pub max_age: Duration,
+    /// How long `(sender, id)` is remembered after a message settles (dedupe memory and
+    /// `revoke` answers). Longer than any client's resend horizon.
+    pub dedupe_retention: Duration,
+    /// How long a registration code is valid.
+    pub code_ttl: Duration,
+    /// Wrong tries one code allows.
+    pub code_attempts: u32,
+    /// Minimum time between two code SMS for one number (rate limit, SMS cost).
+    pub code_resend: Duration,
+    /// How long the SMS command may run before it counts as failed and is killed.
+    pub sms_timeout: Duration,
+    /// A connection must log in within this time after it opens.
+    pub auth_timeout: Duration,
+    /// Silence after which the relay pings a client.
+    pub ping_interval: Duration,
+    /// Silence from a client after which its connection counts as dead.
+    pub idle_timeout: Duration,
+    /// A `typing` not renewed within this time ends.
+    pub typing_ttl: Duration,
+    /// Messages delivered to one recipient and not yet acked, at most: the flow control
+    /// that keeps a backlog from flooding a connection's memory.
+    pub deliver_window: u32,
+    /// How often expired messages, stale codes and old dedupe memory are swept.
+    pub sweep_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            db_path: None,
+            verify: Verify::None,
+            tls: None,
+            max_frame_bytes: 256 * 1024,
+            max_text_bytes: 64 * 1024,
+            max_subscriptions: 1000,
+            queue_per_recipient: 1000,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            dedupe_retention: Duration::from_secs(30 * 24 * 3600),
+            code_ttl: Duration::from_secs(10 * 60),
+            code_attempts: 5,
+            code_resend: Duration::from_secs(60),
+            sms_timeout: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            typing_ttl: Duration::from_secs(5),
+            deliver_window: 32,
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The limits and timings as `welcome` announces them.
+    pub fn limits(&self) -> Limits {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Limits {
+            max_frame_bytes: self.max_frame_bytes as u64,
+            max_text_bytes: self.max_text_bytes as u64,
+            max_subscriptions: self.max_subscriptions as u64,
+            queue_per_recipient: u64::from(self.queue_per_recipient),
+            max_age_ms: ms(self.max_age),
+            ping_interval_ms: ms(self.ping_interval),
+            idle_timeout_ms: ms(self.idle_timeout),
+            typing_ttl_ms: ms(self.typing_ttl),
+            auth_timeout_ms: ms(self.auth_timeout),
+        }
+    }
+
+    fn check(&self) -> Result<(), RelayError> {
+        let bad = |reason: &str| Err(RelayError::Config(reason.to_owned()));
+        if self.max_text_bytes == 0 || self.max_frame_bytes < self.max_text_bytes + 512 {
+            return bad("max_frame_bytes must exceed max_text_bytes by at least 512");
+        }
+        if self.deliver_window == 0 || self.queue_per_recipient == 0 {
+            return bad("deliver_window and queue_per_recipient must be at least 1");
+        }
+        if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
+            return bad("idle_timeout must be longer than ping_interval");
+        }
+        if self.sweep_interval.is_zero() || self.code_attempts == 0 {
+            return bad("sweep_interval and code_attempts must be non-zero");
+        }
+        if let Verify::SmsCommand(cmd) = &self.verify
+            && cmd.trim().is_empty()
+        {
+            return bad("the SMS command is empty");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("invalid relay configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot read {path:?}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no {what} in {path:?}")]
+    NoPem { what: &'static str, path: PathBuf },
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot start the relay's hub thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Builds a TLS server configuration (ring provider, TLS 1.2 and 1.3) from a PEM
+/// certificate chain and a PEM private key.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, RelayError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| RelayError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .filter_map(Result::ok)
+        .collect();
+    if chain.is_empty() {
+        return Err(RelayError::NoPem {
+            what: "certificate",
+            path: cert.to_owned(),
+        });
+    }
+    let key_pem = read(key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| RelayError::NoPem {
+        what: "private key",
+        path: key.to_owned(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// Runs the relay on `listener` until `shutdown` completes, then tells every client
+/// (`shutting-down`), waits for the connections to end and closes the database.
+///
+/// Fails only at start (configuration, database, thread); errors of single connections
+/// are logged and end only that connection.
+pub async fn run(
+    listener: TcpListener,
+    config: RelayConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RelayError> {
+    config.check()?;
+    let config = Arc::new(config);
+    let hub = hub::Hub::start(config.clone())?;
+    let local = listener.local_addr().ok();
+    info!(
+        addr = ?local,
+        tls = config.tls.is_some(),
+        verify = ?config.verify.mode(),
+        "relay listening"
+    );
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+
+    // Every connection task holds a clone of `done_tx`; when they are all gone,
+    // `done_rx.recv()` returns None (mini-redis's shutdown_complete).
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut next_id: u64 = 0;
+
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // EMFILE and the like: wait a little instead of spinning.
+                warn!(cause = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        let ctx = conn::Ctx {
+            id: next_id,
+            accepted: tokio::time::Instant::now(),
+            peer,
+            config: config.clone(),
+            hub: hub.sender(),
+            stop: stop_rx.clone(),
+            _done: done_tx.clone(),
+        };
+        let _ = stream.set_nodelay(true);
+        // Two kinds of task, so a plain connection's future is not as large as a TLS
+        // handshake's.
+        match &tls {
+            None => tokio::spawn(conn::serve(stream, ctx)),
+            Some(acceptor) => tokio::spawn(accept_tls(stream, peer, acceptor.clone(), ctx)),
+        };
+    }
+
+    info!("relay stopping");
+    let _ = stop_tx.send(true);
+    drop(done_tx);
+    let _ = done_rx.recv().await;
+    hub.stop().await;
+    info!("relay stopped");
+    Ok(())
+}
+
+/// Finishes the TLS handshake and hands the stream to its connection task.
+async fn accept_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: conn::Ctx,
+) {
+    match ctx.handshake(acceptor.accept(stream)).await {
+        Some(Ok(stream)) => conn::serve(stream, ctx).await,
+        Some(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        None => debug!(%peer, "TLS handshake timed out or the relay stops"),
+    }
+}
