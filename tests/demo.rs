@@ -19,6 +19,8 @@ fn the_demo_plays_its_script() {
         "Alice: MessageStatusChanged delivered",
         "Bob: MessageReceived from +15550001111 over sms: \"Hi Bob! Dinner at eight?\"",
         "Alice: MessageReceived from +15550002222 over sms",
+        // Bob's quick reply is the newest, although the SMS centre stamps whole seconds.
+        "unread 1  last: \"Sounds good, see you then 🙂\" (incoming)",
         "busctl --user call",
         "Stopping.",
     ] {

@@ -18,19 +18,19 @@ CREATE TABLE conversations (
     id       INTEGER PRIMARY KEY,
     -- E.164, or a short code / alphanumeric sender kept verbatim.
     peer     TEXT    NOT NULL UNIQUE,
-    -- The newest message (greatest (timestamp_ms, seq)): its seq and timestamp.
+    -- The newest message (the last to arrive): its seq and timestamp.
     last_seq INTEGER NOT NULL,
     last_ts  INTEGER NOT NULL,
     -- Incoming messages with read = 0.
     unread   INTEGER NOT NULL DEFAULT 0 CHECK (unread >= 0)
 );
--- The conversation list, newest activity first.
-CREATE INDEX conversations_by_activity ON conversations (last_ts, last_seq);
+-- The conversation list, newest activity (arrival) first.
+CREATE INDEX conversations_by_activity ON conversations (last_seq);
 -- UnreadCount sums only the conversations that have unread messages.
 CREATE INDEX conversations_unread ON conversations (unread) WHERE unread > 0;
 
 CREATE TABLE messages (
-    -- Insertion order (the rowid). Messages are ordered by (timestamp_ms, seq).
+    -- Arrival order (the rowid). Messages are ordered by it: "newest" is the last stored.
     seq             INTEGER PRIMARY KEY,
     -- The API id: a UUID, stored as its 16 bytes.
     uuid            BLOB    NOT NULL UNIQUE CHECK (length(uuid) = 16),
@@ -58,13 +58,13 @@ CREATE TABLE messages (
     error           TEXT
 );
 -- A conversation newest first (the index ends with the rowid, so it is ordered by
--- (conv, timestamp_ms, seq)): cursor paging, the last message, deleting a conversation.
-CREATE INDEX messages_by_conv ON messages (conv, timestamp_ms);
+-- (conv, seq)): cursor paging, the last message, deleting a conversation.
+CREATE INDEX messages_by_conv ON messages (conv);
 CREATE UNIQUE INDEX messages_dedupe ON messages (dedupe_hash) WHERE dedupe_hash IS NOT NULL;
 CREATE UNIQUE INDEX messages_token ON messages (token_hash) WHERE token_hash IS NOT NULL;
 -- SMS status reports: Sent messages by peer and message reference, newest last.
 -- Holds Sent messages only (the literal 2 must match the query's).
-CREATE INDEX messages_sent_refs ON messages (conv, sms_ref, timestamp_ms) WHERE status = 2;
+CREATE INDEX messages_sent_refs ON messages (conv, sms_ref) WHERE status = 2;
 -- MarkRead without visiting read messages; holds unread messages only.
 CREATE INDEX messages_unread ON messages (conv) WHERE read = 0;
 -- The outbox, in acceptance (seq) order; holds pending outgoing messages only.

@@ -8,9 +8,12 @@
 //! [`StoreHandle`], a dedicated thread, so SQLite I/O never blocks the runtime.
 //!
 //! Layout on disk, in short (the SQL file says more):
-//! - `messages.seq`, the rowid, is the insertion order; messages are ordered by
-//!   `(timestamp_ms, seq)`, which the index `(conv, timestamp_ms)` (plus rowid) serves
-//!   for cursor paging. The FTS index uses the same dense rowids.
+//! - `messages.seq`, the rowid, is the order of arrival, and messages are ordered by it:
+//!   "newest" means last stored, as in Android's SMS provider. The `timestamp` a message
+//!   shows is the sender's or SMS centre's clock, which has one-second resolution and
+//!   its own skew: ordering by it would put a quick reply above the message it answers.
+//!   The index `(conv)` (plus rowid) serves cursor paging; the FTS index uses the same
+//!   dense rowids.
 //! - ids are UUIDs stored as 16-byte BLOBs; enums are small integers; idempotency keys
 //!   are stored as digests ([`codec`]).
 //! - every write that touches more than one row or table is one transaction, and
@@ -133,11 +136,11 @@ const CONVERSATION_BY_PEER: &str = "SELECT id FROM conversations WHERE peer = ?1
 /// `status = 2` (Sent) is a literal so that the partial index `messages_sent_refs` applies.
 const BY_SMS_REF: &str = select_message!(
     "WHERE c.peer = ?1 AND m.sms_ref = ?2 AND m.status = 2 AND m.outgoing = 1 ",
-    "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT 1"
+    "ORDER BY m.seq DESC LIMIT 1"
 );
 const SENT_WITH_REF: &str = select_message!(
     "WHERE m.sms_ref = ?1 AND m.status = 2 AND m.outgoing = 1 ",
-    "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT ?2"
+    "ORDER BY m.seq DESC LIMIT ?2"
 );
 const UNANNOUNCED: &str = select_message!("WHERE m.announced = 0 ORDER BY m.seq");
 const OUTBOX: &str = concat!(
@@ -150,27 +153,26 @@ const OUTBOX: &str = concat!(
 /// index step each and no message lookup.
 const LIST_CONVERSATIONS: &str = concat!(
     "SELECT c.peer, m.uuid, m.body, m.timestamp_ms, m.outgoing, c.unread ",
-    "FROM (SELECT peer, last_seq, last_ts, unread ",
+    "FROM (SELECT peer, last_seq, unread ",
     "FROM conversations INDEXED BY conversations_by_activity ",
-    "ORDER BY last_ts DESC, last_seq DESC LIMIT ?1 OFFSET ?2) c ",
+    "ORDER BY last_seq DESC LIMIT ?1 OFFSET ?2) c ",
     "JOIN messages m ON m.seq = c.last_seq ",
-    "ORDER BY c.last_ts DESC, c.last_seq DESC"
+    "ORDER BY c.last_seq DESC"
 );
-const CURSOR: &str = "SELECT conv, timestamp_ms, seq FROM messages WHERE uuid = ?1";
+const CURSOR: &str = "SELECT conv, seq FROM messages WHERE uuid = ?1";
 const PAGE: &str = select_message!(
-    "WHERE m.conv = ?1 AND m.timestamp_ms <= ?2 ",
-    "AND (m.timestamp_ms < ?2 OR m.seq < ?3) ",
-    "ORDER BY m.timestamp_ms DESC, m.seq DESC LIMIT ?4"
+    "WHERE m.conv = ?1 AND m.seq < ?2 ",
+    "ORDER BY m.seq DESC LIMIT ?3"
 );
 const SEARCH: &str = select_message!(
     "JOIN (SELECT rowid AS hit FROM messages_fts WHERE messages_fts MATCH ?1 ",
     "ORDER BY rowid DESC LIMIT ?2) f ON m.seq = f.hit ",
-    "ORDER BY m.timestamp_ms DESC, m.seq DESC"
+    "ORDER BY m.seq DESC"
 );
 const MARK_READ: &str = "UPDATE messages SET read = 1 WHERE read = 0 \
      AND conv = (SELECT id FROM conversations WHERE peer = ?1)";
 const NEWEST_IN_CONVERSATION: &str = "SELECT seq, timestamp_ms FROM messages WHERE conv = ?1 \
-     ORDER BY timestamp_ms DESC, seq DESC LIMIT 1";
+     ORDER BY seq DESC LIMIT 1";
 const UNREAD_COUNT: &str = "SELECT coalesce(sum(unread), 0) \
      FROM conversations INDEXED BY conversations_unread WHERE unread > 0";
 
@@ -487,19 +489,17 @@ impl Store {
             .prepare_cached(CONVERSATION_BY_PEER)?
             .query_row([peer], |row| row.get(0))
             .optional()?;
-        // (timestamp_ms, seq) of the cursor: the page holds messages strictly before it.
-        let (before_ts, before_seq) = match before_id {
-            None => (i64::MAX, i64::MAX),
+        // The cursor's seq: the page holds messages that arrived strictly before it.
+        let before_seq = match before_id {
+            None => i64::MAX,
             Some(cursor) => {
-                let found: Option<(i64, i64, i64)> = self
+                let found: Option<(i64, i64)> = self
                     .conn
                     .prepare_cached(CURSOR)?
-                    .query_row([parse_id(cursor)?], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                    })
+                    .query_row([parse_id(cursor)?], |row| Ok((row.get(0)?, row.get(1)?)))
                     .optional()?;
                 match found {
-                    Some((owner, ts, seq)) if Some(owner) == conv => (ts, seq),
+                    Some((owner, seq)) if Some(owner) == conv => seq,
                     _ => return Err(StoreError::NotFound(cursor.to_owned())),
                 }
             }
@@ -508,10 +508,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let mut stmt = self.conn.prepare_cached(PAGE)?;
-        let rows = stmt.query_map(
-            params![conv, before_ts, before_seq, limit],
-            message_from_row,
-        )?;
+        let rows = stmt.query_map(params![conv, before_seq, limit], message_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -524,9 +521,8 @@ impl Store {
     /// posting lists of every matching word, 6 to 140 ms on a million messages, where a
     /// whole-word query walks its lists newest first and stops at `limit` (~0.1 ms).
     ///
-    /// "Newest" is by arrival in the store (the FTS index walks rowids backwards, which
-    /// is what keeps this index-only); the page itself is sorted by timestamp. The two
-    /// differ only for a message that arrived long after its timestamp.
+    /// "Newest" is by arrival in the store, like everywhere in the store (the FTS index
+    /// walks rowids backwards, which keeps this index-only).
     pub fn search(&self, query: &str, limit: u32) -> Result<Vec<Message>> {
         let Some(expr) = fts_expression(&self.query_tokens(query)?) else {
             return Ok(Vec::new());
@@ -712,12 +708,10 @@ fn advance_conversation(
     timestamp_ms: i64,
     unread: i64,
 ) -> Result<()> {
-    // A new seq is above every stored one, so (timestamp_ms, seq) is the newest exactly
-    // when timestamp_ms >= last_ts. SET expressions all see the old row.
+    // A new seq is above every stored one: the new message is the newest.
     tx.prepare_cached(
-        "UPDATE conversations SET \
-         last_seq = CASE WHEN ?3 >= last_ts THEN ?2 ELSE last_seq END, \
-         last_ts = max(last_ts, ?3), unread = unread + ?4 WHERE id = ?1",
+        "UPDATE conversations SET last_seq = ?2, last_ts = ?3, unread = unread + ?4 \
+         WHERE id = ?1",
     )?
     .execute(params![conv, seq, timestamp_ms, unread])?;
     Ok(())

@@ -60,9 +60,8 @@ fn assert_consistent(store: &Store) {
         .conn
         .prepare(
             "SELECT c.peer, c.last_seq, c.last_ts, c.unread, \
-             (SELECT seq FROM messages WHERE conv = c.id \
-              ORDER BY timestamp_ms DESC, seq DESC LIMIT 1), \
-             (SELECT max(timestamp_ms) FROM messages WHERE conv = c.id), \
+             (SELECT max(seq) FROM messages WHERE conv = c.id), \
+             (SELECT timestamp_ms FROM messages WHERE conv = c.id ORDER BY seq DESC LIMIT 1), \
              (SELECT count(*) FROM messages WHERE conv = c.id AND read = 0) \
              FROM conversations c",
         )
@@ -505,20 +504,21 @@ fn conversation_list_follows_every_change() {
     incoming(&mut store, BOB, "b1", 200);
     outgoing(&mut store, BOB, "b2", 300);
     incoming(&mut store, CAROL, "c1", 250);
-    // Arrives last but is stamped older: neither the last message nor first in the list.
-    incoming(&mut store, CAROL, "c0 (delayed)", 50);
+    // Arrives last but is stamped older (an SMS centre's clock, a late delivery): it is
+    // still the newest activity, shown with its own timestamp.
+    let c0 = incoming(&mut store, CAROL, "c0 (delayed)", 50);
     assert_eq!(
         summary(&store),
         [
-            row(ALICE, "a2", Incoming, 2),
+            row(CAROL, "c0 (delayed)", Incoming, 2),
             row(BOB, "b2", Outgoing, 1),
-            row(CAROL, "c1", Incoming, 2),
+            row(ALICE, "a2", Incoming, 2),
         ]
     );
     let first = &store.list_conversations(0, 1).expect("list")[0];
     assert_eq!(
         (first.last_id.as_str(), first.last_timestamp_ms),
-        (a2.id.as_str(), 400)
+        (c0.id.as_str(), 50)
     );
     assert_eq!(store.unread_count().expect("unread"), 5);
     assert_consistent(&store);
@@ -530,7 +530,7 @@ fn conversation_list_follows_every_change() {
         .into_iter()
         .map(|c| c.peer)
         .collect();
-    assert_eq!(page, [BOB, CAROL]);
+    assert_eq!(page, [BOB, ALICE]);
     assert!(store.list_conversations(3, 5).expect("list").is_empty());
     assert!(store.list_conversations(0, 0).expect("list").is_empty());
 
@@ -542,16 +542,19 @@ fn conversation_list_follows_every_change() {
     assert_consistent(&store);
 
     // Deleting the last message moves the conversation back in the list.
-    let deleted = store.delete_message(&a2.id).expect("delete");
-    assert_eq!(deleted, a2);
+    let deleted = store.delete_message(&c0.id).expect("delete");
+    assert_eq!(deleted.id, c0.id);
+    assert!(deleted.read, "marked read above");
     assert_eq!(
         summary(&store),
         [
-            row(BOB, "b2", Outgoing, 1),
             row(CAROL, "c1", Incoming, 0),
-            row(ALICE, "a1", Incoming, 1),
+            row(BOB, "b2", Outgoing, 1),
+            row(ALICE, "a2", Incoming, 2),
         ]
     );
+    let deleted = store.delete_message(&a2.id).expect("delete");
+    assert_eq!(deleted, a2);
     assert_eq!(store.unread_count().expect("unread"), 2);
     assert_consistent(&store);
 
@@ -575,9 +578,10 @@ fn conversation_list_follows_every_change() {
 }
 
 #[test]
-fn cursor_paging_is_stable_across_equal_timestamps() {
+fn cursor_paging_follows_arrival_whatever_the_timestamps() {
     let mut store = store();
-    // Inserted in this order; equal timestamps keep insertion order.
+    // Inserted in this order: newest first means last inserted first, equal or
+    // out-of-order timestamps notwithstanding.
     let stamps = [5, 5, 5, 3, 5, 9, 5, 1];
     let mut inserted = Vec::new();
     for (i, &ts) in stamps.iter().enumerate() {
@@ -589,7 +593,7 @@ fn cursor_paging_is_stable_across_equal_timestamps() {
         });
         outgoing(&mut store, BOB, "interleaved", ts);
     }
-    let want = ["m5", "m6", "m4", "m2", "m1", "m0", "m3", "m7"];
+    let want = ["m7", "m6", "m5", "m4", "m3", "m2", "m1", "m0"];
     let all = store.get_messages(ALICE, None, 100).expect("all");
     assert_eq!(texts(&all), want);
     for limit in 1..=4 {

@@ -73,11 +73,21 @@ pub enum RelayEvent {
     /// The connection's state, as `RelayState` shows it (reported on change).
     State(RelayState),
     /// Logged in (after a (re)connect): resend unanswered messages, re-ack hidden ones.
-    LoggedIn { queued: u32 },
+    LoggedIn {
+        queued: u32,
+    },
     /// Registration is waiting for the code SMS to this number.
-    AwaitingCode { number: String },
-    SendAnswer { id: String, answer: SendAnswer },
-    RevokeAnswer { id: String, outcome: Option<RevokeOutcome> },
+    AwaitingCode {
+        number: String,
+    },
+    SendAnswer {
+        id: String,
+        answer: SendAnswer,
+    },
+    RevokeAnswer {
+        id: String,
+        outcome: Option<RevokeOutcome>,
+    },
     /// A message for us: store it hidden, then [`RelayCommand::Ack`].
     Deliver {
         from: String,
