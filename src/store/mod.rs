@@ -21,11 +21,13 @@
 
 mod codec;
 mod handle;
+mod ip;
 pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
 pub use handle::StoreHandle;
+pub use ip::{HeldIp, PresenceRecord, RelayPending, RelayStage};
 pub use synthetic::fill_synthetic;
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -110,6 +112,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_announced",
         include_str!("../../data/migrations/0002_announced.sql"),
     ),
+    ("0003_ip", include_str!("../../data/migrations/0003_ip.sql")),
 ];
 
 /// The tokenizer of `messages_fts` (data/migrations/0001_init.sql), used to split search
@@ -291,41 +294,9 @@ impl Store {
     /// New incoming message (status Received, read false) or None when dedupe_key exists.
     pub fn insert_incoming(&mut self, m: &NewIncoming) -> Result<Option<Message>> {
         let tx = self.write()?;
-        let dedupe = key_digest(m.dedupe_key);
-        let seen = tx.prepare_cached(DEDUPE_SEEN)?.exists([dedupe])?;
-        if seen {
-            debug!(dedupe_key = m.dedupe_key, "incoming message already stored");
-            return Ok(None);
-        }
-        let conv = conversation_id(&tx, m.peer)?;
-        let uuid = Uuid::new_v4();
-        tx.prepare_cached(
-            "INSERT INTO messages (uuid, conv, outgoing, status, channel, timestamp_ms, \
-             read, body, dedupe_hash, announced) VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6, ?7, 0)",
-        )?
-        .execute(params![
-            uuid.as_bytes(),
-            conv,
-            status_code(Status::Received),
-            channel_code(m.channel),
-            m.timestamp_ms,
-            m.text,
-            dedupe,
-        ])?;
-        advance_conversation(&tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 1)?;
+        let message = insert_incoming_in(&tx, m)?;
         tx.commit()?;
-        debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message stored");
-        Ok(Some(Message {
-            id: uuid.to_string(),
-            peer: m.peer.to_owned(),
-            direction: Direction::Incoming,
-            text: m.text.to_owned(),
-            channel: Some(m.channel),
-            status: Status::Received,
-            timestamp_ms: m.timestamp_ms,
-            read: false,
-            error: None,
-        }))
+        Ok(message)
     }
 
     /// The message with this id; NotFound for an unknown id or one that is no UUID.
@@ -653,6 +624,44 @@ impl Store {
             _ => Ok(()),
         }
     }
+}
+
+/// [`Store::insert_incoming`] inside the caller's transaction.
+fn insert_incoming_in(tx: &Transaction, m: &NewIncoming) -> Result<Option<Message>> {
+    let dedupe = key_digest(m.dedupe_key);
+    let seen = tx.prepare_cached(DEDUPE_SEEN)?.exists([dedupe])?;
+    if seen {
+        debug!(dedupe_key = m.dedupe_key, "incoming message already stored");
+        return Ok(None);
+    }
+    let conv = conversation_id(tx, m.peer)?;
+    let uuid = Uuid::new_v4();
+    tx.prepare_cached(
+        "INSERT INTO messages (uuid, conv, outgoing, status, channel, timestamp_ms, \
+         read, body, dedupe_hash, announced) VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6, ?7, 0)",
+    )?
+    .execute(params![
+        uuid.as_bytes(),
+        conv,
+        status_code(Status::Received),
+        channel_code(m.channel),
+        m.timestamp_ms,
+        m.text,
+        dedupe,
+    ])?;
+    advance_conversation(tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 1)?;
+    debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message stored");
+    Ok(Some(Message {
+        id: uuid.to_string(),
+        peer: m.peer.to_owned(),
+        direction: Direction::Incoming,
+        text: m.text.to_owned(),
+        channel: Some(m.channel),
+        status: Status::Received,
+        timestamp_ms: m.timestamp_ms,
+        read: false,
+        error: None,
+    }))
 }
 
 /// Applies the migrations not yet applied, each in its own transaction.

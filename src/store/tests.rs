@@ -1094,3 +1094,140 @@ fn has_conversation_matches_the_peer_exactly() {
     assert!(!store.has_conversation("dhl-express").expect("has"));
     assert!(!store.has_conversation(ALICE).expect("has"));
 }
+
+#[test]
+fn presence_cache_keeps_the_latest_word() {
+    use crate::domain::Presence;
+    use crate::store::PresenceRecord;
+    let mut store = store();
+    assert_eq!(store.presence_of(ALICE).expect("read"), None);
+    let record = |number: &str, registered, presence, updated_ms| PresenceRecord {
+        number: number.to_owned(),
+        registered,
+        presence,
+        updated_ms,
+    };
+    store
+        .set_presence(&[
+            record(ALICE, true, Presence::Online, 10),
+            record(BOB, false, Presence::Offline, 10),
+        ])
+        .expect("snapshot");
+    store
+        .set_presence(&[record(ALICE, true, Presence::Typing, 20)])
+        .expect("push");
+    assert_eq!(
+        store.presence_of(ALICE).expect("read"),
+        Some(record(ALICE, true, Presence::Typing, 20))
+    );
+    assert_eq!(
+        store.presence_of(BOB).expect("read"),
+        Some(record(BOB, false, Presence::Offline, 10))
+    );
+}
+
+#[test]
+fn followed_numbers_are_peers_and_watched_ones() {
+    let mut store = store();
+    incoming(&mut store, BOB, "hi", 1);
+    outgoing(&mut store, ALICE, "hello", 2);
+    store
+        .watch(&[CAROL.to_owned(), ALICE.to_owned(), CAROL.to_owned()])
+        .expect("watch");
+    assert_eq!(store.followed().expect("followed"), [ALICE, BOB, CAROL]);
+}
+
+#[test]
+fn ip_messages_stay_hidden_until_confirmed() {
+    let mut store = store();
+    assert!(
+        store
+            .hold_incoming_ip(ALICE, "m1", "first", 100)
+            .expect("hold")
+    );
+    assert!(
+        store
+            .hold_incoming_ip(ALICE, "m2", "revoked one", 200)
+            .expect("hold")
+    );
+    // Delivered again after a reconnect: still one.
+    assert!(
+        !store
+            .hold_incoming_ip(ALICE, "m1", "first", 100)
+            .expect("hold")
+    );
+    // Hidden: in no conversation, no unread count.
+    assert!(store.list_conversations(0, 10).expect("list").is_empty());
+    assert_eq!(store.unread_count().expect("unread"), 0);
+    let held: Vec<String> = store
+        .held_incoming_ip()
+        .expect("held")
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(held, ["m1", "m2"]);
+
+    let shown = store
+        .confirm_incoming_ip(ALICE, "m1")
+        .expect("confirm")
+        .expect("moved");
+    assert_eq!(
+        (shown.peer.as_str(), shown.text.as_str(), shown.channel),
+        (ALICE, "first", Some(Channel::Ip))
+    );
+    assert_eq!(store.unannounced().expect("unannounced").len(), 1);
+    assert_eq!(store.unread_count().expect("unread"), 1);
+    // Confirmed twice, or delivered again after it was shown: nothing new.
+    assert_eq!(store.confirm_incoming_ip(ALICE, "m1").expect("again"), None);
+    assert!(
+        !store
+            .hold_incoming_ip(ALICE, "m1", "first", 100)
+            .expect("hold")
+    );
+
+    assert!(store.drop_incoming_ip(ALICE, "m2").expect("drop"));
+    assert!(!store.drop_incoming_ip(ALICE, "m2").expect("drop again"));
+    assert!(store.held_incoming_ip().expect("held").is_empty());
+    assert_eq!(
+        texts(&store.get_messages(ALICE, None, 10).expect("messages")),
+        ["first"]
+    );
+    assert_consistent(&store);
+}
+
+#[test]
+fn relay_progress_of_outgoing_messages() {
+    use crate::store::RelayStage;
+    let mut store = store();
+    let a = outgoing(&mut store, ALICE, "over ip", 1).id;
+    let b = outgoing(&mut store, BOB, "also", 2).id;
+    store
+        .set_relay_stage(&a, Some(RelayStage::Sent), None)
+        .expect("stage");
+    let sent = store.mark_sent_ip(&b, Some(30_000)).expect("accepted");
+    assert_eq!(
+        (sent.status, sent.channel),
+        (Status::Sent, Some(Channel::Ip))
+    );
+    let pending: Vec<(String, RelayStage, Option<i64>)> = store
+        .relay_pending()
+        .expect("pending")
+        .into_iter()
+        .map(|p| (p.message.id, p.stage, p.deadline_ms))
+        .collect();
+    assert_eq!(
+        pending,
+        [
+            (a.clone(), RelayStage::Sent, None),
+            (b.clone(), RelayStage::Accepted, Some(30_000))
+        ]
+    );
+    store
+        .set_relay_stage(&b, None, None)
+        .expect("off the relay");
+    assert_eq!(store.relay_pending().expect("pending").len(), 1);
+    match store.set_relay_stage("00000000-0000-4000-8000-000000000000", None, None) {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}

@@ -1,0 +1,293 @@
+//! The store's part of the IP channel: the presence cache, the followed numbers, IP
+//! messages held until the relay confirms them, and the relay progress of outgoing
+//! messages (schema: `data/migrations/0003_ip.sql`). Same rules as the rest of the store:
+//! SQL only here, one transaction per change that touches more than one row.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::codec::{request_from_code, status_code};
+use super::{NewIncoming, Result, Store, insert_incoming_in, message_from_row, parse_id};
+use crate::domain::{Channel, ChannelRequest, Message, Presence, Status};
+
+/// A contact's presence as the relay last told it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRecord {
+    pub number: String,
+    /// Whether the number holds an account on the relay (else: SMS only).
+    pub registered: bool,
+    pub presence: Presence,
+    /// When the relay said so (ms since the epoch).
+    pub updated_ms: i64,
+}
+
+/// Where an outgoing message is on its way through the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayStage {
+    /// Handed to the relay, no answer yet.
+    Sent,
+    /// Accepted (`ack`), waiting for the delivery receipt.
+    Accepted,
+    /// No receipt in time: `revoke` sent, waiting for its answer.
+    Revoking,
+}
+
+/// An outgoing message somewhere on the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayPending {
+    pub message: Message,
+    pub requested: ChannelRequest,
+    pub stage: RelayStage,
+    /// When waiting for the receipt ends (`None`: it waits as long as the relay keeps it).
+    pub deadline_ms: Option<i64>,
+}
+
+/// An IP message delivered to us and stored, not yet confirmed by the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldIp {
+    pub sender: String,
+    pub id: String,
+    pub text: String,
+    pub ts: i64,
+}
+
+const fn presence_code(p: Presence) -> i64 {
+    match p {
+        Presence::Offline => 0,
+        Presence::Online => 1,
+        Presence::Typing => 2,
+    }
+}
+
+const fn presence_from_code(code: i64) -> Option<Presence> {
+    match code {
+        0 => Some(Presence::Offline),
+        1 => Some(Presence::Online),
+        2 => Some(Presence::Typing),
+        _ => None,
+    }
+}
+
+const fn stage_code(s: RelayStage) -> i64 {
+    match s {
+        RelayStage::Sent => 0,
+        RelayStage::Accepted => 1,
+        RelayStage::Revoking => 2,
+    }
+}
+
+const fn stage_from_code(code: i64) -> Option<RelayStage> {
+    match code {
+        0 => Some(RelayStage::Sent),
+        1 => Some(RelayStage::Accepted),
+        2 => Some(RelayStage::Revoking),
+        _ => None,
+    }
+}
+
+/// The dedupe key of an IP message: the relay identifies it by (sender, id).
+fn ip_dedupe_key(sender: &str, id: &str) -> String {
+    format!("ip:{sender}:{id}")
+}
+
+const RELAY_PENDING: &str = concat!(
+    "SELECT m.uuid, c.peer, m.outgoing, m.body, m.channel, m.status, m.timestamp_ms, ",
+    "m.read, m.error, m.requested, m.relay_stage, m.deadline_ms ",
+    "FROM messages m INDEXED BY messages_on_relay JOIN conversations c ON c.id = m.conv ",
+    "WHERE m.relay_stage IS NOT NULL ORDER BY m.seq"
+);
+
+impl Store {
+    /// Records what the relay said of these numbers (a snapshot or pushes), in one
+    /// transaction.
+    pub fn set_presence(&mut self, records: &[PresenceRecord]) -> Result<()> {
+        let tx = self.write()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO presence (number, registered, state, updated_ms) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (number) DO UPDATE SET \
+                 registered = excluded.registered, state = excluded.state, \
+                 updated_ms = excluded.updated_ms",
+            )?;
+            for r in records {
+                upsert.execute(params![
+                    r.number,
+                    r.registered,
+                    presence_code(r.presence),
+                    r.updated_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What the relay last said of `number`, if it ever did.
+    pub fn presence_of(&self, number: &str) -> Result<Option<PresenceRecord>> {
+        let row: Option<(bool, i64, i64)> = self
+            .conn
+            .prepare_cached("SELECT registered, state, updated_ms FROM presence WHERE number = ?1")?
+            .query_row([number], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?;
+        Ok(row.map(|(registered, state, updated_ms)| PresenceRecord {
+            number: number.to_owned(),
+            registered,
+            presence: presence_from_code(state).unwrap_or_default(),
+            updated_ms,
+        }))
+    }
+
+    /// Adds numbers to those followed besides the conversation peers (`Watch`).
+    pub fn watch(&mut self, numbers: &[String]) -> Result<()> {
+        let tx = self.write()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT OR IGNORE INTO watched (number) VALUES (?1)")?;
+            for n in numbers {
+                insert.execute([n])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every number whose presence is followed: conversation peers and watched numbers,
+    /// sorted, each once. Peers kept verbatim (names, short codes) are included; the
+    /// caller filters what the relay can know.
+    pub fn followed(&self) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT peer FROM conversations UNION SELECT number FROM watched ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores an IP message delivered to us, hidden until confirmed. False when it is
+    /// already held or already in the inbox (the relay delivers again after a reconnect).
+    pub fn hold_incoming_ip(
+        &mut self,
+        sender: &str,
+        id: &str,
+        text: &str,
+        ts: i64,
+    ) -> Result<bool> {
+        let tx = self.write()?;
+        let digest = super::codec::key_digest(&ip_dedupe_key(sender, id));
+        let known = tx
+            .prepare_cached("SELECT 1 FROM messages WHERE dedupe_hash = ?1")?
+            .exists([digest])?;
+        let held = !known
+            && tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO ip_inbox (sender, id, body, ts) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![sender, id, text, ts])?
+                == 1;
+        tx.commit()?;
+        Ok(held)
+    }
+
+    /// The IP messages held, oldest first (to ack again after a login).
+    pub fn held_incoming_ip(&self) -> Result<Vec<HeldIp>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT sender, id, body, ts FROM ip_inbox ORDER BY ts")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(HeldIp {
+                sender: row.get(0)?,
+                id: row.get(1)?,
+                text: row.get(2)?,
+                ts: row.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The relay confirmed a held message as delivered: it moves into the inbox (as an
+    /// unannounced incoming message on channel IP) in one transaction. `None` when it is
+    /// not held (already moved, or never delivered).
+    pub fn confirm_incoming_ip(&mut self, sender: &str, id: &str) -> Result<Option<Message>> {
+        let held: Option<(String, i64)> = self
+            .conn
+            .prepare_cached("SELECT body, ts FROM ip_inbox WHERE sender = ?1 AND id = ?2")?
+            .query_row([sender, id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let Some((text, ts)) = held else {
+            return Ok(None);
+        };
+        let key = ip_dedupe_key(sender, id);
+        let tx = self.write()?;
+        let message = insert_incoming_in(
+            &tx,
+            &NewIncoming {
+                peer: sender,
+                text: &text,
+                channel: Channel::Ip,
+                timestamp_ms: ts,
+                dedupe_key: &key,
+            },
+        )?;
+        tx.prepare_cached("DELETE FROM ip_inbox WHERE sender = ?1 AND id = ?2")?
+            .execute([sender, id])?;
+        tx.commit()?;
+        Ok(message)
+    }
+
+    /// The relay says a held message was revoked (it goes by SMS) or is unknown: drop it,
+    /// never to be shown. False when it was not held.
+    pub fn drop_incoming_ip(&mut self, sender: &str, id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM ip_inbox WHERE sender = ?1 AND id = ?2")?
+            .execute([sender, id])?
+            == 1)
+    }
+
+    /// Records where an outgoing message is on the relay (`None`: no longer on it).
+    pub fn set_relay_stage(
+        &mut self,
+        id: &str,
+        stage: Option<RelayStage>,
+        deadline_ms: Option<i64>,
+    ) -> Result<()> {
+        self.update_one(
+            id,
+            "UPDATE messages SET relay_stage = ?2, deadline_ms = ?3 WHERE uuid = ?1",
+            params![parse_id(id)?, stage.map(stage_code), deadline_ms],
+        )
+    }
+
+    /// The relay accepted an outgoing message: status Sent, channel IP, waiting for the
+    /// receipt until `deadline_ms` (None: as long as the relay keeps it); one transaction.
+    pub fn mark_sent_ip(&mut self, id: &str, deadline_ms: Option<i64>) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, channel = 1, error = NULL, relay_stage = ?3, \
+             deadline_ms = ?4 WHERE uuid = ?1",
+            params![
+                parse_id(id)?,
+                status_code(Status::Sent),
+                stage_code(RelayStage::Accepted),
+                deadline_ms
+            ],
+        )?;
+        self.get_message(id)
+    }
+
+    /// Outgoing messages somewhere on the relay, in acceptance order.
+    pub fn relay_pending(&self) -> Result<Vec<RelayPending>> {
+        let mut stmt = self.conn.prepare_cached(RELAY_PENDING)?;
+        let rows = stmt.query_map([], |row| {
+            let requested: i64 = row.get(9)?;
+            let stage: i64 = row.get(10)?;
+            Ok(RelayPending {
+                message: message_from_row(row)?,
+                requested: request_from_code(requested)
+                    .ok_or(rusqlite::Error::IntegralValueOutOfRange(9, requested))?,
+                stage: stage_from_code(stage)
+                    .ok_or(rusqlite::Error::IntegralValueOutOfRange(10, stage))?,
+                deadline_ms: row.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
