@@ -15,7 +15,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
-use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event};
+use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView};
 use crate::router::{self, Facts, Refusal};
 use crate::store::{NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
@@ -146,6 +146,8 @@ pub struct Messages {
     engine: mpsc::Sender<EngineCmd>,
     /// The properties, as the engine publishes them.
     status: watch::Receiver<DaemonStatus>,
+    /// Contacts' presence, as the engine publishes it.
+    presence: watch::Receiver<PresenceView>,
     config: ApiConfig,
 }
 
@@ -154,12 +156,14 @@ impl Messages {
         store: StoreHandle,
         engine: mpsc::Sender<EngineCmd>,
         status: watch::Receiver<DaemonStatus>,
+        presence: watch::Receiver<PresenceView>,
         config: ApiConfig,
     ) -> Self {
         Messages {
             store,
             engine,
             status,
+            presence,
             config,
         }
     }
@@ -196,9 +200,12 @@ impl Messages {
         }
     }
 
-    fn presence_of(&self, _peer: &str) -> Presence {
-        // The IP channel (relay, presence cache) is not built yet: everyone is offline.
-        Presence::Offline
+    /// A contact's presence since our current login to the relay (offline when unknown).
+    fn presence_of(&self, peer: &str) -> Presence {
+        self.presence
+            .borrow()
+            .get(peer)
+            .map_or(Presence::Offline, |p| p.presence)
     }
 }
 
@@ -417,26 +424,30 @@ impl Messages {
 
     /// Adds numbers to the contacts whose presence is followed.
     async fn watch(&self, numbers: Vec<String>) -> Result<()> {
-        for n in &numbers {
-            self.normalize(n)?;
-        }
-        // Presence is followed over the relay, which is not built yet: nothing to follow.
+        let numbers = numbers
+            .iter()
+            .map(|n| self.normalize(n))
+            .collect::<Result<Vec<String>>>()?;
+        self.store.call(move |s| s.watch(&numbers)).await?;
+        self.tell_engine(EngineCmd::Followed).await;
         Ok(())
     }
 
     /// Tells the peer, over IP, that we are typing.
     async fn set_typing(&self, peer: &str, typing: bool) -> Result<()> {
-        self.normalize(peer)?;
+        let peer = self.normalize(peer)?;
         let relay = self.status.borrow().relay;
         if relay == RelayState::Disabled {
             return Err(ApiError::Unavailable(
                 "typing notices go over IP, and no relay is configured".into(),
             ));
         }
-        debug!(
-            typing,
-            "typing notice dropped: the relay client is not built yet"
-        );
+        // Typing is ephemeral: while the relay is offline the client drops it.
+        self.tell_engine(EngineCmd::Typing {
+            peer,
+            active: typing,
+        })
+        .await;
         Ok(())
     }
 

@@ -44,6 +44,9 @@ pub struct RelayConfig {
     pub fallback_timeout_s: u64,
     /// Seconds between full presence refreshes (the method's periodic refresh); 0 = off.
     pub presence_refresh_s: u64,
+    /// The text of the relay's registration-code SMS, `{code}` standing for the digits:
+    /// such an SMS is answered to the relay and never shown in the inbox.
+    pub code_pattern: String,
 }
 
 /// `[sms]`: the SMS channel through ModemManager.
@@ -81,6 +84,7 @@ impl Default for RelayConfig {
             url: None,
             fallback_timeout_s: 30,
             presence_refresh_s: 900,
+            code_pattern: crate::relay::protocol::CODE_SMS_TEMPLATE.to_owned(),
         }
     }
 }
@@ -247,6 +251,13 @@ impl Config {
         self.relay.url = self.relay.url.filter(|url| !url.trim().is_empty());
         if let Some(url) = &self.relay.url {
             check_ws_url(url).map_err(|reason| invalid("relay.url", url, reason.to_owned()))?;
+        }
+        if self.relay.code_pattern.matches("{code}").count() != 1 {
+            return Err(invalid(
+                "relay.code_pattern",
+                &self.relay.code_pattern,
+                "must contain {code} exactly once".to_owned(),
+            ));
         }
         if self.relay.fallback_timeout_s == 0 {
             return Err(invalid(

@@ -77,10 +77,28 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
-    let messages = Messages::new(
+    let notifier = Notifier::spawn(config.notifications.enabled);
+    let engine = Engine::new(
+        EngineConfig {
+            default_region: config.default_region.clone(),
+            own_number: config.own_number.clone(),
+            delete_received: config.sms.delete_received,
+            max_parts: config.sms.max_parts,
+            max_attempts: config.sms.max_attempts,
+            code_pattern: config.relay.code_pattern.clone(),
+            presence_refresh: config.relay.presence_refresh(),
+        },
         store.clone(),
+        modem_cmd_tx,
+        events_tx,
+        status_tx,
+        notifier,
+    );
+    let messages = Messages::new(
+        store,
         engine_tx.clone(),
         status_rx.clone(),
+        engine.presence_view(),
         ApiConfig {
             default_region: config.default_region.clone(),
             delivery_reports: config.sms.delivery_reports,
@@ -96,21 +114,6 @@ pub async fn run(
         })?;
     info!(name = api::BUS_NAME, "serving on the session bus");
 
-    let notifier = Notifier::spawn(config.notifications.enabled);
-    let engine = Engine::new(
-        EngineConfig {
-            default_region: config.default_region.clone(),
-            own_number: config.own_number.clone(),
-            delete_received: config.sms.delete_received,
-            max_parts: config.sms.max_parts,
-            max_attempts: config.sms.max_attempts,
-        },
-        store,
-        modem_cmd_tx,
-        events_tx,
-        status_tx,
-        notifier,
-    );
     let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
     let modem_config = ModemConfig {

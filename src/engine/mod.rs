@@ -20,17 +20,25 @@ use crate::domain::{
 };
 use crate::modem::{IncomingSms, ModemCommand, ModemEvent, SendFailure, StatusReport};
 use crate::notifier::{Notice, Notifier};
+use crate::relay::client::{RelayCommand, RelayEvent};
 use crate::router::{self, Delivery, Facts, Retry, Route};
 use crate::store::{NewIncoming, OutboxEntry, StoreHandle};
 use crate::{number, sms_text};
 
+mod relay;
+pub use relay::{PeerPresence, PresenceView, code_in};
+
 /// What the API asks of the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineCmd {
     /// A message was stored in the outbox: see whether it can go.
     Outbox,
     /// Messages were read or deleted: recount the unread ones.
     Recount,
+    /// Numbers were added to the followed ones (`Watch`): follow them on the relay.
+    Followed,
+    /// Tell a peer, over IP, that we are (or stopped) typing.
+    Typing { peer: String, active: bool },
     /// Stop: the daemon is shutting down.
     Shutdown,
 }
@@ -96,6 +104,10 @@ pub struct EngineConfig {
     pub max_parts: u32,
     /// Send attempts before a message fails.
     pub max_attempts: u32,
+    /// The relay's registration SMS (`relay.code_pattern`).
+    pub code_pattern: String,
+    /// The method's periodic presence refresh (`relay.presence_refresh_s`); `None`: off.
+    pub presence_refresh: Option<Duration>,
 }
 
 /// The engine task's state. Build with [`Engine::new`], run with [`Engine::run`].
@@ -117,6 +129,16 @@ pub struct Engine {
     /// The adapter refused a send as "not ready" although our view said registered: hold
     /// the outbox until the adapter's next state report, rather than ask again in a loop.
     modem_refused: bool,
+    /// Commands to the relay client; `None` when no relay is configured.
+    relay: Option<mpsc::Sender<RelayCommand>>,
+    /// The relay client's events, taken by [`Engine::run`].
+    relay_events: Option<mpsc::Receiver<RelayEvent>>,
+    /// Contacts' presence since the current login; the engine is its only writer.
+    presence: watch::Sender<PresenceView>,
+    /// A relay registration waits for its code SMS.
+    awaiting_code: bool,
+    /// When the next full presence refresh is due (while logged in).
+    next_refresh: Option<Instant>,
 }
 
 impl Engine {
@@ -140,7 +162,28 @@ impl Engine {
             in_flight: None,
             next_retry: None,
             modem_refused: false,
+            relay: None,
+            relay_events: None,
+            presence: watch::channel(PresenceView::default()).0,
+            awaiting_code: false,
+            next_refresh: None,
         }
+    }
+
+    /// Gives the engine a relay client to drive (the IP channel).
+    pub fn with_relay(
+        mut self,
+        commands: mpsc::Sender<RelayCommand>,
+        events: mpsc::Receiver<RelayEvent>,
+    ) -> Self {
+        self.relay = Some(commands);
+        self.relay_events = Some(events);
+        self
+    }
+
+    /// Contacts' presence as the engine knows it, for the API.
+    pub fn presence_view(&self) -> watch::Receiver<PresenceView> {
+        self.presence.subscribe()
     }
 
     /// Runs until told to shut down (or every command sender is gone); dropping the engine
@@ -151,24 +194,43 @@ impl Engine {
         mut commands: mpsc::Receiver<EngineCmd>,
         mut modem_events: mpsc::Receiver<ModemEvent>,
     ) {
+        let mut relay_events = self.relay_events.take();
+        if self.relay.is_some() {
+            let own = self.status.borrow().own_number.clone();
+            self.relay_command(RelayCommand::OwnNumber((!own.is_empty()).then_some(own)))
+                .await;
+        }
         self.recover().await;
         self.recount().await;
         let mut modem_open = true;
         loop {
             let retry_at = self.next_retry;
+            let refresh_at = self.next_refresh;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(EngineCmd::Outbox) => self.pump().await,
                     Some(EngineCmd::Recount) => self.recount().await,
+                    Some(EngineCmd::Followed) => self.subscribe_followed().await,
+                    Some(EngineCmd::Typing { peer, active }) => {
+                        self.relay_command(RelayCommand::Typing { to: peer, active }).await
+                    }
                     Some(EngineCmd::Shutdown) | None => break,
                 },
                 event = modem_events.recv(), if modem_open => match event {
                     Some(event) => self.on_modem(event).await,
                     None => modem_open = false,
                 },
+                event = recv_some(&mut relay_events), if relay_events.is_some() => match event {
+                    Some(event) => self.on_relay(event).await,
+                    None => relay_events = None,
+                },
                 _ = sleep_until(retry_at), if retry_at.is_some() => {
                     self.next_retry = None;
                     self.pump().await;
+                }
+                _ = sleep_until(refresh_at), if refresh_at.is_some() => {
+                    debug!("periodic presence refresh");
+                    self.subscribe_followed().await;
                 }
             }
         }
@@ -223,11 +285,15 @@ impl Engine {
                     .and_then(|n| number::normalize(&n, self.config.default_region.as_deref()).ok())
                     .or_else(|| self.config.own_number.clone())
                     .unwrap_or_default();
-                self.status.send_if_modified(|s| {
+                let changed = self.status.send_if_modified(|s| {
                     let changed = s.own_number != own;
-                    s.own_number = own;
+                    s.own_number = own.clone();
                     changed
                 });
+                if changed {
+                    self.relay_command(RelayCommand::OwnNumber((!own.is_empty()).then_some(own)))
+                        .await;
+                }
             }
             ModemEvent::Incoming(sms) => self.on_incoming(sms).await,
             ModemEvent::StatusReport(report) => self.on_report(report).await,
@@ -248,6 +314,10 @@ impl Engine {
     /// between any two steps leaves the SMS on the modem, and the next start finds it again:
     /// the store's dedupe key makes that a no-op instead of a second message.
     async fn on_incoming(&mut self, sms: IncomingSms) {
+        if self.take_code_sms(&sms.text).await {
+            self.command(ModemCommand::Delete { path: sms.path }).await;
+            return;
+        }
         let peer = self.peer_of(&sms.number);
         let key = dedupe_key(&sms);
         let timestamp_ms = sms.timestamp_ms.unwrap_or_else(now_ms);
@@ -422,7 +492,8 @@ impl Engine {
             }
             let facts = Facts {
                 requested: entry.requested,
-                relay: status.relay,
+                // Sending over IP is not wired yet: route as without a relay, by SMS.
+                relay: RelayState::Disabled,
                 presence: Presence::Offline,
                 peer_registered: None,
                 modem: status.modem,
@@ -546,6 +617,14 @@ impl Engine {
     }
 }
 
+/// The next item of an optional channel (pending forever when there is none).
+async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -608,11 +687,15 @@ mod tests {
         }
     }
 
+    use crate::relay::client::ConfirmOutcome;
     use crate::store::{NewOutgoing, Store};
 
     /// An engine on an in-memory store, driven through its channels like the daemon does.
     struct Rig {
         store: StoreHandle,
+        relay_commands: mpsc::Receiver<RelayCommand>,
+        relay_events: mpsc::Sender<RelayEvent>,
+        presence: watch::Receiver<PresenceView>,
         commands: mpsc::Sender<EngineCmd>,
         modem_events: mpsc::Sender<ModemEvent>,
         modem_commands: mpsc::Receiver<ModemCommand>,
@@ -635,6 +718,8 @@ mod tests {
                     delete_received: true,
                     max_parts: 10,
                     max_attempts: 3,
+                    code_pattern: "Tandem code: {code}".into(),
+                    presence_refresh: None,
                 },
                 store.clone(),
                 modem_tx,
@@ -642,9 +727,16 @@ mod tests {
                 status,
                 Notifier::spawn(false),
             );
+            let (relay_tx, relay_commands) = mpsc::channel(16);
+            let (relay_events, relay_rx) = mpsc::channel(16);
+            let engine = engine.with_relay(relay_tx, relay_rx);
+            let presence = engine.presence_view();
             let task = tokio::spawn(engine.run(commands_rx, modem_events_rx));
             Rig {
                 store,
+                relay_commands,
+                relay_events,
+                presence,
                 commands,
                 modem_events,
                 modem_commands,
@@ -670,6 +762,23 @@ mod tests {
                 .await
                 .expect("a modem command in time")
                 .expect("the engine runs")
+        }
+
+        /// The next command to the relay client, skipping the start-up OwnNumber.
+        async fn relay_command(&mut self) -> RelayCommand {
+            loop {
+                let cmd = tokio::time::timeout(Duration::from_secs(5), self.relay_commands.recv())
+                    .await
+                    .expect("a relay command in time")
+                    .expect("the engine runs");
+                if !matches!(cmd, RelayCommand::OwnNumber(_)) {
+                    return cmd;
+                }
+            }
+        }
+
+        async fn relay(&self, event: RelayEvent) {
+            self.relay_events.send(event).await.expect("send");
         }
 
         async fn stop(self) {
@@ -884,5 +993,196 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
         assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[tokio::test]
+    async fn the_registration_code_sms_goes_to_the_relay_and_nowhere_else() {
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        // Not registering: an SMS that looks like a code is an ordinary message.
+        let early = sms(
+            "+15559990000",
+            "2024-05-01T12:00:00+00",
+            "Tandem code: 111111",
+            "/sms/1",
+        );
+        rig.modem_events
+            .send(ModemEvent::Incoming(early))
+            .await
+            .expect("send");
+        assert!(matches!(rig.announced().await, Event::Received(_)));
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Delete { .. }
+        ));
+
+        rig.relay(RelayEvent::AwaitingCode {
+            number: "+15550001111".into(),
+        })
+        .await;
+        // The two channels are independent: let the engine take this one first, as the
+        // code SMS comes seconds after the relay's code-sent in real life.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let code = sms(
+            "+15559990000",
+            "2024-05-01T12:00:01+00",
+            "Tandem code: 482913",
+            "/sms/2",
+        );
+        rig.modem_events
+            .send(ModemEvent::Incoming(code.clone()))
+            .await
+            .expect("send");
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Code("482913".into())
+        );
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: code.path }
+        );
+        let stored = rig
+            .store
+            .call(|s| s.get_messages("+15559990000", None, 10))
+            .await
+            .expect("messages");
+        assert_eq!(stored.len(), 1, "the code SMS is never stored: {stored:?}");
+        assert!(rig.announcements.try_recv().is_err());
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_ip_message_is_shown_only_when_the_relay_confirms_it() {
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let deliver = |id: &str, text: &str| RelayEvent::Deliver {
+            from: "+15550002222".into(),
+            id: id.into(),
+            text: text.into(),
+            ts: 7,
+        };
+        rig.relay(deliver("m1", "over IP")).await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Ack {
+                from: "+15550002222".into(),
+                id: "m1".into()
+            }
+        );
+        assert!(
+            rig.announcements.try_recv().is_err(),
+            "shown before the confirm"
+        );
+        rig.relay(RelayEvent::Confirm {
+            from: "+15550002222".into(),
+            id: "m1".into(),
+            outcome: ConfirmOutcome::Delivered,
+        })
+        .await;
+        match rig.announced().await {
+            Event::Received(m) => {
+                assert_eq!((m.text.as_str(), m.channel), ("over IP", Some(Channel::Ip)))
+            }
+            other => panic!("expected MessageReceived, got {other:?}"),
+        }
+        // A revoked one is acked, then dropped without a trace.
+        rig.relay(deliver("m2", "revoked")).await;
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Ack { .. }
+        ));
+        rig.relay(RelayEvent::Confirm {
+            from: "+15550002222".into(),
+            id: "m2".into(),
+            outcome: ConfirmOutcome::Revoked,
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.announcements.try_recv().is_err());
+        let held = rig
+            .store
+            .call(|s| s.held_incoming_ip())
+            .await
+            .expect("held");
+        assert!(held.is_empty(), "{held:?}");
+        let texts: Vec<String> = rig
+            .store
+            .call(|s| s.get_messages("+15550002222", None, 10))
+            .await
+            .expect("messages")
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["over IP"]);
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn presence_follows_the_relay_and_goes_offline_with_it() {
+        use crate::relay::client::{PresenceEntry, PresenceState};
+        let mut store = Store::open_in_memory().expect("store");
+        queue(&mut store, "+15550002222", "a conversation");
+        store.watch(&["+15550003333".into()]).expect("watch");
+        let entry = |number: &str, state| PresenceEntry {
+            number: number.into(),
+            registered: true,
+            state,
+        };
+        let mut rig = Rig::start(store);
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe {
+                numbers: vec!["+15550002222".into(), "+15550003333".into()]
+            }
+        );
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::Snapshot(vec![
+            entry("+15550002222", PresenceState::Online),
+            entry("+15550003333", PresenceState::Offline),
+        ]))
+        .await;
+        assert_eq!(
+            rig.announced().await,
+            Event::Presence {
+                number: "+15550002222".into(),
+                presence: Presence::Online
+            }
+        );
+        rig.relay(RelayEvent::Presence(entry(
+            "+15550002222",
+            PresenceState::Typing,
+        )))
+        .await;
+        assert_eq!(
+            rig.announced().await,
+            Event::Presence {
+                number: "+15550002222".into(),
+                presence: Presence::Typing
+            }
+        );
+        assert_eq!(
+            rig.presence
+                .borrow()
+                .get("+15550002222")
+                .map(|p| p.presence),
+            Some(Presence::Typing)
+        );
+        // The cache keeps it for the next start.
+        let cached = rig
+            .store
+            .call(|s| s.presence_of("+15550002222"))
+            .await
+            .expect("cache");
+        assert_eq!(cached.map(|c| c.presence), Some(Presence::Typing));
+        // Our own connection drops: nobody is known to be online any more.
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        assert_eq!(
+            rig.announced().await,
+            Event::Presence {
+                number: "+15550002222".into(),
+                presence: Presence::Offline
+            }
+        );
+        assert!(rig.presence.borrow().is_empty());
+        rig.stop().await;
     }
 }

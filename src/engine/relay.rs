@@ -1,0 +1,288 @@
+//! The engine's side of the IP channel: the relay connection's state, registration by
+//! SMS code, the presence of followed contacts (the method's presence store and its
+//! periodic refresh), and IP messages delivered to us (held hidden, acked, shown only
+//! when the relay confirms them: protocol §8).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
+
+use super::{Engine, Event};
+use crate::domain::{Presence, RelayState, now_ms};
+use crate::relay::client::{
+    ConfirmOutcome, PresenceEntry, PresenceState, RelayCommand, RelayEvent,
+};
+use crate::store::PresenceRecord;
+
+/// Presence as known since the current login: what the channel rule and the API go by.
+/// Absent numbers are offline (unknown, unregistered, or not refreshed since a restart).
+pub type PresenceView = Arc<HashMap<String, PeerPresence>>;
+
+/// One followed number's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerPresence {
+    pub presence: Presence,
+    /// Whether the number has an account on the relay.
+    pub registered: bool,
+}
+
+/// The registration code in `text`, if `text` is the relay's code SMS as configured
+/// (`pattern` with `{code}` standing for the six digits; surrounding blanks ignored).
+pub fn code_in(pattern: &str, text: &str) -> Option<String> {
+    let (before, after) = pattern.split_once("{code}")?;
+    let code = text
+        .trim()
+        .strip_prefix(before.trim_start())?
+        .strip_suffix(after.trim_end())?;
+    (code.len() == crate::relay::protocol::CODE_DIGITS && code.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| code.to_owned())
+}
+
+fn presence_of(state: PresenceState) -> Presence {
+    match state {
+        PresenceState::Online => Presence::Online,
+        PresenceState::Typing => Presence::Typing,
+        _ => Presence::Offline,
+    }
+}
+
+impl Engine {
+    pub(super) async fn on_relay(&mut self, event: RelayEvent) {
+        match event {
+            RelayEvent::State(state) => {
+                info!(relay = %state, "relay state");
+                self.status.send_modify(|s| s.relay = state);
+                if state != RelayState::Online {
+                    // What we knew of others holds no longer: offline until refreshed.
+                    self.forget_presence().await;
+                }
+            }
+            RelayEvent::LoggedIn { queued } => {
+                info!(queued, "logged in to the relay");
+                self.awaiting_code = false;
+                self.subscribe_followed().await;
+                self.reack_held().await;
+            }
+            RelayEvent::AwaitingCode { number } => {
+                info!(%number, "relay registration: waiting for the code SMS");
+                self.awaiting_code = true;
+            }
+            RelayEvent::Deliver { from, id, text, ts } => self.on_deliver(from, id, text, ts).await,
+            RelayEvent::Confirm { from, id, outcome } => self.on_confirm(from, id, outcome).await,
+            RelayEvent::Snapshot(entries) => {
+                // The method's periodic refresh (claim 5): the next full snapshot is due.
+                self.next_refresh = self
+                    .config
+                    .presence_refresh
+                    .map(|every| tokio::time::Instant::now() + every);
+                self.apply_presence(entries, true).await
+            }
+            RelayEvent::Presence(entry) => self.apply_presence(vec![entry], false).await,
+            RelayEvent::SendAnswer { id, answer } => {
+                debug!(%id, ?answer, "relay answered a send the engine did not make");
+            }
+            RelayEvent::RevokeAnswer { id, outcome } => {
+                debug!(%id, ?outcome, "relay answered a revoke the engine did not make");
+            }
+            RelayEvent::Receipt { id, outcome, .. } => {
+                debug!(%id, ?outcome, "receipt for a message the engine did not send by IP");
+            }
+        }
+    }
+
+    /// An incoming SMS that is the relay's registration code while a registration waits
+    /// for it: handed to the relay client, never stored. Returns whether it was one.
+    pub(super) async fn take_code_sms(&mut self, text: &str) -> bool {
+        if !self.awaiting_code {
+            return false;
+        }
+        let Some(code) = code_in(&self.config.code_pattern, text) else {
+            return false;
+        };
+        info!("registration code received by SMS");
+        self.relay_command(RelayCommand::Code(code)).await;
+        true
+    }
+
+    /// Follows the conversation peers and watched numbers that can be on the relay.
+    pub(super) async fn subscribe_followed(&mut self) {
+        if self.relay.is_none() {
+            return;
+        }
+        let numbers = match self.store.call(|s| s.followed()).await {
+            Ok(numbers) => numbers,
+            Err(e) => return warn!(cause = %e, "cannot read the followed numbers"),
+        };
+        let numbers = numbers
+            .into_iter()
+            .filter(|n| crate::relay::protocol::is_e164(n))
+            .collect();
+        self.relay_command(RelayCommand::Subscribe { numbers })
+            .await;
+    }
+
+    async fn reack_held(&mut self) {
+        let held = match self.store.call(|s| s.held_incoming_ip()).await {
+            Ok(held) => held,
+            Err(e) => return warn!(cause = %e, "cannot read held IP messages"),
+        };
+        for h in held {
+            self.relay_command(RelayCommand::Ack {
+                from: h.sender,
+                id: h.id,
+            })
+            .await;
+        }
+    }
+
+    /// Store hidden, then ack: the relay's `confirm` decides whether it is shown.
+    async fn on_deliver(&mut self, from: String, id: String, text: String, ts: i64) {
+        let (sender, key) = (from.clone(), id.clone());
+        let held = self
+            .store
+            .call(move |s| s.hold_incoming_ip(&sender, &key, &text, ts))
+            .await;
+        match held {
+            // New, or held already (delivered again): ack either way; the confirm decides.
+            Ok(_) => self.relay_command(RelayCommand::Ack { from, id }).await,
+            // Not stored: no ack, so the relay delivers it again after the next login.
+            Err(e) => warn!(%from, %id, cause = %e, "cannot store an IP message"),
+        }
+    }
+
+    async fn on_confirm(&mut self, from: String, id: String, outcome: ConfirmOutcome) {
+        let (sender, key) = (from.clone(), id.clone());
+        if outcome != ConfirmOutcome::Delivered {
+            // Revoked (it comes by SMS) or unknown: never shown.
+            debug!(%from, %id, ?outcome, "IP message dropped");
+            if let Err(e) = self
+                .store
+                .call(move |s| s.drop_incoming_ip(&sender, &key))
+                .await
+            {
+                warn!(%from, %id, cause = %e, "cannot drop a revoked IP message");
+            }
+            return;
+        }
+        match self
+            .store
+            .call(move |s| s.confirm_incoming_ip(&sender, &key))
+            .await
+        {
+            Ok(Some(message)) => {
+                info!(id = %message.id, peer = %message.peer, "ip message received");
+                self.announce_received(message).await;
+                self.recount().await;
+            }
+            Ok(None) => debug!(%from, %id, "confirmed IP message already shown"),
+            Err(e) => warn!(%from, %id, cause = %e, "cannot store a confirmed IP message"),
+        }
+    }
+
+    /// Takes what the relay said of some numbers: into the store's cache, into the view,
+    /// and a `PresenceChanged` for each change. A snapshot is the whole truth: numbers it
+    /// does not list are no longer followed.
+    async fn apply_presence(&mut self, entries: Vec<PresenceEntry>, snapshot: bool) {
+        let now = now_ms();
+        let records: Vec<PresenceRecord> = entries
+            .iter()
+            .map(|e| PresenceRecord {
+                number: e.number.clone(),
+                registered: e.registered,
+                presence: presence_of(e.state),
+                updated_ms: now,
+            })
+            .collect();
+        let cached = records.clone();
+        if let Err(e) = self.store.call(move |s| s.set_presence(&cached)).await {
+            warn!(cause = %e, "cannot cache presence");
+        }
+        let before = self.presence.borrow().clone();
+        let mut view: HashMap<String, PeerPresence> = if snapshot {
+            HashMap::new()
+        } else {
+            (*before).clone()
+        };
+        for r in records {
+            view.insert(
+                r.number,
+                PeerPresence {
+                    presence: r.presence,
+                    registered: r.registered,
+                },
+            );
+        }
+        self.publish_presence(&before, view).await;
+    }
+
+    async fn forget_presence(&mut self) {
+        self.next_refresh = None;
+        let before = self.presence.borrow().clone();
+        if !before.is_empty() {
+            self.publish_presence(&before, HashMap::new()).await;
+        }
+    }
+
+    /// Replaces the view and announces every number whose presence changed.
+    async fn publish_presence(
+        &mut self,
+        before: &PresenceView,
+        after: HashMap<String, PeerPresence>,
+    ) {
+        let shown = |view: &HashMap<String, PeerPresence>, n: &str| {
+            view.get(n).map_or(Presence::Offline, |p| p.presence)
+        };
+        let mut changes: Vec<(String, Presence)> = after
+            .keys()
+            .chain(before.keys())
+            .filter(|n| shown(before, n) != shown(&after, n))
+            .map(|n| (n.clone(), shown(&after, n)))
+            .collect();
+        changes.sort_by(|a, b| a.0.cmp(&b.0));
+        changes.dedup_by(|a, b| a.0 == b.0);
+        self.presence.send_replace(Arc::new(after));
+        for (number, presence) in changes {
+            self.announce(Event::Presence { number, presence }).await;
+        }
+        // Someone came online: messages waiting for IP may go now.
+        self.pump().await;
+    }
+
+    /// Sends a command to the relay client, if there is one.
+    pub(super) async fn relay_command(&self, cmd: RelayCommand) {
+        if let Some(relay) = &self.relay
+            && relay.send(cmd).await.is_err()
+        {
+            warn!("the relay client is gone");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_sms_is_recognised_exactly() {
+        let pattern = "Tandem code: {code}";
+        for (text, expected) in [
+            ("Tandem code: 482913", Some("482913")),
+            ("  Tandem code: 482913\n", Some("482913")),
+            ("Tandem code: 48291", None),
+            ("Tandem code: 4829134", None),
+            ("Tandem code: 48a913", None),
+            ("tandem code: 482913", None),
+            ("Your Tandem code: 482913", None),
+            ("Tandem code: 482913 (do not share)", None),
+            ("", None),
+        ] {
+            assert_eq!(code_in(pattern, text).as_deref(), expected, "{text:?}");
+        }
+        assert_eq!(
+            code_in("{code} is your code", "123456 is your code").as_deref(),
+            Some("123456")
+        );
+        assert_eq!(code_in("no placeholder", "no placeholder"), None);
+    }
+}
