@@ -87,6 +87,7 @@ pub async fn run(
             max_attempts: config.sms.max_attempts,
             code_pattern: config.relay.code_pattern.clone(),
             presence_refresh: config.relay.presence_refresh(),
+            fallback_timeout: config.relay.fallback_timeout(),
         },
         store.clone(),
         modem_cmd_tx,

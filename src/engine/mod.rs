@@ -15,13 +15,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::domain::{
-    Channel, ChannelRequest, Message, ModemState, Presence, RelayState, Status, now_ms,
-};
+use crate::domain::{Channel, Message, ModemState, Presence, RelayState, Status, now_ms};
 use crate::modem::{IncomingSms, ModemCommand, ModemEvent, SendFailure, StatusReport};
 use crate::notifier::{Notice, Notifier};
 use crate::relay::client::{RelayCommand, RelayEvent};
-use crate::router::{self, Delivery, Facts, Retry, Route};
+use crate::router::{self, Delivery, Facts, Retry, Route, Waiting};
 use crate::store::{NewIncoming, OutboxEntry, StoreHandle};
 use crate::{number, sms_text};
 
@@ -108,6 +106,9 @@ pub struct EngineConfig {
     pub code_pattern: String,
     /// The method's periodic presence refresh (`relay.presence_refresh_s`); `None`: off.
     pub presence_refresh: Option<Duration>,
+    /// How long an IP message may wait for its receipt before it is revoked and sent by
+    /// SMS (`relay.fallback_timeout_s`).
+    pub fallback_timeout: Duration,
 }
 
 /// The engine task's state. Build with [`Engine::new`], run with [`Engine::run`].
@@ -139,6 +140,8 @@ pub struct Engine {
     awaiting_code: bool,
     /// When the next full presence refresh is due (while logged in).
     next_refresh: Option<Instant>,
+    /// When the earliest IP message waiting for its receipt is due to be revoked.
+    next_deadline: Option<Instant>,
 }
 
 impl Engine {
@@ -167,6 +170,7 @@ impl Engine {
             presence: watch::channel(PresenceView::default()).0,
             awaiting_code: false,
             next_refresh: None,
+            next_deadline: None,
         }
     }
 
@@ -178,6 +182,7 @@ impl Engine {
     ) -> Self {
         self.relay = Some(commands);
         self.relay_events = Some(events);
+        self.status.send_modify(|s| s.relay = RelayState::Offline);
         self
     }
 
@@ -206,6 +211,7 @@ impl Engine {
         loop {
             let retry_at = self.next_retry;
             let refresh_at = self.next_refresh;
+            let deadline_at = self.next_deadline;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(EngineCmd::Outbox) => self.pump().await,
@@ -232,6 +238,10 @@ impl Engine {
                     debug!("periodic presence refresh");
                     self.subscribe_followed().await;
                 }
+                _ = sleep_until(deadline_at), if deadline_at.is_some() => {
+                    self.next_deadline = None;
+                    self.revoke_overdue().await;
+                }
             }
         }
         debug!("engine stopped");
@@ -255,9 +265,16 @@ impl Engine {
             Ok(outbox) => outbox,
             Err(e) => return warn!(cause = %e, "cannot read the outbox"),
         };
+        // Messages on the relay are picked up again after the next login (resent with
+        // the same id: the relay tells what became of them).
+        let on_relay: HashSet<String> = match self.store.call(|s| s.relay_pending()).await {
+            Ok(pending) => pending.into_iter().map(|p| p.message.id).collect(),
+            Err(e) => return warn!(cause = %e, "cannot read messages on the relay"),
+        };
+        self.schedule_deadlines().await;
         for entry in outbox
             .into_iter()
-            .filter(|e| e.message.status == Status::Sending)
+            .filter(|e| e.message.status == Status::Sending && !on_relay.contains(&e.message.id))
         {
             warn!(id = %entry.message.id, "message was being sent when the daemon stopped");
             let failure = SendFailure {
@@ -469,9 +486,6 @@ impl Engine {
     /// time and, per peer, in acceptance order: a message waiting out a retry delay holds
     /// back the later ones to the same peer, not those to others.
     async fn pump(&mut self) {
-        if self.in_flight.is_some() || self.modem_refused {
-            return;
-        }
         let outbox: Vec<OutboxEntry> = match self.store.call(|s| s.outbox()).await {
             Ok(outbox) => outbox,
             Err(e) => return warn!(cause = %e, "cannot read the outbox"),
@@ -480,9 +494,15 @@ impl Engine {
         let status = self.status.borrow().clone();
         let mut held_peers = HashSet::new();
         let mut next_due: Option<i64> = None;
+        let presence = self.presence.borrow().clone();
         for entry in outbox {
             let message = entry.message;
             if !held_peers.insert(message.peer.clone()) {
+                continue;
+            }
+            // On its way (an SMS in flight, or on the relay): the peer's later messages
+            // wait behind it.
+            if message.status == Status::Sending {
                 continue;
             }
             if entry.next_attempt_ms > now {
@@ -490,17 +510,19 @@ impl Engine {
                     Some(next_due.map_or(entry.next_attempt_ms, |d| d.min(entry.next_attempt_ms)));
                 continue;
             }
+            let peer = presence.get(&message.peer);
             let facts = Facts {
                 requested: entry.requested,
-                // Sending over IP is not wired yet: route as without a relay, by SMS.
-                relay: RelayState::Disabled,
-                presence: Presence::Offline,
-                peer_registered: None,
+                relay: status.relay,
+                presence: peer.map_or(Presence::Offline, |p| p.presence),
+                peer_registered: peer.map(|p| p.registered),
                 modem: status.modem,
                 sms_parts: sms_text::estimate(&message.text).segments,
                 max_parts: self.config.max_parts,
             };
             match router::route(&facts) {
+                // One SMS at a time (so they leave in order); the modem said "not ready".
+                Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
                 Route::Sms => {
                     self.set_status(&message.id, Status::Sending, None, None)
                         .await;
@@ -512,21 +534,15 @@ impl Engine {
                         delivery_report: entry.delivery_report,
                     })
                     .await;
-                    break;
                 }
                 Route::Fail(reason) => {
                     held_peers.remove(&message.peer);
                     self.set_status(&message.id, Status::Failed, None, Some(reason))
                         .await;
                 }
-                // The relay client does not exist yet, so IP waits like the relay does.
-                Route::Ip | Route::Wait(_) => {
-                    if entry.requested == ChannelRequest::Ip {
-                        continue;
-                    }
-                    // Waiting for the modem holds every SMS alike.
-                    break;
-                }
+                Route::Ip => self.send_ip(message, entry.requested).await,
+                // Holds this peer's later messages; others may still go.
+                Route::Wait(Waiting::Relay | Waiting::Modem) => {}
             }
         }
         self.next_retry = next_due.map(|due| {
@@ -687,7 +703,11 @@ mod tests {
         }
     }
 
-    use crate::relay::client::ConfirmOutcome;
+    use crate::domain::ChannelRequest;
+    use crate::relay::client::{
+        ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, RevokeOutcome, SendAnswer,
+        SendState,
+    };
     use crate::store::{NewOutgoing, Store};
 
     /// An engine on an in-memory store, driven through its channels like the daemon does.
@@ -720,6 +740,7 @@ mod tests {
                     max_attempts: 3,
                     code_pattern: "Tandem code: {code}".into(),
                     presence_refresh: None,
+                    fallback_timeout: Duration::from_millis(300),
                 },
                 store.clone(),
                 modem_tx,
@@ -1117,9 +1138,18 @@ mod tests {
 
     #[tokio::test]
     async fn presence_follows_the_relay_and_goes_offline_with_it() {
-        use crate::relay::client::{PresenceEntry, PresenceState};
         let mut store = Store::open_in_memory().expect("store");
-        queue(&mut store, "+15550002222", "a conversation");
+        let earlier = store
+            .insert_incoming(&NewIncoming {
+                peer: "+15550002222",
+                text: "a conversation",
+                channel: Channel::Sms,
+                timestamp_ms: 1,
+                dedupe_key: "k",
+            })
+            .expect("insert")
+            .expect("new");
+        store.mark_announced(&earlier.id).expect("announced");
         store.watch(&["+15550003333".into()]).expect("watch");
         let entry = |number: &str, state| PresenceEntry {
             number: number.into(),
@@ -1183,6 +1213,204 @@ mod tests {
             }
         );
         assert!(rig.presence.borrow().is_empty());
+        rig.stop().await;
+    }
+
+    impl Rig {
+        /// The next status change announced for `id` (other announcements skipped).
+        async fn status_of(&mut self, id: &str) -> (Status, Option<Channel>) {
+            loop {
+                if let Event::StatusChanged {
+                    id: got,
+                    status,
+                    channel,
+                } = self.announced().await
+                    && got == id
+                {
+                    return (status, channel);
+                }
+            }
+        }
+
+        /// Our relay connection is up and `peer` is online on it.
+        async fn peer_online(&mut self, peer: &str) {
+            self.relay(RelayEvent::State(RelayState::Online)).await;
+            self.relay(RelayEvent::Snapshot(vec![PresenceEntry {
+                number: peer.into(),
+                registered: true,
+                state: PresenceState::Online,
+            }]))
+            .await;
+            // Taken (the modem channel is independent of the relay's).
+            loop {
+                if let Event::Presence { number, .. } = self.announced().await
+                    && number == peer
+                {
+                    break;
+                }
+            }
+        }
+
+        async fn ip_send(&mut self) -> String {
+            match self.relay_command().await {
+                RelayCommand::Send { id, .. } => id,
+                other => panic!("expected an IP send, got {other:?}"),
+            }
+        }
+
+        async fn answer(&self, id: &str, answer: SendAnswer) {
+            self.relay(RelayEvent::SendAnswer {
+                id: id.into(),
+                answer,
+            })
+            .await;
+        }
+    }
+
+    const BOB: &str = "+15550002222";
+
+    fn accepted() -> SendAnswer {
+        SendAnswer::Accepted {
+            state: SendState::Online,
+            duplicate: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn both_online_goes_over_ip_to_delivered() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "hi over IP");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.answer(&id, accepted()).await;
+        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        rig.relay(RelayEvent::Receipt {
+            id: id.clone(),
+            to: BOB.into(),
+            outcome: crate::relay::client::ReceiptOutcome::Delivered,
+        })
+        .await;
+        assert_eq!(
+            rig.status_of(&id).await,
+            (Status::Delivered, Some(Channel::Ip))
+        );
+        // Well before the fallback timeout would have fired: no revoke, no SMS.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(rig.relay_commands.try_recv().is_err());
+        assert!(rig.modem_commands.try_recv().is_err());
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn no_receipt_in_time_revokes_then_goes_by_sms() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "are you there?");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        assert_eq!(rig.ip_send().await, id);
+        rig.answer(&id, accepted()).await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Revoke { id: id.clone() }
+        );
+        rig.relay(RelayEvent::RevokeAnswer {
+            id: id.clone(),
+            outcome: Some(RevokeOutcome::Revoked),
+        })
+        .await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+        );
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_revoke_that_comes_too_late_means_delivered() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "just in time");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        rig.ip_send().await;
+        rig.answer(&id, accepted()).await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Revoke { id: id.clone() }
+        );
+        rig.relay(RelayEvent::RevokeAnswer {
+            id: id.clone(),
+            outcome: Some(RevokeOutcome::AlreadyDelivered),
+        })
+        .await;
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        assert_eq!(
+            rig.status_of(&id).await,
+            (Status::Delivered, Some(Channel::Ip))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rig.modem_commands.try_recv().is_err(),
+            "delivered on both channels"
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_ip_send_goes_by_sms_at_once_unless_ip_was_asked_for() {
+        let mut store = Store::open_in_memory().expect("store");
+        let auto = queue(&mut store, BOB, "auto");
+        let (forced, _) = store
+            .insert_outgoing(&NewOutgoing {
+                peer: "+15550003333",
+                text: "ip only",
+                requested: ChannelRequest::Ip,
+                delivery_report: false,
+                client_token: None,
+                timestamp_ms: 2,
+            })
+            .expect("queue");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        let mut sent = vec![rig.ip_send().await, rig.ip_send().await];
+        sent.sort();
+        let mut want = vec![auto.clone(), forced.id.clone()];
+        want.sort();
+        assert_eq!(sent, want);
+        let refused = || SendAnswer::Refused {
+            code: ErrorCode::RecipientUnregistered,
+            message: "recipient unregistered".into(),
+        };
+        rig.answer(&auto, refused()).await;
+        assert!(matches!(rig.modem_command().await, ModemCommand::Send { id, .. } if id == auto));
+        rig.answer(&forced.id, refused()).await;
+        let failed = loop {
+            let id = forced.id.clone();
+            let m = rig
+                .store
+                .call(move |s| s.get_message(&id))
+                .await
+                .expect("get");
+            if m.status == Status::Failed {
+                break m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(failed.error.expect("a reason").contains("refused"));
         rig.stop().await;
     }
 }

@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
+use std::time::Duration;
+
 use super::{Engine, Event};
-use crate::domain::{Presence, RelayState, now_ms};
+use crate::domain::{Channel, ChannelRequest, Message, Presence, RelayState, Status, now_ms};
 use crate::relay::client::{
-    ConfirmOutcome, PresenceEntry, PresenceState, RelayCommand, RelayEvent,
+    ConfirmOutcome, PresenceEntry, PresenceState, ReceiptOutcome, RelayCommand, RelayEvent,
+    RevokeOutcome, SendAnswer, SendState,
 };
-use crate::store::PresenceRecord;
+use crate::store::{PresenceRecord, RelayPending, RelayStage};
 
 /// Presence as known since the current login: what the channel rule and the API go by.
 /// Absent numbers are offline (unknown, unregistered, or not refreshed since a restart).
@@ -63,6 +66,7 @@ impl Engine {
                 self.awaiting_code = false;
                 self.subscribe_followed().await;
                 self.reack_held().await;
+                self.resume_on_relay().await;
             }
             RelayEvent::AwaitingCode { number } => {
                 info!(%number, "relay registration: waiting for the code SMS");
@@ -79,15 +83,9 @@ impl Engine {
                 self.apply_presence(entries, true).await
             }
             RelayEvent::Presence(entry) => self.apply_presence(vec![entry], false).await,
-            RelayEvent::SendAnswer { id, answer } => {
-                debug!(%id, ?answer, "relay answered a send the engine did not make");
-            }
-            RelayEvent::RevokeAnswer { id, outcome } => {
-                debug!(%id, ?outcome, "relay answered a revoke the engine did not make");
-            }
-            RelayEvent::Receipt { id, outcome, .. } => {
-                debug!(%id, ?outcome, "receipt for a message the engine did not send by IP");
-            }
+            RelayEvent::SendAnswer { id, answer } => self.on_send_answer(id, answer).await,
+            RelayEvent::RevokeAnswer { id, outcome } => self.on_revoke_answer(id, outcome).await,
+            RelayEvent::Receipt { id, outcome, .. } => self.on_receipt(id, outcome).await,
         }
     }
 
@@ -247,6 +245,239 @@ impl Engine {
         }
         // Someone came online: messages waiting for IP may go now.
         self.pump().await;
+    }
+
+    /// Hands an outgoing message to the relay (the router chose IP).
+    pub(super) async fn send_ip(&mut self, message: Message, requested: ChannelRequest) {
+        debug!(id = %message.id, ?requested, "sending over IP");
+        self.set_status(&message.id, Status::Sending, None, None)
+            .await;
+        let key = message.id.clone();
+        if let Err(e) = self
+            .store
+            .call(move |s| s.set_relay_stage(&key, Some(RelayStage::Sent), None))
+            .await
+        {
+            return warn!(id = %message.id, cause = %e, "cannot record an IP send");
+        }
+        self.relay_command(RelayCommand::Send {
+            id: message.id,
+            to: message.peer,
+            text: message.text,
+            ts: message.timestamp_ms,
+        })
+        .await;
+    }
+
+    /// The message of ours on the relay with this id, if any.
+    async fn on_relay_entry(&self, id: &str) -> Option<RelayPending> {
+        let key = id.to_owned();
+        match self
+            .store
+            .call(move |s| Ok(s.relay_pending()?.into_iter().find(|p| p.message.id == key)))
+            .await
+        {
+            Ok(entry) => entry,
+            Err(e) => {
+                warn!(%id, cause = %e, "cannot read messages on the relay");
+                None
+            }
+        }
+    }
+
+    async fn on_send_answer(&mut self, id: String, answer: SendAnswer) {
+        let Some(entry) = self.on_relay_entry(&id).await else {
+            return debug!(%id, ?answer, "answer for a message no longer on the relay");
+        };
+        match answer {
+            SendAnswer::Accepted {
+                state: SendState::Online | SendState::Queued,
+                ..
+            } => {
+                // Waiting for the receipt; for `auto` only as long as the fallback allows
+                // (a text too long for SMS waits on the relay's store-and-forward).
+                let deadline = (entry.requested == ChannelRequest::Auto
+                    && self.fits_sms(&entry.message))
+                .then(|| now_ms() + self.config.fallback_timeout.as_millis() as i64);
+                let key = id.clone();
+                match self
+                    .store
+                    .call(move |s| s.mark_sent_ip(&key, deadline))
+                    .await
+                {
+                    Ok(m) => self.announce(Event::status_of(m)).await,
+                    Err(e) => warn!(%id, cause = %e, "cannot record an accepted IP message"),
+                }
+                self.schedule_deadlines().await;
+            }
+            SendAnswer::Accepted {
+                state: SendState::Delivered,
+                ..
+            } => self.delivered_ip(&id).await,
+            SendAnswer::Accepted {
+                state: SendState::Revoked | SendState::Expired,
+                ..
+            } => {
+                self.leave_relay(entry, "the relay will not deliver it")
+                    .await
+            }
+            SendAnswer::Refused { code, message } => {
+                info!(%id, ?code, %message, "the relay refused an IP message");
+                self.leave_relay(entry, &format!("the relay refused it: {message}"))
+                    .await
+            }
+            SendAnswer::NotConnected => {
+                info!(%id, "the relay is not reachable");
+                self.leave_relay(entry, "the relay is not reachable").await
+            }
+        }
+    }
+
+    async fn on_receipt(&mut self, id: String, outcome: ReceiptOutcome) {
+        let Some(entry) = self.on_relay_entry(&id).await else {
+            return debug!(%id, ?outcome, "receipt for a message no longer on the relay");
+        };
+        match outcome {
+            ReceiptOutcome::Delivered => self.delivered_ip(&id).await,
+            _ => self.leave_relay(entry, "it expired on the relay").await,
+        }
+    }
+
+    async fn on_revoke_answer(&mut self, id: String, outcome: Option<RevokeOutcome>) {
+        let Some(entry) = self.on_relay_entry(&id).await else {
+            return debug!(%id, ?outcome, "revoke answer for a message no longer on the relay");
+        };
+        match outcome {
+            Some(RevokeOutcome::Revoked) => {
+                info!(%id, "no receipt in time and revoked: sending it by SMS");
+                self.leave_relay(entry, "no receipt in time").await
+            }
+            Some(RevokeOutcome::AlreadyDelivered) => self.delivered_ip(&id).await,
+            // Not connected: revoked again after the next login (the relay decides then).
+            _ => debug!(%id, "revoke not answered; again after the next login"),
+        }
+    }
+
+    async fn delivered_ip(&mut self, id: &str) {
+        let key = id.to_owned();
+        if let Err(e) = self
+            .store
+            .call(move |s| s.set_relay_stage(&key, None, None))
+            .await
+        {
+            warn!(%id, cause = %e, "cannot take a message off the relay");
+        }
+        self.set_status(id, Status::Delivered, Some(Channel::Ip), None)
+            .await;
+        self.schedule_deadlines().await;
+        self.pump().await;
+    }
+
+    /// The IP channel will not carry this message: by SMS when the sender let the router
+    /// choose, failed when the sender asked for IP.
+    async fn leave_relay(&mut self, entry: RelayPending, why: &str) {
+        let id = entry.message.id;
+        let key = id.clone();
+        if entry.requested == ChannelRequest::Ip {
+            if let Err(e) = self
+                .store
+                .call(move |s| s.set_relay_stage(&key, None, None))
+                .await
+            {
+                warn!(%id, cause = %e, "cannot take a message off the relay");
+            }
+            self.set_status(
+                &id,
+                Status::Failed,
+                None,
+                Some(format!("not sent over IP: {why}")),
+            )
+            .await;
+        } else {
+            match self.store.call(move |s| s.requeue_for_sms(&key)).await {
+                Ok(m) => self.announce(Event::status_of(m)).await,
+                Err(e) => warn!(%id, cause = %e, "cannot requeue a message for SMS"),
+            }
+        }
+        self.schedule_deadlines().await;
+        self.pump().await;
+    }
+
+    /// After a login: what the relay did not answer before is asked again. A send with
+    /// the same id is no second message (the relay deduplicates); a revoke is idempotent.
+    async fn resume_on_relay(&mut self) {
+        let pending = match self.store.call(|s| s.relay_pending()).await {
+            Ok(pending) => pending,
+            Err(e) => return warn!(cause = %e, "cannot read messages on the relay"),
+        };
+        for p in pending {
+            match p.stage {
+                RelayStage::Sent => {
+                    self.relay_command(RelayCommand::Send {
+                        id: p.message.id,
+                        to: p.message.peer,
+                        text: p.message.text,
+                        ts: p.message.timestamp_ms,
+                    })
+                    .await
+                }
+                RelayStage::Revoking => {
+                    self.relay_command(RelayCommand::Revoke { id: p.message.id })
+                        .await
+                }
+                RelayStage::Accepted => {}
+            }
+        }
+        self.schedule_deadlines().await;
+    }
+
+    /// Sets the timer for the earliest receipt deadline.
+    pub(super) async fn schedule_deadlines(&mut self) {
+        let pending = match self.store.call(|s| s.relay_pending()).await {
+            Ok(pending) => pending,
+            Err(e) => return warn!(cause = %e, "cannot read messages on the relay"),
+        };
+        let now = now_ms();
+        self.next_deadline = pending
+            .iter()
+            .filter(|p| p.stage == RelayStage::Accepted)
+            .filter_map(|p| p.deadline_ms)
+            .min()
+            .map(|due| {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(due.saturating_sub(now).max(0) as u64)
+            });
+    }
+
+    /// No receipt in time: revoke; the answer decides between SMS and delivered.
+    pub(super) async fn revoke_overdue(&mut self) {
+        let pending = match self.store.call(|s| s.relay_pending()).await {
+            Ok(pending) => pending,
+            Err(e) => return warn!(cause = %e, "cannot read messages on the relay"),
+        };
+        let now = now_ms();
+        for p in pending {
+            if p.stage != RelayStage::Accepted || p.deadline_ms.is_none_or(|d| d > now) {
+                continue;
+            }
+            let id = p.message.id;
+            info!(%id, "no delivery receipt in time: revoking");
+            let key = id.clone();
+            if let Err(e) = self
+                .store
+                .call(move |s| s.set_relay_stage(&key, Some(RelayStage::Revoking), None))
+                .await
+            {
+                warn!(%id, cause = %e, "cannot record a revoke");
+                continue;
+            }
+            self.relay_command(RelayCommand::Revoke { id }).await;
+        }
+        self.schedule_deadlines().await;
+    }
+
+    fn fits_sms(&self, message: &Message) -> bool {
+        crate::sms_text::estimate(&message.text).segments <= self.config.max_parts
     }
 
     /// Sends a command to the relay client, if there is one.

@@ -273,6 +273,22 @@ impl Store {
         self.get_message(id)
     }
 
+    /// The IP channel gave up on an outgoing message (refused, revoked in time, expired):
+    /// it goes back to the outbox to go by SMS, with no channel yet, in one transaction.
+    pub fn requeue_for_sms(&mut self, id: &str) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, channel = NULL, requested = ?3, \
+             relay_stage = NULL, deadline_ms = NULL, next_attempt_ms = NULL WHERE uuid = ?1",
+            params![
+                parse_id(id)?,
+                status_code(Status::Queued),
+                super::codec::request_code(ChannelRequest::Sms)
+            ],
+        )?;
+        self.get_message(id)
+    }
+
     /// Outgoing messages somewhere on the relay, in acceptance order.
     pub fn relay_pending(&self) -> Result<Vec<RelayPending>> {
         let mut stmt = self.conn.prepare_cached(RELAY_PENDING)?;

@@ -1231,3 +1231,18 @@ fn relay_progress_of_outgoing_messages() {
         other => panic!("expected NotFound, got {other:?}"),
     }
 }
+
+#[test]
+fn requeue_for_sms_takes_a_message_off_the_relay() {
+    let mut store = store();
+    let id = outgoing(&mut store, ALICE, "over ip first", 1).id;
+    store.mark_sent_ip(&id, Some(5)).expect("accepted");
+    let back = store.requeue_for_sms(&id).expect("requeue");
+    assert_eq!((back.status, back.channel), (Status::Queued, None));
+    assert!(store.relay_pending().expect("pending").is_empty());
+    let entry = store.outbox().expect("outbox");
+    assert_eq!(
+        (entry[0].message.id.as_str(), entry[0].requested),
+        (id.as_str(), ChannelRequest::Sms)
+    );
+}
