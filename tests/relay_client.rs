@@ -1160,7 +1160,10 @@ async fn backoff_does_not_spin() {
     config.min_backoff = Duration::from_millis(100);
     config.max_backoff = Duration::from_millis(400);
     let mut client = Client::start("closing", config.clone());
-    // No number: no connection at all.
+    // No number, or one the relay would refuse: no connection at all.
+    client
+        .cmd(RelayCommand::OwnNumber(Some("0555 0001111".to_owned())))
+        .await;
     client
         .never(Duration::from_millis(300), "a state change", |e| {
             *e != RelayEvent::State(RelayState::Offline)

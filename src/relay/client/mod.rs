@@ -30,7 +30,9 @@
 //!   the relay never accepted that id, so it will never deliver it and the SMS may go.
 //!   Other errors on a revoke (`internal`) give `None` (unknown).
 //! - `Ack`, `Typing` while not logged in are dropped; `Subscribe` is remembered and sent
-//!   again after every login (its answer is a [`RelayEvent::Snapshot`]).
+//!   again after every login (its answer is a [`RelayEvent::Snapshot`]; a set the relay
+//!   refuses, `invalid-number` or `too-many-subscriptions`, is only logged).
+//! - An own number that is not E.164 counts as none (logged): the relay would refuse it.
 //! - After `replaced` followed by a failing token (the number was verified on another
 //!   device), the client stays `Offline` until the own number changes or the daemon
 //!   restarts, instead of taking the number back in a loop of code SMS.

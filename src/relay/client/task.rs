@@ -32,7 +32,7 @@ use super::{ClientConfig, RelayCommand, RelayEvent, SendAnswer};
 use crate::domain::RelayState;
 use crate::relay::protocol::{
     ClientFrame, ErrorCode, ErrorFrame, PROTOCOL_VERSION, RevokeOutcome, ServerFrame,
-    decode_server, encode,
+    decode_server, encode, is_e164,
 };
 
 /// Bound of one connection attempt: TCP, TLS and the WebSocket handshake.
@@ -192,6 +192,8 @@ struct Session {
     max_text_bytes: u64,
     max_frame_bytes: u64,
     logged_in_at: Option<Instant>,
+    /// The code of the `verify` in flight (a newer one may have come meanwhile).
+    verifying: Option<String>,
     /// Ids of `send`s not answered yet, oldest first.
     sends: VecDeque<String>,
     /// Ids of `revoke`s not answered yet, oldest first.
@@ -209,9 +211,18 @@ impl Session {
             max_text_bytes: u64::MAX,
             max_frame_bytes: u64::MAX,
             logged_in_at: None,
+            verifying: None,
             sends: VecDeque::new(),
             revokes: VecDeque::new(),
         }
+    }
+
+    /// Sends `verify` with `code` for this connection's number.
+    async fn verify(&mut self, code: String) -> Result<(), End> {
+        self.phase = Phase::Verify;
+        self.verifying = Some(code.clone());
+        let number = self.number.clone();
+        self.write(&ClientFrame::Verify { number, code }).await
     }
 
     async fn write(&mut self, frame: &ClientFrame) -> Result<(), End> {
@@ -399,7 +410,8 @@ impl Client {
 
     fn dial_deadline(&self) -> Option<Instant> {
         match self.link {
-            Link::Down if self.may_dial() => self.retry_at,
+            // Waiting for the code SMS: a connection would only time out.
+            Link::Down if self.may_dial() && !self.waiting_for_code() => self.retry_at,
             _ => None,
         }
     }
@@ -520,9 +532,7 @@ impl Client {
         if let Some(registration) = self.registration.as_ref().filter(|r| r.number == number) {
             if let Some(code) = &registration.code {
                 info!(%number, "verifying the registration code");
-                session.phase = Phase::Verify;
-                let code = code.clone();
-                return session.write(&ClientFrame::Verify { number, code }).await;
+                return session.verify(code.clone()).await;
             }
             if registration.code_expires.is_some() {
                 // The code SMS is on its way; `register` again would only be rate-limited.
@@ -740,6 +750,13 @@ impl Client {
     }
 
     async fn set_number(&mut self, number: Option<String>) {
+        let number = number.filter(|number| {
+            let valid = is_e164(number);
+            if !valid {
+                error!(%number, "the own number is not E.164: the relay client stays offline");
+            }
+            valid
+        });
         if number == self.number {
             return;
         }
@@ -780,8 +797,7 @@ impl Client {
         let number = registration.number.clone();
         match &mut self.link {
             Link::Up(session) if session.phase == Phase::AwaitCode && session.number == number => {
-                session.phase = Phase::Verify;
-                session.write(&ClientFrame::Verify { number, code }).await
+                session.verify(code).await
             }
             // Verify on a new connection, at once (the code is what we waited for).
             Link::Down => {
@@ -893,11 +909,7 @@ impl Client {
                 });
                 match &registration.code {
                     // The SMS was faster than `code-sent`.
-                    Some(code) => {
-                        session.phase = Phase::Verify;
-                        let code = code.clone();
-                        session.write(&ClientFrame::Verify { number, code }).await
-                    }
+                    Some(code) => session.verify(code.clone()).await,
                     None => {
                         session.phase = Phase::AwaitCode;
                         Ok(())
@@ -1089,11 +1101,18 @@ impl Client {
         match error.code {
             ErrorCode::CodeInvalid => {
                 warn!(%number, attempts_left = error.attempts_left.unwrap_or(0),
-                      "the relay says the code is wrong; waiting for another");
-                registration.code = None;
-                if let Link::Up(session) = &mut self.link {
-                    session.phase = Phase::AwaitCode;
+                      "the relay says the code is wrong");
+                let Link::Up(session) = &mut self.link else {
+                    return Ok(());
+                };
+                let tried = session.verifying.take();
+                if registration.code.is_some() && registration.code != tried {
+                    // Another code came while this one was checked: try it.
+                    let code = registration.code.clone().unwrap_or_default();
+                    return session.verify(code).await;
                 }
+                registration.code = None;
+                session.phase = Phase::AwaitCode;
                 Ok(())
             }
             ErrorCode::CodeExpired | ErrorCode::NoCode => {
