@@ -5,8 +5,9 @@
 //! `PropertiesChanged` signals and the name's owner, so NetworkManager may be absent,
 //! stop or restart at any time (absent counts as [`Connectivity::Unknown`]: just try).
 //! Must not: decide anything about the relay connection, or block the client: every
-//! D-Bus call is bounded by a timeout, and the stream ends (for good) only when the bus
-//! connection stops delivering signals.
+//! D-Bus call is bounded by a timeout. The stream ends (for good, after yielding
+//! `Unknown`) only when the watch cannot be set up or the bus connection stops
+//! delivering signals.
 
 use std::time::Duration;
 

@@ -63,6 +63,7 @@ pub(super) async fn run(
 
     loop {
         let reading = client.out.queue.len() < OUTBOX_HIGH;
+        client.note_reading(reading);
         let dial_at = client.dial_deadline();
         let idle_at = client.idle_deadline();
         let code_at = client.code_deadline();
@@ -151,6 +152,13 @@ async fn next_change(
         Some(changes) => changes.next().await,
         None => pending().await,
     }
+}
+
+/// `from + wait`, for waits that come from the configuration or the relay: capped at a
+/// day, so no value can overflow the clock (and panic).
+fn later(from: Instant, wait: Duration) -> Instant {
+    const LONGEST: Duration = Duration::from_secs(24 * 3600);
+    from.checked_add(wait.min(LONGEST)).unwrap_or(from)
 }
 
 async fn at(deadline: Option<Instant>) {
@@ -333,6 +341,8 @@ struct Client {
     parked: bool,
     /// The state last reported.
     shown: Option<RelayState>,
+    /// Reading the relay is paused while the engine catches up with the events.
+    paused: bool,
 }
 
 impl Client {
@@ -369,6 +379,7 @@ impl Client {
             replaced: false,
             parked: false,
             shown: None,
+            paused: false,
         }
     }
 
@@ -408,6 +419,18 @@ impl Client {
         }
     }
 
+    /// Follows whether the loop reads the relay: after a pause, silence is not the
+    /// relay's fault, so the dead-connection check starts over.
+    fn note_reading(&mut self, reading: bool) {
+        if reading
+            && self.paused
+            && let Link::Up(session) = &mut self.link
+        {
+            session.last_rx = Instant::now();
+        }
+        self.paused = !reading;
+    }
+
     fn dial_deadline(&self) -> Option<Instant> {
         match self.link {
             // Waiting for the code SMS: a connection would only time out.
@@ -419,7 +442,7 @@ impl Client {
     fn idle_deadline(&self) -> Option<Instant> {
         match &self.link {
             Link::Up(session) if self.out.queue.len() < OUTBOX_HIGH => {
-                Some(session.last_rx + session.idle_timeout)
+                Some(later(session.last_rx, session.idle_timeout))
             }
             _ => None,
         }
@@ -457,7 +480,7 @@ impl Client {
                 Err(err) => {
                     let delay = self.backoff.next_delay();
                     error!(cause = %err, retry_in_ms = delay.as_millis() as u64, "cannot use wss://");
-                    self.retry_at = Some(Instant::now() + delay);
+                    self.retry_at = Some(later(Instant::now(), delay));
                     return;
                 }
             }
@@ -492,7 +515,7 @@ impl Client {
                 self.link = Link::Down;
                 let delay = self.backoff.next_delay();
                 info!(cause = %err, retry_in_ms = delay.as_millis() as u64, "cannot reach the relay");
-                self.retry_at = Some(Instant::now() + delay);
+                self.retry_at = Some(later(Instant::now(), delay));
                 return;
             }
             (Err(_), _) => {
@@ -502,7 +525,7 @@ impl Client {
                     retry_in_ms = delay.as_millis() as u64,
                     "the relay did not answer in time"
                 );
-                self.retry_at = Some(Instant::now() + delay);
+                self.retry_at = Some(later(Instant::now(), delay));
                 return;
             }
         };
@@ -582,7 +605,7 @@ impl Client {
                     retry_in_ms = delay.as_millis() as u64,
                     "relay connection lost"
                 );
-                self.retry_at = Some(now + delay);
+                self.retry_at = Some(later(now, delay));
             }
             End::Pause(at_least, why) => {
                 let delay = self.backoff.next_delay().max(at_least);
@@ -591,7 +614,7 @@ impl Client {
                     retry_in_ms = delay.as_millis() as u64,
                     "relay connection paused"
                 );
-                self.retry_at = Some(now + delay);
+                self.retry_at = Some(later(now, delay));
             }
             End::Fatal(code, message) => self.after_fatal(code, &message, now),
         }
@@ -620,7 +643,7 @@ impl Client {
                 }
                 let delay = self.backoff.next_delay();
                 info!(retry_in_ms = delay.as_millis() as u64, "registering again");
-                self.retry_at = Some(now + delay);
+                self.retry_at = Some(later(now, delay));
             }
             ErrorCode::Replaced => {
                 warn!(
@@ -628,14 +651,14 @@ impl Client {
                     "another connection logged in as this number"
                 );
                 self.replaced = true;
-                self.retry_at = Some(now + self.backoff.next_delay());
+                self.retry_at = Some(later(now, self.backoff.next_delay()));
             }
             ErrorCode::AuthTimeout if self.registration.is_some() => {
                 // Registration outlived the relay's auth timeout: go on on a new
                 // connection once there is something to say (the code stays valid).
                 let has_code = self.registration.as_ref().is_some_and(|r| r.code.is_some());
                 if has_code || !self.waiting_for_code() {
-                    self.retry_at = Some(now + self.backoff.next_delay());
+                    self.retry_at = Some(later(now, self.backoff.next_delay()));
                 } else {
                     info!("waiting for the registration code SMS while disconnected");
                     self.retry_at = None;
@@ -648,7 +671,7 @@ impl Client {
                     retry_in_ms = delay.as_millis() as u64,
                     "the relay does not speak protocol version {PROTOCOL_VERSION}"
                 );
-                self.retry_at = Some(now + delay);
+                self.retry_at = Some(later(now, delay));
             }
             _ => {
                 let delay = self.backoff.next_delay();
@@ -658,7 +681,7 @@ impl Client {
                     retry_in_ms = delay.as_millis() as u64,
                     "the relay closed the connection"
                 );
-                self.retry_at = Some(now + delay);
+                self.retry_at = Some(later(now, delay));
             }
         }
     }
@@ -902,7 +925,7 @@ impl Client {
                     _ => return Ok(()),
                 };
                 info!(%number, expires_in_ms, "the relay sent a code by SMS");
-                let expires = Instant::now() + Duration::from_millis(expires_in_ms);
+                let expires = later(Instant::now(), Duration::from_millis(expires_in_ms));
                 registration.code_expires = Some(expires);
                 self.out.push(RelayEvent::AwaitingCode {
                     number: number.clone(),
@@ -1131,5 +1154,33 @@ impl Client {
                 Err(End::Pause(Duration::ZERO, "verification failed"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_from_outside_cannot_overflow() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_millis(5)),
+            now + Duration::from_millis(5)
+        );
+        let far = later(now, Duration::MAX);
+        assert_eq!(far, now + Duration::from_secs(24 * 3600));
+        let _ = later(now, Duration::from_millis(u64::MAX));
+    }
+
+    #[test]
+    fn answers_match_their_requests() {
+        let mut queue: VecDeque<String> = ["a", "b", "a"].map(String::from).into();
+        assert_eq!(take_pending(&mut queue, Some("b")).as_deref(), Some("b"));
+        assert_eq!(take_pending(&mut queue, Some("x")), None);
+        // An answer without id answers the oldest request.
+        assert_eq!(take_pending(&mut queue, None).as_deref(), Some("a"));
+        assert_eq!(take_pending(&mut queue, Some("a")).as_deref(), Some("a"));
+        assert_eq!(take_pending(&mut queue, None), None);
     }
 }
