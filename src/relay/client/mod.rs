@@ -7,15 +7,54 @@
 //! nothing about messages: the engine (with the router) does, and it never touches the
 //! store (the token file is its own).
 //! The frames are those of `docs/relay-protocol.md`, from [`crate::relay::protocol`].
+//!
+//! Layout:
+//! - `task`: the one task: the connection's state machine, commands, events, timers;
+//! - `dial`: the relay URL, TCP, TLS (system roots) and the WebSocket handshake;
+//! - `net`: NetworkManager's `Connectivity` on the system bus, as a stream;
+//! - `token`: the token file (0600, written atomically);
+//! - `backoff`: reconnect delays with jitter.
+//!
+//! Behaviour the engine can rely on:
+//! - [`RelayEvent::State`] is sent at start and on every change: `Offline` (no own
+//!   number, no network, or waiting to reconnect), `Connecting` (dialing, handshaking,
+//!   registering, including while waiting for the code SMS, logging in), `Online`
+//!   (logged in). Never `Disabled`.
+//! - Every `Send` gets exactly one [`RelayEvent::SendAnswer`], every `Revoke` exactly one
+//!   [`RelayEvent::RevokeAnswer`]: at once when not logged in (`NotConnected` / `None`),
+//!   else the relay's answer, or `NotConnected` / `None` when the connection ends first.
+//!   A send whose text or frame exceeds the relay's announced limits is `Refused` here
+//!   (`text-too-large` / `frame-too-large`) without being sent: an oversized frame would
+//!   make the relay close the connection, again after every resend.
+//! - A revoke answered `unknown-message` is reported as `Some(RevokeOutcome::Revoked)`:
+//!   the relay never accepted that id, so it will never deliver it and the SMS may go.
+//!   Other errors on a revoke (`internal`) give `None` (unknown).
+//! - `Ack`, `Typing` while not logged in are dropped; `Subscribe` is remembered and sent
+//!   again after every login (its answer is a [`RelayEvent::Snapshot`]; a set the relay
+//!   refuses, `invalid-number` or `too-many-subscriptions`, is only logged).
+//! - An own number that is not E.164 counts as none (logged): the relay would refuse it.
+//! - After `replaced` followed by a failing token (the number was verified on another
+//!   device), the client stays `Offline` until the own number changes or the daemon
+//!   restarts, instead of taking the number back in a loop of code SMS.
+
+mod backoff;
+mod dial;
+mod net;
+mod task;
+mod token;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use crate::domain::RelayState;
 pub use crate::relay::protocol::{
     ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, ReceiptOutcome, RevokeOutcome,
     SendState,
 };
+pub use dial::{DialError, tls_with_roots};
 
 /// What the client needs from the configuration.
 #[derive(Debug, Clone)]
@@ -108,4 +147,31 @@ pub enum RelayEvent {
     /// The answer to a subscribe, or the re-subscribe after a login.
     Snapshot(Vec<PresenceEntry>),
     Presence(PresenceEntry),
+}
+
+/// Runs the client until `commands` closes. Never panics, never spins.
+///
+/// With `connectivity` (a system-bus connection) it follows NetworkManager: no network,
+/// no dialing; when the network returns, it reconnects at once. Without it, or when
+/// NetworkManager is absent, it just tries. `wss://` URLs trust the system's root
+/// certificates (`SSL_CERT_FILE`, else the distribution's CA bundle).
+pub async fn run(
+    config: ClientConfig,
+    commands: mpsc::Receiver<RelayCommand>,
+    events: mpsc::Sender<RelayEvent>,
+    connectivity: Option<zbus::Connection>,
+) {
+    task::run(config, None, commands, events, connectivity).await;
+}
+
+/// [`run`], with this TLS configuration for `wss://` instead of the system's roots
+/// (a relay with a private CA, see [`tls_with_roots`]; tests).
+pub async fn run_with_tls(
+    config: ClientConfig,
+    tls: Arc<rustls::ClientConfig>,
+    commands: mpsc::Receiver<RelayCommand>,
+    events: mpsc::Sender<RelayEvent>,
+    connectivity: Option<zbus::Connection>,
+) {
+    task::run(config, Some(tls), commands, events, connectivity).await;
 }
