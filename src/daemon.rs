@@ -15,6 +15,10 @@ use crate::config::Config;
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::modem::{self, ModemConfig, ModemEvent};
 use crate::notifier::Notifier;
+use crate::relay::{
+    self,
+    client::{ClientConfig, RelayCommand, RelayEvent},
+};
 use crate::store::{Store, StoreError, StoreHandle};
 
 /// Why the daemon could not start or run.
@@ -78,7 +82,7 @@ pub async fn run(
         .await
         .map_err(DaemonError::SessionBus)?;
     let notifier = Notifier::spawn(config.notifications.enabled);
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig {
             default_region: config.default_region.clone(),
             own_number: config.own_number.clone(),
@@ -95,6 +99,29 @@ pub async fn run(
         status_tx,
         notifier,
     );
+    // The IP channel, when a relay is configured: its client is a task like the modem
+    // adapter, with the device token next to the database.
+    let mut relay_task = None;
+    if let Some(url) = config.relay.url.clone() {
+        let (relay_cmd_tx, relay_cmd_rx) = mpsc::channel(64);
+        let (relay_ev_tx, relay_ev_rx) = mpsc::channel(64);
+        engine = engine.with_relay(relay_cmd_tx, relay_ev_rx);
+        let client = ClientConfig {
+            url,
+            token_path: db_path
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join("relay-token"),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+        };
+        relay_task = Some(tokio::spawn(run_relay(
+            client,
+            buses.system.clone(),
+            relay_cmd_rx,
+            relay_ev_tx,
+        )));
+    }
     let messages = Messages::new(
         store,
         engine_tx.clone(),
@@ -137,6 +164,9 @@ pub async fn run(
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = engine.await;
         let _ = modem.await;
+        if let Some(relay) = relay_task {
+            let _ = relay.await;
+        }
         let _ = publisher.await;
     })
     .await;
@@ -144,6 +174,17 @@ pub async fn run(
         warn!("tasks did not stop in time");
     }
     Ok(())
+}
+
+/// Runs the relay client, following NetworkManager on the system bus when it can.
+async fn run_relay(
+    config: ClientConfig,
+    system: Option<String>,
+    commands: mpsc::Receiver<RelayCommand>,
+    events: mpsc::Sender<RelayEvent>,
+) {
+    let connectivity = builder(system.as_deref(), true).build().await.ok();
+    relay::client::run(config, commands, events, connectivity).await;
 }
 
 /// Connects to the system bus (retrying while it is not there) and runs the adapter.

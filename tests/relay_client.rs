@@ -1129,7 +1129,7 @@ async fn a_silent_relay_is_dead_and_owes_every_answer() {
             id: "m0".to_owned(),
         })
         .await;
-    assert_eq!(alice.send_answer("m1").await, SendAnswer::NotConnected);
+    assert_eq!(alice.send_answer("m1").await, SendAnswer::Lost);
     assert_eq!(alice.revoke_answer("m0").await, None);
     let waited = since.elapsed();
     assert!(

@@ -1413,4 +1413,47 @@ mod tests {
         assert!(failed.error.expect("a reason").contains("refused"));
         rig.stop().await;
     }
+
+    #[tokio::test]
+    async fn a_send_lost_with_the_connection_is_asked_again_never_sent_twice() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "in the tunnel");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        assert_eq!(rig.ip_send().await, id);
+        rig.answer(&id, SendAnswer::Lost).await;
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rig.modem_commands.try_recv().is_err(),
+            "sent by SMS while it may be on the relay"
+        );
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        // After the login: the subscription, then the same send again.
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe { .. }
+        ));
+        assert_eq!(rig.ip_send().await, id);
+        rig.answer(
+            &id,
+            SendAnswer::Accepted {
+                state: SendState::Delivered,
+                duplicate: true,
+            },
+        )
+        .await;
+        loop {
+            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
+                break;
+            }
+        }
+        assert!(rig.modem_commands.try_recv().is_err());
+        rig.stop().await;
+    }
 }

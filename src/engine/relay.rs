@@ -330,6 +330,10 @@ impl Engine {
                 info!(%id, "the relay is not reachable");
                 self.leave_relay(entry, "the relay is not reachable").await
             }
+            // It may be on the relay: it stays `sending` and is sent again with the same
+            // id after the next login, whose answer decides. Never by SMS before that,
+            // or it could arrive on both channels.
+            SendAnswer::Lost => info!(%id, "connection lost before the relay answered"),
         }
     }
 

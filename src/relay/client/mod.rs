@@ -22,7 +22,7 @@
 //!   (logged in). Never `Disabled`.
 //! - Every `Send` gets exactly one [`RelayEvent::SendAnswer`], every `Revoke` exactly one
 //!   [`RelayEvent::RevokeAnswer`]: at once when not logged in (`NotConnected` / `None`),
-//!   else the relay's answer, or `NotConnected` / `None` when the connection ends first.
+//!   else the relay's answer, or `Lost` / `None` when the connection ends first.
 //!   A send whose text or frame exceeds the relay's announced limits is `Refused` here
 //!   (`text-too-large` / `frame-too-large`) without being sent: an oversized frame would
 //!   make the relay close the connection, again after every resend.
@@ -101,9 +101,12 @@ pub enum SendAnswer {
     Accepted { state: SendState, duplicate: bool },
     /// `error` on the send: nothing was accepted (e.g. `recipient-unregistered`).
     Refused { code: ErrorCode, message: String },
-    /// Not logged in, or the connection died before the answer: whether the relay got it
-    /// is unknown; the same id may be sent again (the relay deduplicates).
+    /// Not logged in: nothing was sent (the SMS may go at once).
     NotConnected,
+    /// Sent, but the connection ended before the answer: whether the relay has it is
+    /// unknown. Send it again with the same id after the next login (the relay
+    /// deduplicates and tells where it is); never by SMS before knowing.
+    Lost,
 }
 
 /// What the client tells the engine.

@@ -579,7 +579,7 @@ impl Client {
         let mut lasted = None;
         if let Link::Up(mut session) = link {
             for id in session.sends.drain(..) {
-                let answer = SendAnswer::NotConnected;
+                let answer = SendAnswer::Lost;
                 self.out.push(RelayEvent::SendAnswer { id, answer });
             }
             for id in session.revokes.drain(..) {
