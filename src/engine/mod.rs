@@ -138,6 +138,10 @@ pub struct Engine {
     presence: watch::Sender<PresenceView>,
     /// A relay registration waits for its code SMS.
     awaiting_code: bool,
+    /// An SMS that looks like the relay's code, come before the registration said it
+    /// waits for one (the code SMS can beat the relay's `code-sent`): kept on the modem,
+    /// unstored, until the registration asks for it or this deadline passes.
+    early_code: Option<(IncomingSms, Instant)>,
     /// When the next full presence refresh is due (while logged in).
     next_refresh: Option<Instant>,
     /// When the earliest IP message waiting for its receipt is due to be revoked.
@@ -169,6 +173,7 @@ impl Engine {
             relay_events: None,
             presence: watch::channel(PresenceView::default()).0,
             awaiting_code: false,
+            early_code: None,
             next_refresh: None,
             next_deadline: None,
         }
@@ -212,6 +217,7 @@ impl Engine {
             let retry_at = self.next_retry;
             let refresh_at = self.next_refresh;
             let deadline_at = self.next_deadline;
+            let early_code_at = self.early_code.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(EngineCmd::Outbox) => self.pump().await,
@@ -237,6 +243,12 @@ impl Engine {
                 _ = sleep_until(refresh_at), if refresh_at.is_some() => {
                     debug!("periodic presence refresh");
                     self.subscribe_followed().await;
+                }
+                _ = sleep_until(early_code_at), if early_code_at.is_some() => {
+                    // No registration asked for it: an ordinary message after all.
+                    if let Some((sms, _)) = self.early_code.take() {
+                        self.on_incoming(sms).await;
+                    }
                 }
                 _ = sleep_until(deadline_at), if deadline_at.is_some() => {
                     self.next_deadline = None;
@@ -331,10 +343,9 @@ impl Engine {
     /// between any two steps leaves the SMS on the modem, and the next start finds it again:
     /// the store's dedupe key makes that a no-op instead of a second message.
     async fn on_incoming(&mut self, sms: IncomingSms) {
-        if self.take_code_sms(&sms.text).await {
-            self.command(ModemCommand::Delete { path: sms.path }).await;
+        let Some(sms) = self.take_code_sms(sms).await else {
             return;
-        }
+        };
         let peer = self.peer_of(&sms.number);
         let key = dedupe_key(&sms);
         let timestamp_ms = sms.timestamp_ms.unwrap_or_else(now_ms);
@@ -1019,40 +1030,28 @@ mod tests {
     #[tokio::test]
     async fn the_registration_code_sms_goes_to_the_relay_and_nowhere_else() {
         let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        // Not registering: an SMS that looks like a code is an ordinary message.
-        let early = sms(
-            "+15559990000",
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 111111",
-            "/sms/1",
-        );
-        rig.modem_events
-            .send(ModemEvent::Incoming(early))
-            .await
-            .expect("send");
-        assert!(matches!(rig.announced().await, Event::Received(_)));
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Delete { .. }
-        ));
-
-        rig.relay(RelayEvent::AwaitingCode {
-            number: "+15550001111".into(),
-        })
-        .await;
-        // The two channels are independent: let the engine take this one first, as the
-        // code SMS comes seconds after the relay's code-sent in real life.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The code SMS beats the relay's code-sent: kept aside, on the modem, unstored.
         let code = sms(
             "+15559990000",
-            "2024-05-01T12:00:01+00",
+            "2024-05-01T12:00:00+00",
             "Tandem code: 482913",
-            "/sms/2",
+            "/sms/1",
         );
         rig.modem_events
             .send(ModemEvent::Incoming(code.clone()))
             .await
             .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            rig.modem_commands.try_recv().is_err(),
+            "deleted before it was used"
+        );
+        assert!(rig.announcements.try_recv().is_err(), "shown");
+        // The registration asks for it: the code goes to the relay, the SMS away.
+        rig.relay(RelayEvent::AwaitingCode {
+            number: "+15550001111".into(),
+        })
+        .await;
         assert_eq!(
             rig.relay_command().await,
             RelayCommand::Code("482913".into())
@@ -1061,13 +1060,36 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Delete { path: code.path }
         );
+        // Logged in: a text that merely looks like a code is an ordinary message.
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let later = sms(
+            "+15559990000",
+            "2024-05-01T12:05:00+00",
+            "Tandem code: 111111",
+            "/sms/2",
+        );
+        rig.modem_events
+            .send(ModemEvent::Incoming(later))
+            .await
+            .expect("send");
+        loop {
+            if let Event::Received(m) = rig.announced().await {
+                assert_eq!(m.text, "Tandem code: 111111");
+                break;
+            }
+        }
         let stored = rig
             .store
             .call(|s| s.get_messages("+15559990000", None, 10))
             .await
             .expect("messages");
-        assert_eq!(stored.len(), 1, "the code SMS is never stored: {stored:?}");
-        assert!(rig.announcements.try_recv().is_err());
+        assert_eq!(
+            stored.len(),
+            1,
+            "only the ordinary one is stored: {stored:?}"
+        );
         rig.stop().await;
     }
 

@@ -12,11 +12,15 @@ use std::time::Duration;
 
 use super::{Engine, Event};
 use crate::domain::{Channel, ChannelRequest, Message, Presence, RelayState, Status, now_ms};
+use crate::modem::{IncomingSms, ModemCommand};
 use crate::relay::client::{
     ConfirmOutcome, PresenceEntry, PresenceState, ReceiptOutcome, RelayCommand, RelayEvent,
     RevokeOutcome, SendAnswer, SendState,
 };
 use crate::store::{PresenceRecord, RelayPending, RelayStage};
+
+/// How long an early code SMS waits for the registration to ask for it.
+const EARLY_CODE_WAIT: Duration = Duration::from_secs(60);
 
 /// Presence as known since the current login: what the channel rule and the API go by.
 /// Absent numbers are offline (unknown, unregistered, or not refreshed since a restart).
@@ -64,6 +68,10 @@ impl Engine {
             RelayEvent::LoggedIn { queued } => {
                 info!(queued, "logged in to the relay");
                 self.awaiting_code = false;
+                if let Some((sms, _)) = self.early_code.take() {
+                    // Logged in without it: an ordinary message after all.
+                    Box::pin(self.on_incoming(sms)).await;
+                }
                 self.subscribe_followed().await;
                 self.reack_held().await;
                 self.resume_on_relay().await;
@@ -71,6 +79,9 @@ impl Engine {
             RelayEvent::AwaitingCode { number } => {
                 info!(%number, "relay registration: waiting for the code SMS");
                 self.awaiting_code = true;
+                if let Some((sms, _)) = self.early_code.take() {
+                    Box::pin(self.on_incoming(sms)).await;
+                }
             }
             RelayEvent::Deliver { from, id, text, ts } => self.on_deliver(from, id, text, ts).await,
             RelayEvent::Confirm { from, id, outcome } => self.on_confirm(from, id, outcome).await,
@@ -89,18 +100,31 @@ impl Engine {
         }
     }
 
-    /// An incoming SMS that is the relay's registration code while a registration waits
-    /// for it: handed to the relay client, never stored. Returns whether it was one.
-    pub(super) async fn take_code_sms(&mut self, text: &str) -> bool {
-        if !self.awaiting_code {
-            return false;
+    /// Takes the relay's registration-code SMS out of the SMS path: while a registration
+    /// waits for it, the code goes to the relay client and the SMS is deleted, never
+    /// stored. One that comes while we are not logged in but before the registration
+    /// asked (the SMS can beat the relay's answer) is kept aside, still on the modem, for
+    /// a while. Anything else is given back, to be handled as an ordinary SMS.
+    pub(super) async fn take_code_sms(&mut self, sms: IncomingSms) -> Option<IncomingSms> {
+        if self.relay.is_none() {
+            return Some(sms);
         }
-        let Some(code) = code_in(&self.config.code_pattern, text) else {
-            return false;
+        let Some(code) = code_in(&self.config.code_pattern, &sms.text) else {
+            return Some(sms);
         };
-        info!("registration code received by SMS");
-        self.relay_command(RelayCommand::Code(code)).await;
-        true
+        if self.awaiting_code {
+            info!("registration code received by SMS");
+            self.relay_command(RelayCommand::Code(code)).await;
+            self.command(ModemCommand::Delete { path: sms.path }).await;
+            return None;
+        }
+        let logged_in = self.status.borrow().relay == RelayState::Online;
+        if logged_in || self.early_code.is_some() {
+            return Some(sms);
+        }
+        debug!("a code SMS before the registration asked for it: kept aside");
+        self.early_code = Some((sms, tokio::time::Instant::now() + EARLY_CODE_WAIT));
+        None
     }
 
     /// Follows the conversation peers and watched numbers that can be on the relay.

@@ -75,7 +75,7 @@ impl Sim {
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::null())
             .spawn()
             .expect("tandem-mmsim starts");
         let mut line = String::new();
@@ -490,4 +490,91 @@ pub fn config_for(modem: &str) -> String {
     format!(
         "default_region = \"US\"\n\n[sms]\nmodem = \"{modem}\"\n\n[notifications]\nenabled = false\n"
     )
+}
+
+/// A running `tandem-relay` on 127.0.0.1 with its own database, killed on drop.
+pub struct Relay {
+    child: Option<Child>,
+    pub addr: String,
+    args: Vec<String>,
+    db: PathBuf,
+}
+
+impl Relay {
+    /// Starts the relay binary with `--verify none` (development mode).
+    pub fn start(dir: &Path) -> Relay {
+        Self::with_args(dir, &["--verify", "none"])
+    }
+
+    /// Starts the relay binary with these extra arguments.
+    pub fn with_args(dir: &Path, args: &[&str]) -> Relay {
+        let mut relay = Relay {
+            child: None,
+            addr: "127.0.0.1:0".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            db: dir.join("relay.db"),
+        };
+        relay.spawn();
+        relay
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+            .arg("--listen")
+            .arg(&self.addr)
+            .arg("--db")
+            .arg(&self.db)
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tandem-relay starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("tandem-relay prints its address");
+        self.addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same address and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The config of a daemon on the simulator's modem `modem` and the relay at `url`.
+pub fn config_with_relay(modem: &str, url: &str, fallback_timeout_s: u32) -> String {
+    format!(
+        "default_region = \"US\"\n\n[relay]\nurl = \"{url}\"\nfallback_timeout_s = {fallback_timeout_s}\n\n[sms]\nmodem = \"{modem}\"\n\n[notifications]\nenabled = false\n"
+    )
+}
+
+impl Daemon {
+    /// The process id, for SIGSTOP/SIGCONT.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
 }

@@ -1,0 +1,295 @@
+//! End-to-end: the IP channel with the real binaries. A relay on loopback, the simulator
+//! hosting Alice's and Bob's modems (and the carrier between them) on a private system
+//! bus, and one `tandemd` per phone, each on a private session bus of its own.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use tandem::api::MessagesProxy;
+
+const ALICE: &str = "+15550001111";
+const BOB: &str = "+15550002222";
+
+struct Phone {
+    _session: Bus,
+    daemon: Daemon,
+    signals: SignalLog,
+    api: MessagesProxy<'static>,
+}
+
+impl Phone {
+    async fn start(system: &Bus, dir: &std::path::Path, number: &str, relay: &str) -> Phone {
+        let session = Bus::start();
+        let signals = SignalLog::start(&session).await;
+        let daemon =
+            Daemon::start(&session, system, dir, &config_with_relay(number, relay, 2)).await;
+        let api = client(&session).await;
+        Phone {
+            _session: session,
+            daemon,
+            signals,
+            api,
+        }
+    }
+
+    async fn online(&self) {
+        eventually("RelayState online", || async {
+            self.api.relay_state().await.ok().as_deref() == Some("online")
+        })
+        .await;
+        eventually("ModemState registered", || async {
+            self.api.modem_state().await.ok().as_deref() == Some("registered")
+        })
+        .await;
+    }
+
+    async fn sees(&self, number: &str, presence: &str) {
+        eventually(&format!("{number} {presence}"), || async {
+            self.api.get_presence(number).await.ok().as_deref() == Some(presence)
+        })
+        .await;
+    }
+
+    async fn send(&self, to: &str, text: &str) -> String {
+        self.api
+            .send_message(to, text, HashMap::new())
+            .await
+            .expect("SendMessage")
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) {
+        self.signals
+            .wait_until(status, |s| s.statuses(id).iter().any(|st| st == status))
+            .await;
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    system: Bus,
+    _sim: Sim,
+    ctl: SimCtl,
+    relay: Relay,
+    alice: Phone,
+    bob: Phone,
+}
+
+impl World {
+    async fn new() -> World {
+        let dir = temp_dir();
+        let system = Bus::start();
+        let sim = Sim::start(&system, &[ALICE, BOB]);
+        let ctl = SimCtl::new(&system.connect().await).await;
+        let relay = Relay::start(dir.path());
+        let alice = Phone::start(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
+        let bob = Phone::start(&system, &dir.path().join("bob"), BOB, &relay.url()).await;
+        alice.online().await;
+        bob.online().await;
+        // Alice follows Bob (a contact without a conversation yet).
+        alice.api.watch(vec![BOB.into()]).await.expect("Watch");
+        alice.sees(BOB, "online").await;
+        World {
+            dir,
+            system,
+            _sim: sim,
+            ctl,
+            relay,
+            alice,
+            bob,
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn both_online_the_message_goes_over_ip_with_receipts() {
+    let w = World::new().await;
+    let id = w.alice.send(BOB, "hi Bob, over IP").await;
+    w.alice.wait_status(&id, "delivered").await;
+    assert_eq!(
+        w.alice.signals.statuses(&id),
+        ["sending", "sent", "delivered"]
+    );
+    let m = w.alice.api.get_message(&id).await.expect("GetMessage");
+    assert_eq!((m.channel.as_str(), m.status.as_str()), ("ip", "delivered"));
+
+    w.bob
+        .signals
+        .wait_until("Bob receives it", |s| s.received().len() == 1)
+        .await;
+    let got = &w.bob.signals.received()[0];
+    assert_eq!(
+        (got.peer.as_str(), got.text.as_str(), got.channel.as_str()),
+        (ALICE, "hi Bob, over IP", "ip")
+    );
+    // Nothing went through the SMS centre.
+    assert!(w.ctl.get_sent(ALICE).await.is_empty());
+    assert!(w.ctl.list_sms(BOB).await.is_empty());
+}
+
+#[tokio::test]
+async fn presence_follows_the_peer_and_an_offline_peer_gets_sms() {
+    let mut w = World::new().await;
+    w.bob.daemon.stop();
+    w.alice.sees(BOB, "offline").await;
+    assert!(
+        w.alice.signals.all().iter().any(|s| matches!(s,
+            Signal::Presence { number, presence } if number == BOB && presence == "offline")),
+        "{:?}",
+        w.alice.signals.all()
+    );
+    let id = w.alice.send(BOB, "you are offline, so SMS").await;
+    w.alice.wait_status(&id, "sent").await;
+    let m = w.alice.api.get_message(&id).await.expect("GetMessage");
+    assert_eq!(m.channel, "sms");
+    assert_eq!(w.ctl.get_sent(ALICE).await.len(), 1);
+
+    // Bob comes back: he finds the SMS on his modem, and Alice sees him online again.
+    w.bob.daemon.restart().await;
+    w.alice.sees(BOB, "online").await;
+    w.bob
+        .signals
+        .wait_until("Bob gets the SMS", |s| {
+            s.received()
+                .iter()
+                .any(|m| m.text == "you are offline, so SMS" && m.channel == "sms")
+        })
+        .await;
+    // Back to IP.
+    let id = w.alice.send(BOB, "and IP again").await;
+    w.alice.wait_status(&id, "delivered").await;
+    assert_eq!(
+        w.alice
+            .api
+            .get_message(&id)
+            .await
+            .expect("GetMessage")
+            .channel,
+        "ip"
+    );
+}
+
+#[tokio::test]
+async fn no_receipt_in_time_revokes_and_sends_by_sms_exactly_once() {
+    let w = World::new().await;
+    // Bob's daemon hangs: the relay still has him online, but nothing acks.
+    signal(w.bob.daemon.pid(), "-STOP");
+    let id = w.alice.send(BOB, "hello? (fallback)").await;
+    w.alice.wait_status(&id, "delivered").await;
+    signal(w.bob.daemon.pid(), "-CONT");
+    let m = w.alice.api.get_message(&id).await.expect("GetMessage");
+    assert_eq!(m.channel, "sms", "{:?}", w.alice.signals.statuses(&id));
+    assert_eq!(
+        w.alice.signals.statuses(&id),
+        ["sending", "sent", "queued", "sending", "sent", "delivered"]
+    );
+    // Bob gets it once, by SMS; the revoked IP copy is dropped unseen.
+    w.bob
+        .signals
+        .wait_until("Bob gets the SMS", |s| !s.received().is_empty())
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = w.bob.signals.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].text.as_str(), got[0].channel.as_str()),
+        ("hello? (fallback)", "sms")
+    );
+    let stored = w
+        .bob
+        .api
+        .get_messages(ALICE, "", 10)
+        .await
+        .expect("GetMessages");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}
+
+#[tokio::test]
+async fn with_the_relay_down_messages_go_by_sms_at_once() {
+    let mut w = World::new().await;
+    w.relay.kill();
+    eventually("Alice offline", || async {
+        w.alice.api.relay_state().await.ok().as_deref() != Some("online")
+    })
+    .await;
+    w.alice.sees(BOB, "offline").await;
+    let id = w.alice.send(BOB, "relay is down").await;
+    w.alice.wait_status(&id, "sent").await;
+    assert_eq!(
+        w.alice
+            .api
+            .get_message(&id)
+            .await
+            .expect("GetMessage")
+            .channel,
+        "sms"
+    );
+    // The relay returns: both log in again by themselves.
+    w.relay.restart();
+    w.alice.online().await;
+    w.alice.sees(BOB, "online").await;
+    let _ = (&w.dir, &w.system);
+}
+
+#[tokio::test]
+async fn registration_proves_the_number_with_an_sms_code() {
+    let dir = temp_dir();
+    let system = Bus::start();
+    let _sim = Sim::start(&system, &[ALICE]);
+    // The operator's SMS gateway: here, the simulated carrier delivers the code SMS.
+    let script = dir.path().join("send-code");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec busctl --address='{}' call org.tandem.MMSim1 /org/tandem/MMSim1 \
+             org.tandem.MMSim1 InjectSms sssa{{sv}} \"$1\" +15550000000 \"$TANDEM_TEXT\" 0 >/dev/null\n",
+            system.address
+        ),
+    )
+    .expect("script");
+    std::process::Command::new("chmod")
+        .args(["+x", &script.display().to_string()])
+        .status()
+        .expect("chmod");
+    let relay = Relay::with_args(
+        dir.path(),
+        &[
+            "--verify",
+            "sms-command",
+            "--sms-command",
+            &script.display().to_string(),
+        ],
+    );
+    let alice = Phone::start(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
+    alice.online().await;
+    // The code SMS was answered and never shown.
+    assert!(
+        alice.signals.received().is_empty(),
+        "{:?}",
+        alice.signals.received()
+    );
+    assert!(
+        alice
+            .api
+            .list_conversations(0, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let token = dir.path().join("alice/data/tandem/relay-token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token).expect("token file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
