@@ -15,12 +15,17 @@ fn the_demo_plays_its_script() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     for needle in [
-        "Alice: MessageStatusChanged sending",
-        "Alice: MessageStatusChanged delivered",
-        "Bob: MessageReceived from +15550001111 over sms: \"Hi Bob! Dinner at eight?\"",
-        "Alice: MessageReceived from +15550002222 over sms",
-        // Bob's quick reply is the newest, although the SMS centre stamps whole seconds.
-        "unread 1  last: \"Sounds good, see you then 🙂\" (incoming)",
+        "Alice: PresenceChanged +15550002222 online",
+        "Bob: MessageReceived from +15550001111 over ip: \"Hi Bob! Dinner at eight?\"",
+        "Alice: MessageStatusChanged delivered via \"ip\"",
+        "Alice: MessageReceived from +15550002222 over ip: \"Sounds good, see you then 🙂\"",
+        // Bob's daemon stopped: presence goes offline and the next message goes by SMS.
+        "Alice: PresenceChanged +15550002222 offline",
+        "Alice: MessageStatusChanged sent via \"sms\"",
+        "Bob: MessageReceived from +15550001111 over sms: \"Shall I bring wine?\" (waited on his modem)",
+        // Back online: IP again.
+        "Bob: MessageReceived from +15550001111 over ip: \"See you at eight!\"",
+        "presence online  last: \"See you at eight!\" (outgoing)",
         "busctl --user call",
         "Stopping.",
     ] {

@@ -1,10 +1,12 @@
 //! `tandem-demo`: two simulated phones texting each other, with no phone and none of
 //! your buses involved. Starts private D-Bus buses, the ModemManager simulator hosting
-//! Alice's and Bob's modems, and one Tandem daemon per phone (all in this process, each
-//! daemon on a session bus of its own), plays a short script, prints the `busctl`
-//! commands to try, and stays up until Ctrl-C. Everything it started is stopped at exit.
+//! Alice's and Bob's modems, a relay on loopback, and one Tandem daemon per phone (all in
+//! this process, each daemon on a session bus of its own). It plays the founding method:
+//! over IP while both are online, presence changes, Bob's daemon stopped and the next
+//! message going by SMS, Bob back and IP again. Then it prints the `busctl` commands to
+//! try and stays up until Ctrl-C. Everything it started is stopped at exit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -34,13 +36,16 @@ struct Args {
     verbose: u8,
 }
 
-/// One simulated phone: its session bus, its daemon, and a client of it.
+/// One simulated phone: its session bus, its daemon (which can be stopped and started
+/// again on the same database), and a client of it.
 struct Phone {
     name: &'static str,
     number: &'static str,
     session: PrivateBus,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    system: String,
+    relay_url: String,
+    db: PathBuf,
+    daemon: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     api: MessagesProxy<'static>,
 }
 
@@ -49,25 +54,41 @@ impl Phone {
         name: &'static str,
         number: &'static str,
         system: &PrivateBus,
+        relay_url: &str,
         dir: &Path,
     ) -> Result<Phone> {
         let session = PrivateBus::start()?;
-        let config = Config {
-            own_number: None,
+        let conn = session.connect().await?;
+        let api = MessagesProxy::new(&conn).await?;
+        let mut phone = Phone {
+            name,
+            number,
+            session,
+            system: system.address().to_owned(),
+            relay_url: relay_url.to_owned(),
+            db: dir.join(name).join("messages.db"),
+            daemon: None,
+            api,
+        };
+        phone.start_daemon().await?;
+        Ok(phone)
+    }
+
+    /// Runs `tandem::daemon::run` (what `tandemd` runs) for this phone.
+    async fn start_daemon(&mut self) -> Result<()> {
+        let mut config = Config {
             default_region: Some("US".into()),
-            sms: tandem::config::SmsConfig {
-                modem: Some(number.into()),
-                ..Default::default()
-            },
             notifications: tandem::config::NotificationsConfig { enabled: false },
             ..Default::default()
         };
-        let db = dir.join(name).join("messages.db");
+        config.sms.modem = Some(self.number.into());
+        config.relay.url = Some(self.relay_url.clone());
         let buses = Buses {
-            session: Some(session.address().to_owned()),
-            system: Some(system.address().to_owned()),
+            session: Some(self.session.address().to_owned()),
+            system: Some(self.system.clone()),
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        let (name, db) = (self.name, self.db.clone());
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
@@ -76,83 +97,71 @@ impl Phone {
                 eprintln!("{name}'s daemon failed: {e}");
             }
         });
-        let conn = zbus::connection::Builder::address(session.address())
-            .build()
-            .await?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dbus
-            .name_has_owner("org.tandem.Messages1".try_into()?)
-            .await
-            .unwrap_or(false)
-        {
-            if Instant::now() > deadline {
-                bail!("{name}'s daemon did not come up");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let api = MessagesProxy::new(&conn).await?;
-        Ok(Phone {
-            name,
-            number,
-            session,
-            stop: Some(stop),
-            task,
-            api,
+        self.daemon = Some((stop, task));
+        self.until("its daemon to come up", async || {
+            Ok(self.api.modem_state().await? == "registered"
+                && self.api.relay_state().await? == "online")
         })
+        .await
     }
 
-    async fn wait_registered(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.api.modem_state().await? != "registered" {
+    async fn stop_daemon(&mut self) {
+        if let Some((stop, task)) = self.daemon.take() {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+        }
+    }
+
+    async fn until(&self, what: &str, check: impl AsyncFn() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !check().await.unwrap_or(false) {
             if Instant::now() > deadline {
-                bail!("{}'s modem did not register", self.name);
+                bail!("timed out waiting for {}'s {what}", self.name);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
     }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(6), &mut self.task).await;
-    }
 }
 
-/// Sends `text` from `from` to `to` and narrates what each side sees until delivery.
+/// Prints a line with the time since the demo started.
+fn say(started: Instant, line: &str) {
+    println!(
+        "{:>6.0} ms  {line}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+/// Sends `text` from `from` to `to` and narrates what each side sees until it is
+/// delivered and (when `to`'s daemon runs) received.
 async fn converse(from: &Phone, to: &Phone, text: &str, started: Instant) -> Result<()> {
     let mut statuses = from.api.receive_message_status_changed().await?;
     let mut received = to.api.receive_message_received().await?;
-    let t = |started: Instant| format!("{:>6.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     let id = from
         .api
         .send_message(to.number, text, Default::default())
         .await?;
-    println!(
-        "{}  {}: SendMessage({}, {text:?}) → {id}",
-        t(started),
-        from.name,
-        to.number
+    say(
+        started,
+        &format!("{}: SendMessage({}, {text:?}) → {id}", from.name, to.number),
     );
     let mut delivered = false;
-    let mut arrived = false;
-    let deadline = tokio::time::sleep(Duration::from_secs(15));
+    let mut arrived = to.daemon.is_none();
+    let deadline = tokio::time::sleep(Duration::from_secs(40));
     tokio::pin!(deadline);
     while !(delivered && arrived) {
         tokio::select! {
             Some(signal) = statuses.next() => {
                 let args = signal.args()?;
                 if args.id() == &id {
-                    println!("{}  {}: MessageStatusChanged {} via {:?}", t(started), from.name, args.status(), args.channel());
+                    say(started, &format!("{}: MessageStatusChanged {} via {:?}", from.name, args.status(), args.channel()));
                     delivered |= *args.status() == "delivered" || *args.status() == "failed";
                 }
             }
-            Some(signal) = received.next() => {
+            Some(signal) = received.next(), if !arrived => {
                 let args = signal.args()?;
                 let m = args.message();
-                println!("{}  {}: MessageReceived from {} over {}: {:?}", t(started), to.name, m.peer, m.channel, m.text);
+                say(started, &format!("{}: MessageReceived from {} over {}: {:?}", to.name, m.peer, m.channel, m.text));
                 arrived = true;
             }
             _ = &mut deadline => bail!("the message did not arrive in time"),
@@ -161,14 +170,31 @@ async fn converse(from: &Phone, to: &Phone, text: &str, started: Instant) -> Res
     Ok(())
 }
 
+/// Waits for `phone` to see `number` with `presence`, and says so.
+async fn presence(phone: &Phone, number: &str, presence: &str, started: Instant) -> Result<()> {
+    phone
+        .until("presence change", async || {
+            Ok(phone.api.get_presence(number).await? == presence)
+        })
+        .await?;
+    say(
+        started,
+        &format!("{}: PresenceChanged {number} {presence}", phone.name),
+    );
+    Ok(())
+}
+
 async fn demo(args: &Args) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tandem-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let system = PrivateBus::start()?;
+    let result = play(args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
 
-    let sim_conn = zbus::connection::Builder::address(system.address())
-        .build()
-        .await?;
+async fn play(args: &Args, dir: &Path) -> Result<()> {
+    let system = PrivateBus::start()?;
+    let sim_conn = system.connect().await?;
     let spec = |number: &str| ModemSpec {
         own_number: number.into(),
         sim_own_number: true,
@@ -185,22 +211,56 @@ async fn demo(args: &Args) -> Result<()> {
     .context("cannot start the ModemManager simulator")?;
     println!("ModemManager simulator: modems for Alice ({ALICE}) and Bob ({BOB}), one carrier.");
 
-    let alice = Phone::start("Alice", ALICE, &system, &dir).await?;
-    let bob = Phone::start("Bob", BOB, &system, &dir).await?;
-    alice.wait_registered().await?;
-    bob.wait_registered().await?;
-    println!("Two phones, each with its own tandemd; both modems registered.\n");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let relay_url = format!("ws://{}", listener.local_addr()?);
+    let (stop_relay, relay_stopped) = oneshot::channel::<()>();
+    let relay_config = tandem::relay::RelayConfig {
+        db_path: Some(dir.join("relay.db")),
+        ..Default::default()
+    };
+    let relay = tokio::spawn(tandem::relay::run(listener, relay_config, async move {
+        let _ = relay_stopped.await;
+    }));
+    println!("Relay on {relay_url} (development mode: numbers registered without an SMS code).");
+
+    let alice = Phone::start("Alice", ALICE, &system, &relay_url, dir).await?;
+    let mut bob = Phone::start("Bob", BOB, &system, &relay_url, dir).await?;
+    println!("Two phones, each with its own tandemd: modems registered, logged in to the relay.\n");
 
     let started = Instant::now();
+    // Bob is in Alice's contacts: she follows his presence.
+    alice.api.watch(vec![BOB.into()]).await?;
+    presence(&alice, BOB, "online", started).await?;
     converse(&alice, &bob, "Hi Bob! Dinner at eight?", started).await?;
     println!();
     converse(&bob, &alice, "Sounds good, see you then 🙂", started).await?;
 
+    println!("\nBob's daemon stops (phone off the network):");
+    bob.stop_daemon().await;
+    presence(&alice, BOB, "offline", started).await?;
+    converse(&alice, &bob, "Shall I bring wine?", started).await?;
+    println!("\nBob's daemon starts again:");
+    let mut received = bob.api.receive_message_received().await?;
+    bob.start_daemon().await?;
+    if let Some(signal) = received.next().await {
+        let args = signal.args()?;
+        let m = args.message();
+        say(
+            started,
+            &format!(
+                "Bob: MessageReceived from {} over {}: {:?} (waited on his modem)",
+                m.peer, m.channel, m.text
+            ),
+        );
+    }
+    presence(&alice, BOB, "online", started).await?;
+    converse(&alice, &bob, "See you at eight!", started).await?;
+
     println!("\nAlice's conversations:");
     for c in alice.api.list_conversations(0, 10).await? {
         println!(
-            "  {}  unread {}  last: {:?} ({})",
-            c.peer, c.unread, c.last_text, c.last_direction
+            "  {}  unread {}  presence {}  last: {:?} ({})",
+            c.peer, c.unread, c.presence, c.last_text, c.last_direction
         );
     }
 
@@ -225,9 +285,11 @@ async fn demo(args: &Args) -> Result<()> {
         tokio::signal::ctrl_c().await?;
     }
     println!("Stopping.");
-    alice.stop().await;
-    bob.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut alice = alice;
+    alice.stop_daemon().await;
+    bob.stop_daemon().await;
+    let _ = stop_relay.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
     Ok(())
 }
 

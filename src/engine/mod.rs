@@ -76,6 +76,9 @@ pub struct Announcement {
     pub emitted: Option<oneshot::Sender<()>>,
 }
 
+/// How long a message to a new contact waits for the contact's presence.
+const NEW_CONTACT_WAIT: Duration = Duration::from_secs(2);
+
 /// How long the engine waits for the publisher to emit a `MessageReceived`.
 const EMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -144,6 +147,8 @@ pub struct Engine {
     early_code: Option<(IncomingSms, Instant)>,
     /// When the next full presence refresh is due (while logged in).
     next_refresh: Option<Instant>,
+    /// The numbers last subscribed to on the relay.
+    subscribed: HashSet<String>,
     /// When the earliest IP message waiting for its receipt is due to be revoked.
     next_deadline: Option<Instant>,
 }
@@ -175,6 +180,7 @@ impl Engine {
             awaiting_code: false,
             early_code: None,
             next_refresh: None,
+            subscribed: HashSet::new(),
             next_deadline: None,
         }
     }
@@ -365,8 +371,12 @@ impl Engine {
         match stored {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
+                let new_contact = !self.subscribed.contains(&message.peer);
                 self.announce_received(message).await;
                 self.recount().await;
+                if new_contact {
+                    self.subscribe_followed().await;
+                }
             }
             Ok(None) => debug!(path = %sms.path.as_str(), "sms already stored"),
             Err(e) => {
@@ -506,9 +516,20 @@ impl Engine {
         let mut held_peers = HashSet::new();
         let mut next_due: Option<i64> = None;
         let presence = self.presence.borrow().clone();
+        let relay_online = status.relay == RelayState::Online;
+        let mut follow_new = false;
         for entry in outbox {
             let message = entry.message;
             if !held_peers.insert(message.peer.clone()) {
+                continue;
+            }
+            // A new contact: learn its presence first (one relay round trip), so that the
+            // first message to it can go over IP too.
+            if relay_online
+                && !self.subscribed.contains(&message.peer)
+                && crate::relay::protocol::is_e164(&message.peer)
+            {
+                follow_new = true;
                 continue;
             }
             // On its way (an SMS in flight, or on the relay): the peer's later messages
@@ -559,6 +580,12 @@ impl Engine {
         self.next_retry = next_due.map(|due| {
             Instant::now() + Duration::from_millis(due.saturating_sub(now).max(0) as u64)
         });
+        if follow_new {
+            self.subscribe_followed().await;
+            // Should the snapshot not come, route them anyway (by SMS if need be).
+            let soon = Instant::now() + NEW_CONTACT_WAIT;
+            self.next_retry = Some(self.next_retry.map_or(soon, |at| at.min(soon)));
+        }
     }
 
     /// Stores a status change and announces it; a message deleted meanwhile is skipped.
@@ -1128,10 +1155,14 @@ mod tests {
         }
         // A revoked one is acked, then dropped without a trace.
         rig.relay(deliver("m2", "revoked")).await;
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Ack { .. }
-        ));
+        // (Alice became a contact with the first message: Bob follows her now.)
+        loop {
+            match rig.relay_command().await {
+                RelayCommand::Ack { .. } => break,
+                RelayCommand::Subscribe { numbers } => assert_eq!(numbers, ["+15550002222"]),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
         rig.relay(RelayEvent::Confirm {
             from: "+15550002222".into(),
             id: "m2".into(),
@@ -1403,6 +1434,13 @@ mod tests {
             })
             .expect("queue");
         let mut rig = Rig::start(store);
+        // The other recipient is known to the relay but offline.
+        rig.relay(RelayEvent::Snapshot(vec![PresenceEntry {
+            number: "+15550003333".into(),
+            registered: true,
+            state: PresenceState::Offline,
+        }]))
+        .await;
         rig.peer_online(BOB).await;
         rig.modem_events
             .send(ModemEvent::State(ModemState::Registered))

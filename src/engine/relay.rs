@@ -136,10 +136,11 @@ impl Engine {
             Ok(numbers) => numbers,
             Err(e) => return warn!(cause = %e, "cannot read the followed numbers"),
         };
-        let numbers = numbers
+        let numbers: Vec<String> = numbers
             .into_iter()
             .filter(|n| crate::relay::protocol::is_e164(n))
             .collect();
+        self.subscribed = numbers.iter().cloned().collect();
         self.relay_command(RelayCommand::Subscribe { numbers })
             .await;
     }
@@ -194,8 +195,12 @@ impl Engine {
         {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "ip message received");
+                let new_contact = !self.subscribed.contains(&message.peer);
                 self.announce_received(message).await;
                 self.recount().await;
+                if new_contact {
+                    self.subscribe_followed().await;
+                }
             }
             Ok(None) => debug!(%from, %id, "confirmed IP message already shown"),
             Err(e) => warn!(%from, %id, cause = %e, "cannot store a confirmed IP message"),
@@ -219,6 +224,11 @@ impl Engine {
         let cached = records.clone();
         if let Err(e) = self.store.call(move |s| s.set_presence(&cached)).await {
             warn!(cause = %e, "cannot cache presence");
+        }
+        if snapshot {
+            // The relay answers for these: they are followed.
+            self.subscribed
+                .extend(entries.iter().map(|e| e.number.clone()));
         }
         let before = self.presence.borrow().clone();
         let mut view: HashMap<String, PeerPresence> = if snapshot {
