@@ -293,3 +293,69 @@ async fn registration_proves_the_number_with_an_sms_code() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test]
+async fn channel_ip_waits_on_the_relay_for_an_offline_peer() {
+    let mut w = World::new().await;
+    w.bob.daemon.stop();
+    w.alice.sees(BOB, "offline").await;
+    let opts: HashMap<String, zbus::OwnedVariant> = [(
+        "channel".to_owned(),
+        zbus::OwnedVariant::try_from(zbus::Variant::from("ip")).expect("variant"),
+    )]
+    .into();
+    let id = w
+        .alice
+        .api
+        .send_message(BOB, "kept for you by the relay", opts)
+        .await
+        .expect("SendMessage");
+    w.alice.wait_status(&id, "sent").await;
+    assert_eq!(
+        w.alice
+            .api
+            .get_message(&id)
+            .await
+            .expect("GetMessage")
+            .channel,
+        "ip"
+    );
+    // Well past the fallback timeout: a forced IP message is not revoked.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!w.alice.signals.statuses(&id).iter().any(|s| s == "queued"));
+    assert!(w.ctl.get_sent(ALICE).await.is_empty());
+
+    w.bob.daemon.restart().await;
+    w.alice.wait_status(&id, "delivered").await;
+    w.bob
+        .signals
+        .wait_until("Bob gets it over IP", |s| {
+            s.received()
+                .iter()
+                .any(|m| m.text == "kept for you by the relay" && m.channel == "ip")
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn typing_reaches_the_peer_and_ends_by_itself() {
+    let w = World::new().await;
+    w.bob.api.set_typing(ALICE, true).await.expect("SetTyping");
+    w.alice.sees(BOB, "typing").await;
+    // Not renewed: it ends after the relay's typing TTL (a few seconds).
+    w.alice.sees(BOB, "online").await;
+    let seen: Vec<String> = w
+        .alice
+        .signals
+        .all()
+        .into_iter()
+        .filter_map(|s| match s {
+            Signal::Presence { number, presence } if number == BOB => Some(presence),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        seen.ends_with(&["typing".to_string(), "online".to_string()]),
+        "{seen:?}"
+    );
+}
