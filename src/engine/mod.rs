@@ -1516,4 +1516,94 @@ mod tests {
         assert!(rig.modem_commands.try_recv().is_err());
         rig.stop().await;
     }
+
+    #[tokio::test]
+    async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "ack, then silence");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        rig.ip_send().await;
+        rig.answer(&id, accepted()).await;
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        // The deadline passes while offline: the revoke goes out and is not answered.
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Revoke { id: id.clone() }
+        );
+        rig.relay(RelayEvent::RevokeAnswer {
+            id: id.clone(),
+            outcome: None,
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rig.modem_commands.try_recv().is_err(),
+            "SMS before the relay said revoked"
+        );
+        // Back: the revoke is asked again, and only its answer sends the SMS.
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        loop {
+            match rig.relay_command().await {
+                RelayCommand::Revoke { id: again } if again == id => break,
+                RelayCommand::Subscribe { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        rig.relay(RelayEvent::RevokeAnswer {
+            id: id.clone(),
+            outcome: Some(RevokeOutcome::Revoked),
+        })
+        .await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_recipient_coming_online_during_the_fallback_does_not_pull_it_back_to_ip() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "falling back");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        rig.ip_send().await;
+        rig.answer(&id, accepted()).await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Revoke { id: id.clone() }
+        );
+        rig.relay(RelayEvent::RevokeAnswer {
+            id: id.clone(),
+            outcome: Some(RevokeOutcome::Revoked),
+        })
+        .await;
+        // No modem yet: it waits for SMS. Bob shows up online meanwhile.
+        rig.relay(RelayEvent::Presence(PresenceEntry {
+            number: BOB.into(),
+            registered: true,
+            state: PresenceState::Typing,
+        }))
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(cmd) = rig.relay_commands.try_recv() {
+            assert!(
+                !matches!(cmd, RelayCommand::Send { .. }),
+                "sent over IP again: {cmd:?}"
+            );
+        }
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+        );
+        rig.stop().await;
+    }
 }
