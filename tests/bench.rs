@@ -29,6 +29,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
             "ratio",
             "session_rtt_ms",
             "system_rtt_ms",
+            "commit_ms",
         ],
     ),
     (
@@ -39,6 +40,7 @@ const SCENARIOS: &[(&str, &[&str])] = &[
             "messages_per_s",
             "p99_ms",
             "relay_cpu_pct",
+            "fsync_ms",
             "fd_limit",
         ],
     ),

@@ -24,6 +24,9 @@ use crate::relay::{RelayConfig, Verify};
 /// How long a child may take to get ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Daemon mode: exactly `tandemd --db DB --config CONFIG`, until SIGTERM or SIGINT.
 pub fn daemon_mode(db: &Path, config: &Path) -> Result<(), BenchError> {
     let config = Config::load(config, true)?;
@@ -91,7 +94,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// A child process, killed (and reaped) on drop.
+/// A child process, stopped (and reaped) on drop.
 struct Guard {
     child: Child,
     what: &'static str,
@@ -116,7 +119,20 @@ impl Guard {
 }
 
 impl Drop for Guard {
+    /// SIGTERM, as systemd stops the real programs, then SIGKILL if it lingers.
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill has no memory preconditions; `pid` is our own unreaped child,
+            // so it cannot name another process.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -7,8 +7,9 @@
 //! The floor is made of D-Bus round trips only, measured in the same run: see
 //! [`FLOOR_NOTE`].
 //!
-//! Must not: count a message before the previous one is settled (Bob announced it and
-//! Alice saw its status report), so that each figure is one message on a quiet system.
+//! Must not: send a message before the previous one is settled (Bob announced it, Alice
+//! saw its status report, and a short pause let the daemons' clean-up finish), so that
+//! each figure is one message on a quiet system.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,7 +22,9 @@ use super::proc::Daemon;
 use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
+use crate::domain::Channel;
 use crate::mmsim::{self, ModemSpec, SimConfig};
+use crate::store::{NewIncoming, Store};
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
@@ -29,28 +32,32 @@ const BOB: &str = "+15550002222";
 /// How long one message may take before the run counts as broken.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Pause after each settled message, before the probes and the next message.
+const QUIET: Duration = Duration::from_millis(5);
+
 /// Round trips of the floor on the system bus and on the session buses.
 const SYSTEM_ROUND_TRIPS: f64 = 3.5;
 const SESSION_ROUND_TRIPS: f64 = 1.0;
 
 /// How the floor is made (the JSON line carries it).
 pub const FLOOR_NOTE: &str = "floor = 1 x session_rtt_ms + 3.5 x system_rtt_ms, each the \
-median of org.freedesktop.DBus.Peer.Ping round trips measured in this run (session: to \
-Alice's daemon on her session bus; system: to the simulator). An SMS needs at least: \
+median of org.freedesktop.DBus.Peer.Ping round trips measured in this run, one of each \
+after every timed message (session: to Alice's daemon on her session bus; system: to the \
+simulator). An SMS needs at least: \
 SendMessage into Alice's daemon (half a session round trip), Messaging.Create and Sms.Send \
 (ModemManager has no one-call send: 2 system round trips), Messaging.Added to Bob's daemon \
 (half), one Properties.GetAll of the new SMS (Added carries no text, and ModemManager \
 exports SMS objects outside its ObjectManager: 1), MessageReceived to the listener (half a \
-session round trip). The daemons' SQLite commits and the carrier are not in the floor.";
+session round trip). The daemons' SQLite commits and the carrier are not in the floor; \
+commit_ms is the median durable commit of one incoming message (Store::insert_incoming) on \
+the same disk, also one after every timed message, of which an SMS needs at least two (Alice's outbox, Bob's inbox).";
 
-/// How many messages, and how many round trips to take the floor's medians of.
+/// How many messages.
 #[derive(Debug, Clone)]
 pub struct SmsParams {
     pub messages: usize,
     /// Messages sent first and not counted (connection set-up, caches).
     pub warmup: usize,
-    /// Pings per bus for the floor.
-    pub pings: usize,
 }
 
 impl SmsParams {
@@ -58,7 +65,6 @@ impl SmsParams {
         SmsParams {
             messages: if quick { 20 } else { 1000 },
             warmup: 3,
-            pings: if quick { 50 } else { 500 },
         }
     }
 }
@@ -76,6 +82,8 @@ pub struct SmsFigures {
     pub ratio: f64,
     pub session_rtt_ms: f64,
     pub system_rtt_ms: f64,
+    /// Median durable commit of one message on the same disk (not in the floor).
+    pub commit_ms: f64,
     pub floor_note: &'static str,
 }
 
@@ -180,24 +188,68 @@ async fn wait_registered(api: &MessagesProxy<'_>, who: &str) -> Result<(), Bench
     }
 }
 
-/// The median round trip of `count` pings of `destination` over `conn`.
-async fn ping_median(
-    conn: &zbus::Connection,
-    destination: &'static str,
-    path: &'static str,
-    count: usize,
-) -> Result<Duration, BenchError> {
-    let peer = zbus::fdo::PeerProxy::new(conn, destination, path).await?;
-    for _ in 0..5 {
-        peer.ping().await?;
+/// The floor's ingredients, measured between the messages (after each one settled), so
+/// that they see the same machine, disk and load as the messages do.
+struct FloorProbe {
+    session: zbus::fdo::PeerProxy<'static>,
+    system: zbus::fdo::PeerProxy<'static>,
+    store: Store,
+    count: i64,
+    session_rtt: Vec<Duration>,
+    system_rtt: Vec<Duration>,
+    commit: Vec<Duration>,
+}
+
+impl FloorProbe {
+    /// Pings go to Alice's daemon on her session bus and to the simulator on the system
+    /// bus; commits go into a store of its own in `dir`, through the daemon's store code.
+    async fn new(
+        session: &zbus::Connection,
+        system: &zbus::Connection,
+        dir: &std::path::Path,
+    ) -> Result<FloorProbe, BenchError> {
+        let session =
+            zbus::fdo::PeerProxy::new(session, "org.tandem.Messages1", "/org/tandem/Messages1")
+                .await?;
+        let system = zbus::fdo::PeerProxy::new(
+            system,
+            "org.freedesktop.ModemManager1",
+            "/org/freedesktop/ModemManager1",
+        )
+        .await?;
+        Ok(FloorProbe {
+            session,
+            system,
+            store: Store::open(&dir.join("commit-probe.db"))?,
+            count: 0,
+            session_rtt: Vec::new(),
+            system_rtt: Vec::new(),
+            commit: Vec::new(),
+        })
     }
-    let mut samples = Vec::with_capacity(count);
-    for _ in 0..count {
+
+    /// One round trip on each bus and one durable commit of an incoming message.
+    async fn measure(&mut self) -> Result<(), BenchError> {
         let t = Instant::now();
-        peer.ping().await?;
-        samples.push(t.elapsed());
+        self.session.ping().await?;
+        self.session_rtt.push(t.elapsed());
+        let t = Instant::now();
+        self.system.ping().await?;
+        self.system_rtt.push(t.elapsed());
+        self.count += 1;
+        let key = format!("bench:{}", self.count);
+        let message = NewIncoming {
+            peer: ALICE,
+            text: "See you tomorrow at the station?",
+            channel: Channel::Sms,
+            timestamp_ms: 1_700_000_000_000 + self.count,
+            dedupe_key: &key,
+        };
+        let t = Instant::now();
+        self.store.insert_incoming(&message)?;
+        self.commit.push(t.elapsed());
+        Ok(())
     }
-    Ok(median(samples))
 }
 
 pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchError> {
@@ -240,6 +292,8 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
         )])
     };
 
+    let system_conn = system.connect().await?;
+    let mut probe = FloorProbe::new(&alice_conn, &system_conn, dir.path()).await?;
     let total = params.warmup + params.messages;
     eprintln!(
         "sms-latency: {} messages Alice -> Bob ({} not counted)",
@@ -295,27 +349,25 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
             what: format!("the status report of message {i}"),
             after: MESSAGE_TIMEOUT,
         })??;
+        // The daemons' clean-up (deleting the SMS and the report from the modems) runs
+        // after the delivered status: let it finish, so that neither the probes nor the
+        // next message overlap with it.
+        tokio::time::sleep(QUIET).await;
+        // Warm-up probes are not counted either (connection set-up, first commits).
+        probe.measure().await?;
+        if i < params.warmup {
+            probe.session_rtt.clear();
+            probe.system_rtt.clear();
+            probe.commit.clear();
+        }
         if (i + 1) % 100 == 0 {
             eprintln!("sms-latency: {} sent", i + 1);
         }
     }
 
-    eprintln!("sms-latency: measuring D-Bus round trips");
-    let system_conn = system.connect().await?;
-    let session_rtt = ping_median(
-        &alice_conn,
-        "org.tandem.Messages1",
-        "/org/tandem/Messages1",
-        params.pings,
-    )
-    .await?;
-    let system_rtt = ping_median(
-        &system_conn,
-        "org.freedesktop.ModemManager1",
-        "/org/freedesktop/ModemManager1",
-        params.pings,
-    )
-    .await?;
+    let session_rtt = median(std::mem::take(&mut probe.session_rtt));
+    let system_rtt = median(std::mem::take(&mut probe.system_rtt));
+    let commit = median(std::mem::take(&mut probe.commit));
 
     samples.sort_unstable();
     let p50 = quantile(&samples, 0.5);
@@ -335,6 +387,7 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
         ratio: round3(ratio),
         session_rtt_ms: ms(session_rtt),
         system_rtt_ms: ms(system_rtt),
+        commit_ms: ms(commit),
         floor_note: FLOOR_NOTE,
     })
 }
