@@ -32,9 +32,6 @@ const BOB: &str = "+15550002222";
 /// How long one message may take before the run counts as broken.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Pause after each settled message, before the probes and the next message.
-const QUIET: Duration = Duration::from_millis(5);
-
 /// Round trips of the floor on the system bus and on the session buses.
 const SYSTEM_ROUND_TRIPS: f64 = 3.5;
 const SESSION_ROUND_TRIPS: f64 = 1.0;
@@ -58,6 +55,8 @@ pub struct SmsParams {
     pub messages: usize,
     /// Messages sent first and not counted (connection set-up, caches).
     pub warmup: usize,
+    /// Pause after each settled message, before the probes and the next message.
+    pub pause: Duration,
 }
 
 impl SmsParams {
@@ -65,6 +64,7 @@ impl SmsParams {
         SmsParams {
             messages: if quick { 20 } else { 1000 },
             warmup: 3,
+            pause: Duration::from_millis(5),
         }
     }
 }
@@ -74,6 +74,7 @@ impl SmsParams {
 pub struct SmsFigures {
     pub scenario: &'static str,
     pub messages: usize,
+    pub pause_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
@@ -352,7 +353,7 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
         // The daemons' clean-up (deleting the SMS and the report from the modems) runs
         // after the delivered status: let it finish, so that neither the probes nor the
         // next message overlap with it.
-        tokio::time::sleep(QUIET).await;
+        tokio::time::sleep(params.pause).await;
         // Warm-up probes are not counted either (connection set-up, first commits).
         probe.measure().await?;
         if i < params.warmup {
@@ -380,6 +381,7 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
     Ok(SmsFigures {
         scenario: "sms-latency",
         messages: params.messages,
+        pause_ms: ms(params.pause),
         p50_ms: ms(p50),
         p99_ms: ms(quantile(&samples, 0.99)),
         max_ms: ms(quantile(&samples, 1.0)),

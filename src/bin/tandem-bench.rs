@@ -69,6 +69,9 @@ enum Scenario {
         /// Messages timed [default: 1000; --quick: 20]
         #[arg(long)]
         messages: Option<usize>,
+        /// Pause after each message has settled, before the next one, in ms [default: 5]
+        #[arg(long, value_name = "MS")]
+        pause_ms: Option<u64>,
     },
     /// K idle logged-in websocket clients (the relay's memory per connection), then P
     /// pairs exchanging messages as fast as acks allow (messages/s, latency)
@@ -125,9 +128,12 @@ async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, B
             params.calls = calls.unwrap_or(params.calls);
             json_line(&bench::store::run(setup, &params).await?)
         }
-        Scenario::SmsLatency { messages } => {
+        Scenario::SmsLatency { messages, pause_ms } => {
             let mut params = bench::sms::SmsParams::new(quick);
             params.messages = messages.unwrap_or(params.messages);
+            if let Some(pause) = pause_ms {
+                params.pause = std::time::Duration::from_millis(pause);
+            }
             json_line(&bench::sms::run(setup, &params).await?)
         }
         Scenario::Relay {
@@ -177,7 +183,10 @@ fn main() -> ExitCode {
                 conversations: None,
                 calls: None,
             },
-            Scenario::SmsLatency { messages: None },
+            Scenario::SmsLatency {
+                messages: None,
+                pause_ms: None,
+            },
             Scenario::Relay {
                 clients: None,
                 pairs: None,
