@@ -16,8 +16,10 @@
 //! - [`devbus`]: private `dbus-daemon`s for the demo, the benchmarks and the tests.
 //! - [`mmsim`]: `tandem-mmsim`, a ModemManager simulator with a simulated carrier.
 //! - [`relay`]: `tandem-relay`, the IP relay server (own SQLite), and its wire protocol.
+//! - [`bench`]: `tandem-bench`'s scenarios (set-up, measurement, figures); no daemon code.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -1,7 +1,50 @@
 //! `tandem-bench --quick`, as CI runs it: a smoke test that every scenario runs and
-//! prints its JSON line with every figure (no timing is asserted).
+//! prints its JSON line with every figure (no timing is asserted), and cleans up.
 
+use std::collections::BTreeMap;
 use std::process::Command;
+
+use serde_json::Value;
+
+/// Each scenario and the figures its line must carry.
+const SCENARIOS: &[(&str, &[&str])] = &[
+    (
+        "store",
+        &[
+            "startup_ms",
+            "list_conversations_ms",
+            "get_messages_ms",
+            "search_ms",
+            "bytes_per_message",
+            "rss_mib",
+        ],
+    ),
+    (
+        "sms-latency",
+        &[
+            "messages",
+            "p50_ms",
+            "p99_ms",
+            "floor_ms",
+            "ratio",
+            "session_rtt_ms",
+            "system_rtt_ms",
+            "commit_ms",
+        ],
+    ),
+    (
+        "relay",
+        &[
+            "clients",
+            "kib_per_connection",
+            "messages_per_s",
+            "p99_ms",
+            "relay_cpu_pct",
+            "fsync_ms",
+            "fd_limit",
+        ],
+    ),
+];
 
 #[test]
 fn quick_bench_prints_every_figure() {
@@ -18,21 +61,54 @@ fn quick_bench_prints_every_figure() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout.lines().next().expect("one JSON line");
-    assert!(line.starts_with("{\"scenario\":\"store\""), "{line}");
-    for key in [
-        "startup_ms",
-        "list_conversations_ms",
-        "get_messages_ms",
-        "search_ms",
-        "bytes_per_message",
-        "rss_mib",
-    ] {
+
+    // One JSON object per line, one line per scenario, in order.
+    let lines: Vec<BTreeMap<String, Value>> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|line| line.get("scenario").and_then(Value::as_str).unwrap_or("?"))
+        .collect();
+    let expected: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, expected, "{stdout}");
+
+    for (line, (name, keys)) in lines.iter().zip(SCENARIOS) {
+        for key in *keys {
+            let value = line.get(*key);
+            assert!(
+                value.and_then(Value::as_f64).is_some_and(f64::is_finite),
+                "{name}: {key} is missing or not a number: {line:?}"
+            );
+        }
+    }
+    // The counts that make the other figures mean something.
+    let relay = &lines[2];
+    assert!(relay["clients"].as_u64() > Some(0), "{relay:?}");
+    assert!(relay["messages"].as_u64() > Some(0), "{relay:?}");
+    assert_eq!(lines[1]["messages"].as_u64(), Some(20), "{:?}", lines[1]);
+    for text_key in [("sms-latency", 1, "floor_note"), ("relay", 2, "note")] {
+        let (name, index, key) = text_key;
         assert!(
-            line.contains(&format!("\"{key}\":")),
-            "{key} missing: {line}"
+            lines[index][key].as_str().is_some_and(|s| !s.is_empty()),
+            "{name}: no {key}"
         );
     }
+
     // It cleaned up after itself.
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}
+
+#[test]
+fn without_a_scenario_or_quick_it_says_what_to_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem-bench"))
+        .output()
+        .expect("tandem-bench runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in ["store", "sms-latency", "relay"] {
+        assert!(stderr.contains(name), "{stderr}");
+    }
 }

@@ -1,43 +1,54 @@
 //! `tandem-bench`: measures what users feel, printing one JSON line per scenario on
-//! stdout (progress on stderr). Sets up everything itself — private buses, the daemon,
-//! temporary directories on the normal disk — and cleans up after.
+//! stdout (progress on stderr). Parses the command line and runs the scenarios of
+//! [`tandem::bench`], which set up everything themselves (private buses, simulator,
+//! daemons, relay, temporary directories on the normal disk) and clean up after.
 //!
-//! Scenarios so far: `store` (a big history: start-up, list, page, search, size, memory).
-//! The daemon measured is this same binary re-executed in daemon mode (`--daemon`), which
-//! runs exactly `tandem::daemon::run`, like `tandemd`: so one `cargo run --bin
-//! tandem-bench` builds all that a run needs.
+//! Scenarios: `store`, `sms-latency`, `relay`; `--quick` runs each of them small (CI's
+//! smoke test). Hidden modes: `--daemon DB --daemon-config CFG` runs exactly what
+//! `tandemd --db DB --config CFG` runs, and `--relay-server ADDR_FILE` what `tandem-relay`
+//! runs; the scenarios re-run this executable in them, so that one `cargo run --bin
+//! tandem-bench` builds everything a run needs.
+//!
+//! ```sh
+//! cargo build --release --bin tandem-bench
+//! target/release/tandem-bench relay          # or: store, sms-latency
+//! target/release/tandem-bench --quick        # every scenario, small
+//! ```
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use futures_util::StreamExt;
-use tandem::api::MessagesProxy;
-use tandem::config::Config;
-use tandem::devbus::PrivateBus;
-use tandem::store::{self, Store};
+use serde::Serialize;
+use tandem::bench::{self, BenchError, Setup};
+use tracing_subscriber::EnvFilter;
 
-/// Benchmarks of the Tandem daemon; one JSON line per scenario on stdout.
+/// Benchmarks of Tandem; one JSON line per scenario on stdout.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     #[command(subcommand)]
     scenario: Option<Scenario>,
-    /// Small sizes, for a CI smoke run (figures are not meaningful)
+    /// Small sizes, for a CI smoke run (figures are not meaningful); without a
+    /// scenario, runs every scenario
     #[arg(long, global = true)]
     quick: bool,
     /// Where to put temporary files [default: /var/tmp, on disk rather than tmpfs]
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Internal: run as the daemon on this database (used by the scenarios)
-    #[arg(long, hide = true, value_name = "DB")]
+    #[arg(long, hide = true, value_name = "DB", requires = "daemon_config")]
     daemon: Option<PathBuf>,
+    /// Internal: the daemon's configuration file
+    #[arg(long, hide = true, value_name = "PATH", requires = "daemon")]
+    daemon_config: Option<PathBuf>,
+    /// Internal: run as the relay server, writing its address to this file
+    #[arg(long, hide = true, value_name = "ADDR_FILE", conflicts_with = "daemon")]
+    relay_server: Option<PathBuf>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Scenario {
     /// A store of N messages over C conversations: daemon start-up, ListConversations,
     /// GetMessages and Search times over D-Bus, bytes per message, RSS
@@ -48,238 +59,160 @@ enum Scenario {
         /// Conversations [default: 5000; --quick: 200]
         #[arg(long)]
         conversations: Option<u32>,
-        /// Calls of each kind to take the median of
-        #[arg(long, default_value_t = 100)]
-        calls: usize,
+        /// Calls of each kind to take the median of [default: 100]
+        #[arg(long)]
+        calls: Option<usize>,
+    },
+    /// Alice's daemon sends N SMS to Bob's, one at a time, through the simulator's
+    /// carrier: SendMessage to MessageReceived, next to the D-Bus round-trip floor
+    SmsLatency {
+        /// Messages timed [default: 1000; --quick: 20]
+        #[arg(long)]
+        messages: Option<usize>,
+        /// Pause after each message has settled, before the next one, in ms [default: 5]
+        #[arg(long, value_name = "MS")]
+        pause_ms: Option<u64>,
+    },
+    /// K idle logged-in websocket clients (the relay's memory per connection), then P
+    /// pairs exchanging messages as fast as acks allow (messages/s, latency)
+    Relay {
+        /// Idle clients, K [default: 10000; --quick: 200]
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Pairs exchanging messages, P [default: 50; --quick: 5]
+        #[arg(long)]
+        pairs: Option<usize>,
+        /// Sends each sender keeps in flight, W [default: 32]
+        #[arg(long)]
+        window: Option<usize>,
+        /// Seconds of exchange, S [default: 10; --quick: 1]
+        #[arg(long)]
+        seconds: Option<f64>,
     },
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(parent: Option<&Path>) -> Result<TempDir> {
-        let parent = parent.map_or_else(|| PathBuf::from("/var/tmp"), Path::to_owned);
-        let dir = parent.join(format!("tandem-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(TempDir(dir))
-    }
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The relay logs as `tandem-relay` does by default (info); its stderr is a file.
+fn init_relay_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
-/// A running daemon (this binary in daemon mode), killed on drop.
-struct Daemon {
-    child: Child,
+fn json_line<T: Serialize>(figures: &T) -> Result<String, BenchError> {
+    serde_json::to_string(figures)
+        .map_err(|e| BenchError::Unexpected(format!("cannot write JSON: {e}")))
 }
 
-impl Daemon {
-    /// Starts it and returns once it owns its name, with the time that took.
-    async fn start(
-        session: &PrivateBus,
-        system: &PrivateBus,
-        dir: &Path,
-        db: &Path,
-    ) -> Result<(Daemon, Duration)> {
-        let conn = zbus::connection::Builder::address(session.address())
-            .build()
-            .await?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let mut owner_changes = dbus
-            .receive_name_owner_changed_with_args(&[(0, "org.tandem.Messages1")])
-            .await?;
-        let started = Instant::now();
-        let child = Command::new(std::env::current_exe()?)
-            .arg("--daemon")
-            .arg(db)
-            .env("DBUS_SESSION_BUS_ADDRESS", session.address())
-            .env("DBUS_SYSTEM_BUS_ADDRESS", system.address())
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env("XDG_DATA_HOME", dir.join("data"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let daemon = Daemon { child };
-        tokio::time::timeout(Duration::from_secs(60), owner_changes.next())
-            .await
-            .context("the daemon did not take its name within 60 s")?;
-        Ok((daemon, started.elapsed()))
-    }
-
-    /// Resident memory, from /proc.
-    fn rss_mib(&self) -> Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")?;
-        Ok(kib / 1024.0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A small deterministic generator (xorshift64*), enough to pick peers.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
-    }
-}
-
-fn median_ms(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
-async fn time_calls<F, Fut, T>(calls: usize, mut call: F) -> Result<f64>
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    // A few calls first, so that the first-call costs (match rules, caches) are not
-    // counted as typical.
-    for i in 0..3 {
-        call(i).await?;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let t = Instant::now();
-        call(i).await?;
-        samples.push(t.elapsed());
-    }
-    Ok(median_ms(samples))
-}
-
-async fn store_scenario(
-    args: &Args,
-    messages: u64,
-    conversations: u32,
-    calls: usize,
-) -> Result<String> {
-    let dir = TempDir::new(args.dir.as_deref())?;
-    let db = dir.0.join("messages.db");
-    eprintln!(
-        "building a store of {messages} messages over {conversations} conversations in {}",
-        dir.0.display()
-    );
-    let t = Instant::now();
-    {
-        let mut store = Store::open(&db)?;
-        store::fill_synthetic(&mut store, messages, conversations, 1)?;
-    }
-    let build_s = t.elapsed().as_secs_f64();
-    let db_bytes = std::fs::metadata(&db)?.len();
-    eprintln!("built in {build_s:.1} s, {db_bytes} bytes; starting the daemon");
-
-    let session = PrivateBus::start()?;
-    let system = PrivateBus::start()?;
-    let (daemon, startup) = Daemon::start(&session, &system, &dir.0, &db).await?;
-    let rss_start = daemon.rss_mib()?;
-    let conn = zbus::connection::Builder::address(session.address())
-        .build()
-        .await?;
-    let api = MessagesProxy::new(&conn).await?;
-
-    let peers: Vec<String> = api
-        .list_conversations(0, 1000)
-        .await?
-        .into_iter()
-        .map(|c| c.peer)
-        .collect();
-    if peers.is_empty() {
-        bail!("the store has no conversations");
-    }
-    let list_ms = time_calls(calls, |_| async {
-        Ok(api.list_conversations(0, 50).await?)
-    })
-    .await?;
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let picks: Vec<usize> = (0..calls + 3).map(|_| rng.below(peers.len())).collect();
-    let page_ms = time_calls(calls, |i| {
-        let peer = peers[picks[i]].clone();
-        let api = &api;
-        async move { Ok(api.get_messages(&peer, "", 50).await?) }
-    })
-    .await?;
-    let search_ms = time_calls(calls, |_| async { Ok(api.search("tomorrow", 50).await?) }).await?;
-    let rss = daemon.rss_mib()?;
-    drop(daemon);
-
-    Ok(format!(
-        concat!(
-            "{{\"scenario\":\"store\",\"messages\":{},\"conversations\":{},\"build_s\":{:.1},",
-            "\"startup_ms\":{:.1},\"list_conversations_ms\":{:.3},\"get_messages_ms\":{:.3},",
-            "\"search_ms\":{:.3},\"bytes_per_message\":{:.0},\"rss_start_mib\":{:.1},\"rss_mib\":{:.1}}}"
-        ),
-        messages,
-        conversations,
-        build_s,
-        startup.as_secs_f64() * 1000.0,
-        list_ms,
-        page_ms,
-        search_ms,
-        db_bytes as f64 / messages.max(1) as f64,
-        rss_start,
-        rss,
-    ))
-}
-
-/// Daemon mode: exactly what `tandemd --db DB` does, with the default configuration.
-fn run_daemon(db: &Path) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem-bench: {e}");
-            return ExitCode::FAILURE;
+async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, BenchError> {
+    match scenario {
+        Scenario::Store {
+            messages,
+            conversations,
+            calls,
+        } => {
+            let mut params = bench::store::StoreParams::new(quick);
+            params.messages = messages.unwrap_or(params.messages);
+            params.conversations = conversations.unwrap_or(params.conversations);
+            params.calls = calls.unwrap_or(params.calls);
+            json_line(&bench::store::run(setup, &params).await?)
         }
-    };
-    let config = Config {
-        notifications: tandem::config::NotificationsConfig { enabled: false },
-        ..Config::default()
-    };
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match runtime.block_on(tandem::daemon::run(
-        config,
-        db,
-        Default::default(),
-        shutdown,
-    )) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tandem-bench daemon: {e}");
-            ExitCode::FAILURE
+        Scenario::SmsLatency { messages, pause_ms } => {
+            let mut params = bench::sms::SmsParams::new(quick);
+            params.messages = messages.unwrap_or(params.messages);
+            if let Some(pause) = pause_ms {
+                params.pause = std::time::Duration::from_millis(pause);
+            }
+            json_line(&bench::sms::run(setup, &params).await?)
+        }
+        Scenario::Relay {
+            clients,
+            pairs,
+            window,
+            seconds,
+        } => {
+            let mut params = bench::relay::RelayParams::new(quick);
+            params.clients = clients.unwrap_or(params.clients);
+            params.pairs = pairs.unwrap_or(params.pairs);
+            params.window = window.unwrap_or(params.window);
+            params.seconds = seconds.unwrap_or(params.seconds);
+            json_line(&bench::relay::run(setup, &params).await?)
         }
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(db) = &args.daemon {
-        return run_daemon(db);
+    if let (Some(db), Some(config)) = (&args.daemon, &args.daemon_config) {
+        init_logging();
+        return match bench::daemon_mode(db, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tandem-bench daemon: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
+    if let Some(addr_file) = &args.relay_server {
+        init_relay_logging();
+        return match bench::relay_server_mode(addr_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tandem-bench relay server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging();
+    let scenarios = match (args.scenario.clone(), args.quick) {
+        (Some(s), _) => vec![s],
+        (None, true) => vec![
+            Scenario::Store {
+                messages: None,
+                conversations: None,
+                calls: None,
+            },
+            Scenario::SmsLatency {
+                messages: None,
+                pause_ms: None,
+            },
+            Scenario::Relay {
+                clients: None,
+                pairs: None,
+                window: None,
+                seconds: None,
+            },
+        ],
+        (None, false) => {
+            eprintln!(
+                "tandem-bench: name a scenario (store, sms-latency, relay), or --quick for all \
+                 of them small"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("tandem-bench: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let setup = Setup {
+        exe,
+        dir: args.dir.clone(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -290,43 +223,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let scenarios: Vec<&Scenario> = match &args.scenario {
-        Some(s) => vec![s],
-        None if args.quick => Vec::new(),
-        None => {
-            eprintln!("tandem-bench: name a scenario (store), or --quick for all of them small");
-            return ExitCode::from(2);
-        }
-    };
-    let quick_store = Scenario::Store {
-        messages: None,
-        conversations: None,
-        calls: 100,
-    };
-    let scenarios = if scenarios.is_empty() {
-        vec![&quick_store]
-    } else {
-        scenarios
-    };
     for scenario in scenarios {
-        let result = match scenario {
-            Scenario::Store {
-                messages,
-                conversations,
-                calls,
-            } => {
-                let messages = messages.unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
-                let conversations = conversations.unwrap_or(if args.quick { 200 } else { 5_000 });
-                runtime.block_on(store_scenario(&args, messages, conversations, *calls))
-            }
-        };
-        match result {
+        match runtime.block_on(run(&setup, scenario, args.quick)) {
             Ok(line) => {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
+                let _ = out.flush();
             }
             Err(e) => {
-                eprintln!("tandem-bench: {e:#}");
+                eprintln!("tandem-bench: {e}");
                 return ExitCode::FAILURE;
             }
         }

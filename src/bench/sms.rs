@@ -1,0 +1,395 @@
+//! bench::sms: the `sms-latency` scenario. Alice's and Bob's daemons (children, each on
+//! a private session bus of its own) share one private system bus, where the
+//! ModemManager simulator hosts both modems (in this process, on a thread of its own,
+//! with the carrier's delays at 0). Alice sends N SMS to Bob, one at a time; each is
+//! timed from just before Alice's `SendMessage` call to Bob's `MessageReceived` signal.
+//!
+//! The floor is made of D-Bus round trips only, measured in the same run: see
+//! [`FLOOR_NOTE`].
+//!
+//! Must not: send a message before the previous one is settled (Bob announced it, Alice
+//! saw its status report, and a short pause let the daemons' clean-up finish), so that
+//! each figure is one message on a quiet system.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use zbus::OwnedVariant;
+
+use super::proc::Daemon;
+use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
+use crate::api::MessagesProxy;
+use crate::devbus::PrivateBus;
+use crate::domain::Channel;
+use crate::mmsim::{self, ModemSpec, SimConfig};
+use crate::store::{NewIncoming, Store};
+
+const ALICE: &str = "+15550001111";
+const BOB: &str = "+15550002222";
+
+/// How long one message may take before the run counts as broken.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Round trips of the floor on the system bus and on the session buses.
+const SYSTEM_ROUND_TRIPS: f64 = 3.5;
+const SESSION_ROUND_TRIPS: f64 = 1.0;
+
+/// How the floor is made (the JSON line carries it).
+pub const FLOOR_NOTE: &str = "floor = 1 x session_rtt_ms + 3.5 x system_rtt_ms, each the \
+median of org.freedesktop.DBus.Peer.Ping round trips measured in this run, one of each \
+after every timed message (session: to Alice's daemon on her session bus; system: to the \
+simulator). An SMS needs at least: \
+SendMessage into Alice's daemon (half a session round trip), Messaging.Create and Sms.Send \
+(ModemManager has no one-call send: 2 system round trips), Messaging.Added to Bob's daemon \
+(half), one Properties.GetAll of the new SMS (Added carries no text, and ModemManager \
+exports SMS objects outside its ObjectManager: 1), MessageReceived to the listener (half a \
+session round trip). The daemons' SQLite commits and the carrier are not in the floor; \
+commit_ms is the median durable commit of one incoming message (Store::insert_incoming) on \
+the same disk, also one after every timed message, of which an SMS needs at least two (Alice's outbox, Bob's inbox).";
+
+/// How many messages.
+#[derive(Debug, Clone)]
+pub struct SmsParams {
+    pub messages: usize,
+    /// Messages sent first and not counted (connection set-up, caches).
+    pub warmup: usize,
+    /// Pause after each settled message, before the probes and the next message.
+    pub pause: Duration,
+}
+
+impl SmsParams {
+    pub fn new(quick: bool) -> SmsParams {
+        SmsParams {
+            messages: if quick { 20 } else { 1000 },
+            warmup: 3,
+            pause: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The figures of one run; field order is the JSON line's.
+#[derive(Debug, Clone, Serialize)]
+pub struct SmsFigures {
+    pub scenario: &'static str,
+    pub messages: usize,
+    pub pause_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub floor_ms: f64,
+    /// p50 / floor.
+    pub ratio: f64,
+    pub session_rtt_ms: f64,
+    pub system_rtt_ms: f64,
+    /// Median durable commit of one message on the same disk (not in the floor).
+    pub commit_ms: f64,
+    pub floor_note: &'static str,
+}
+
+/// The simulator on a thread of its own (its own runtime), so that it neither waits for
+/// the measuring task nor delays it; stopped and joined on drop.
+struct SimThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SimThread {
+    fn start(address: &str) -> Result<SimThread, BenchError> {
+        let address = address.to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BenchError>>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mmsim".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(super::io("cannot start a runtime")(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let config = SimConfig {
+                        modems: vec![ModemSpec::new(ALICE), ModemSpec::new(BOB)],
+                        report_delay: Duration::ZERO,
+                        part_interval: Duration::ZERO,
+                        ..SimConfig::default()
+                    };
+                    let started = async {
+                        let conn = zbus::connection::Builder::address(address.as_str())
+                            .build()
+                            .await?;
+                        let sim = mmsim::serve(&conn, config).await?;
+                        Ok::<_, BenchError>((conn, sim))
+                    };
+                    match started.await {
+                        Ok((_conn, sim)) => {
+                            let _ = ready_tx.send(Ok(()));
+                            let _ = stop_rx.await;
+                            sim.shutdown().await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })
+            .map_err(super::io("cannot start the simulator's thread"))?;
+        let sim = SimThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(())) => Ok(sim),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BenchError::Timeout {
+                what: "the simulator to start".into(),
+                after: Duration::from_secs(30),
+            }),
+        }
+    }
+}
+
+impl Drop for SimThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn config_for(number: &str) -> String {
+    format!(
+        "default_region = \"US\"\n\n[sms]\nmodem = \"{number}\"\n\n[notifications]\nenabled = false\n"
+    )
+}
+
+/// Waits until the daemon has picked its modem.
+async fn wait_registered(api: &MessagesProxy<'_>, who: &str) -> Result<(), BenchError> {
+    let deadline = Instant::now() + MESSAGE_TIMEOUT;
+    loop {
+        if api.modem_state().await.ok().as_deref() == Some("registered") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: format!("{who}'s daemon to use its modem"),
+                after: MESSAGE_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The floor's ingredients, measured between the messages (after each one settled), so
+/// that they see the same machine, disk and load as the messages do.
+struct FloorProbe {
+    session: zbus::fdo::PeerProxy<'static>,
+    system: zbus::fdo::PeerProxy<'static>,
+    store: Store,
+    count: i64,
+    session_rtt: Vec<Duration>,
+    system_rtt: Vec<Duration>,
+    commit: Vec<Duration>,
+}
+
+impl FloorProbe {
+    /// Pings go to Alice's daemon on her session bus and to the simulator on the system
+    /// bus; commits go into a store of its own in `dir`, through the daemon's store code.
+    async fn new(
+        session: &zbus::Connection,
+        system: &zbus::Connection,
+        dir: &std::path::Path,
+    ) -> Result<FloorProbe, BenchError> {
+        let session =
+            zbus::fdo::PeerProxy::new(session, "org.tandem.Messages1", "/org/tandem/Messages1")
+                .await?;
+        let system = zbus::fdo::PeerProxy::new(
+            system,
+            "org.freedesktop.ModemManager1",
+            "/org/freedesktop/ModemManager1",
+        )
+        .await?;
+        Ok(FloorProbe {
+            session,
+            system,
+            store: Store::open(&dir.join("commit-probe.db"))?,
+            count: 0,
+            session_rtt: Vec::new(),
+            system_rtt: Vec::new(),
+            commit: Vec::new(),
+        })
+    }
+
+    /// One round trip on each bus and one durable commit of an incoming message.
+    async fn measure(&mut self) -> Result<(), BenchError> {
+        let t = Instant::now();
+        self.session.ping().await?;
+        self.session_rtt.push(t.elapsed());
+        let t = Instant::now();
+        self.system.ping().await?;
+        self.system_rtt.push(t.elapsed());
+        self.count += 1;
+        let key = format!("bench:{}", self.count);
+        let message = NewIncoming {
+            peer: ALICE,
+            text: "See you tomorrow at the station?",
+            channel: Channel::Sms,
+            timestamp_ms: 1_700_000_000_000 + self.count,
+            dedupe_key: &key,
+        };
+        let t = Instant::now();
+        self.store.insert_incoming(&message)?;
+        self.commit.push(t.elapsed());
+        Ok(())
+    }
+}
+
+pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchError> {
+    let dir = TempDir::new(setup.dir.as_deref(), "sms")?;
+    let system = PrivateBus::start()?;
+    let _sim = SimThread::start(system.address())?;
+    let alice_bus = PrivateBus::start()?;
+    let bob_bus = PrivateBus::start()?;
+    eprintln!("sms-latency: starting the simulator and two daemons");
+    let (_alice, _) = Daemon::start(
+        setup,
+        &alice_bus,
+        &system,
+        &dir.path().join("alice"),
+        &config_for(ALICE),
+    )
+    .await?;
+    let (_bob, _) = Daemon::start(
+        setup,
+        &bob_bus,
+        &system,
+        &dir.path().join("bob"),
+        &config_for(BOB),
+    )
+    .await?;
+    let alice_conn = alice_bus.connect().await?;
+    let bob_conn = bob_bus.connect().await?;
+    let alice = MessagesProxy::new(&alice_conn).await?;
+    let bob = MessagesProxy::new(&bob_conn).await?;
+    wait_registered(&alice, "Alice").await?;
+    wait_registered(&bob, "Bob").await?;
+
+    // Subscribed before anything is sent.
+    let mut received = bob.receive_message_received().await?;
+    let mut statuses = alice.receive_message_status_changed().await?;
+    let options = || {
+        HashMap::from([(
+            "channel".to_owned(),
+            OwnedVariant::from(zbus::Str::from_static("sms")),
+        )])
+    };
+
+    let system_conn = system.connect().await?;
+    let mut probe = FloorProbe::new(&alice_conn, &system_conn, dir.path()).await?;
+    let total = params.warmup + params.messages;
+    eprintln!(
+        "sms-latency: {} messages Alice -> Bob ({} not counted)",
+        total, params.warmup
+    );
+    let mut samples = Vec::with_capacity(params.messages);
+    for i in 0..total {
+        let text = format!("Bench {i}: see you tomorrow at the station?");
+        let t = Instant::now();
+        let id = alice.send_message(BOB, &text, options()).await?;
+        // Bob's announcement of exactly this message.
+        let arrived = tokio::time::timeout(MESSAGE_TIMEOUT, async {
+            while let Some(signal) = received.next().await {
+                let message = signal.args()?.message;
+                if message.text == text && message.peer == ALICE {
+                    return Ok::<_, BenchError>(t.elapsed());
+                }
+            }
+            Err(BenchError::Unexpected(
+                "Bob's signal stream ended".to_owned(),
+            ))
+        })
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("Bob to receive message {i}"),
+            after: MESSAGE_TIMEOUT,
+        })??;
+        if i >= params.warmup {
+            samples.push(arrived);
+        }
+        // Settled: Alice has its status report.
+        tokio::time::timeout(MESSAGE_TIMEOUT, async {
+            while let Some(signal) = statuses.next().await {
+                let args = signal.args()?;
+                if args.id == id {
+                    match args.status {
+                        "delivered" => return Ok(()),
+                        "failed" => {
+                            return Err(BenchError::Unexpected(format!(
+                                "Alice's message {i} failed"
+                            )));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(BenchError::Unexpected(
+                "Alice's signal stream ended".to_owned(),
+            ))
+        })
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("the status report of message {i}"),
+            after: MESSAGE_TIMEOUT,
+        })??;
+        // The daemons' clean-up (deleting the SMS and the report from the modems) runs
+        // after the delivered status: let it finish, so that neither the probes nor the
+        // next message overlap with it.
+        tokio::time::sleep(params.pause).await;
+        // Warm-up probes are not counted either (connection set-up, first commits).
+        probe.measure().await?;
+        if i < params.warmup {
+            probe.session_rtt.clear();
+            probe.system_rtt.clear();
+            probe.commit.clear();
+        }
+        if (i + 1) % 100 == 0 {
+            eprintln!("sms-latency: {} sent", i + 1);
+        }
+    }
+
+    let session_rtt = median(std::mem::take(&mut probe.session_rtt));
+    let system_rtt = median(std::mem::take(&mut probe.system_rtt));
+    let commit = median(std::mem::take(&mut probe.commit));
+
+    samples.sort_unstable();
+    let p50 = quantile(&samples, 0.5);
+    let floor = session_rtt.mul_f64(SESSION_ROUND_TRIPS) + system_rtt.mul_f64(SYSTEM_ROUND_TRIPS);
+    let ratio = if floor.is_zero() {
+        0.0
+    } else {
+        p50.as_secs_f64() / floor.as_secs_f64()
+    };
+    Ok(SmsFigures {
+        scenario: "sms-latency",
+        messages: params.messages,
+        pause_ms: ms(params.pause),
+        p50_ms: ms(p50),
+        p99_ms: ms(quantile(&samples, 0.99)),
+        max_ms: ms(quantile(&samples, 1.0)),
+        floor_ms: ms(floor),
+        ratio: round3(ratio),
+        session_rtt_ms: ms(session_rtt),
+        system_rtt_ms: ms(system_rtt),
+        commit_ms: ms(commit),
+        floor_note: FLOOR_NOTE,
+    })
+}
