@@ -176,6 +176,26 @@ pub async fn run(
     Ok(())
 }
 
+/// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C): the shutdown trigger of the
+/// programs that run [`run`].
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Runs the relay client, following NetworkManager on the system bus when it can.
 async fn run_relay(
     config: ClientConfig,

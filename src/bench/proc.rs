@@ -35,7 +35,7 @@ pub fn daemon_mode(db: &Path, config: &Path) -> Result<(), BenchError> {
         config,
         db,
         Default::default(),
-        shutdown_signal(),
+        crate::daemon::shutdown_signal(),
     ))?;
     Ok(())
 }
@@ -63,7 +63,7 @@ pub fn relay_server_mode(addr_file: &Path) -> Result<(), BenchError> {
             .map_err(io(format!("cannot write {}", partial.display())))?;
         std::fs::rename(&partial, addr_file)
             .map_err(io(format!("cannot write {}", addr_file.display())))?;
-        crate::relay::run(listener, config, shutdown_signal()).await?;
+        crate::relay::run(listener, config, crate::daemon::shutdown_signal()).await?;
         Ok(())
     })
 }
@@ -73,25 +73,6 @@ fn current_thread() -> Result<tokio::runtime::Runtime, BenchError> {
         .enable_all()
         .build()
         .map_err(io("cannot start the async runtime"))
-}
-
-/// Completes on SIGTERM or SIGINT, as the real binaries stop.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// A child process, stopped (and reaped) on drop.
