@@ -44,6 +44,19 @@ const SCENARIOS: &[(&str, &[&str])] = &[
             "fd_limit",
         ],
     ),
+    (
+        "ip-latency",
+        &[
+            "messages",
+            "p50_ms",
+            "p99_ms",
+            "floor_ms",
+            "ratio",
+            "session_rtt_ms",
+            "ws_hop_ms",
+            "commit_ms",
+        ],
+    ),
 ];
 
 #[test]
@@ -88,7 +101,12 @@ fn quick_bench_prints_every_figure() {
     assert!(relay["clients"].as_u64() > Some(0), "{relay:?}");
     assert!(relay["messages"].as_u64() > Some(0), "{relay:?}");
     assert_eq!(lines[1]["messages"].as_u64(), Some(20), "{:?}", lines[1]);
-    for text_key in [("sms-latency", 1, "floor_note"), ("relay", 2, "note")] {
+    assert_eq!(lines[3]["messages"].as_u64(), Some(20), "{:?}", lines[3]);
+    for text_key in [
+        ("sms-latency", 1, "floor_note"),
+        ("relay", 2, "note"),
+        ("ip-latency", 3, "floor_note"),
+    ] {
         let (name, index, key) = text_key;
         assert!(
             lines[index][key].as_str().is_some_and(|s| !s.is_empty()),
@@ -108,7 +126,7 @@ fn without_a_scenario_or_quick_it_says_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for name in ["store", "sms-latency", "relay"] {
+    for name in ["store", "sms-latency", "relay", "ip-latency"] {
         assert!(stderr.contains(name), "{stderr}");
     }
 }

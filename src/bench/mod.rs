@@ -18,6 +18,7 @@
 //! address but loopback, or leave files behind (every temporary directory and child
 //! process is removed or killed on drop, also on failure).
 
+pub mod ip;
 mod proc;
 pub mod relay;
 pub mod sms;

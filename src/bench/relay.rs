@@ -159,13 +159,13 @@ fn number(series: u32, n: usize) -> String {
     format!("+{series}{n:07}")
 }
 
-async fn write(ws: &mut Ws, frame: &ClientFrame) -> Result<(), BenchError> {
+pub(super) async fn write(ws: &mut Ws, frame: &ClientFrame) -> Result<(), BenchError> {
     ws.send(Message::text(encode(frame))).await?;
     Ok(())
 }
 
 /// The next frame from the relay (control frames skipped); an `error` is a failure.
-async fn read(ws: &mut Ws) -> Result<ServerFrame, BenchError> {
+pub(super) async fn read(ws: &mut Ws) -> Result<ServerFrame, BenchError> {
     loop {
         match ws.next().await {
             None => return Err(BenchError::Unexpected("the relay hung up".into())),
@@ -188,7 +188,7 @@ async fn read(ws: &mut Ws) -> Result<ServerFrame, BenchError> {
 /// Connects, says hello, registers `number` (the relay verifies nothing) and logs in.
 /// `lean`: small buffers, each frame written at once (idle clients); otherwise
 /// tungstenite's defaults, which let a busy client batch its writes.
-async fn login(addr: &str, number: &str, lean: bool) -> Result<Ws, BenchError> {
+pub(super) async fn login(addr: &str, number: &str, lean: bool) -> Result<Ws, BenchError> {
     let steps = async {
         let stream = TcpStream::connect(addr)
             .await

@@ -90,13 +90,13 @@ pub struct SmsFigures {
 
 /// The simulator on a thread of its own (its own runtime), so that it neither waits for
 /// the measuring task nor delays it; stopped and joined on drop.
-struct SimThread {
+pub(super) struct SimThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SimThread {
-    fn start(address: &str) -> Result<SimThread, BenchError> {
+    pub(super) fn start(address: &str) -> Result<SimThread, BenchError> {
         let address = address.to_owned();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BenchError>>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -173,7 +173,7 @@ fn config_for(number: &str) -> String {
 }
 
 /// Waits until the daemon has picked its modem.
-async fn wait_registered(api: &MessagesProxy<'_>, who: &str) -> Result<(), BenchError> {
+pub(super) async fn wait_registered(api: &MessagesProxy<'_>, who: &str) -> Result<(), BenchError> {
     let deadline = Instant::now() + MESSAGE_TIMEOUT;
     loop {
         if api.modem_state().await.ok().as_deref() == Some("registered") {

@@ -3,7 +3,7 @@
 //! [`tandem::bench`], which set up everything themselves (private buses, simulator,
 //! daemons, relay, temporary directories on the normal disk) and clean up after.
 //!
-//! Scenarios: `store`, `sms-latency`, `relay`; `--quick` runs each of them small (CI's
+//! Scenarios: `store`, `sms-latency`, `relay`, `ip-latency`; `--quick` runs each of them small (CI's
 //! smoke test). Hidden modes: `--daemon DB --daemon-config CFG` runs exactly what
 //! `tandemd --db DB --config CFG` runs, and `--relay-server ADDR_FILE` what `tandem-relay`
 //! runs; the scenarios re-run this executable in them, so that one `cargo run --bin
@@ -62,6 +62,14 @@ enum Scenario {
         /// Calls of each kind to take the median of [default: 100]
         #[arg(long)]
         calls: Option<usize>,
+    },
+    /// Alice's daemon sends N messages to Bob's over IP through a relay, one at a time:
+    /// SendMessage to MessageReceived, next to the floor (D-Bus round trip, relay hop,
+    /// two commits)
+    IpLatency {
+        /// Messages timed [default: 1000; --quick: 20]
+        #[arg(long)]
+        messages: Option<usize>,
     },
     /// Alice's daemon sends N SMS to Bob's, one at a time, through the simulator's
     /// carrier: SendMessage to MessageReceived, next to the D-Bus round-trip floor
@@ -136,6 +144,11 @@ async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, B
             }
             json_line(&bench::sms::run(setup, &params).await?)
         }
+        Scenario::IpLatency { messages } => {
+            let mut params = bench::ip::IpParams::new(quick);
+            params.messages = messages.unwrap_or(params.messages);
+            json_line(&bench::ip::run(setup, &params).await?)
+        }
         Scenario::Relay {
             clients,
             pairs,
@@ -193,10 +206,11 @@ fn main() -> ExitCode {
                 window: None,
                 seconds: None,
             },
+            Scenario::IpLatency { messages: None },
         ],
         (None, false) => {
             eprintln!(
-                "tandem-bench: name a scenario (store, sms-latency, relay), or --quick for all \
+                "tandem-bench: name a scenario (store, sms-latency, relay, ip-latency), or --quick for all \
                  of them small"
             );
             return ExitCode::from(2);

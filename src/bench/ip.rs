@@ -1,0 +1,267 @@
+//! bench::ip: the `ip-latency` scenario. A relay (a child in relay-server mode), the
+//! ModemManager simulator with Alice's and Bob's modems, and their two daemons (children,
+//! each on a private session bus), logged in to the relay. Alice follows Bob, and sends
+//! N messages to Bob one at a time with the channel rule (`auto`: over IP, both being
+//! online); each is timed from just before Alice's `SendMessage` call to Bob's
+//! `MessageReceived` signal. The floor is measured in the same run: see [`FLOOR_NOTE`].
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::proc::{Daemon, RelayServer};
+use super::relay::{login, read, write};
+use super::sms::{SimThread, wait_registered};
+use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
+use crate::api::MessagesProxy;
+use crate::devbus::PrivateBus;
+use crate::domain::Channel;
+use crate::relay::protocol::{ClientFrame, ServerFrame};
+use crate::store::{NewIncoming, Store};
+
+const ALICE: &str = "+15550001111";
+const BOB: &str = "+15550002222";
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the floor is made (the JSON line carries it).
+pub const FLOOR_NOTE: &str = "floor = session_rtt_ms + ws_hop_ms + 2 x commit_ms, each the \
+median of probes taken after every timed message: one org.freedesktop.DBus.Peer.Ping round \
+trip to Alice's daemon on her session bus, one message from one raw websocket client to \
+another through the same relay (send to deliver), and one durable commit of an incoming \
+message (Store::insert_incoming) on the same disk (the sender's outbox and the recipient's \
+inbox each need one).";
+
+#[derive(Debug, Clone)]
+pub struct IpParams {
+    pub messages: usize,
+    pub warmup: usize,
+    /// Pause after each settled message, before the probes and the next message.
+    pub pause: Duration,
+}
+
+impl IpParams {
+    pub fn new(quick: bool) -> IpParams {
+        IpParams {
+            messages: if quick { 20 } else { 1000 },
+            warmup: 3,
+            pause: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The figures of one run; field order is the JSON line's.
+#[derive(Debug, Clone, Serialize)]
+pub struct IpFigures {
+    pub scenario: &'static str,
+    pub messages: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub floor_ms: f64,
+    /// p50 / floor.
+    pub ratio: f64,
+    pub session_rtt_ms: f64,
+    pub ws_hop_ms: f64,
+    pub commit_ms: f64,
+    pub floor_note: &'static str,
+}
+
+fn config_for(number: &str, relay: &str) -> String {
+    format!(
+        "default_region = \"US\"\n\n[relay]\nurl = \"ws://{relay}\"\n\n[sms]\nmodem = \"{number}\"\n\n[notifications]\nenabled = false\n"
+    )
+}
+
+async fn until(what: &str, check: impl AsyncFn() -> bool) -> Result<(), BenchError> {
+    let deadline = Instant::now() + MESSAGE_TIMEOUT;
+    while !check().await {
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: what.to_owned(),
+                after: MESSAGE_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+pub async fn run(setup: &Setup, params: &IpParams) -> Result<IpFigures, BenchError> {
+    let dir = TempDir::new(setup.dir.as_deref(), "ip")?;
+    let relay = RelayServer::start(setup, dir.path()).await?;
+    let system = PrivateBus::start()?;
+    let _sim = SimThread::start(system.address())?;
+    let alice_bus = PrivateBus::start()?;
+    let bob_bus = PrivateBus::start()?;
+    eprintln!("ip-latency: starting the relay, the simulator and two daemons");
+    let (_alice, _) = Daemon::start(
+        setup,
+        &alice_bus,
+        &system,
+        &dir.path().join("alice"),
+        &config_for(ALICE, &relay.addr),
+    )
+    .await?;
+    let (_bob, _) = Daemon::start(
+        setup,
+        &bob_bus,
+        &system,
+        &dir.path().join("bob"),
+        &config_for(BOB, &relay.addr),
+    )
+    .await?;
+    let alice_conn = alice_bus.connect().await?;
+    let bob_conn = bob_bus.connect().await?;
+    let alice = MessagesProxy::new(&alice_conn).await?;
+    let bob = MessagesProxy::new(&bob_conn).await?;
+    wait_registered(&alice, "Alice").await?;
+    wait_registered(&bob, "Bob").await?;
+    for (api, who) in [(&alice, "Alice"), (&bob, "Bob")] {
+        until(&format!("{who} to log in to the relay"), async || {
+            api.relay_state().await.ok().as_deref() == Some("online")
+        })
+        .await?;
+    }
+    alice.watch(vec![BOB.into()]).await?;
+    until("Alice to see Bob online", async || {
+        alice.get_presence(BOB).await.ok().as_deref() == Some("online")
+    })
+    .await?;
+
+    // The floor's probes: a ping to Alice's daemon, a raw hop through the relay, a commit.
+    let peer =
+        zbus::fdo::PeerProxy::new(&alice_conn, "org.tandem.Messages1", "/org/tandem/Messages1")
+            .await?;
+    let mut from = login(&relay.addr, "+15559000001", false).await?;
+    let mut to = login(&relay.addr, "+15559000002", false).await?;
+    let mut probe_store = Store::open(&dir.path().join("commit-probe.db"))?;
+    let (mut session_rtt, mut ws_hop, mut commit) = (Vec::new(), Vec::new(), Vec::new());
+
+    let mut received = bob.receive_message_received().await?;
+    let mut statuses = alice.receive_message_status_changed().await?;
+    let total = params.warmup + params.messages;
+    eprintln!(
+        "ip-latency: {total} messages Alice -> Bob ({} not counted)",
+        params.warmup
+    );
+    let mut samples = Vec::with_capacity(params.messages);
+    for i in 0..total {
+        let text = format!("Bench {i}: see you tomorrow at the station?");
+        let t = Instant::now();
+        let id = alice.send_message(BOB, &text, HashMap::new()).await?;
+        let arrived = tokio::time::timeout(MESSAGE_TIMEOUT, async {
+            while let Some(signal) = received.next().await {
+                let message = signal.args()?.message;
+                if message.text == text {
+                    if message.channel != "ip" {
+                        return Err(BenchError::Unexpected(format!(
+                            "message {i} went by {}",
+                            message.channel
+                        )));
+                    }
+                    return Ok(t.elapsed());
+                }
+            }
+            Err(BenchError::Unexpected("Bob's signal stream ended".into()))
+        })
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("Bob to receive message {i}"),
+            after: MESSAGE_TIMEOUT,
+        })??;
+        tokio::time::timeout(MESSAGE_TIMEOUT, async {
+            while let Some(signal) = statuses.next().await {
+                let args = signal.args()?;
+                if args.id == id && args.status == "delivered" {
+                    return Ok(());
+                }
+            }
+            Err(BenchError::Unexpected("Alice's signal stream ended".into()))
+        })
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("the receipt of message {i}"),
+            after: MESSAGE_TIMEOUT,
+        })??;
+        tokio::time::sleep(params.pause).await;
+
+        let t = Instant::now();
+        peer.ping().await?;
+        let rtt = t.elapsed();
+        let t = Instant::now();
+        let probe_id = format!("probe-{i}");
+        write(
+            &mut from,
+            &ClientFrame::Send {
+                id: probe_id.clone(),
+                to: "+15559000002".into(),
+                text: text.clone(),
+                ts: 0,
+            },
+        )
+        .await?;
+        let hop = loop {
+            if let ServerFrame::Deliver {
+                id: got,
+                from: sender,
+                ..
+            } = read(&mut to).await?
+                && got == probe_id
+            {
+                let hop = t.elapsed();
+                write(
+                    &mut to,
+                    &ClientFrame::Ack {
+                        from: sender,
+                        id: got,
+                    },
+                )
+                .await?;
+                break hop;
+            }
+        };
+        let key = format!("bench:{i}");
+        let t = Instant::now();
+        probe_store.insert_incoming(&NewIncoming {
+            peer: ALICE,
+            text: &text,
+            channel: Channel::Ip,
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+            dedupe_key: &key,
+        })?;
+        let one_commit = t.elapsed();
+        if i >= params.warmup {
+            samples.push(arrived);
+            session_rtt.push(rtt);
+            ws_hop.push(hop);
+            commit.push(one_commit);
+        }
+        if (i + 1) % 100 == 0 {
+            eprintln!("ip-latency: {} sent", i + 1);
+        }
+    }
+    let (session_rtt, ws_hop, commit) = (median(session_rtt), median(ws_hop), median(commit));
+    samples.sort_unstable();
+    let p50 = quantile(&samples, 0.5);
+    let floor = session_rtt + ws_hop + commit * 2;
+    let ratio = if floor.is_zero() {
+        0.0
+    } else {
+        p50.as_secs_f64() / floor.as_secs_f64()
+    };
+    Ok(IpFigures {
+        scenario: "ip-latency",
+        messages: params.messages,
+        p50_ms: ms(p50),
+        p99_ms: ms(quantile(&samples, 0.99)),
+        max_ms: ms(quantile(&samples, 1.0)),
+        floor_ms: ms(floor),
+        ratio: round3(ratio),
+        session_rtt_ms: ms(session_rtt),
+        ws_hop_ms: ms(ws_hop),
+        commit_ms: ms(commit),
+        floor_note: FLOOR_NOTE,
+    })
+}
