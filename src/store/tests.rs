@@ -332,6 +332,44 @@ fn unknown_ids_are_not_found() {
     }
 }
 
+/// The `sending` mark skips the fsync but not the WAL: it survives the process (a new
+/// connection, as after a kill, sees it), and every other write is durable again after it,
+/// also after one that failed.
+#[test]
+fn sending_marks_skip_the_fsync_and_nothing_else_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("messages.db");
+    let mut store = Store::open(&path).expect("open");
+    let synchronous = |store: &Store| -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .expect("pragma")
+    };
+    const FULL: i64 = 2;
+    assert_eq!(synchronous(&store), FULL);
+    let id = outgoing(&mut store, ALICE, "hi", 1).id;
+    store
+        .update_status(&id, Status::Sending, None, None)
+        .expect("sending");
+    assert_eq!(synchronous(&store), FULL, "durable again after the mark");
+    let other = Store::open(&path).expect("second connection");
+    assert_eq!(
+        other.get_message(&id).expect("seen").status,
+        Status::Sending
+    );
+    let missing = "00000000-0000-4000-8000-000000000000";
+    assert!(matches!(
+        store.update_status(missing, Status::Sending, None, None),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        synchronous(&store),
+        FULL,
+        "durable again after a failed mark"
+    );
+}
+
 #[test]
 fn update_status_sets_channel_and_error() {
     let mut store = store();
