@@ -556,8 +556,17 @@ impl Engine {
                 // One SMS at a time (so they leave in order); the modem said "not ready".
                 Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
                 Route::Sms => {
-                    self.set_status(&message.id, Status::Sending, None, None)
-                        .await;
+                    // The mark before the modem (a crash after the send must find it
+                    // `sending`), the signal after it: the SMS does not wait for it.
+                    let Some(marked) = self
+                        .store_status(&message.id, Status::Sending, None, None)
+                        .await
+                    else {
+                        // Deleted meanwhile, or the store failed: look again in a moment.
+                        let soon = now + 1000;
+                        next_due = Some(next_due.map_or(soon, |d| d.min(soon)));
+                        continue;
+                    };
                     self.in_flight = Some(message.id.clone());
                     self.command(ModemCommand::Send {
                         id: message.id,
@@ -566,6 +575,7 @@ impl Engine {
                         delivery_report: entry.delivery_report,
                     })
                     .await;
+                    self.announce(Event::status_of(marked)).await;
                 }
                 Route::Fail(reason) => {
                     held_peers.remove(&message.peer);
@@ -596,15 +606,28 @@ impl Engine {
         channel: Option<Channel>,
         error: Option<String>,
     ) {
+        if let Some(message) = self.store_status(id, status, channel, error).await {
+            self.announce(Event::status_of(message)).await;
+        }
+    }
+
+    /// Stores a status change without announcing it; `None` when the message is gone
+    /// (deleted meanwhile) or the store failed.
+    async fn store_status(
+        &self,
+        id: &str,
+        status: Status,
+        channel: Option<Channel>,
+        error: Option<String>,
+    ) -> Option<Message> {
         let key = id.to_owned();
         let updated = self
             .store
             .call(move |s| s.update_status(&key, status, channel, error.as_deref()))
             .await;
-        match updated {
-            Ok(message) => self.announce(Event::status_of(message)).await,
-            Err(e) => debug!(%id, cause = %e, "status not updated"),
-        }
+        updated
+            .inspect_err(|e| debug!(%id, cause = %e, "status not updated"))
+            .ok()
     }
 
     async fn recount(&self) {

@@ -284,16 +284,21 @@ impl Engine {
     /// Hands an outgoing message to the relay (the router chose IP).
     pub(super) async fn send_ip(&mut self, message: Message, requested: ChannelRequest) {
         debug!(id = %message.id, ?requested, "sending over IP");
-        self.set_status(&message.id, Status::Sending, None, None)
-            .await;
+        // Both marks in one trip to the store (the stage's commit makes both durable),
+        // before the relay; the signal after it, so that the send does not wait for it.
         let key = message.id.clone();
-        if let Err(e) = self
+        let marked = self
             .store
-            .call(move |s| s.set_relay_stage(&key, Some(RelayStage::Sent), None))
-            .await
-        {
-            return warn!(id = %message.id, cause = %e, "cannot record an IP send");
-        }
+            .call(move |s| {
+                let marked = s.update_status(&key, Status::Sending, None, None)?;
+                s.set_relay_stage(&key, Some(RelayStage::Sent), None)?;
+                Ok(marked)
+            })
+            .await;
+        let marked = match marked {
+            Ok(marked) => marked,
+            Err(e) => return warn!(id = %message.id, cause = %e, "cannot record an IP send"),
+        };
         self.relay_command(RelayCommand::Send {
             id: message.id,
             to: message.peer,
@@ -301,6 +306,7 @@ impl Engine {
             ts: message.timestamp_ms,
         })
         .await;
+        self.announce(Event::status_of(marked)).await;
     }
 
     /// The message of ours on the relay with this id, if any.
