@@ -8,6 +8,9 @@
 //!   next to the floor of the D-Bus round trips an SMS needs.
 //! - [`relay`]: idle websocket connections (memory per connection) and message
 //!   throughput through the relay server.
+//! - [`ip`]: `ip-latency`: the same as `sms-latency` over IP, through a relay.
+//! - [`idle`]: a daemon logged in to a relay, following many contacts, with no
+//!   traffic: its CPU, wakeups, memory and bytes on the wire per minute.
 //! - `proc`: the programs measured, as children: the daemon and the relay server are
 //!   this same executable re-run in a hidden mode ([`daemon_mode`], [`relay_server_mode`])
 //!   that does exactly what `tandemd` and `tandem-relay` do, so that one
@@ -18,11 +21,13 @@
 //! address but loopback, or leave files behind (every temporary directory and child
 //! process is removed or killed on drop, also on failure).
 
+pub mod idle;
 pub mod ip;
 mod proc;
 pub mod relay;
 pub mod sms;
 pub mod store;
+mod timed;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,6 +118,25 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Polls `check` every 20 ms until it holds; fails after `timeout`.
+async fn until(
+    what: &str,
+    timeout: Duration,
+    check: impl AsyncFn() -> bool,
+) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: what.to_owned(),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// A duration in milliseconds, rounded to microseconds (for JSON).
