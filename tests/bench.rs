@@ -66,6 +66,8 @@ const SCENARIOS: &[(&str, &[&str])] = &[
             "cpu_ms_per_min",
             "wakeups_per_min",
             "rss_mib",
+            "rss_anon_mib",
+            "rss_file_mib",
             "bytes_per_min",
             "data_frames",
             "keepalive_frames",

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use super::proc::{Daemon, RelayServer};
 use super::relay::{login, read, write};
 use super::sms::{SimThread, wait_registered};
-use super::{BenchError, Setup, TempDir, io, parse_stat_cpu, round3, until};
+use super::{BenchError, Setup, TempDir, io, parse_stat_cpu, round3, status_kib, until};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
 use crate::relay::protocol::{ClientFrame, PROTOCOL_VERSION, ServerFrame};
@@ -59,7 +59,9 @@ call to the daemon. cpu_ms_per_min: utime+stime of /proc/PID/stat (all threads, 
 ticks); sched_cpu_ms_per_min: the sum over threads of /proc/PID/task/*/schedstat run time \
 (ns); wakeups_per_min: voluntary + nonvoluntary context switches summed over \
 /proc/PID/task/*/status, threads sampled every 250 ms so that those that appear or vanish \
-count up to their last sample; rss_mib: VmRSS at the end; bytes_per_min: TCP payload \
+count up to their last sample; rss_mib: VmRSS at the end (rss_anon_mib, rss_file_mib: its RssAnon and RssFile; the \
+file part is mostly the executable, which is the bench's own, shared with the bench and \
+the relay); bytes_per_min: TCP payload \
 bytes both ways through the proxy; data_frames / keepalive_frames: WebSocket frames \
 (RFC 6455 headers parsed both ways) of text, binary or continuation vs ping and pong, \
 close_frames apart; ping_interval_s: the relay's, from its welcome; threads: \
@@ -113,6 +115,10 @@ pub struct IdleFigures {
     pub sched_cpu_ms_per_min: f64,
     pub wakeups_per_min: f64,
     pub rss_mib: f64,
+    /// Of `rss_mib`: anonymous memory (heap, stacks) and mapped files (the executable's
+    /// and libraries' pages, shared with other processes and reclaimable).
+    pub rss_anon_mib: f64,
+    pub rss_file_mib: f64,
     pub bytes_per_min: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -680,6 +686,8 @@ pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, Benc
     let elapsed = started.elapsed();
     let threads = sample_threads(pid)?.len();
     let rss_mib = daemon.rss_mib()?;
+    let mib = |key| Ok::<_, BenchError>(round3(status_kib(pid, key)? as f64 / 1024.0));
+    let (rss_anon_mib, rss_file_mib) = (mib("RssAnon:")?, mib("RssFile:")?);
 
     let per_min = |x: f64| round3(x * 60.0 / elapsed.as_secs_f64());
     let per_thread = thread_deltas(&first, &last);
@@ -700,6 +708,8 @@ pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, Benc
         sched_cpu_ms_per_min: per_min(sched_ms),
         wakeups_per_min: per_min(switches as f64),
         rss_mib: round3(rss_mib),
+        rss_anon_mib,
+        rss_file_mib,
         bytes_per_min: per_min((bytes_sent + bytes_received) as f64),
         bytes_sent,
         bytes_received,

@@ -166,13 +166,18 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 /// A process's resident memory in KiB, from `/proc/PID/status`.
 fn rss_kib(pid: u32) -> Result<u64, BenchError> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`key` with its colon, e.g. `RssAnon:`).
+fn status_kib(pid: u32, key: &str) -> Result<u64, BenchError> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).map_err(io(format!("cannot read {path}")))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| BenchError::Unexpected(format!("no VmRSS in {path}")))
+        .ok_or_else(|| BenchError::Unexpected(format!("no {key} in {path}")))
 }
 
 /// CPU time (user + system) used so far by each thread of a process, by thread name,
