@@ -338,8 +338,14 @@ impl Proxy {
             // Dropped (aborting every connection's task) when this task is aborted.
             let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    continue;
+                let client = match listener.accept().await {
+                    Ok((client, _)) => client,
+                    Err(e) => {
+                        // E.g. out of file descriptors: do not spin.
+                        tracing::debug!(cause = %e, "the proxy cannot accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
                 lock(&shared).connections += 1;
                 let upstream = upstream.clone();
@@ -390,12 +396,9 @@ async fn forward(
     let (server_rx, server_tx) = server.into_split();
     let up = pump(client_rx, server_tx, counts.clone(), true);
     let down = pump(server_rx, client_tx, counts, false);
-    // When one direction ends, the other one is dropped with it: the peers see the
-    // hang-up as they would without the proxy.
-    tokio::select! {
-        r = up => r,
-        r = down => r,
-    }
+    // A direction that reaches its end passes the end on (shutdown) and the other one
+    // goes on, as TCP would without the proxy; an error ends both.
+    tokio::try_join!(up, down).map(|_| ())
 }
 
 /// Copies one direction, counting bytes and frames.
