@@ -57,6 +57,24 @@ const SCENARIOS: &[(&str, &[&str])] = &[
             "commit_ms",
         ],
     ),
+    (
+        "idle",
+        &[
+            "seconds",
+            "contacts",
+            "online_contacts",
+            "cpu_ms_per_min",
+            "wakeups_per_min",
+            "rss_mib",
+            "rss_anon_mib",
+            "rss_file_mib",
+            "bytes_per_min",
+            "data_frames",
+            "keepalive_frames",
+            "ping_interval_s",
+            "threads",
+        ],
+    ),
 ];
 
 #[test]
@@ -102,10 +120,19 @@ fn quick_bench_prints_every_figure() {
     assert!(relay["messages"].as_u64() > Some(0), "{relay:?}");
     assert_eq!(lines[1]["messages"].as_u64(), Some(20), "{:?}", lines[1]);
     assert_eq!(lines[3]["messages"].as_u64(), Some(20), "{:?}", lines[3]);
+    let idle = &lines[4];
+    assert_eq!(idle["contacts"].as_u64(), Some(50), "{idle:?}");
+    assert!(idle["online_contacts"].as_u64() > Some(0), "{idle:?}");
+    // No message is sent in the window: whatever the timing, no data frame may pass.
+    assert_eq!(idle["data_frames"].as_u64(), Some(0), "{idle:?}");
+    assert!(idle["threads"].as_u64() > Some(0), "{idle:?}");
+    assert!(idle["ping_interval_s"].as_f64() > Some(0.0), "{idle:?}");
+    assert!(idle["per_thread"].is_array(), "{idle:?}");
     for text_key in [
         ("sms-latency", 1, "floor_note"),
         ("relay", 2, "note"),
         ("ip-latency", 3, "floor_note"),
+        ("idle", 4, "note"),
     ] {
         let (name, index, key) = text_key;
         assert!(
@@ -126,7 +153,7 @@ fn without_a_scenario_or_quick_it_says_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for name in ["store", "sms-latency", "relay", "ip-latency"] {
+    for name in ["store", "sms-latency", "relay", "ip-latency", "idle"] {
         assert!(stderr.contains(name), "{stderr}");
     }
 }

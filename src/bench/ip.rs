@@ -3,18 +3,19 @@
 //! each on a private session bus), logged in to the relay. Alice follows Bob, and sends
 //! N messages to Bob one at a time with the channel rule (`auto`: over IP, both being
 //! online); each is timed from just before Alice's `SendMessage` call to Bob's
-//! `MessageReceived` signal. The floor is measured in the same run: see [`FLOOR_NOTE`].
+//! `MessageReceived` signal (the loop is [`super::timed::Series`]'s, shared with
+//! `sms-latency`). The floor is measured in the same run: see [`FLOOR_NOTE`].
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::proc::{Daemon, RelayServer};
 use super::relay::{login, read, write};
 use super::sms::{SimThread, wait_registered};
-use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
+use super::timed::Series;
+use super::{BenchError, Setup, TempDir, median, ms, quantile, round3, until};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
 use crate::domain::Channel;
@@ -74,20 +75,6 @@ fn config_for(number: &str, relay: &str) -> String {
     )
 }
 
-async fn until(what: &str, check: impl AsyncFn() -> bool) -> Result<(), BenchError> {
-    let deadline = Instant::now() + MESSAGE_TIMEOUT;
-    while !check().await {
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout {
-                what: what.to_owned(),
-                after: MESSAGE_TIMEOUT,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 pub async fn run(setup: &Setup, params: &IpParams) -> Result<IpFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "ip")?;
     let relay = RelayServer::start(setup, dir.path()).await?;
@@ -119,13 +106,15 @@ pub async fn run(setup: &Setup, params: &IpParams) -> Result<IpFigures, BenchErr
     wait_registered(&alice, "Alice").await?;
     wait_registered(&bob, "Bob").await?;
     for (api, who) in [(&alice, "Alice"), (&bob, "Bob")] {
-        until(&format!("{who} to log in to the relay"), async || {
-            api.relay_state().await.ok().as_deref() == Some("online")
-        })
+        until(
+            &format!("{who} to log in to the relay"),
+            MESSAGE_TIMEOUT,
+            async || api.relay_state().await.ok().as_deref() == Some("online"),
+        )
         .await?;
     }
     alice.watch(vec![BOB.into()]).await?;
-    until("Alice to see Bob online", async || {
+    until("Alice to see Bob online", MESSAGE_TIMEOUT, async || {
         alice.get_presence(BOB).await.ok().as_deref() == Some("online")
     })
     .await?;
@@ -139,109 +128,73 @@ pub async fn run(setup: &Setup, params: &IpParams) -> Result<IpFigures, BenchErr
     let mut probe_store = Store::open(&dir.path().join("commit-probe.db"))?;
     let (mut session_rtt, mut ws_hop, mut commit) = (Vec::new(), Vec::new(), Vec::new());
 
-    let mut received = bob.receive_message_received().await?;
-    let mut statuses = alice.receive_message_status_changed().await?;
-    let total = params.warmup + params.messages;
-    eprintln!(
-        "ip-latency: {total} messages Alice -> Bob ({} not counted)",
-        params.warmup
-    );
-    let mut samples = Vec::with_capacity(params.messages);
-    for i in 0..total {
-        let text = format!("Bench {i}: see you tomorrow at the station?");
-        let t = Instant::now();
-        let id = alice.send_message(BOB, &text, HashMap::new()).await?;
-        let arrived = tokio::time::timeout(MESSAGE_TIMEOUT, async {
-            while let Some(signal) = received.next().await {
-                let message = signal.args()?.message;
-                if message.text == text {
-                    if message.channel != "ip" {
-                        return Err(BenchError::Unexpected(format!(
-                            "message {i} went by {}",
-                            message.channel
-                        )));
-                    }
-                    return Ok(t.elapsed());
+    let series = Series {
+        scenario: "ip-latency",
+        sender: &alice,
+        receiver: &bob,
+        from: ALICE,
+        to: BOB,
+        options: HashMap::new(),
+        channel: "ip",
+        warmup: params.warmup,
+        messages: params.messages,
+        pause: params.pause,
+    };
+    let mut samples = series
+        .run(async |i, text| {
+            let t = Instant::now();
+            peer.ping().await?;
+            let rtt = t.elapsed();
+            let t = Instant::now();
+            let probe_id = format!("probe-{i}");
+            write(
+                &mut from,
+                &ClientFrame::Send {
+                    id: probe_id.clone(),
+                    to: "+15559000002".into(),
+                    text: text.to_owned(),
+                    ts: 0,
+                },
+            )
+            .await?;
+            let hop = loop {
+                if let ServerFrame::Deliver {
+                    id: got,
+                    from: sender,
+                    ..
+                } = read(&mut to).await?
+                    && got == probe_id
+                {
+                    let hop = t.elapsed();
+                    write(
+                        &mut to,
+                        &ClientFrame::Ack {
+                            from: sender,
+                            id: got,
+                        },
+                    )
+                    .await?;
+                    break hop;
                 }
+            };
+            let key = format!("bench:{i}");
+            let t = Instant::now();
+            probe_store.insert_incoming(&NewIncoming {
+                peer: ALICE,
+                text,
+                channel: Channel::Ip,
+                timestamp_ms: 1_700_000_000_000 + i as i64,
+                dedupe_key: &key,
+            })?;
+            let one_commit = t.elapsed();
+            if i >= params.warmup {
+                session_rtt.push(rtt);
+                ws_hop.push(hop);
+                commit.push(one_commit);
             }
-            Err(BenchError::Unexpected("Bob's signal stream ended".into()))
+            Ok(())
         })
-        .await
-        .map_err(|_| BenchError::Timeout {
-            what: format!("Bob to receive message {i}"),
-            after: MESSAGE_TIMEOUT,
-        })??;
-        tokio::time::timeout(MESSAGE_TIMEOUT, async {
-            while let Some(signal) = statuses.next().await {
-                let args = signal.args()?;
-                if args.id == id && args.status == "delivered" {
-                    return Ok(());
-                }
-            }
-            Err(BenchError::Unexpected("Alice's signal stream ended".into()))
-        })
-        .await
-        .map_err(|_| BenchError::Timeout {
-            what: format!("the receipt of message {i}"),
-            after: MESSAGE_TIMEOUT,
-        })??;
-        tokio::time::sleep(params.pause).await;
-
-        let t = Instant::now();
-        peer.ping().await?;
-        let rtt = t.elapsed();
-        let t = Instant::now();
-        let probe_id = format!("probe-{i}");
-        write(
-            &mut from,
-            &ClientFrame::Send {
-                id: probe_id.clone(),
-                to: "+15559000002".into(),
-                text: text.clone(),
-                ts: 0,
-            },
-        )
         .await?;
-        let hop = loop {
-            if let ServerFrame::Deliver {
-                id: got,
-                from: sender,
-                ..
-            } = read(&mut to).await?
-                && got == probe_id
-            {
-                let hop = t.elapsed();
-                write(
-                    &mut to,
-                    &ClientFrame::Ack {
-                        from: sender,
-                        id: got,
-                    },
-                )
-                .await?;
-                break hop;
-            }
-        };
-        let key = format!("bench:{i}");
-        let t = Instant::now();
-        probe_store.insert_incoming(&NewIncoming {
-            peer: ALICE,
-            text: &text,
-            channel: Channel::Ip,
-            timestamp_ms: 1_700_000_000_000 + i as i64,
-            dedupe_key: &key,
-        })?;
-        let one_commit = t.elapsed();
-        if i >= params.warmup {
-            samples.push(arrived);
-            session_rtt.push(rtt);
-            ws_hop.push(hop);
-            commit.push(one_commit);
-        }
-        if (i + 1) % 100 == 0 {
-            eprintln!("ip-latency: {} sent", i + 1);
-        }
-    }
     let (session_rtt, ws_hop, commit) = (median(session_rtt), median(ws_hop), median(commit));
     samples.sort_unstable();
     let p50 = quantile(&samples, 0.5);

@@ -8,6 +8,9 @@
 //!   next to the floor of the D-Bus round trips an SMS needs.
 //! - [`relay`]: idle websocket connections (memory per connection) and message
 //!   throughput through the relay server.
+//! - [`ip`]: `ip-latency`: the same as `sms-latency` over IP, through a relay.
+//! - [`idle`]: a daemon logged in to a relay, following many contacts, with no
+//!   traffic: its CPU, wakeups, memory and bytes on the wire per minute.
 //! - `proc`: the programs measured, as children: the daemon and the relay server are
 //!   this same executable re-run in a hidden mode ([`daemon_mode`], [`relay_server_mode`])
 //!   that does exactly what `tandemd` and `tandem-relay` do, so that one
@@ -18,11 +21,13 @@
 //! address but loopback, or leave files behind (every temporary directory and child
 //! process is removed or killed on drop, also on failure).
 
+pub mod idle;
 pub mod ip;
 mod proc;
 pub mod relay;
 pub mod sms;
 pub mod store;
+mod timed;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,6 +120,25 @@ impl Drop for TempDir {
     }
 }
 
+/// Polls `check` every 20 ms until it holds; fails after `timeout`.
+async fn until(
+    what: &str,
+    timeout: Duration,
+    check: impl AsyncFn() -> bool,
+) -> Result<(), BenchError> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check().await {
+        if std::time::Instant::now() > deadline {
+            return Err(BenchError::Timeout {
+                what: what.to_owned(),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// A duration in milliseconds, rounded to microseconds (for JSON).
 fn ms(d: Duration) -> f64 {
     round3(d.as_secs_f64() * 1000.0)
@@ -142,13 +166,18 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 /// A process's resident memory in KiB, from `/proc/PID/status`.
 fn rss_kib(pid: u32) -> Result<u64, BenchError> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status` (`key` with its colon, e.g. `RssAnon:`).
+fn status_kib(pid: u32, key: &str) -> Result<u64, BenchError> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).map_err(io(format!("cannot read {path}")))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| BenchError::Unexpected(format!("no VmRSS in {path}")))
+        .ok_or_else(|| BenchError::Unexpected(format!("no {key} in {path}")))
 }
 
 /// CPU time (user + system) used so far by each thread of a process, by thread name,

@@ -184,6 +184,10 @@ impl Daemon {
         Ok((Daemon { guard }, started.elapsed()))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.guard.child.id()
+    }
+
     /// Resident memory in MiB.
     pub fn rss_mib(&self) -> Result<f64, BenchError> {
         Ok(rss_kib(self.guard.child.id())? as f64 / 1024.0)

@@ -7,6 +7,8 @@
 //! The floor is made of D-Bus round trips only, measured in the same run: see
 //! [`FLOOR_NOTE`].
 //!
+//! The timed loop is [`super::timed::Series`]'s, shared with `ip-latency`.
+//!
 //! Must not: send a message before the previous one is settled (Bob announced it, Alice
 //! saw its status report, and a short pause let the daemons' clean-up finish), so that
 //! each figure is one message on a quiet system.
@@ -14,11 +16,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::Serialize;
 use zbus::OwnedVariant;
 
 use super::proc::Daemon;
+use super::timed::Series;
 use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
@@ -283,88 +285,35 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
     wait_registered(&alice, "Alice").await?;
     wait_registered(&bob, "Bob").await?;
 
-    // Subscribed before anything is sent.
-    let mut received = bob.receive_message_received().await?;
-    let mut statuses = alice.receive_message_status_changed().await?;
-    let options = || {
-        HashMap::from([(
-            "channel".to_owned(),
-            OwnedVariant::from(zbus::Str::from_static("sms")),
-        )])
-    };
-
     let system_conn = system.connect().await?;
     let mut probe = FloorProbe::new(&alice_conn, &system_conn, dir.path()).await?;
-    let total = params.warmup + params.messages;
-    eprintln!(
-        "sms-latency: {} messages Alice -> Bob ({} not counted)",
-        total, params.warmup
-    );
-    let mut samples = Vec::with_capacity(params.messages);
-    for i in 0..total {
-        let text = format!("Bench {i}: see you tomorrow at the station?");
-        let t = Instant::now();
-        let id = alice.send_message(BOB, &text, options()).await?;
-        // Bob's announcement of exactly this message.
-        let arrived = tokio::time::timeout(MESSAGE_TIMEOUT, async {
-            while let Some(signal) = received.next().await {
-                let message = signal.args()?.message;
-                if message.text == text && message.peer == ALICE {
-                    return Ok::<_, BenchError>(t.elapsed());
-                }
+    let series = Series {
+        scenario: "sms-latency",
+        sender: &alice,
+        receiver: &bob,
+        from: ALICE,
+        to: BOB,
+        options: HashMap::from([(
+            "channel".to_owned(),
+            OwnedVariant::from(zbus::Str::from_static("sms")),
+        )]),
+        channel: "sms",
+        warmup: params.warmup,
+        messages: params.messages,
+        pause: params.pause,
+    };
+    let mut samples = series
+        .run(async |i, _| {
+            probe.measure().await?;
+            // Warm-up probes are not counted either (connection set-up, first commits).
+            if i < params.warmup {
+                probe.session_rtt.clear();
+                probe.system_rtt.clear();
+                probe.commit.clear();
             }
-            Err(BenchError::Unexpected(
-                "Bob's signal stream ended".to_owned(),
-            ))
+            Ok(())
         })
-        .await
-        .map_err(|_| BenchError::Timeout {
-            what: format!("Bob to receive message {i}"),
-            after: MESSAGE_TIMEOUT,
-        })??;
-        if i >= params.warmup {
-            samples.push(arrived);
-        }
-        // Settled: Alice has its status report.
-        tokio::time::timeout(MESSAGE_TIMEOUT, async {
-            while let Some(signal) = statuses.next().await {
-                let args = signal.args()?;
-                if args.id == id {
-                    match args.status {
-                        "delivered" => return Ok(()),
-                        "failed" => {
-                            return Err(BenchError::Unexpected(format!(
-                                "Alice's message {i} failed"
-                            )));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            Err(BenchError::Unexpected(
-                "Alice's signal stream ended".to_owned(),
-            ))
-        })
-        .await
-        .map_err(|_| BenchError::Timeout {
-            what: format!("the status report of message {i}"),
-            after: MESSAGE_TIMEOUT,
-        })??;
-        // The daemons' clean-up (deleting the SMS and the report from the modems) runs
-        // after the delivered status: let it finish, so that neither the probes nor the
-        // next message overlap with it.
-        tokio::time::sleep(params.pause).await;
-        // Warm-up probes are not counted either (connection set-up, first commits).
-        probe.measure().await?;
-        if i < params.warmup {
-            probe.session_rtt.clear();
-            probe.system_rtt.clear();
-            probe.commit.clear();
-        }
-        if (i + 1) % 100 == 0 {
-            eprintln!("sms-latency: {} sent", i + 1);
-        }
-    }
+        .await?;
 
     let session_rtt = median(std::mem::take(&mut probe.session_rtt));
     let system_rtt = median(std::mem::take(&mut probe.system_rtt));

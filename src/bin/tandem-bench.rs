@@ -3,15 +3,15 @@
 //! [`tandem::bench`], which set up everything themselves (private buses, simulator,
 //! daemons, relay, temporary directories on the normal disk) and clean up after.
 //!
-//! Scenarios: `store`, `sms-latency`, `relay`, `ip-latency`; `--quick` runs each of them small (CI's
-//! smoke test). Hidden modes: `--daemon DB --daemon-config CFG` runs exactly what
+//! Scenarios: `store`, `sms-latency`, `relay`, `ip-latency`, `idle`; `--quick` runs each
+//! of them small (CI's smoke test). Hidden modes: `--daemon DB --daemon-config CFG` runs exactly what
 //! `tandemd --db DB --config CFG` runs, and `--relay-server ADDR_FILE` what `tandem-relay`
 //! runs; the scenarios re-run this executable in them, so that one `cargo run --bin
 //! tandem-bench` builds everything a run needs.
 //!
 //! ```sh
 //! cargo build --release --bin tandem-bench
-//! target/release/tandem-bench relay          # or: store, sms-latency
+//! target/release/tandem-bench relay          # or: store, sms-latency, ip-latency, idle
 //! target/release/tandem-bench --quick        # every scenario, small
 //! ```
 
@@ -81,6 +81,24 @@ enum Scenario {
         #[arg(long, value_name = "MS")]
         pause_ms: Option<u64>,
     },
+    /// One daemon logged in to a relay, following N contacts, no traffic, for S seconds:
+    /// its CPU, wakeups (context switches), RSS and bytes on the relay connection per
+    /// minute
+    Idle {
+        /// Seconds measured, S [default: 60; --quick: 3]
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Contacts followed, N [default: 500; --quick: 50]
+        #[arg(long)]
+        contacts: Option<usize>,
+        /// Of those, logged in to the relay [default: 50; --quick: 5]
+        #[arg(long)]
+        online: Option<usize>,
+        /// Quiet seconds between the daemon being settled and the window [default: 12;
+        /// --quick: 1]
+        #[arg(long, value_name = "SECONDS")]
+        settle: Option<f64>,
+    },
     /// K idle logged-in websocket clients (the relay's memory per connection), then P
     /// pairs exchanging messages as fast as acks allow (messages/s, latency)
     Relay {
@@ -149,6 +167,22 @@ async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, B
             params.messages = messages.unwrap_or(params.messages);
             json_line(&bench::ip::run(setup, &params).await?)
         }
+        Scenario::Idle {
+            seconds,
+            contacts,
+            online,
+            settle,
+        } => {
+            let mut params = bench::idle::IdleParams::new(quick);
+            params.seconds = seconds.unwrap_or(params.seconds);
+            params.contacts = contacts.unwrap_or(params.contacts);
+            params.online = online.unwrap_or(params.online);
+            if let Some(settle) = settle {
+                params.settle = std::time::Duration::try_from_secs_f64(settle)
+                    .map_err(|e| BenchError::Unexpected(format!("--settle {settle}: {e}")))?;
+            }
+            json_line(&bench::idle::run(setup, &params).await?)
+        }
         Scenario::Relay {
             clients,
             pairs,
@@ -207,11 +241,17 @@ fn main() -> ExitCode {
                 seconds: None,
             },
             Scenario::IpLatency { messages: None },
+            Scenario::Idle {
+                seconds: None,
+                contacts: None,
+                online: None,
+                settle: None,
+            },
         ],
         (None, false) => {
             eprintln!(
-                "tandem-bench: name a scenario (store, sms-latency, relay, ip-latency), or --quick for all \
-                 of them small"
+                "tandem-bench: name a scenario (store, sms-latency, relay, ip-latency, idle), or --quick \
+                 for all of them small"
             );
             return ExitCode::from(2);
         }
