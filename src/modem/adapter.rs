@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, error, info, warn};
 use zbus::message::{Sequence, Type};
 use zbus::proxy::CacheProperties;
@@ -61,9 +61,6 @@ pub async fn run(
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
     let mut adapter = Adapter::new(config, system, internal_tx);
     let mut signals: Option<BoxStream<'static, zbus::Result<Message>>> = None;
-    let mut recheck = tokio::time::interval(RECHECK_PERIOD);
-    recheck.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -104,7 +101,10 @@ pub async fn run(
                 }
                 adapter.discover().await;
             },
-            _ = recheck.tick() => adapter.recheck_waiting(),
+            () = sleep_until_some(adapter.recheck_at) => {
+                adapter.recheck_at = None;
+                adapter.recheck_waiting();
+            },
             Some(joined) = adapter.tasks.join_next_with_id(), if !adapter.tasks.is_empty() => {
                 adapter.on_joined(joined);
             },
@@ -234,6 +234,9 @@ struct Adapter {
     last_state: Option<ModemState>,
     /// When to (re)subscribe and discover modems.
     retry_at: Option<Instant>,
+    /// When to read the multipart SMS still waiting for parts again; `None` while none
+    /// waits, so that an idle adapter has no timer at all.
+    recheck_at: Option<Instant>,
 }
 
 impl Adapter {
@@ -259,6 +262,7 @@ impl Adapter {
             next_ticket: 0,
             last_state: None,
             retry_at: Some(Instant::now()),
+            recheck_at: None,
         }
     }
 
@@ -715,6 +719,8 @@ impl Adapter {
             Ok(SmsFound::Receiving) => {
                 debug!(modem = %modem, sms = %path, "multipart SMS waits for parts");
                 self.tracked.insert(path, Tracked::Waiting);
+                self.recheck_at
+                    .get_or_insert_with(|| Instant::now() + RECHECK_PERIOD);
             }
             Ok(SmsFound::Other(state)) => {
                 debug!(modem = %modem, sms = %path, state, "SMS not received one, ignored");
