@@ -50,6 +50,9 @@ CREATE INDEX messages_receipts ON messages (sender, seq) WHERE receipt_pending =
 CREATE INDEX messages_accepted ON messages (accepted_ms);
 "#];
 
+/// Prepared statements kept: more than this module has, so none is ever re-parsed.
+const STATEMENT_CACHE: usize = 40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("relay database: {0}")]
@@ -155,6 +158,8 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of this module stays prepared (rusqlite's default keeps 16).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut db = Db { conn };
         db.migrate()?;
         Ok(db)
@@ -177,17 +182,37 @@ impl Db {
         Ok(())
     }
 
+    // Group commit: the hub runs every request it has waiting in one transaction and
+    // answers none of them before `commit` returned.
+
+    /// Starts the transaction of a group of requests.
+    pub fn begin(&self) -> Result<()> {
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(())
+    }
+
+    /// Commits the group's transaction: durable when this returns Ok (WAL, FULL).
+    pub fn commit(&self) -> Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+
+    /// Abandons the group's transaction after a failed commit (if it is still open).
+    pub fn rollback(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.prepare_cached("ROLLBACK")?.execute([])?;
+        }
+        Ok(())
+    }
+
     // Accounts.
 
     /// The token hash of `number`, if it is registered.
     pub fn token_hash(&self, number: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT token_hash FROM accounts WHERE number = ?1",
-                [number],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT token_hash FROM accounts WHERE number = ?1")?
+            .query_row([number], |row| row.get(0))
             .optional()?)
     }
 
@@ -198,24 +223,28 @@ impl Db {
     /// Gives `number` a new token (replacing any old one) and drops its pending code,
     /// in one transaction.
     pub fn set_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        // A savepoint, not a transaction: the hub may already have one open.
+        let tx = self.conn.savepoint()?;
+        tx.prepare_cached(
             "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (number) DO UPDATE SET token_hash = ?2, registered_ms = ?3",
-            params![number, token_hash, now],
-        )?;
-        tx.execute("DELETE FROM codes WHERE number = ?1", [number])?;
+        )?
+        .execute(params![number, token_hash, now])?;
+        tx.prepare_cached("DELETE FROM codes WHERE number = ?1")?
+            .execute([number])?;
         tx.commit()?;
         Ok(())
     }
 
     /// Registers `number` only if it holds no token yet; false if it does.
     pub fn create_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<bool> {
-        let inserted = self.conn.execute(
-            "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (number) DO NOTHING",
-            params![number, token_hash, now],
-        )?;
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (number) DO NOTHING",
+            )?
+            .execute(params![number, token_hash, now])?;
         Ok(inserted == 1)
     }
 
@@ -224,45 +253,47 @@ impl Db {
     pub fn code(&self, number: &str) -> Result<Option<CodeRow>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT code_hash, sent_ms, expires_ms, attempts FROM codes WHERE number = ?1",
-                [number],
-                |row| {
-                    Ok(CodeRow {
-                        code_hash: row.get(0)?,
-                        sent_ms: row.get(1)?,
-                        expires_ms: row.get(2)?,
-                        attempts: row.get(3)?,
-                    })
-                },
-            )
+            )?
+            .query_row([number], |row| {
+                Ok(CodeRow {
+                    code_hash: row.get(0)?,
+                    sent_ms: row.get(1)?,
+                    expires_ms: row.get(2)?,
+                    attempts: row.get(3)?,
+                })
+            })
             .optional()?)
     }
 
     /// Stores a new code for `number`, replacing any earlier one (and its attempts).
     pub fn put_code(&self, number: &str, code_hash: &[u8], now: i64, expires: i64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO codes (number, code_hash, sent_ms, expires_ms, attempts)
-             VALUES (?1, ?2, ?3, ?4, 0)
-             ON CONFLICT (number) DO UPDATE
-             SET code_hash = ?2, sent_ms = ?3, expires_ms = ?4, attempts = 0",
-            params![number, code_hash, now, expires],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO codes (number, code_hash, sent_ms, expires_ms, attempts)
+                 VALUES (?1, ?2, ?3, ?4, 0)
+                 ON CONFLICT (number) DO UPDATE
+                 SET code_hash = ?2, sent_ms = ?3, expires_ms = ?4, attempts = 0",
+            )?
+            .execute(params![number, code_hash, now, expires])?;
         Ok(())
     }
 
     /// Counts one wrong try; returns the tries made so far.
     pub fn count_attempt(&self, number: &str) -> Result<u32> {
-        Ok(self.conn.query_row(
-            "UPDATE codes SET attempts = attempts + 1 WHERE number = ?1 RETURNING attempts",
-            [number],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE codes SET attempts = attempts + 1 WHERE number = ?1 RETURNING attempts",
+            )?
+            .query_row([number], |row| row.get(0))?)
     }
 
     pub fn delete_code(&self, number: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM codes WHERE number = ?1", [number])?;
+            .prepare_cached("DELETE FROM codes WHERE number = ?1")?
+            .execute([number])?;
         Ok(())
     }
 
@@ -271,28 +302,26 @@ impl Db {
     pub fn message(&self, sender: &str, id: &str) -> Result<Option<MsgRow>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT seq, recipient, state FROM messages WHERE sender = ?1 AND id = ?2",
-                [sender, id],
-                |row| {
-                    Ok(MsgRow {
-                        seq: row.get(0)?,
-                        sender: sender.to_owned(),
-                        recipient: row.get(1)?,
-                        state: MsgState::from_code(row.get(2)?),
-                    })
-                },
-            )
+            )?
+            .query_row([sender, id], |row| {
+                Ok(MsgRow {
+                    seq: row.get(0)?,
+                    sender: sender.to_owned(),
+                    recipient: row.get(1)?,
+                    state: MsgState::from_code(row.get(2)?),
+                })
+            })
             .optional()?)
     }
 
     /// Undelivered messages waiting for `recipient`.
     pub fn pending_count(&self, recipient: &str) -> Result<u32> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM messages WHERE recipient = ?1 AND state = 0",
-            [recipient],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND state = 0")?
+            .query_row([recipient], |row| row.get(0))?)
     }
 
     /// Stores an accepted message; returns its queue position.
@@ -305,12 +334,15 @@ impl Db {
         ts: i64,
         now: i64,
     ) -> Result<i64> {
-        Ok(self.conn.query_row(
-            "INSERT INTO messages (sender, id, recipient, body, ts, accepted_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
-            params![sender, id, recipient, text, ts, now],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO messages (sender, id, recipient, body, ts, accepted_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+            )?
+            .query_row(params![sender, id, recipient, text, ts, now], |row| {
+                row.get(0)
+            })?)
     }
 
     /// Up to `limit` pending messages for `recipient` after queue position `after`.
@@ -336,11 +368,13 @@ impl Db {
     /// receipt when `receipt` is set. Returns false if it was no longer pending: this
     /// compare-and-set is what makes `revoke` and the recipient's `ack` exclusive.
     pub fn settle(&self, seq: i64, state: MsgState, receipt: bool, now: i64) -> Result<bool> {
-        let changed = self.conn.execute(
-            "UPDATE messages SET state = ?2, body = NULL, settled_ms = ?3, receipt_pending = ?4
-             WHERE seq = ?1 AND state = 0",
-            params![seq, state.code(), now, receipt],
-        )?;
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE messages SET state = ?2, body = NULL, settled_ms = ?3, receipt_pending = ?4
+                 WHERE seq = ?1 AND state = 0",
+            )?
+            .execute(params![seq, state.code(), now, receipt])?;
         Ok(changed == 1)
     }
 
@@ -364,19 +398,19 @@ impl Db {
 
     /// The receipt for `seq` reached its sender.
     pub fn receipt_sent(&self, seq: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE messages SET receipt_pending = 0 WHERE seq = ?1",
-            [seq],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE messages SET receipt_pending = 0 WHERE seq = ?1")?
+            .execute([seq])?;
         Ok(())
     }
 
     /// Expires every pending message accepted before `cutoff`, owing each sender a
     /// receipt; returns them.
     pub fn expire_before(&mut self, cutoff: i64, now: i64) -> Result<Vec<ExpiredMsg>> {
-        let tx = self.conn.transaction()?;
+        // A savepoint, not a transaction: the hub may already have one open.
+        let tx = self.conn.savepoint()?;
         let expired = {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "UPDATE messages
                  SET state = 3, body = NULL, settled_ms = ?2, receipt_pending = 1
                  WHERE state = 0 AND accepted_ms < ?1
@@ -400,12 +434,13 @@ impl Db {
     /// memory, receipts still owed included) and codes that expired before
     /// `codes_before`. Returns the number of messages forgotten.
     pub fn purge(&self, messages_before: i64, codes_before: i64) -> Result<usize> {
-        let forgotten = self.conn.execute(
-            "DELETE FROM messages WHERE state <> 0 AND accepted_ms < ?1",
-            [messages_before],
-        )?;
+        let forgotten = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE state <> 0 AND accepted_ms < ?1")?
+            .execute([messages_before])?;
         self.conn
-            .execute("DELETE FROM codes WHERE expires_ms < ?1", [codes_before])?;
+            .prepare_cached("DELETE FROM codes WHERE expires_ms < ?1")?
+            .execute([codes_before])?;
         Ok(forgotten)
     }
 }

@@ -3,8 +3,18 @@
 //! Owns the database ([`Db`]), which connection is logged in as which number, every
 //! subscription and typing state, and each recipient's delivery window. Connection
 //! tasks send it [`HubCmd`]s over one bounded channel and get [`Outbound`] items back
-//! over their own bounded channel; the hub never waits for a connection (a full channel
-//! means a client that does not read: it is dropped with `overloaded`).
+//! in their own bounded [`outbox`](super::outbox); the hub never waits for a connection
+//! (a full outbox means a client that does not read: it is dropped with `overloaded`).
+//! Every request is answered by exactly one [`Outbound::Answer`] or [`Outbound::Done`],
+//! which is how a connection bounds the requests it has in flight (see `conn`).
+//!
+//! Group commit: the hub takes every command already waiting (up to [`MAX_GROUP`]) and
+//! runs them in one SQLite transaction; everything it has to send meanwhile is held back
+//! and released only after that transaction's COMMIT returned, so nothing reaches a
+//! client before what it reports is durable (WAL, `synchronous=FULL`). If the COMMIT
+//! fails, nothing of the group is sent: each of its requests is answered `internal`,
+//! and every connection the group touched is closed (its session state in the hub may
+//! no longer match the database; a new login rebuilds it from the database).
 //!
 //! Because one thread handles every request in turn, each request is atomic with
 //! respect to all others without a lock: in particular a `revoke` and the recipient's
@@ -21,12 +31,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, error, info, warn};
 
 use super::db::{Db, DbError, MsgState};
+use super::outbox::OutboxTx;
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
 use super::{RelayConfig, RelayError, Verify};
@@ -43,7 +55,7 @@ pub enum HubCmd {
     /// A connection said a valid `hello`; frames for it go to `tx`.
     Open {
         conn: ConnId,
-        tx: mpsc::Sender<Outbound>,
+        tx: OutboxTx<Outbound>,
     },
     /// A decoded frame other than `hello` and `ping`.
     Frame { conn: ConnId, frame: ClientFrame },
@@ -64,6 +76,10 @@ pub enum HubCmd {
 pub enum Outbound {
     /// A frame to write.
     Frame(Utf8Bytes),
+    /// A frame to write, answering one of the connection's requests.
+    Answer(Utf8Bytes),
+    /// One of the connection's requests was handled and needs no frame.
+    Done,
     /// The connection is logged in: its auth timer stops.
     LoggedIn,
     /// Write this error and close the connection. Boxed: it is rare, and every slot of
@@ -74,6 +90,9 @@ pub enum Outbound {
 /// Capacity of the hub's request channel: connections wait (and stop reading their
 /// socket) when the hub is this far behind.
 const HUB_QUEUE: usize = 1024;
+
+/// Most commands run in one transaction (one group commit).
+const MAX_GROUP: usize = 512;
 
 /// The handle `run` keeps: the request channel and the thread's completion.
 pub struct Hub {
@@ -129,7 +148,7 @@ type Res = Result<(), HubError>;
 /// One connection, as the hub sees it.
 struct Conn {
     /// Where its frames go.
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboxTx<Outbound>,
     /// The number it is logged in as.
     number: Option<String>,
     /// The numbers it follows, deduplicated, in request order.
@@ -158,6 +177,17 @@ struct State {
     /// Typing deadlines, soonest first.
     typing: BTreeSet<(Instant, ConnId)>,
     next_sweep: Instant,
+    /// A group's transaction is open: what is sent waits in `held`.
+    grouping: bool,
+    /// What the open group sends, in order, released after its COMMIT.
+    held: Vec<(ConnId, Outbound)>,
+    /// Connections detached during the open group: their outboxes until it ends.
+    retired: HashMap<ConnId, OutboxTx<Outbound>>,
+    /// The open group's requests: (connection, frame kind, message id).
+    requests: Vec<(ConnId, &'static str, Option<String>)>,
+    /// The connection whose request is being handled and not yet answered: its next
+    /// frame is the answer.
+    answering: Option<ConnId>,
 }
 
 fn now_ms() -> i64 {
@@ -186,6 +216,11 @@ impl State {
             online: HashMap::new(),
             watchers: HashMap::new(),
             typing: BTreeSet::new(),
+            grouping: false,
+            held: Vec::new(),
+            retired: HashMap::new(),
+            requests: Vec::new(),
+            answering: None,
         }
     }
 
@@ -198,47 +233,181 @@ impl State {
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
                 () = tokio::time::sleep_until(deadline) => {
+                    let began = self.begin();
                     self.tick(Instant::now());
+                    self.end(began);
                     continue;
                 }
             };
-            match cmd {
-                None | Some(HubCmd::Stop) => break,
-                Some(HubCmd::Open { conn, tx }) => {
-                    self.conns.insert(
-                        conn,
-                        Conn {
-                            tx,
-                            number: None,
-                            subs: Vec::new(),
-                            typing: None,
-                            cursor: 0,
-                            inflight: Vec::new(),
-                            sms_running: false,
-                        },
-                    );
+            let Some(mut cmd) = cmd else { break };
+            // One group: this command and every one already waiting, one transaction.
+            let began = self.begin();
+            let mut stop = false;
+            let mut taken = 1;
+            loop {
+                if matches!(cmd, HubCmd::Stop) {
+                    stop = true;
+                    break;
                 }
-                Some(HubCmd::Frame { conn, frame }) => self.frame(conn, frame),
-                Some(HubCmd::Closed { conn }) => self.detach(conn),
-                Some(HubCmd::SmsDone {
-                    conn,
-                    number,
-                    result,
-                }) => self.sms_done(conn, number, result),
+                self.handle(cmd);
+                if taken == MAX_GROUP {
+                    break;
+                }
+                cmd = match rx.try_recv() {
+                    Ok(next) => next,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                };
+                taken += 1;
+            }
+            self.end(began);
+            if stop {
+                break;
             }
         }
         debug!("hub stopped");
     }
 
+    fn handle(&mut self, cmd: HubCmd) {
+        match cmd {
+            HubCmd::Stop => {}
+            HubCmd::Open { conn, tx } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        tx,
+                        number: None,
+                        subs: Vec::new(),
+                        typing: None,
+                        cursor: 0,
+                        inflight: Vec::new(),
+                        sms_running: false,
+                    },
+                );
+            }
+            HubCmd::Frame { conn, frame } => self.frame(conn, frame),
+            HubCmd::Closed { conn } => self.detach(conn),
+            HubCmd::SmsDone {
+                conn,
+                number,
+                result,
+            } => self.sms_done(conn, number, result),
+        }
+    }
+
+    // Groups.
+
+    /// Opens a group: its transaction, and holding back what is sent. Returns whether
+    /// the transaction began; if not, each statement commits (durably) on its own.
+    fn begin(&mut self) -> bool {
+        self.grouping = true;
+        match self.db.begin() {
+            Ok(()) => true,
+            Err(cause) => {
+                error!(%cause, "cannot begin a transaction; committing statement by statement");
+                false
+            }
+        }
+    }
+
+    /// Ends the group: COMMIT, then release what it sent; or, if the COMMIT failed,
+    /// fail its requests and close the connections it touched.
+    fn end(&mut self, began: bool) {
+        self.grouping = false;
+        let committed = if began { self.db.commit() } else { Ok(()) };
+        match committed {
+            Ok(()) => self.release(),
+            Err(cause) => self.abort(&cause),
+        }
+        self.requests.clear();
+        self.retired.clear();
+    }
+
+    /// Sends what the committed group held back.
+    fn release(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        for (conn, item) in held.drain(..) {
+            let pushed = match self.conns.get(&conn) {
+                Some(c) => c.tx.push(item),
+                None => match self.retired.get(&conn) {
+                    Some(tx) => tx.push(item),
+                    None => continue,
+                },
+            };
+            if pushed.is_err() && self.conns.contains_key(&conn) {
+                warn!(conn, "client does not read its frames, dropping it");
+                self.detach(conn);
+            }
+        }
+        // Keep the buffer for the next group (unless one group made it huge).
+        if held.capacity() <= 4 * MAX_GROUP {
+            self.held = held;
+        }
+    }
+
+    /// The group's COMMIT failed: nothing it held back is sent.
+    fn abort(&mut self, cause: &DbError) {
+        error!(%cause, requests = self.requests.len(), "group commit failed; failing its requests");
+        if let Err(cause) = self.db.rollback() {
+            error!(%cause, "rollback failed");
+        }
+        let mut touched: Vec<ConnId> = self.held.drain(..).map(|(conn, _)| conn).collect();
+        touched.extend(self.retired.keys().copied());
+        let requests = std::mem::take(&mut self.requests);
+        for (conn, kind, id) in &requests {
+            touched.push(*conn);
+            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            error.id.clone_from(id);
+            let frame = Utf8Bytes::from(encode(&ServerFrame::Error(error)));
+            self.push(*conn, Outbound::Answer(frame));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for conn in touched {
+            let message = "the relay could not store its data; reconnect";
+            let fatal = Box::new(ErrorFrame::new(ErrorCode::Internal, message));
+            match self.retired.get(&conn) {
+                Some(tx) => {
+                    let _ = tx.push(Outbound::Fatal(fatal));
+                }
+                None => {
+                    self.push(conn, Outbound::Fatal(fatal));
+                    self.detach(conn);
+                }
+            }
+        }
+    }
+
     // Sending to connections.
 
-    /// Queues `frame` for `conn`; a connection whose queue is full is dropped.
+    /// Queues `frame` for `conn`; a connection whose outbox is full is dropped. The
+    /// first frame to a connection whose request is being handled is its answer.
     fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let text = Utf8Bytes::from(encode(frame));
+        let item = if self.answering == Some(conn) {
+            self.answering = None;
+            Outbound::Answer(text)
+        } else {
+            Outbound::Frame(text)
+        };
+        self.push(conn, item);
+    }
+
+    /// Queues `item` for `conn`: held back while a group is open, else pushed now (a
+    /// connection whose outbox is full is dropped).
+    fn push(&mut self, conn: ConnId, item: Outbound) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let text = Utf8Bytes::from(encode(frame));
-        if c.tx.try_send(Outbound::Frame(text)).is_err() {
+        if self.grouping {
+            self.held.push((conn, item));
+        } else if c.tx.push(item).is_err() {
             warn!(conn, "client does not read its frames, dropping it");
             self.detach(conn);
         }
@@ -247,9 +416,7 @@ impl State {
     /// Answers a request with an error; a fatal one also ends the connection.
     fn fail(&mut self, conn: ConnId, error: ErrorFrame) {
         if error.fatal {
-            if let Some(c) = self.conns.get(&conn) {
-                let _ = c.tx.try_send(Outbound::Fatal(Box::new(error)));
-            }
+            self.push(conn, Outbound::Fatal(Box::new(error)));
             self.detach(conn);
         } else {
             self.send(conn, &ServerFrame::Error(error));
@@ -262,6 +429,9 @@ impl State {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if self.answering == Some(conn) {
+            self.answering = None;
+        }
         for number in &c.subs {
             if let Some(set) = self.watchers.get_mut(number) {
                 set.remove(&conn);
@@ -272,6 +442,10 @@ impl State {
         }
         if let Some((_, deadline)) = &c.typing {
             self.typing.remove(&(*deadline, conn));
+        }
+        if self.grouping {
+            // What the group holds back for it still goes out after the COMMIT.
+            self.retired.insert(conn, c.tx);
         }
         if let Some(number) = c.number
             && self.online.get(&number) == Some(&conn)
@@ -405,6 +579,8 @@ impl State {
             ClientFrame::Send { id, .. } | ClientFrame::Revoke { id } => Some(id.clone()),
             _ => None,
         };
+        self.requests.push((conn, kind, id.clone()));
+        self.answering = Some(conn);
         let result = match (logged_in, frame) {
             (false, ClientFrame::Register { number }) => self.register(conn, number),
             (false, ClientFrame::Verify { number, code }) => self.verify(conn, number, code),
@@ -426,6 +602,9 @@ impl State {
             let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
             error.id = id;
             self.fail(conn, error);
+        }
+        if self.answering.take() == Some(conn) {
+            self.push(conn, Outbound::Done);
         }
     }
 
@@ -611,7 +790,7 @@ impl State {
             return Ok(());
         };
         c.number = Some(number.clone());
-        let _ = c.tx.try_send(Outbound::LoggedIn);
+        self.push(conn, Outbound::LoggedIn);
         info!(%number, conn, queued, "online");
         let frame = ServerFrame::LoggedIn {
             number: number.clone(),

@@ -18,6 +18,7 @@
 mod conn;
 mod db;
 mod hub;
+mod outbox;
 mod secret;
 mod sms;
 
