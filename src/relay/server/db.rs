@@ -347,11 +347,14 @@ impl Db {
 
     /// Up to `limit` pending messages for `recipient` after queue position `after`.
     pub fn pending_after(&self, recipient: &str, after: i64, limit: u32) -> Result<Vec<Queued>> {
+        // No `LIMIT ?`: SQLite lets a bound LIMIT shape the plan, so every new value
+        // would expire the cached statement and compile it again (a quarter of the
+        // hub's time). The rows come one step at a time; we stop after `limit`.
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, sender, id, body, ts, accepted_ms FROM messages
-             WHERE recipient = ?1 AND state = 0 AND seq > ?2 ORDER BY seq LIMIT ?3",
+             WHERE recipient = ?1 AND state = 0 AND seq > ?2 ORDER BY seq",
         )?;
-        let rows = stmt.query_map(params![recipient, after, limit], |row| {
+        let rows = stmt.query_map(params![recipient, after], |row| {
             Ok(Queued {
                 seq: row.get(0)?,
                 sender: row.get(1)?,
@@ -361,7 +364,7 @@ impl Db {
                 accepted_ms: row.get(5)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.take(limit as usize).collect::<rusqlite::Result<_>>()?)
     }
 
     /// Moves a *pending* message to `state` (dropping its text), owing the sender a

@@ -88,8 +88,10 @@ pub enum Outbound {
 }
 
 /// Capacity of the hub's request channel: connections wait (and stop reading their
-/// socket) when the hub is this far behind.
-const HUB_QUEUE: usize = 1024;
+/// socket) when the hub is this far behind. Large, because each connection already
+/// bounds its own unanswered requests, and because a connection waiting here costs a
+/// cross-thread wake-up for every command the hub takes.
+const HUB_QUEUE: usize = 16 * 1024;
 
 /// Most commands run in one transaction (one group commit).
 const MAX_GROUP: usize = 512;
@@ -963,7 +965,7 @@ impl State {
                     .db
                     .settle(row.seq, MsgState::Delivered, sender.is_none(), now)?
                 {
-                    info!(sender = %row.sender, %id, recipient = %me, "delivered");
+                    debug!(sender = %row.sender, %id, recipient = %me, "delivered");
                     if let Some(sender) = sender {
                         let receipt = ServerFrame::Receipt {
                             id: id.clone(),
