@@ -478,6 +478,26 @@ mod tests {
     }
 
     #[test]
+    fn a_group_is_one_transaction_with_savepoints_inside() {
+        let mut db = db();
+        db.begin().unwrap();
+        db.insert_message("+1", "g", "+2", "G", 0, 100).unwrap();
+        // The multi-statement writes use savepoints, so they work inside a group.
+        db.set_account("+2", b"h", 1).unwrap();
+        assert_eq!(db.expire_before(50, 200).unwrap().len(), 0);
+        db.rollback().unwrap();
+        assert_eq!(db.message("+1", "g").unwrap(), None, "rolled back");
+        assert!(!db.is_registered("+2").unwrap());
+        db.begin().unwrap();
+        db.insert_message("+1", "g", "+2", "G", 0, 100).unwrap();
+        db.commit().unwrap();
+        assert!(db.message("+1", "g").unwrap().is_some(), "committed");
+        // Without an open transaction a rollback is a no-op, and a commit fails.
+        db.rollback().unwrap();
+        assert!(db.commit().is_err());
+    }
+
+    #[test]
     fn settle_is_a_compare_and_set() {
         let db = db();
         let seq = db.insert_message("+1", "m", "+2", "hi", 5, 100).unwrap();
