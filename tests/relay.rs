@@ -1055,6 +1055,48 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
 }
 
 #[tokio::test]
+async fn a_long_backlog_of_receipts_reaches_its_sender() {
+    // Receipts owed to an offline sender go out at its login; more of them than its
+    // outbound queue holds must neither overflow it nor be lost.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (mut alice, alice_token) = relay.account(ALICE).await;
+    let (bob, bob_token) = relay.account(BOB).await;
+    drop(bob);
+    let (mut carol, _) = relay.account(CAROL).await;
+    let count = 400;
+    for n in 0..count {
+        alice.send_text(&format!("r{n}"), BOB, "hi").await;
+    }
+    for _ in 0..count {
+        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
+    }
+    drop(alice);
+    // Alice is offline before Bob acks, so every receipt is owed.
+    while carol.subscribe(&[ALICE]).await[0].state != PresenceState::Offline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
+    assert_eq!(queued, count as u32);
+    let mut acked = 0;
+    while acked < count {
+        match bob.recv().await {
+            ServerFrame::Deliver { from, id, .. } => bob.ack(&from, &id).await,
+            ServerFrame::Confirm { .. } => acked += 1,
+            other => panic!("expected deliver or confirm, got {other:?}"),
+        }
+    }
+    let (mut alice, _) = relay.login(ALICE, &alice_token).await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < count {
+        let (id, outcome) = alice.receipt().await;
+        assert_eq!(outcome, ReceiptOutcome::Delivered);
+        assert!(seen.insert(id), "each receipt once");
+    }
+    alice.quiet(Duration::from_millis(200)).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn revoke_before_and_after_delivery() {
     let relay = Relay::start(RelayConfig::default()).await;
     let (mut alice, _) = relay.account(ALICE).await;

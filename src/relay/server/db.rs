@@ -381,8 +381,8 @@ impl Db {
         Ok(changed == 1)
     }
 
-    /// Receipts owed to `sender`, oldest first.
-    pub fn owed_receipts(&self, sender: &str) -> Result<Vec<OwedReceipt>> {
+    /// The first `limit` receipts owed to `sender`, oldest first.
+    pub fn owed_receipts(&self, sender: &str, limit: usize) -> Result<Vec<OwedReceipt>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, id, recipient, state, settled_ms FROM messages
              WHERE sender = ?1 AND receipt_pending = 1 ORDER BY seq",
@@ -396,7 +396,8 @@ impl Db {
                 settled_ms: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        // No `LIMIT ?` (see `pending_after`).
+        Ok(rows.take(limit).collect::<rusqlite::Result<_>>()?)
     }
 
     /// The receipt for `seq` reached its sender.
@@ -511,7 +512,7 @@ mod tests {
         let row = db.message("+1", "m").unwrap().expect("row");
         assert_eq!(row.state, MsgState::Revoked);
         assert_eq!(db.pending_count("+2").unwrap(), 0);
-        assert!(db.owed_receipts("+1").unwrap().is_empty());
+        assert!(db.owed_receipts("+1", 10).unwrap().is_empty());
     }
 
     #[test]
@@ -530,13 +531,13 @@ mod tests {
             (expired[0].sender.as_str(), expired[0].id.as_str()),
             ("+1", "a")
         );
-        let owed = db.owed_receipts("+1").unwrap();
+        let owed = db.owed_receipts("+1", 10).unwrap();
         assert_eq!(
             (owed[0].state, owed[0].settled_ms),
             (MsgState::Expired, 300)
         );
         db.receipt_sent(owed[0].seq).unwrap();
-        assert!(db.owed_receipts("+1").unwrap().is_empty());
+        assert!(db.owed_receipts("+1", 10).unwrap().is_empty());
 
         assert_eq!(db.purge(150, 0).unwrap(), 1, "settled and old");
         assert_eq!(db.message("+1", "a").unwrap(), None);

@@ -8,6 +8,9 @@
 //! Every request is answered by exactly one [`Outbound::Answer`] or [`Outbound::Done`],
 //! which is how a connection bounds the requests it has in flight (see `conn`).
 //!
+//! Owed receipts (a sender's backlog at login, expiries) go out paced, a batch at a time
+//! while the outbox has room, so no backlog can overflow a reading client's outbox.
+//!
 //! Group commit: the hub takes every command already waiting (up to [`MAX_GROUP`]) and
 //! runs them in one SQLite transaction; everything it has to send meanwhile is held back
 //! and released only after that transaction's COMMIT returned, so nothing reaches a
@@ -96,6 +99,15 @@ const HUB_QUEUE: usize = 16 * 1024;
 /// Most commands run in one transaction (one group commit).
 const MAX_GROUP: usize = 512;
 
+/// Owed receipts (those of a sender who was offline, or of messages that expired) go
+/// out at most this many at a time, and only to an outbox holding at most this many
+/// items, so that a long backlog of receipts can never overflow a reading client's
+/// outbox; the rest stay owed in the database.
+const RECEIPT_BATCH: usize = 32;
+
+/// How soon the hub sends the next batch of owed receipts.
+const RECEIPT_PACE: Duration = Duration::from_millis(50);
+
 /// The handle `run` keeps: the request channel and the thread's completion.
 pub struct Hub {
     tx: mpsc::Sender<HubCmd>,
@@ -179,6 +191,8 @@ struct State {
     /// Typing deadlines, soonest first.
     typing: BTreeSet<(Instant, ConnId)>,
     next_sweep: Instant,
+    /// Connections that may still be owed receipts beyond the batches sent so far.
+    owed: BTreeSet<ConnId>,
     /// A group's transaction is open: what is sent waits in `held`.
     grouping: bool,
     /// What the open group sends, in order, released after its COMMIT.
@@ -218,6 +232,7 @@ impl State {
             online: HashMap::new(),
             watchers: HashMap::new(),
             typing: BTreeSet::new(),
+            owed: BTreeSet::new(),
             grouping: false,
             held: Vec::new(),
             retired: HashMap::new(),
@@ -231,6 +246,9 @@ impl State {
             let mut deadline = self.next_sweep;
             if let Some(&(first, _)) = self.typing.first() {
                 deadline = deadline.min(first);
+            }
+            if !self.owed.is_empty() {
+                deadline = deadline.min(Instant::now() + RECEIPT_PACE);
             }
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
@@ -434,6 +452,7 @@ impl State {
         if self.answering == Some(conn) {
             self.answering = None;
         }
+        self.owed.remove(&conn);
         for number in &c.subs {
             if let Some(set) = self.watchers.get_mut(number) {
                 set.remove(&conn);
@@ -539,6 +558,53 @@ impl State {
                 error!(cause = %err, "sweep failed");
             }
         }
+        let owed: Vec<ConnId> = self.owed.iter().copied().collect();
+        for conn in owed {
+            if let Err(err) = self.send_owed(conn) {
+                error!(conn, cause = %err, "cannot send owed receipts");
+            }
+        }
+    }
+
+    /// Sends `conn` the next batch of the receipts owed to its number, if its outbox
+    /// has room; keeps it in `owed` while more remain.
+    fn send_owed(&mut self, conn: ConnId) -> Res {
+        let Some(c) = self.conns.get(&conn) else {
+            self.owed.remove(&conn);
+            return Ok(());
+        };
+        let Some(number) = c.number.clone() else {
+            self.owed.remove(&conn);
+            return Ok(());
+        };
+        if c.tx.len() > RECEIPT_BATCH {
+            // Still writing earlier frames: try again at the next pace.
+            self.owed.insert(conn);
+            return Ok(());
+        }
+        let mut receipts = self.db.owed_receipts(&number, RECEIPT_BATCH + 1)?;
+        let more = receipts.len() > RECEIPT_BATCH;
+        receipts.truncate(RECEIPT_BATCH);
+        for receipt in receipts {
+            let outcome = match receipt.state {
+                MsgState::Delivered => ReceiptOutcome::Delivered,
+                _ => ReceiptOutcome::Expired,
+            };
+            let frame = ServerFrame::Receipt {
+                id: receipt.id,
+                to: receipt.recipient,
+                outcome,
+                at: receipt.settled_ms,
+            };
+            self.send(conn, &frame);
+            self.db.receipt_sent(receipt.seq)?;
+        }
+        if more {
+            self.owed.insert(conn);
+        } else {
+            self.owed.remove(&conn);
+        }
+        Ok(())
     }
 
     /// Expires messages older than `max_age` (receipts to their senders), forgets old
@@ -548,15 +614,9 @@ impl State {
         let expired = self.db.expire_before(now - ms(self.config.max_age), now)?;
         for msg in expired {
             info!(sender = %msg.sender, id = %msg.id, recipient = %msg.recipient, "message expired");
+            // Owed (in the database) from now on; online senders get them paced.
             if let Some(&conn) = self.online.get(&msg.sender) {
-                let receipt = ServerFrame::Receipt {
-                    id: msg.id,
-                    to: msg.recipient,
-                    outcome: ReceiptOutcome::Expired,
-                    at: now,
-                };
-                self.send(conn, &receipt);
-                self.db.receipt_sent(msg.seq)?;
+                self.owed.insert(conn);
             }
         }
         let forgotten = self.db.purge(
@@ -774,7 +834,6 @@ impl State {
             return Ok(());
         }
         let queued = self.db.pending_count(&number)?;
-        let receipts = self.db.owed_receipts(&number)?;
         let old = self.online.insert(number.clone(), conn);
         let mut typing_to = None;
         if let Some(old) = old.filter(|&old| old != conn) {
@@ -800,20 +859,7 @@ impl State {
         };
         self.send(conn, &frame);
         self.fill_window(conn)?;
-        for receipt in receipts {
-            let outcome = match receipt.state {
-                MsgState::Delivered => ReceiptOutcome::Delivered,
-                _ => ReceiptOutcome::Expired,
-            };
-            let frame = ServerFrame::Receipt {
-                id: receipt.id,
-                to: receipt.recipient,
-                outcome,
-                at: receipt.settled_ms,
-            };
-            self.send(conn, &frame);
-            self.db.receipt_sent(receipt.seq)?;
-        }
+        self.send_owed(conn)?;
         match (old, typing_to) {
             // Already online on the connection it replaces: only the typing state ended.
             (Some(_), Some(to)) => self.push_to_number(&to, &number),

@@ -71,6 +71,11 @@ pub enum TryRecvError {
 pub struct OutboxTx<T>(Arc<Shared<T>>);
 
 impl<T> OutboxTx<T> {
+    /// Items queued and not yet taken.
+    pub fn len(&self) -> usize {
+        self.0.lock().queue.len()
+    }
+
     /// Queues `item`, or fails at once if the outbox is full or its consumer gone.
     pub fn push(&self, item: T) -> Result<(), PushError> {
         let waker = {
