@@ -50,6 +50,19 @@ CREATE INDEX messages_receipts ON messages (sender, seq) WHERE receipt_pending =
 CREATE INDEX messages_accepted ON messages (accepted_ms);
 "#];
 
+/// The queue of one recipient, in order. Written so that SQLite never compiles it again:
+/// with a bare `recipient = ?1` (matched against a partial index, with `ORDER BY`) or a
+/// `LIMIT ?`, SQLite lets the bound values shape the plan and expires the statement at
+/// every new binding: re-preparing it was a third of the hub's time. `CAST` keeps the
+/// same plan (the partial index, `recipient=? AND seq>?`); the caller stops reading
+/// after its limit instead of binding one.
+const PENDING_AFTER: &str = "SELECT seq, sender, id, body, ts, accepted_ms FROM messages
+     WHERE recipient = CAST(?1 AS TEXT) AND state = 0 AND seq > ?2 ORDER BY seq";
+
+/// The receipts owed to one sender, oldest first (written as [`PENDING_AFTER`] is).
+const OWED_RECEIPTS: &str = "SELECT seq, id, recipient, state, settled_ms FROM messages
+     WHERE sender = CAST(?1 AS TEXT) AND receipt_pending = 1 ORDER BY seq";
+
 /// Prepared statements kept: more than this module has, so none is ever re-parsed.
 const STATEMENT_CACHE: usize = 40;
 
@@ -347,13 +360,7 @@ impl Db {
 
     /// Up to `limit` pending messages for `recipient` after queue position `after`.
     pub fn pending_after(&self, recipient: &str, after: i64, limit: u32) -> Result<Vec<Queued>> {
-        // No `LIMIT ?`: SQLite lets a bound LIMIT shape the plan, so every new value
-        // would expire the cached statement and compile it again (a quarter of the
-        // hub's time). The rows come one step at a time; we stop after `limit`.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, sender, id, body, ts, accepted_ms FROM messages
-             WHERE recipient = ?1 AND state = 0 AND seq > ?2 ORDER BY seq",
-        )?;
+        let mut stmt = self.conn.prepare_cached(PENDING_AFTER)?;
         let rows = stmt.query_map(params![recipient, after], |row| {
             Ok(Queued {
                 seq: row.get(0)?,
@@ -383,10 +390,7 @@ impl Db {
 
     /// The first `limit` receipts owed to `sender`, oldest first.
     pub fn owed_receipts(&self, sender: &str, limit: usize) -> Result<Vec<OwedReceipt>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, id, recipient, state, settled_ms FROM messages
-             WHERE sender = ?1 AND receipt_pending = 1 ORDER BY seq",
-        )?;
+        let mut stmt = self.conn.prepare_cached(OWED_RECEIPTS)?;
         let rows = stmt.query_map([sender], |row| {
             Ok(OwedReceipt {
                 seq: row.get(0)?,
@@ -396,7 +400,7 @@ impl Db {
                 settled_ms: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
             })
         })?;
-        // No `LIMIT ?` (see `pending_after`).
+        // No `LIMIT ?` (see `PENDING_AFTER`).
         Ok(rows.take(limit).collect::<rusqlite::Result<_>>()?)
     }
 
@@ -496,6 +500,29 @@ mod tests {
         // Without an open transaction a rollback is a no-op, and a commit fails.
         db.rollback().unwrap();
         assert!(db.commit().is_err());
+    }
+
+    #[test]
+    fn queue_reads_are_never_compiled_again() {
+        let db = db();
+        for n in 0..4 {
+            let id = format!("m{n}");
+            let seq = db.insert_message("+1", &id, "+2", "x", 0, 100).unwrap();
+            db.settle(seq, MsgState::Delivered, n % 2 == 0, 110)
+                .unwrap();
+            db.insert_message("+3", &id, "+4", "y", 0, 100).unwrap();
+        }
+        for n in 0..6 {
+            let recipient = if n % 2 == 0 { "+2" } else { "+4" };
+            db.pending_after(recipient, n, 1 + n as u32).unwrap();
+            db.owed_receipts(if n % 2 == 0 { "+1" } else { "+3" }, 2)
+                .unwrap();
+        }
+        for sql in [PENDING_AFTER, OWED_RECEIPTS] {
+            let stmt = db.conn.prepare_cached(sql).unwrap();
+            let reprepared = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(reprepared, 0, "{sql}");
+        }
     }
 
     #[test]
