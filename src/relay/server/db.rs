@@ -72,6 +72,8 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the relay database has schema version {found}, newer than this relay knows ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("the relay database has a transaction open that was never committed")]
+    NotCommitted,
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
@@ -208,6 +210,11 @@ impl Db {
     pub fn commit(&self) -> Result<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
+    }
+
+    /// A transaction is open: statements are not durable until a `commit`.
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     /// Abandons the group's transaction after a failed commit (if it is still open).
@@ -485,7 +492,9 @@ mod tests {
     #[test]
     fn a_group_is_one_transaction_with_savepoints_inside() {
         let mut db = db();
+        assert!(!db.in_transaction());
         db.begin().unwrap();
+        assert!(db.in_transaction());
         db.insert_message("+1", "g", "+2", "G", 0, 100).unwrap();
         // The multi-statement writes use savepoints, so they work inside a group.
         db.set_account("+2", b"h", 1).unwrap();
@@ -496,6 +505,7 @@ mod tests {
         db.begin().unwrap();
         db.insert_message("+1", "g", "+2", "G", 0, 100).unwrap();
         db.commit().unwrap();
+        assert!(!db.in_transaction());
         assert!(db.message("+1", "g").unwrap().is_some(), "committed");
         // Without an open transaction a rollback is a no-op, and a commit fails.
         db.rollback().unwrap();

@@ -324,6 +324,13 @@ impl State {
     /// the transaction began; if not, each statement commits (durably) on its own.
     fn begin(&mut self) -> bool {
         self.grouping = true;
+        if self.db.in_transaction() {
+            // Left open by a failed COMMIT whose rollback failed too: never build on it.
+            error!("a transaction is still open; rolling it back");
+            if let Err(cause) = self.db.rollback() {
+                error!(%cause, "rollback failed");
+            }
+        }
         match self.db.begin() {
             Ok(()) => true,
             Err(cause) => {
@@ -337,7 +344,15 @@ impl State {
     /// fail its requests and close the connections it touched.
     fn end(&mut self, began: bool) {
         self.grouping = false;
-        let committed = if began { self.db.commit() } else { Ok(()) };
+        let committed = if began {
+            self.db.commit()
+        } else if self.db.in_transaction() {
+            // Without our BEGIN the statements were to commit one by one; if they ran in
+            // a transaction after all, nothing of the group is known to be durable.
+            Err(DbError::NotCommitted)
+        } else {
+            Ok(())
+        };
         match committed {
             Ok(()) => self.release(),
             Err(cause) => self.abort(&cause),
