@@ -964,6 +964,138 @@ async fn delivery_is_paced_by_the_window() {
     relay.stop().await;
 }
 
+/// One side of a busy conversation: sends `count` messages to `peer` without waiting,
+/// while reading everything and acking every delivery at once. Returns when all its
+/// sends are acked and receipted, and all `count` messages of the peer are delivered
+/// and confirmed; an error frame (such as `overloaded`) fails the test.
+async fn chatter(client: Client, me: &'static str, peer: &'static str, count: usize) {
+    let (mut sink, mut stream) = client.ws.split();
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<ClientFrame>();
+    for n in 0..count {
+        let send = ClientFrame::Send {
+            id: format!("{}-{n}", &me[1..]),
+            to: peer.to_owned(),
+            text: format!("message {n} from {me}, sent without waiting for the last"),
+            ts: 1_700_000_000_000,
+        };
+        out_tx.send(send).expect("queue a send");
+    }
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            let text = Message::Text(Utf8Bytes::from(encode(&frame)));
+            if sink.send(text).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (mut acked, mut receipts, mut delivered, mut confirmed) = (0, 0, 0, 0);
+    while acked < count || receipts < count || delivered < count || confirmed < count {
+        let message = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{me}: stalled at {acked} acks, {receipts} receipts, {delivered} deliveries, {confirmed} confirms")
+            })
+            .expect("the connection is open")
+            .expect("a readable frame");
+        let Message::Text(text) = message else {
+            continue;
+        };
+        match decode_server(&text).expect("a valid frame") {
+            ServerFrame::Ack {
+                state, duplicate, ..
+            } => {
+                assert_eq!((state, duplicate), (SendState::Online, false));
+                acked += 1;
+            }
+            ServerFrame::Receipt { outcome, .. } => {
+                assert_eq!(outcome, ReceiptOutcome::Delivered);
+                receipts += 1;
+            }
+            ServerFrame::Deliver { from, id, .. } => {
+                assert_eq!(from, peer);
+                delivered += 1;
+                out_tx
+                    .send(ClientFrame::Ack { from, id })
+                    .expect("queue an ack");
+            }
+            ServerFrame::Confirm { outcome, .. } => {
+                assert_eq!(outcome, ConfirmOutcome::Delivered);
+                confirmed += 1;
+            }
+            other => {
+                panic!("{me}: unexpected {other:?} after {acked} acks, {delivered} deliveries")
+            }
+        }
+    }
+    drop(out_tx);
+    writer.await.expect("the writer");
+}
+
+#[tokio::test]
+async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
+    // Answers to a client's own requests (acks, confirms) share its outbound queue with
+    // deliveries and receipts; a client that reads everything must never overflow it,
+    // however many requests it pipelines.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (alice, _) = relay.account(ALICE).await;
+    let (bob, _) = relay.account(BOB).await;
+    let count = 600;
+    let both = async {
+        tokio::join!(
+            chatter(alice, ALICE, BOB, count),
+            chatter(bob, BOB, ALICE, count)
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("both conversations finish");
+    // The relay still serves.
+    let _carol = relay.account(CAROL).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_backlog_of_receipts_reaches_its_sender() {
+    // Receipts owed to an offline sender go out at its login; more of them than its
+    // outbound queue holds must neither overflow it nor be lost.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (mut alice, alice_token) = relay.account(ALICE).await;
+    let (bob, bob_token) = relay.account(BOB).await;
+    drop(bob);
+    let (mut carol, _) = relay.account(CAROL).await;
+    let count = 400;
+    for n in 0..count {
+        alice.send_text(&format!("r{n}"), BOB, "hi").await;
+    }
+    for _ in 0..count {
+        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
+    }
+    drop(alice);
+    // Alice is offline before Bob acks, so every receipt is owed.
+    while carol.subscribe(&[ALICE]).await[0].state != PresenceState::Offline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
+    assert_eq!(queued, count as u32);
+    let mut acked = 0;
+    while acked < count {
+        match bob.recv().await {
+            ServerFrame::Deliver { from, id, .. } => bob.ack(&from, &id).await,
+            ServerFrame::Confirm { .. } => acked += 1,
+            other => panic!("expected deliver or confirm, got {other:?}"),
+        }
+    }
+    let (mut alice, _) = relay.login(ALICE, &alice_token).await;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < count {
+        let (id, outcome) = alice.receipt().await;
+        assert_eq!(outcome, ReceiptOutcome::Delivered);
+        assert!(seen.insert(id), "each receipt once");
+    }
+    alice.quiet(Duration::from_millis(200)).await;
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn revoke_before_and_after_delivery() {
     let relay = Relay::start(RelayConfig::default()).await;

@@ -98,7 +98,8 @@ pub struct RelayFigures {
     pub relay_hub_cpu_pct: f64,
     pub client_cpu_pct: f64,
     /// Median of a 4 KiB write + fsync in the relay's directory, just before the
-    /// exchange: the disk's pace in this run (the relay commits about twice per message).
+    /// exchange: the disk's pace in this run (the relay's hub commits once per group of
+    /// the requests waiting for it, however many messages that is).
     pub fsync_ms: f64,
     pub fd_limit: u64,
     pub note: String,
@@ -539,16 +540,15 @@ pub async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, Be
     let relay_cpu_pct = pct(cpu_start.0, cpu_end.0);
     let relay_hub_cpu_pct = pct(cpu_start.1, cpu_end.1);
     let client_cpu_pct = pct(cpu_start.2, cpu_end.2);
-    let ceiling = 1.0 / (2.0 * fsync.as_secs_f64().max(1e-6));
     notes.push(format!(
         "one machine, {} cores, shared: the relay (its connections on one thread, its SQLite \
          hub on another) and all clients (one thread of this process) compete for them; \
          during the exchange the relay used {relay_cpu_pct}% of a core (hub \
-         {relay_hub_cpu_pct}%), the clients {client_cpu_pct}%. Every send and every \
-         delivery ack is a durable SQLite commit (WAL, synchronous=FULL) on {}, one after \
-         the other on the hub thread: with an fsync of {:.3} ms now, that alone allows about \
-         {ceiling:.0} messages/s. The {clients} idle clients stay connected during the \
-         exchange",
+         {relay_hub_cpu_pct}%), the clients {client_cpu_pct}%. The hub runs every request \
+         waiting for it in one durable SQLite transaction (WAL, synchronous=FULL) on {} and \
+         answers none of them before its COMMIT returned (group commit): an fsync of {:.3} \
+         ms now paces the groups, not each message. The {clients} idle clients stay \
+         connected during the exchange",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         dir.path().parent().unwrap_or(dir.path()).display(),
         fsync.as_secs_f64() * 1000.0,

@@ -50,12 +50,30 @@ CREATE INDEX messages_receipts ON messages (sender, seq) WHERE receipt_pending =
 CREATE INDEX messages_accepted ON messages (accepted_ms);
 "#];
 
+/// The queue of one recipient, in order. Written so that SQLite never compiles it again:
+/// with a bare `recipient = ?1` (matched against a partial index, with `ORDER BY`) or a
+/// `LIMIT ?`, SQLite lets the bound values shape the plan and expires the statement at
+/// every new binding: re-preparing it was a third of the hub's time. `CAST` keeps the
+/// same plan (the partial index, `recipient=? AND seq>?`); the caller stops reading
+/// after its limit instead of binding one.
+const PENDING_AFTER: &str = "SELECT seq, sender, id, body, ts, accepted_ms FROM messages
+     WHERE recipient = CAST(?1 AS TEXT) AND state = 0 AND seq > ?2 ORDER BY seq";
+
+/// The receipts owed to one sender, oldest first (written as [`PENDING_AFTER`] is).
+const OWED_RECEIPTS: &str = "SELECT seq, id, recipient, state, settled_ms FROM messages
+     WHERE sender = CAST(?1 AS TEXT) AND receipt_pending = 1 ORDER BY seq";
+
+/// Prepared statements kept: more than this module has, so none is ever re-parsed.
+const STATEMENT_CACHE: usize = 40;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("relay database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the relay database has schema version {found}, newer than this relay knows ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("the relay database has a transaction open that was never committed")]
+    NotCommitted,
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
@@ -155,6 +173,8 @@ impl Db {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement of this module stays prepared (rusqlite's default keeps 16).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mut db = Db { conn };
         db.migrate()?;
         Ok(db)
@@ -177,17 +197,42 @@ impl Db {
         Ok(())
     }
 
+    // Group commit: the hub runs every request it has waiting in one transaction and
+    // answers none of them before `commit` returned.
+
+    /// Starts the transaction of a group of requests.
+    pub fn begin(&self) -> Result<()> {
+        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(())
+    }
+
+    /// Commits the group's transaction: durable when this returns Ok (WAL, FULL).
+    pub fn commit(&self) -> Result<()> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
+    }
+
+    /// A transaction is open: statements are not durable until a `commit`.
+    pub fn in_transaction(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
+    /// Abandons the group's transaction after a failed commit (if it is still open).
+    pub fn rollback(&self) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.prepare_cached("ROLLBACK")?.execute([])?;
+        }
+        Ok(())
+    }
+
     // Accounts.
 
     /// The token hash of `number`, if it is registered.
     pub fn token_hash(&self, number: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT token_hash FROM accounts WHERE number = ?1",
-                [number],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT token_hash FROM accounts WHERE number = ?1")?
+            .query_row([number], |row| row.get(0))
             .optional()?)
     }
 
@@ -198,24 +243,28 @@ impl Db {
     /// Gives `number` a new token (replacing any old one) and drops its pending code,
     /// in one transaction.
     pub fn set_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        // A savepoint, not a transaction: the hub may already have one open.
+        let tx = self.conn.savepoint()?;
+        tx.prepare_cached(
             "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT (number) DO UPDATE SET token_hash = ?2, registered_ms = ?3",
-            params![number, token_hash, now],
-        )?;
-        tx.execute("DELETE FROM codes WHERE number = ?1", [number])?;
+        )?
+        .execute(params![number, token_hash, now])?;
+        tx.prepare_cached("DELETE FROM codes WHERE number = ?1")?
+            .execute([number])?;
         tx.commit()?;
         Ok(())
     }
 
     /// Registers `number` only if it holds no token yet; false if it does.
     pub fn create_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<bool> {
-        let inserted = self.conn.execute(
-            "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (number) DO NOTHING",
-            params![number, token_hash, now],
-        )?;
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO accounts (number, token_hash, registered_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (number) DO NOTHING",
+            )?
+            .execute(params![number, token_hash, now])?;
         Ok(inserted == 1)
     }
 
@@ -224,45 +273,47 @@ impl Db {
     pub fn code(&self, number: &str) -> Result<Option<CodeRow>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT code_hash, sent_ms, expires_ms, attempts FROM codes WHERE number = ?1",
-                [number],
-                |row| {
-                    Ok(CodeRow {
-                        code_hash: row.get(0)?,
-                        sent_ms: row.get(1)?,
-                        expires_ms: row.get(2)?,
-                        attempts: row.get(3)?,
-                    })
-                },
-            )
+            )?
+            .query_row([number], |row| {
+                Ok(CodeRow {
+                    code_hash: row.get(0)?,
+                    sent_ms: row.get(1)?,
+                    expires_ms: row.get(2)?,
+                    attempts: row.get(3)?,
+                })
+            })
             .optional()?)
     }
 
     /// Stores a new code for `number`, replacing any earlier one (and its attempts).
     pub fn put_code(&self, number: &str, code_hash: &[u8], now: i64, expires: i64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO codes (number, code_hash, sent_ms, expires_ms, attempts)
-             VALUES (?1, ?2, ?3, ?4, 0)
-             ON CONFLICT (number) DO UPDATE
-             SET code_hash = ?2, sent_ms = ?3, expires_ms = ?4, attempts = 0",
-            params![number, code_hash, now, expires],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO codes (number, code_hash, sent_ms, expires_ms, attempts)
+                 VALUES (?1, ?2, ?3, ?4, 0)
+                 ON CONFLICT (number) DO UPDATE
+                 SET code_hash = ?2, sent_ms = ?3, expires_ms = ?4, attempts = 0",
+            )?
+            .execute(params![number, code_hash, now, expires])?;
         Ok(())
     }
 
     /// Counts one wrong try; returns the tries made so far.
     pub fn count_attempt(&self, number: &str) -> Result<u32> {
-        Ok(self.conn.query_row(
-            "UPDATE codes SET attempts = attempts + 1 WHERE number = ?1 RETURNING attempts",
-            [number],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE codes SET attempts = attempts + 1 WHERE number = ?1 RETURNING attempts",
+            )?
+            .query_row([number], |row| row.get(0))?)
     }
 
     pub fn delete_code(&self, number: &str) -> Result<()> {
         self.conn
-            .execute("DELETE FROM codes WHERE number = ?1", [number])?;
+            .prepare_cached("DELETE FROM codes WHERE number = ?1")?
+            .execute([number])?;
         Ok(())
     }
 
@@ -271,28 +322,26 @@ impl Db {
     pub fn message(&self, sender: &str, id: &str) -> Result<Option<MsgRow>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT seq, recipient, state FROM messages WHERE sender = ?1 AND id = ?2",
-                [sender, id],
-                |row| {
-                    Ok(MsgRow {
-                        seq: row.get(0)?,
-                        sender: sender.to_owned(),
-                        recipient: row.get(1)?,
-                        state: MsgState::from_code(row.get(2)?),
-                    })
-                },
-            )
+            )?
+            .query_row([sender, id], |row| {
+                Ok(MsgRow {
+                    seq: row.get(0)?,
+                    sender: sender.to_owned(),
+                    recipient: row.get(1)?,
+                    state: MsgState::from_code(row.get(2)?),
+                })
+            })
             .optional()?)
     }
 
     /// Undelivered messages waiting for `recipient`.
     pub fn pending_count(&self, recipient: &str) -> Result<u32> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM messages WHERE recipient = ?1 AND state = 0",
-            [recipient],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND state = 0")?
+            .query_row([recipient], |row| row.get(0))?)
     }
 
     /// Stores an accepted message; returns its queue position.
@@ -305,21 +354,21 @@ impl Db {
         ts: i64,
         now: i64,
     ) -> Result<i64> {
-        Ok(self.conn.query_row(
-            "INSERT INTO messages (sender, id, recipient, body, ts, accepted_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
-            params![sender, id, recipient, text, ts, now],
-            |row| row.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "INSERT INTO messages (sender, id, recipient, body, ts, accepted_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq",
+            )?
+            .query_row(params![sender, id, recipient, text, ts, now], |row| {
+                row.get(0)
+            })?)
     }
 
     /// Up to `limit` pending messages for `recipient` after queue position `after`.
     pub fn pending_after(&self, recipient: &str, after: i64, limit: u32) -> Result<Vec<Queued>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, sender, id, body, ts, accepted_ms FROM messages
-             WHERE recipient = ?1 AND state = 0 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![recipient, after, limit], |row| {
+        let mut stmt = self.conn.prepare_cached(PENDING_AFTER)?;
+        let rows = stmt.query_map(params![recipient, after], |row| {
             Ok(Queued {
                 seq: row.get(0)?,
                 sender: row.get(1)?,
@@ -329,27 +378,26 @@ impl Db {
                 accepted_ms: row.get(5)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.take(limit as usize).collect::<rusqlite::Result<_>>()?)
     }
 
     /// Moves a *pending* message to `state` (dropping its text), owing the sender a
     /// receipt when `receipt` is set. Returns false if it was no longer pending: this
     /// compare-and-set is what makes `revoke` and the recipient's `ack` exclusive.
     pub fn settle(&self, seq: i64, state: MsgState, receipt: bool, now: i64) -> Result<bool> {
-        let changed = self.conn.execute(
-            "UPDATE messages SET state = ?2, body = NULL, settled_ms = ?3, receipt_pending = ?4
-             WHERE seq = ?1 AND state = 0",
-            params![seq, state.code(), now, receipt],
-        )?;
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE messages SET state = ?2, body = NULL, settled_ms = ?3, receipt_pending = ?4
+                 WHERE seq = ?1 AND state = 0",
+            )?
+            .execute(params![seq, state.code(), now, receipt])?;
         Ok(changed == 1)
     }
 
-    /// Receipts owed to `sender`, oldest first.
-    pub fn owed_receipts(&self, sender: &str) -> Result<Vec<OwedReceipt>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, id, recipient, state, settled_ms FROM messages
-             WHERE sender = ?1 AND receipt_pending = 1 ORDER BY seq",
-        )?;
+    /// The first `limit` receipts owed to `sender`, oldest first.
+    pub fn owed_receipts(&self, sender: &str, limit: usize) -> Result<Vec<OwedReceipt>> {
+        let mut stmt = self.conn.prepare_cached(OWED_RECEIPTS)?;
         let rows = stmt.query_map([sender], |row| {
             Ok(OwedReceipt {
                 seq: row.get(0)?,
@@ -359,24 +407,25 @@ impl Db {
                 settled_ms: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        // No `LIMIT ?` (see `PENDING_AFTER`).
+        Ok(rows.take(limit).collect::<rusqlite::Result<_>>()?)
     }
 
     /// The receipt for `seq` reached its sender.
     pub fn receipt_sent(&self, seq: i64) -> Result<()> {
-        self.conn.execute(
-            "UPDATE messages SET receipt_pending = 0 WHERE seq = ?1",
-            [seq],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE messages SET receipt_pending = 0 WHERE seq = ?1")?
+            .execute([seq])?;
         Ok(())
     }
 
     /// Expires every pending message accepted before `cutoff`, owing each sender a
     /// receipt; returns them.
     pub fn expire_before(&mut self, cutoff: i64, now: i64) -> Result<Vec<ExpiredMsg>> {
-        let tx = self.conn.transaction()?;
+        // A savepoint, not a transaction: the hub may already have one open.
+        let tx = self.conn.savepoint()?;
         let expired = {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare_cached(
                 "UPDATE messages
                  SET state = 3, body = NULL, settled_ms = ?2, receipt_pending = 1
                  WHERE state = 0 AND accepted_ms < ?1
@@ -400,12 +449,13 @@ impl Db {
     /// memory, receipts still owed included) and codes that expired before
     /// `codes_before`. Returns the number of messages forgotten.
     pub fn purge(&self, messages_before: i64, codes_before: i64) -> Result<usize> {
-        let forgotten = self.conn.execute(
-            "DELETE FROM messages WHERE state <> 0 AND accepted_ms < ?1",
-            [messages_before],
-        )?;
+        let forgotten = self
+            .conn
+            .prepare_cached("DELETE FROM messages WHERE state <> 0 AND accepted_ms < ?1")?
+            .execute([messages_before])?;
         self.conn
-            .execute("DELETE FROM codes WHERE expires_ms < ?1", [codes_before])?;
+            .prepare_cached("DELETE FROM codes WHERE expires_ms < ?1")?
+            .execute([codes_before])?;
         Ok(forgotten)
     }
 }
@@ -440,6 +490,52 @@ mod tests {
     }
 
     #[test]
+    fn a_group_is_one_transaction_with_savepoints_inside() {
+        let mut db = db();
+        assert!(!db.in_transaction());
+        db.begin().unwrap();
+        assert!(db.in_transaction());
+        db.insert_message("+1", "g", "+2", "G", 0, 100).unwrap();
+        // The multi-statement writes use savepoints, so they work inside a group.
+        db.set_account("+2", b"h", 1).unwrap();
+        assert_eq!(db.expire_before(50, 200).unwrap().len(), 0);
+        db.rollback().unwrap();
+        assert_eq!(db.message("+1", "g").unwrap(), None, "rolled back");
+        assert!(!db.is_registered("+2").unwrap());
+        db.begin().unwrap();
+        db.insert_message("+1", "g", "+2", "G", 0, 100).unwrap();
+        db.commit().unwrap();
+        assert!(!db.in_transaction());
+        assert!(db.message("+1", "g").unwrap().is_some(), "committed");
+        // Without an open transaction a rollback is a no-op, and a commit fails.
+        db.rollback().unwrap();
+        assert!(db.commit().is_err());
+    }
+
+    #[test]
+    fn queue_reads_are_never_compiled_again() {
+        let db = db();
+        for n in 0..4 {
+            let id = format!("m{n}");
+            let seq = db.insert_message("+1", &id, "+2", "x", 0, 100).unwrap();
+            db.settle(seq, MsgState::Delivered, n % 2 == 0, 110)
+                .unwrap();
+            db.insert_message("+3", &id, "+4", "y", 0, 100).unwrap();
+        }
+        for n in 0..6 {
+            let recipient = if n % 2 == 0 { "+2" } else { "+4" };
+            db.pending_after(recipient, n, 1 + n as u32).unwrap();
+            db.owed_receipts(if n % 2 == 0 { "+1" } else { "+3" }, 2)
+                .unwrap();
+        }
+        for sql in [PENDING_AFTER, OWED_RECEIPTS] {
+            let stmt = db.conn.prepare_cached(sql).unwrap();
+            let reprepared = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(reprepared, 0, "{sql}");
+        }
+    }
+
+    #[test]
     fn settle_is_a_compare_and_set() {
         let db = db();
         let seq = db.insert_message("+1", "m", "+2", "hi", 5, 100).unwrap();
@@ -453,7 +549,7 @@ mod tests {
         let row = db.message("+1", "m").unwrap().expect("row");
         assert_eq!(row.state, MsgState::Revoked);
         assert_eq!(db.pending_count("+2").unwrap(), 0);
-        assert!(db.owed_receipts("+1").unwrap().is_empty());
+        assert!(db.owed_receipts("+1", 10).unwrap().is_empty());
     }
 
     #[test]
@@ -472,13 +568,13 @@ mod tests {
             (expired[0].sender.as_str(), expired[0].id.as_str()),
             ("+1", "a")
         );
-        let owed = db.owed_receipts("+1").unwrap();
+        let owed = db.owed_receipts("+1", 10).unwrap();
         assert_eq!(
             (owed[0].state, owed[0].settled_ms),
             (MsgState::Expired, 300)
         );
         db.receipt_sent(owed[0].seq).unwrap();
-        assert!(db.owed_receipts("+1").unwrap().is_empty());
+        assert!(db.owed_receipts("+1", 10).unwrap().is_empty());
 
         assert_eq!(db.purge(150, 0).unwrap(), 1, "settled and old");
         assert_eq!(db.message("+1", "a").unwrap(), None);

@@ -3,8 +3,21 @@
 //! Owns the database ([`Db`]), which connection is logged in as which number, every
 //! subscription and typing state, and each recipient's delivery window. Connection
 //! tasks send it [`HubCmd`]s over one bounded channel and get [`Outbound`] items back
-//! over their own bounded channel; the hub never waits for a connection (a full channel
-//! means a client that does not read: it is dropped with `overloaded`).
+//! in their own bounded [`outbox`](super::outbox); the hub never waits for a connection
+//! (a full outbox means a client that does not read: it is dropped with `overloaded`).
+//! Every request is answered by exactly one [`Outbound::Answer`] or [`Outbound::Done`],
+//! which is how a connection bounds the requests it has in flight (see `conn`).
+//!
+//! Owed receipts (a sender's backlog at login, expiries) go out paced, a batch at a time
+//! while the outbox has room, so no backlog can overflow a reading client's outbox.
+//!
+//! Group commit: the hub takes every command already waiting (up to [`MAX_GROUP`]) and
+//! runs them in one SQLite transaction; everything it has to send meanwhile is held back
+//! and released only after that transaction's COMMIT returned, so nothing reaches a
+//! client before what it reports is durable (WAL, `synchronous=FULL`). If the COMMIT
+//! fails, nothing of the group is sent: each of its requests is answered `internal`,
+//! and every connection the group touched is closed (its session state in the hub may
+//! no longer match the database; a new login rebuilds it from the database).
 //!
 //! Because one thread handles every request in turn, each request is atomic with
 //! respect to all others without a lock: in particular a `revoke` and the recipient's
@@ -21,12 +34,14 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, error, info, warn};
 
 use super::db::{Db, DbError, MsgState};
+use super::outbox::OutboxTx;
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
 use super::{RelayConfig, RelayError, Verify};
@@ -43,7 +58,7 @@ pub enum HubCmd {
     /// A connection said a valid `hello`; frames for it go to `tx`.
     Open {
         conn: ConnId,
-        tx: mpsc::Sender<Outbound>,
+        tx: OutboxTx<Outbound>,
     },
     /// A decoded frame other than `hello` and `ping`.
     Frame { conn: ConnId, frame: ClientFrame },
@@ -64,6 +79,10 @@ pub enum HubCmd {
 pub enum Outbound {
     /// A frame to write.
     Frame(Utf8Bytes),
+    /// A frame to write, answering one of the connection's requests.
+    Answer(Utf8Bytes),
+    /// One of the connection's requests was handled and needs no frame.
+    Done,
     /// The connection is logged in: its auth timer stops.
     LoggedIn,
     /// Write this error and close the connection. Boxed: it is rare, and every slot of
@@ -72,8 +91,22 @@ pub enum Outbound {
 }
 
 /// Capacity of the hub's request channel: connections wait (and stop reading their
-/// socket) when the hub is this far behind.
-const HUB_QUEUE: usize = 1024;
+/// socket) when the hub is this far behind. Large, because each connection already
+/// bounds its own unanswered requests, and because a connection waiting here costs a
+/// cross-thread wake-up for every command the hub takes.
+const HUB_QUEUE: usize = 16 * 1024;
+
+/// Most commands run in one transaction (one group commit).
+const MAX_GROUP: usize = 512;
+
+/// Owed receipts (those of a sender who was offline, or of messages that expired) go
+/// out at most this many at a time, and only to an outbox holding at most this many
+/// items, so that a long backlog of receipts can never overflow a reading client's
+/// outbox; the rest stay owed in the database.
+const RECEIPT_BATCH: usize = 32;
+
+/// How soon the hub sends the next batch of owed receipts.
+const RECEIPT_PACE: Duration = Duration::from_millis(50);
 
 /// The handle `run` keeps: the request channel and the thread's completion.
 pub struct Hub {
@@ -129,7 +162,7 @@ type Res = Result<(), HubError>;
 /// One connection, as the hub sees it.
 struct Conn {
     /// Where its frames go.
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboxTx<Outbound>,
     /// The number it is logged in as.
     number: Option<String>,
     /// The numbers it follows, deduplicated, in request order.
@@ -158,6 +191,19 @@ struct State {
     /// Typing deadlines, soonest first.
     typing: BTreeSet<(Instant, ConnId)>,
     next_sweep: Instant,
+    /// Connections that may still be owed receipts beyond the batches sent so far.
+    owed: BTreeSet<ConnId>,
+    /// A group's transaction is open: what is sent waits in `held`.
+    grouping: bool,
+    /// What the open group sends, in order, released after its COMMIT.
+    held: Vec<(ConnId, Outbound)>,
+    /// Connections detached during the open group: their outboxes until it ends.
+    retired: HashMap<ConnId, OutboxTx<Outbound>>,
+    /// The open group's requests: (connection, frame kind, message id).
+    requests: Vec<(ConnId, &'static str, Option<String>)>,
+    /// The connection whose request is being handled and not yet answered: its next
+    /// frame is the answer.
+    answering: Option<ConnId>,
 }
 
 fn now_ms() -> i64 {
@@ -186,6 +232,12 @@ impl State {
             online: HashMap::new(),
             watchers: HashMap::new(),
             typing: BTreeSet::new(),
+            owed: BTreeSet::new(),
+            grouping: false,
+            held: Vec::new(),
+            retired: HashMap::new(),
+            requests: Vec::new(),
+            answering: None,
         }
     }
 
@@ -195,50 +247,202 @@ impl State {
             if let Some(&(first, _)) = self.typing.first() {
                 deadline = deadline.min(first);
             }
+            if !self.owed.is_empty() {
+                deadline = deadline.min(Instant::now() + RECEIPT_PACE);
+            }
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
                 () = tokio::time::sleep_until(deadline) => {
+                    let began = self.begin();
                     self.tick(Instant::now());
+                    self.end(began);
                     continue;
                 }
             };
-            match cmd {
-                None | Some(HubCmd::Stop) => break,
-                Some(HubCmd::Open { conn, tx }) => {
-                    self.conns.insert(
-                        conn,
-                        Conn {
-                            tx,
-                            number: None,
-                            subs: Vec::new(),
-                            typing: None,
-                            cursor: 0,
-                            inflight: Vec::new(),
-                            sms_running: false,
-                        },
-                    );
+            let Some(mut cmd) = cmd else { break };
+            // One group: this command and every one already waiting, one transaction.
+            let began = self.begin();
+            let mut stop = false;
+            let mut taken = 1;
+            loop {
+                if matches!(cmd, HubCmd::Stop) {
+                    stop = true;
+                    break;
                 }
-                Some(HubCmd::Frame { conn, frame }) => self.frame(conn, frame),
-                Some(HubCmd::Closed { conn }) => self.detach(conn),
-                Some(HubCmd::SmsDone {
-                    conn,
-                    number,
-                    result,
-                }) => self.sms_done(conn, number, result),
+                self.handle(cmd);
+                if taken == MAX_GROUP {
+                    break;
+                }
+                cmd = match rx.try_recv() {
+                    Ok(next) => next,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                };
+                taken += 1;
+            }
+            self.end(began);
+            if stop {
+                break;
             }
         }
         debug!("hub stopped");
     }
 
+    fn handle(&mut self, cmd: HubCmd) {
+        match cmd {
+            HubCmd::Stop => {}
+            HubCmd::Open { conn, tx } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        tx,
+                        number: None,
+                        subs: Vec::new(),
+                        typing: None,
+                        cursor: 0,
+                        inflight: Vec::new(),
+                        sms_running: false,
+                    },
+                );
+            }
+            HubCmd::Frame { conn, frame } => self.frame(conn, frame),
+            HubCmd::Closed { conn } => self.detach(conn),
+            HubCmd::SmsDone {
+                conn,
+                number,
+                result,
+            } => self.sms_done(conn, number, result),
+        }
+    }
+
+    // Groups.
+
+    /// Opens a group: its transaction, and holding back what is sent. Returns whether
+    /// the transaction began; if not, each statement commits (durably) on its own.
+    fn begin(&mut self) -> bool {
+        self.grouping = true;
+        if self.db.in_transaction() {
+            // Left open by a failed COMMIT whose rollback failed too: never build on it.
+            error!("a transaction is still open; rolling it back");
+            if let Err(cause) = self.db.rollback() {
+                error!(%cause, "rollback failed");
+            }
+        }
+        match self.db.begin() {
+            Ok(()) => true,
+            Err(cause) => {
+                error!(%cause, "cannot begin a transaction; committing statement by statement");
+                false
+            }
+        }
+    }
+
+    /// Ends the group: COMMIT, then release what it sent; or, if the COMMIT failed,
+    /// fail its requests and close the connections it touched.
+    fn end(&mut self, began: bool) {
+        self.grouping = false;
+        let committed = if began {
+            self.db.commit()
+        } else if self.db.in_transaction() {
+            // Without our BEGIN the statements were to commit one by one; if they ran in
+            // a transaction after all, nothing of the group is known to be durable.
+            Err(DbError::NotCommitted)
+        } else {
+            Ok(())
+        };
+        match committed {
+            Ok(()) => self.release(),
+            Err(cause) => self.abort(&cause),
+        }
+        self.requests.clear();
+        self.retired.clear();
+    }
+
+    /// Sends what the committed group held back.
+    fn release(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        for (conn, item) in held.drain(..) {
+            let pushed = match self.conns.get(&conn) {
+                Some(c) => c.tx.push(item),
+                None => match self.retired.get(&conn) {
+                    Some(tx) => tx.push(item),
+                    None => continue,
+                },
+            };
+            if pushed.is_err() && self.conns.contains_key(&conn) {
+                warn!(conn, "client does not read its frames, dropping it");
+                self.detach(conn);
+            }
+        }
+        // Keep the buffer for the next group (unless one group made it huge).
+        if held.capacity() <= 4 * MAX_GROUP {
+            self.held = held;
+        }
+    }
+
+    /// The group's COMMIT failed: nothing it held back is sent.
+    fn abort(&mut self, cause: &DbError) {
+        error!(%cause, requests = self.requests.len(), "group commit failed; failing its requests");
+        if let Err(cause) = self.db.rollback() {
+            error!(%cause, "rollback failed");
+        }
+        let mut touched: Vec<ConnId> = self.held.drain(..).map(|(conn, _)| conn).collect();
+        touched.extend(self.retired.keys().copied());
+        let requests = std::mem::take(&mut self.requests);
+        for (conn, kind, id) in &requests {
+            touched.push(*conn);
+            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            error.id.clone_from(id);
+            let frame = Utf8Bytes::from(encode(&ServerFrame::Error(error)));
+            self.push(*conn, Outbound::Answer(frame));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for conn in touched {
+            let message = "the relay could not store its data; reconnect";
+            let fatal = Box::new(ErrorFrame::new(ErrorCode::Internal, message));
+            match self.retired.get(&conn) {
+                Some(tx) => {
+                    let _ = tx.push(Outbound::Fatal(fatal));
+                }
+                None => {
+                    self.push(conn, Outbound::Fatal(fatal));
+                    self.detach(conn);
+                }
+            }
+        }
+    }
+
     // Sending to connections.
 
-    /// Queues `frame` for `conn`; a connection whose queue is full is dropped.
+    /// Queues `frame` for `conn`; a connection whose outbox is full is dropped. The
+    /// first frame to a connection whose request is being handled is its answer.
     fn send(&mut self, conn: ConnId, frame: &ServerFrame) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let text = Utf8Bytes::from(encode(frame));
+        let item = if self.answering == Some(conn) {
+            self.answering = None;
+            Outbound::Answer(text)
+        } else {
+            Outbound::Frame(text)
+        };
+        self.push(conn, item);
+    }
+
+    /// Queues `item` for `conn`: held back while a group is open, else pushed now (a
+    /// connection whose outbox is full is dropped).
+    fn push(&mut self, conn: ConnId, item: Outbound) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let text = Utf8Bytes::from(encode(frame));
-        if c.tx.try_send(Outbound::Frame(text)).is_err() {
+        if self.grouping {
+            self.held.push((conn, item));
+        } else if c.tx.push(item).is_err() {
             warn!(conn, "client does not read its frames, dropping it");
             self.detach(conn);
         }
@@ -247,9 +451,7 @@ impl State {
     /// Answers a request with an error; a fatal one also ends the connection.
     fn fail(&mut self, conn: ConnId, error: ErrorFrame) {
         if error.fatal {
-            if let Some(c) = self.conns.get(&conn) {
-                let _ = c.tx.try_send(Outbound::Fatal(Box::new(error)));
-            }
+            self.push(conn, Outbound::Fatal(Box::new(error)));
             self.detach(conn);
         } else {
             self.send(conn, &ServerFrame::Error(error));
@@ -262,6 +464,10 @@ impl State {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if self.answering == Some(conn) {
+            self.answering = None;
+        }
+        self.owed.remove(&conn);
         for number in &c.subs {
             if let Some(set) = self.watchers.get_mut(number) {
                 set.remove(&conn);
@@ -272,6 +478,10 @@ impl State {
         }
         if let Some((_, deadline)) = &c.typing {
             self.typing.remove(&(*deadline, conn));
+        }
+        if self.grouping {
+            // What the group holds back for it still goes out after the COMMIT.
+            self.retired.insert(conn, c.tx);
         }
         if let Some(number) = c.number
             && self.online.get(&number) == Some(&conn)
@@ -363,6 +573,53 @@ impl State {
                 error!(cause = %err, "sweep failed");
             }
         }
+        let owed: Vec<ConnId> = self.owed.iter().copied().collect();
+        for conn in owed {
+            if let Err(err) = self.send_owed(conn) {
+                error!(conn, cause = %err, "cannot send owed receipts");
+            }
+        }
+    }
+
+    /// Sends `conn` the next batch of the receipts owed to its number, if its outbox
+    /// has room; keeps it in `owed` while more remain.
+    fn send_owed(&mut self, conn: ConnId) -> Res {
+        let Some(c) = self.conns.get(&conn) else {
+            self.owed.remove(&conn);
+            return Ok(());
+        };
+        let Some(number) = c.number.clone() else {
+            self.owed.remove(&conn);
+            return Ok(());
+        };
+        if c.tx.len() > RECEIPT_BATCH {
+            // Still writing earlier frames: try again at the next pace.
+            self.owed.insert(conn);
+            return Ok(());
+        }
+        let mut receipts = self.db.owed_receipts(&number, RECEIPT_BATCH + 1)?;
+        let more = receipts.len() > RECEIPT_BATCH;
+        receipts.truncate(RECEIPT_BATCH);
+        for receipt in receipts {
+            let outcome = match receipt.state {
+                MsgState::Delivered => ReceiptOutcome::Delivered,
+                _ => ReceiptOutcome::Expired,
+            };
+            let frame = ServerFrame::Receipt {
+                id: receipt.id,
+                to: receipt.recipient,
+                outcome,
+                at: receipt.settled_ms,
+            };
+            self.send(conn, &frame);
+            self.db.receipt_sent(receipt.seq)?;
+        }
+        if more {
+            self.owed.insert(conn);
+        } else {
+            self.owed.remove(&conn);
+        }
+        Ok(())
     }
 
     /// Expires messages older than `max_age` (receipts to their senders), forgets old
@@ -372,15 +629,9 @@ impl State {
         let expired = self.db.expire_before(now - ms(self.config.max_age), now)?;
         for msg in expired {
             info!(sender = %msg.sender, id = %msg.id, recipient = %msg.recipient, "message expired");
+            // Owed (in the database) from now on; online senders get them paced.
             if let Some(&conn) = self.online.get(&msg.sender) {
-                let receipt = ServerFrame::Receipt {
-                    id: msg.id,
-                    to: msg.recipient,
-                    outcome: ReceiptOutcome::Expired,
-                    at: now,
-                };
-                self.send(conn, &receipt);
-                self.db.receipt_sent(msg.seq)?;
+                self.owed.insert(conn);
             }
         }
         let forgotten = self.db.purge(
@@ -405,6 +656,8 @@ impl State {
             ClientFrame::Send { id, .. } | ClientFrame::Revoke { id } => Some(id.clone()),
             _ => None,
         };
+        self.requests.push((conn, kind, id.clone()));
+        self.answering = Some(conn);
         let result = match (logged_in, frame) {
             (false, ClientFrame::Register { number }) => self.register(conn, number),
             (false, ClientFrame::Verify { number, code }) => self.verify(conn, number, code),
@@ -426,6 +679,9 @@ impl State {
             let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
             error.id = id;
             self.fail(conn, error);
+        }
+        if self.answering.take() == Some(conn) {
+            self.push(conn, Outbound::Done);
         }
     }
 
@@ -593,7 +849,6 @@ impl State {
             return Ok(());
         }
         let queued = self.db.pending_count(&number)?;
-        let receipts = self.db.owed_receipts(&number)?;
         let old = self.online.insert(number.clone(), conn);
         let mut typing_to = None;
         if let Some(old) = old.filter(|&old| old != conn) {
@@ -611,7 +866,7 @@ impl State {
             return Ok(());
         };
         c.number = Some(number.clone());
-        let _ = c.tx.try_send(Outbound::LoggedIn);
+        self.push(conn, Outbound::LoggedIn);
         info!(%number, conn, queued, "online");
         let frame = ServerFrame::LoggedIn {
             number: number.clone(),
@@ -619,20 +874,7 @@ impl State {
         };
         self.send(conn, &frame);
         self.fill_window(conn)?;
-        for receipt in receipts {
-            let outcome = match receipt.state {
-                MsgState::Delivered => ReceiptOutcome::Delivered,
-                _ => ReceiptOutcome::Expired,
-            };
-            let frame = ServerFrame::Receipt {
-                id: receipt.id,
-                to: receipt.recipient,
-                outcome,
-                at: receipt.settled_ms,
-            };
-            self.send(conn, &frame);
-            self.db.receipt_sent(receipt.seq)?;
-        }
+        self.send_owed(conn)?;
         match (old, typing_to) {
             // Already online on the connection it replaces: only the typing state ended.
             (Some(_), Some(to)) => self.push_to_number(&to, &number),
@@ -784,7 +1026,7 @@ impl State {
                     .db
                     .settle(row.seq, MsgState::Delivered, sender.is_none(), now)?
                 {
-                    info!(sender = %row.sender, %id, recipient = %me, "delivered");
+                    debug!(sender = %row.sender, %id, recipient = %me, "delivered");
                     if let Some(sender) = sender {
                         let receipt = ServerFrame::Receipt {
                             id: id.clone(),

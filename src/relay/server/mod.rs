@@ -18,6 +18,7 @@
 mod conn;
 mod db;
 mod hub;
+mod outbox;
 mod secret;
 mod sms;
 
@@ -301,7 +302,8 @@ async fn accept_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     ctx: conn::Ctx,
 ) {
-    match ctx.handshake(acceptor.accept(stream)).await {
+    // Boxed: the TLS handshake's future would otherwise stay in the task for life.
+    match Box::pin(ctx.handshake(acceptor.accept(stream))).await {
         Some(Ok(stream)) => conn::serve(stream, ctx).await,
         Some(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
         None => debug!(%peer, "TLS handshake timed out or the relay stops"),
