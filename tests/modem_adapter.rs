@@ -376,8 +376,9 @@ fn sms_states(stored: &[HashMap<String, OwnedVariant>]) -> Vec<u32> {
 #[tokio::test]
 async fn picks_the_modem_and_follows_its_state() {
     let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
-    assert_eq!(rig.next().await, ModemEvent::State(ModemState::Registered));
+    // The number before the state: whoever sees `registered` sees the number too.
     assert_eq!(rig.next().await, ModemEvent::OwnNumber(Some(A.to_owned())));
+    assert_eq!(rig.next().await, ModemEvent::State(ModemState::Registered));
 
     for (raw, expected) in [
         (3, ModemState::Disabled),

@@ -416,8 +416,9 @@ impl Adapter {
             state,
             own_number: own_number.clone(),
         });
-        self.emit_state(map_modem_state(state));
+        // The number first: whoever sees the modem `registered` sees its number too.
         self.emit(ModemEvent::OwnNumber(own_number));
+        self.emit_state(map_modem_state(state));
         if is_enabled(state) {
             self.spawn_list();
         }
@@ -455,11 +456,11 @@ impl Adapter {
             picked.own_number = own_number.clone();
         }
 
-        if let Some(state) = new_state {
-            self.emit_state(state);
-        }
         if number_changed {
             self.emit(ModemEvent::OwnNumber(own_number));
+        }
+        if let Some(state) = new_state {
+            self.emit_state(state);
         }
         if enabled_again {
             // Enabling re-creates every SMS object under new paths.
