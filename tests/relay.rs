@@ -1097,6 +1097,117 @@ async fn a_long_backlog_of_receipts_reaches_its_sender() {
 }
 
 #[tokio::test]
+async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
+    // Forty recipients ack 32 messages each from one sender, all at once: the relay
+    // commits such acks in large groups, and the receipts one group releases must
+    // neither overflow the sender's outbound queue (it reads everything) nor be lost.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let per = 32;
+    let mut recipients = Vec::new();
+    for i in 0..40 {
+        let number = format!("+1555100{i:04}");
+        let (client, token) = relay.account(&number).await;
+        drop(client);
+        recipients.push((number, token));
+    }
+    for (number, _) in &recipients {
+        for n in 0..per {
+            alice
+                .send_text(&format!("{}-{n}", &number[1..]), number, "hi")
+                .await;
+        }
+    }
+    for _ in 0..recipients.len() * per {
+        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
+    }
+    let mut clients = Vec::new();
+    for (number, token) in &recipients {
+        let (mut client, queued) = relay.login(number, token).await;
+        assert_eq!(queued, per as u32);
+        let mut delivered = Vec::new();
+        for _ in 0..per {
+            let (from, id, _) = client.delivered().await;
+            delivered.push((from, id));
+        }
+        clients.push((client, delivered));
+    }
+    // Every ack of every recipient written before the relay answers any.
+    for (client, delivered) in &mut clients {
+        for (from, id) in delivered.iter() {
+            let ack = ClientFrame::Ack {
+                from: from.clone(),
+                id: id.clone(),
+            };
+            client
+                .ws
+                .feed(Message::Text(Utf8Bytes::from(encode(&ack))))
+                .await
+                .expect("feed");
+        }
+    }
+    for (client, _) in &mut clients {
+        client.ws.flush().await.expect("flush");
+    }
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < recipients.len() * per {
+        let (id, outcome) = alice.receipt().await;
+        assert_eq!(outcome, ReceiptOutcome::Delivered);
+        assert!(seen.insert(id), "each receipt once");
+    }
+    alice.quiet(Duration::from_millis(200)).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn owed_receipts_keep_flowing_on_a_busy_relay() {
+    // A sender owed a backlog logs in while another client keeps the relay busy
+    // (a request every 10 ms): the paced batches must not wait for a quiet moment.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (mut alice, alice_token) = relay.account(ALICE).await;
+    let (bob, bob_token) = relay.account(BOB).await;
+    drop(bob);
+    let (mut carol, _) = relay.account(CAROL).await;
+    let count = 200;
+    for n in 0..count {
+        alice.send_text(&format!("b{n}"), BOB, "hi").await;
+    }
+    for _ in 0..count {
+        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
+    }
+    drop(alice);
+    while carol.subscribe(&[ALICE]).await[0].state != PresenceState::Offline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut bob, _) = relay.login(BOB, &bob_token).await;
+    let mut acked = 0;
+    while acked < count {
+        match bob.recv().await {
+            ServerFrame::Deliver { from, id, .. } => bob.ack(&from, &id).await,
+            ServerFrame::Confirm { .. } => acked += 1,
+            other => panic!("expected deliver or confirm, got {other:?}"),
+        }
+    }
+    // Dave asks for a presence nobody changes, every 10 ms: hub traffic and nothing else.
+    let (mut dave, _) = relay.account(DAVE).await;
+    let busy = tokio::spawn(async move {
+        loop {
+            dave.subscribe(&[CAROL]).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let (mut alice, _) = relay.login(ALICE, &alice_token).await;
+    let mut seen = std::collections::HashSet::new();
+    // recv() waits at most WAIT (5 s) for each: a stalled pace fails here.
+    while seen.len() < count {
+        let (id, _) = alice.receipt().await;
+        assert!(seen.insert(id), "each receipt once");
+    }
+    busy.abort();
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn revoke_before_and_after_delivery() {
     let relay = Relay::start(RelayConfig::default()).await;
     let (mut alice, _) = relay.account(ALICE).await;

@@ -48,8 +48,12 @@ const READ_BUFFER: usize = 2048;
 
 /// Frames the hub may queue for one connection beyond its delivery window and the
 /// answers to its requests (receipts, presence, typing) before the connection counts as
-/// not reading.
-const OUTBOUND_SLACK: usize = 64;
+/// not reading. Receipts are pushed only while fewer than a batch are queued (the rest
+/// are owed and paced), but one group commit may release a presence or typing change
+/// for every request in it at once (many contacts logging in together): room for a
+/// whole group of those, so that such a burst cannot drop a client that reads. A bound,
+/// not an allocation: an empty outbox holds no buffer.
+const OUTBOUND_SLACK: usize = 64 + super::hub::MAX_GROUP;
 
 /// Requests one connection may have at the hub, unanswered: past this it stops reading
 /// its socket until answers are written.

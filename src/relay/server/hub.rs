@@ -97,7 +97,7 @@ pub enum Outbound {
 const HUB_QUEUE: usize = 16 * 1024;
 
 /// Most commands run in one transaction (one group commit).
-const MAX_GROUP: usize = 512;
+pub(super) const MAX_GROUP: usize = 512;
 
 /// Owed receipts (those of a sender who was offline, or of messages that expired) go
 /// out at most this many at a time, and only to an outbox holding at most this many
@@ -193,10 +193,15 @@ struct State {
     next_sweep: Instant,
     /// Connections that may still be owed receipts beyond the batches sent so far.
     owed: BTreeSet<ConnId>,
+    /// When the next batch of owed receipts goes out; set while some are owed, and not
+    /// pushed back by traffic (a busy relay would otherwise never send them).
+    next_pace: Option<Instant>,
     /// A group's transaction is open: what is sent waits in `held`.
     grouping: bool,
     /// What the open group sends, in order, released after its COMMIT.
     held: Vec<(ConnId, Outbound)>,
+    /// How many items `held` has for each connection.
+    held_for: HashMap<ConnId, usize>,
     /// Connections detached during the open group: their outboxes until it ends.
     retired: HashMap<ConnId, OutboxTx<Outbound>>,
     /// The open group's requests: (connection, frame kind, message id).
@@ -233,8 +238,10 @@ impl State {
             watchers: HashMap::new(),
             typing: BTreeSet::new(),
             owed: BTreeSet::new(),
+            next_pace: None,
             grouping: false,
             held: Vec::new(),
+            held_for: HashMap::new(),
             retired: HashMap::new(),
             requests: Vec::new(),
             answering: None,
@@ -247,8 +254,13 @@ impl State {
             if let Some(&(first, _)) = self.typing.first() {
                 deadline = deadline.min(first);
             }
-            if !self.owed.is_empty() {
-                deadline = deadline.min(Instant::now() + RECEIPT_PACE);
+            if self.owed.is_empty() {
+                self.next_pace = None;
+            } else {
+                let pace = *self
+                    .next_pace
+                    .get_or_insert_with(|| Instant::now() + RECEIPT_PACE);
+                deadline = deadline.min(pace);
             }
             let cmd = tokio::select! {
                 cmd = rx.recv() => cmd,
@@ -363,8 +375,15 @@ impl State {
 
     /// Sends what the committed group held back.
     fn release(&mut self) {
+        self.held_for.clear();
         let mut held = std::mem::take(&mut self.held);
+        // Detached only once everything is out: a detach tells watchers `offline`, which
+        // must not overtake what the group held for them.
+        let mut overflowed = Vec::new();
         for (conn, item) in held.drain(..) {
+            if overflowed.contains(&conn) {
+                continue;
+            }
             let pushed = match self.conns.get(&conn) {
                 Some(c) => c.tx.push(item),
                 None => match self.retired.get(&conn) {
@@ -373,9 +392,12 @@ impl State {
                 },
             };
             if pushed.is_err() && self.conns.contains_key(&conn) {
-                warn!(conn, "client does not read its frames, dropping it");
-                self.detach(conn);
+                overflowed.push(conn);
             }
+        }
+        for conn in overflowed {
+            warn!(conn, "client does not read its frames, dropping it");
+            self.detach(conn);
         }
         // Keep the buffer for the next group (unless one group made it huge).
         if held.capacity() <= 4 * MAX_GROUP {
@@ -389,6 +411,7 @@ impl State {
         if let Err(cause) = self.db.rollback() {
             error!(%cause, "rollback failed");
         }
+        self.held_for.clear();
         let mut touched: Vec<ConnId> = self.held.drain(..).map(|(conn, _)| conn).collect();
         touched.extend(self.retired.keys().copied());
         let requests = std::mem::take(&mut self.requests);
@@ -442,6 +465,7 @@ impl State {
         };
         if self.grouping {
             self.held.push((conn, item));
+            *self.held_for.entry(conn).or_default() += 1;
         } else if c.tx.push(item).is_err() {
             warn!(conn, "client does not read its frames, dropping it");
             self.detach(conn);
@@ -573,12 +597,26 @@ impl State {
                 error!(cause = %err, "sweep failed");
             }
         }
+        if self.next_pace.is_some_and(|pace| pace > now) {
+            return;
+        }
+        self.next_pace = None;
         let owed: Vec<ConnId> = self.owed.iter().copied().collect();
         for conn in owed {
             if let Err(err) = self.send_owed(conn) {
                 error!(conn, cause = %err, "cannot send owed receipts");
             }
         }
+    }
+
+    /// Whether a receipt may be pushed to `conn` now: none owed before it, and its outbox
+    /// (with what the open group holds for it) below a batch.
+    fn has_receipt_room(&self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        let held = self.held_for.get(&conn).copied().unwrap_or(0);
+        !self.owed.contains(&conn) && c.tx.len() + held < RECEIPT_BATCH
     }
 
     /// Sends `conn` the next batch of the receipts owed to its number, if its outbox
@@ -592,7 +630,8 @@ impl State {
             self.owed.remove(&conn);
             return Ok(());
         };
-        if c.tx.len() > RECEIPT_BATCH {
+        let held = self.held_for.get(&conn).copied().unwrap_or(0);
+        if c.tx.len() + held > RECEIPT_BATCH {
             // Still writing earlier frames: try again at the next pace.
             self.owed.insert(conn);
             return Ok(());
@@ -1021,13 +1060,19 @@ impl State {
         let outcome = match row.state {
             MsgState::Pending => {
                 let sender = self.online.get(&row.sender).copied();
+                // Pushed at once only to a sender with room; otherwise owed, and paced
+                // (many recipients acking in one group must not overflow a sender).
+                let live = sender.filter(|&s| self.has_receipt_room(s));
                 let now = now_ms();
                 if self
                     .db
-                    .settle(row.seq, MsgState::Delivered, sender.is_none(), now)?
+                    .settle(row.seq, MsgState::Delivered, live.is_none(), now)?
                 {
                     debug!(sender = %row.sender, %id, recipient = %me, "delivered");
-                    if let Some(sender) = sender {
+                    if let (None, Some(sender)) = (live, sender) {
+                        self.owed.insert(sender);
+                    }
+                    if let Some(sender) = live {
                         let receipt = ServerFrame::Receipt {
                             id: id.clone(),
                             to: me.clone(),
