@@ -282,6 +282,12 @@ impl State {
                     break;
                 }
                 self.handle(cmd);
+                if began && !self.db.in_transaction() {
+                    // SQLite rolled the whole group back (disk full, I/O error): take no
+                    // more, or they would commit one by one while the group's answers
+                    // say `internal` (no effect). The COMMIT fails and `end` aborts it.
+                    break;
+                }
                 if taken == MAX_GROUP {
                     break;
                 }
