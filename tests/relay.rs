@@ -1054,16 +1054,13 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
     relay.stop().await;
 }
 
-#[tokio::test]
-async fn a_long_backlog_of_receipts_reaches_its_sender() {
-    // Receipts owed to an offline sender go out at its login; more of them than its
-    // outbound queue holds must neither overflow it nor be lost.
-    let relay = Relay::start(RelayConfig::default()).await;
+/// Alice sends `count` messages to Bob, goes offline, and Bob acks them all: `count`
+/// receipts are owed to Alice. Returns her token.
+async fn owe_receipts_to_alice(relay: &Relay, count: usize) -> String {
     let (mut alice, alice_token) = relay.account(ALICE).await;
     let (bob, bob_token) = relay.account(BOB).await;
     drop(bob);
     let (mut carol, _) = relay.account(CAROL).await;
-    let count = 400;
     for n in 0..count {
         alice.send_text(&format!("r{n}"), BOB, "hi").await;
     }
@@ -1085,6 +1082,16 @@ async fn a_long_backlog_of_receipts_reaches_its_sender() {
             other => panic!("expected deliver or confirm, got {other:?}"),
         }
     }
+    alice_token
+}
+
+#[tokio::test]
+async fn a_long_backlog_of_receipts_reaches_its_sender() {
+    // Receipts owed to an offline sender go out at its login; more of them than its
+    // outbound queue holds must neither overflow it nor be lost.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let count = 400;
+    let alice_token = owe_receipts_to_alice(&relay, count).await;
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
     let mut seen = std::collections::HashSet::new();
     while seen.len() < count {
@@ -1164,30 +1171,8 @@ async fn owed_receipts_keep_flowing_on_a_busy_relay() {
     // A sender owed a backlog logs in while another client keeps the relay busy
     // (a request every 10 ms): the paced batches must not wait for a quiet moment.
     let relay = Relay::start(RelayConfig::default()).await;
-    let (mut alice, alice_token) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
-    drop(bob);
-    let (mut carol, _) = relay.account(CAROL).await;
     let count = 200;
-    for n in 0..count {
-        alice.send_text(&format!("b{n}"), BOB, "hi").await;
-    }
-    for _ in 0..count {
-        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
-    }
-    drop(alice);
-    while carol.subscribe(&[ALICE]).await[0].state != PresenceState::Offline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (mut bob, _) = relay.login(BOB, &bob_token).await;
-    let mut acked = 0;
-    while acked < count {
-        match bob.recv().await {
-            ServerFrame::Deliver { from, id, .. } => bob.ack(&from, &id).await,
-            ServerFrame::Confirm { .. } => acked += 1,
-            other => panic!("expected deliver or confirm, got {other:?}"),
-        }
-    }
+    let alice_token = owe_receipts_to_alice(&relay, count).await;
     // Dave asks for a presence nobody changes, every 10 ms: hub traffic and nothing else.
     let (mut dave, _) = relay.account(DAVE).await;
     let busy = tokio::spawn(async move {
