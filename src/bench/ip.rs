@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::proc::{Daemon, RelayServer};
 use super::relay::{login, read, write};
 use super::sms::{SimThread, wait_registered};
-use super::timed::Series;
+use super::timed::{LatencyParams, Series};
 use super::{BenchError, Setup, TempDir, median, ms, quantile, round3, until};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
@@ -33,24 +33,6 @@ trip to Alice's daemon on her session bus, one message from one raw websocket cl
 another through the same relay (send to deliver), and one durable commit of an incoming \
 message (Store::insert_incoming) on the same disk (the sender's outbox and the recipient's \
 inbox each need one).";
-
-#[derive(Debug, Clone)]
-pub struct IpParams {
-    pub messages: usize,
-    pub warmup: usize,
-    /// Pause after each settled message, before the probes and the next message.
-    pub pause: Duration,
-}
-
-impl IpParams {
-    pub fn new(quick: bool) -> IpParams {
-        IpParams {
-            messages: if quick { 20 } else { 1000 },
-            warmup: 3,
-            pause: Duration::from_millis(5),
-        }
-    }
-}
 
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +57,7 @@ fn config_for(number: &str, relay: &str) -> String {
     )
 }
 
-pub async fn run(setup: &Setup, params: &IpParams) -> Result<IpFigures, BenchError> {
+pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "ip")?;
     let relay = RelayServer::start(setup, dir.path()).await?;
     let system = PrivateBus::start()?;
@@ -136,9 +118,7 @@ pub async fn run(setup: &Setup, params: &IpParams) -> Result<IpFigures, BenchErr
         to: BOB,
         options: HashMap::new(),
         channel: "ip",
-        warmup: params.warmup,
-        messages: params.messages,
-        pause: params.pause,
+        params,
     };
     let mut samples = series
         .run(async |i, text| {

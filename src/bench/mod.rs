@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use proc::{daemon_mode, relay_server_mode};
+pub use timed::LatencyParams;
 
 /// Where a run puts its things and which program it re-runs as daemon or relay.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use serde::Serialize;
 use zbus::OwnedVariant;
 
 use super::proc::Daemon;
-use super::timed::Series;
+use super::timed::{LatencyParams, Series};
 use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
@@ -52,25 +52,6 @@ commit_ms is the median durable commit of one incoming message (Store::insert_in
 the same disk, also one after every timed message, of which an SMS needs at least two (Alice's outbox, Bob's inbox).";
 
 /// How many messages.
-#[derive(Debug, Clone)]
-pub struct SmsParams {
-    pub messages: usize,
-    /// Messages sent first and not counted (connection set-up, caches).
-    pub warmup: usize,
-    /// Pause after each settled message, before the probes and the next message.
-    pub pause: Duration,
-}
-
-impl SmsParams {
-    pub fn new(quick: bool) -> SmsParams {
-        SmsParams {
-            messages: if quick { 20 } else { 1000 },
-            warmup: 3,
-            pause: Duration::from_millis(5),
-        }
-    }
-}
-
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
 pub struct SmsFigures {
@@ -255,7 +236,7 @@ impl FloorProbe {
     }
 }
 
-pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchError> {
+pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<SmsFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "sms")?;
     let system = PrivateBus::start()?;
     let _sim = SimThread::start(system.address())?;
@@ -298,9 +279,7 @@ pub async fn run(setup: &Setup, params: &SmsParams) -> Result<SmsFigures, BenchE
             OwnedVariant::from(zbus::Str::from_static("sms")),
         )]),
         channel: "sms",
-        warmup: params.warmup,
-        messages: params.messages,
-        pause: params.pause,
+        params,
     };
     let mut samples = series
         .run(async |i, _| {

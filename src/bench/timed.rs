@@ -20,6 +20,27 @@ use crate::api::MessagesProxy;
 /// How long one message may take before the run counts as broken.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many messages a latency scenario times, and how it paces them.
+#[derive(Debug, Clone)]
+pub struct LatencyParams {
+    /// Messages timed.
+    pub messages: usize,
+    /// Messages sent first and not timed (connection set-up, caches).
+    pub warmup: usize,
+    /// Pause after each settled message, before the probe and the next message.
+    pub pause: Duration,
+}
+
+impl LatencyParams {
+    pub fn new(quick: bool) -> LatencyParams {
+        LatencyParams {
+            messages: if quick { 20 } else { 1000 },
+            warmup: 3,
+            pause: Duration::from_millis(5),
+        }
+    }
+}
+
 /// One series of timed messages.
 pub(super) struct Series<'a> {
     /// For the progress lines.
@@ -33,12 +54,7 @@ pub(super) struct Series<'a> {
     pub options: HashMap<String, OwnedVariant>,
     /// The channel every message must arrive by.
     pub channel: &'static str,
-    /// Messages sent first and not timed (connection set-up, caches).
-    pub warmup: usize,
-    /// Messages timed.
-    pub messages: usize,
-    /// Pause after each settled message, before the probe and the next message.
-    pub pause: Duration,
+    pub params: &'a LatencyParams,
 }
 
 impl Series<'_> {
@@ -53,12 +69,17 @@ impl Series<'_> {
         // Subscribed before anything is sent.
         let mut received = self.receiver.receive_message_received().await?;
         let mut statuses = self.sender.receive_message_status_changed().await?;
-        let total = self.warmup + self.messages;
+        let LatencyParams {
+            messages,
+            warmup,
+            pause,
+        } = *self.params;
+        let total = warmup + messages;
         eprintln!(
             "{}: {total} messages {} -> {} ({} not counted)",
-            self.scenario, self.from, self.to, self.warmup
+            self.scenario, self.from, self.to, warmup
         );
-        let mut samples = Vec::with_capacity(self.messages);
+        let mut samples = Vec::with_capacity(messages);
         for i in 0..total {
             let text = format!("Bench {i}: see you tomorrow at the station?");
             let t = Instant::now();
@@ -115,9 +136,9 @@ impl Series<'_> {
             // The daemons' clean-up (e.g. deleting the SMS and its report from the
             // modems) runs after the delivered status: let it finish, so that neither
             // the probe nor the next message overlaps with it.
-            tokio::time::sleep(self.pause).await;
+            tokio::time::sleep(pause).await;
             probe(i, &text).await?;
-            if i >= self.warmup {
+            if i >= warmup {
                 samples.push(arrived);
             }
             if (i + 1) % 100 == 0 {

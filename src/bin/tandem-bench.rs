@@ -155,7 +155,7 @@ async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, B
             json_line(&bench::store::run(setup, &params).await?)
         }
         Scenario::SmsLatency { messages, pause_ms } => {
-            let mut params = bench::sms::SmsParams::new(quick);
+            let mut params = bench::LatencyParams::new(quick);
             params.messages = messages.unwrap_or(params.messages);
             if let Some(pause) = pause_ms {
                 params.pause = std::time::Duration::from_millis(pause);
@@ -163,7 +163,7 @@ async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, B
             json_line(&bench::sms::run(setup, &params).await?)
         }
         Scenario::IpLatency { messages } => {
-            let mut params = bench::ip::IpParams::new(quick);
+            let mut params = bench::LatencyParams::new(quick);
             params.messages = messages.unwrap_or(params.messages);
             json_line(&bench::ip::run(setup, &params).await?)
         }
