@@ -621,8 +621,12 @@ impl State {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        let held = self.held_for.get(&conn).copied().unwrap_or(0);
-        !self.owed.contains(&conn) && c.tx.len() + held < RECEIPT_BATCH
+        !self.owed.contains(&conn) && self.queued(conn, c) < RECEIPT_BATCH
+    }
+
+    /// Frames waiting for `conn`: in its outbox, and held back by the open group.
+    fn queued(&self, conn: ConnId, c: &Conn) -> usize {
+        c.tx.len() + self.held_for.get(&conn).copied().unwrap_or(0)
     }
 
     /// Sends `conn` the next batch of the receipts owed to its number, if its outbox
@@ -636,8 +640,7 @@ impl State {
             self.owed.remove(&conn);
             return Ok(());
         };
-        let held = self.held_for.get(&conn).copied().unwrap_or(0);
-        if c.tx.len() + held > RECEIPT_BATCH {
+        if self.queued(conn, c) > RECEIPT_BATCH {
             // Still writing earlier frames: try again at the next pace.
             self.owed.insert(conn);
             return Ok(());
