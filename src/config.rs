@@ -69,6 +69,10 @@ pub struct SmsConfig {
     pub max_attempts: u32,
     /// Texts longer than this many characters are refused (InvalidArgument).
     pub max_text_chars: u32,
+    /// How long ModemManager may take to send one SMS part, in seconds. A send of N parts
+    /// with no answer after N times this is looked up on its SMS object; if that does not
+    /// say "sent", whether it went out is unknown and it is not sent again.
+    pub send_timeout_s: u32,
 }
 
 /// `[notifications]`: desktop notifications for incoming messages.
@@ -99,6 +103,7 @@ impl Default for SmsConfig {
             max_parts: 10,
             max_attempts: 5,
             max_text_chars: 10_000,
+            send_timeout_s: 60,
         }
     }
 }
@@ -279,6 +284,13 @@ impl Config {
                 "sms.max_attempts",
                 &0,
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if !(1..=600).contains(&self.sms.send_timeout_s) {
+            return Err(invalid(
+                "sms.send_timeout_s",
+                &self.sms.send_timeout_s,
+                "must be 1 to 600 seconds".to_owned(),
             ));
         }
         if self.sms.max_text_chars == 0 {
@@ -513,6 +525,7 @@ mod tests {
             max_parts = 3
             max_attempts = 1
             max_text_chars = 480
+            send_timeout_s = 30
             [notifications]
             enabled = false
             "#,
@@ -533,6 +546,7 @@ mod tests {
                 max_parts: 3,
                 max_attempts: 1,
                 max_text_chars: 480,
+                send_timeout_s: 30,
             }
         );
         assert!(!config.notifications.enabled);
@@ -657,6 +671,10 @@ mod tests {
         check_error(
             "[sms]\nmax_attempts = 0",
             &["key `sms.max_attempts`: invalid value 0"],
+        );
+        check_error(
+            "[sms]\nsend_timeout_s = 0",
+            &["key `sms.send_timeout_s`: invalid value 0", "1 to 600"],
         );
         check_error(
             "[sms]\nmax_text_chars = 0",

@@ -89,6 +89,7 @@ pub async fn run(
             delete_received: config.sms.delete_received,
             max_parts: config.sms.max_parts,
             max_attempts: config.sms.max_attempts,
+            send_timeout: Duration::from_secs(config.sms.send_timeout_s.into()),
             code_pattern: config.relay.code_pattern.clone(),
             presence_refresh: config.relay.presence_refresh(),
             fallback_timeout: config.relay.fallback_timeout(),

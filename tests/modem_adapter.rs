@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tandem::devbus::PrivateBus;
 use tandem::domain::ModemState;
-use tandem::modem::{self, ModemCommand, ModemConfig, ModemEvent, SendFailure};
+use tandem::modem::{
+    self, ModemCommand, ModemConfig, ModemEvent, SendFailure, SendOutcome, SmsObject,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
@@ -63,6 +65,7 @@ trait MMSim {
     fn list_sms(&self, modem: &str) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
     fn fail_next_send(&self, modem: &str, error_name: &str, message: &str) -> zbus::Result<()>;
     fn set_delete_blocked(&self, modem: &str, blocked: bool) -> zbus::Result<()>;
+    fn set_send_delay(&self, modem: &str, ms: u32) -> zbus::Result<()>;
 }
 
 /// A child process that is killed when dropped, with its stderr in a file that is printed
@@ -221,8 +224,9 @@ impl Rig {
         commands.send(command).await.expect("adapter alive");
     }
 
+    /// Starts sending: the first step, `Create`; [`Rig::send_result`] does the rest.
     async fn send(&self, id: &str, number: &str, text: &str, delivery_report: bool) {
-        self.command(ModemCommand::Send {
+        self.command(ModemCommand::Create {
             id: id.to_owned(),
             number: number.to_owned(),
             text: text.to_owned(),
@@ -300,14 +304,48 @@ impl Rig {
         .await
     }
 
-    /// The answer to a send the modem tried; the reference must be known on success.
-    async fn send_result(&mut self, id: &str) -> Result<u32, SendFailure> {
-        self.wait_for("a send result", |e| match e {
-            ModemEvent::SendResult { id: got, result } if got == id => Some(result.clone()),
+    /// The object made for `id` by `Create`, or how creating it ended.
+    async fn created(&mut self, id: &str) -> Result<SmsObject, SendOutcome> {
+        self.wait_for("a created SMS", |e| match e {
+            ModemEvent::Created { id: got, object } if got == id => Some(Ok(object.clone())),
+            ModemEvent::SendResult { id: got, outcome } if got == id => Some(Err(outcome.clone())),
             _ => None,
         })
         .await
-        .map(|reference| reference.expect("the reference of a sent SMS"))
+    }
+
+    /// How the command answered under `id` ended.
+    async fn outcome(&mut self, id: &str) -> SendOutcome {
+        self.wait_for("a send result", |e| match e {
+            ModemEvent::SendResult { id: got, outcome } if got == id => Some(outcome.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The rest of a send begun by [`Rig::send`]: waits for the object, sends it (as the
+    /// daemon does once it has recorded the object) and returns how it ended.
+    async fn send_outcome(&mut self, id: &str, budget: Duration) -> SendOutcome {
+        let object = match self.created(id).await {
+            Ok(object) => object,
+            Err(outcome) => return outcome,
+        };
+        self.command(ModemCommand::Send {
+            id: id.to_owned(),
+            object,
+            budget,
+        })
+        .await;
+        self.outcome(id).await
+    }
+
+    /// The answer to a send the modem tried; the reference must be known on success.
+    async fn send_result(&mut self, id: &str) -> Result<u32, SendFailure> {
+        match self.send_outcome(id, PATIENCE).await {
+            SendOutcome::Sent { reference } => Ok(reference.expect("the reference of a sent SMS")),
+            SendOutcome::NotSent(failure) => Err(failure),
+            SendOutcome::Unknown { reason } => panic!("outcome unknown: {reason}"),
+        }
     }
 
     /// The refusal of a send the adapter could not even try.
@@ -854,10 +892,11 @@ async fn stops_when_commands_close_and_answers_every_send() {
     rig.state(ModemState::Registered).await;
     rig.send("last", B, "bye", false).await;
     rig.stop_adapter().await;
-    // Sent or stopped: answered exactly once either way.
+    // Created or stopped: answered exactly once either way.
     let mut answers = 0;
     while let Ok(Some(event)) = timeout(QUIET, rig.events.recv()).await {
-        if matches!(&event, ModemEvent::SendResult { id, .. } if id == "last") {
+        if matches!(&event, ModemEvent::SendResult { id, .. } | ModemEvent::Created { id, .. } if id == "last")
+        {
             answers += 1;
         }
     }

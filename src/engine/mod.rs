@@ -16,11 +16,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::domain::{Channel, Message, ModemState, Presence, RelayState, Status, now_ms};
-use crate::modem::{IncomingSms, ModemCommand, ModemEvent, SendFailure, StatusReport};
+use crate::modem::{
+    IncomingSms, ModemCommand, ModemEvent, SendFailure, SendOutcome, SmsObject, StatusReport,
+};
 use crate::notifier::{Notice, Notifier};
 use crate::relay::client::{RelayCommand, RelayEvent};
 use crate::router::{self, Delivery, Facts, Retry, Route, Waiting};
-use crate::store::{NewIncoming, OutboxEntry, StoreHandle};
+use crate::store::{NewIncoming, OutboxEntry, SmsAttempt, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
 mod relay;
@@ -105,6 +107,9 @@ pub struct EngineConfig {
     pub max_parts: u32,
     /// Send attempts before a message fails.
     pub max_attempts: u32,
+    /// How long ModemManager may take to send one SMS part (`sms.send_timeout_s`): a send
+    /// of N parts that has not ended after N times this has an unknown outcome.
+    pub send_timeout: Duration,
     /// The relay's registration SMS (`relay.code_pattern`).
     pub code_pattern: String,
     /// The method's periodic presence refresh (`relay.presence_refresh_s`); `None`: off.
@@ -289,11 +294,36 @@ impl Engine {
             Ok(pending) => pending.into_iter().map(|p| p.message.id).collect(),
             Err(e) => return warn!(cause = %e, "cannot read messages on the relay"),
         };
+        // SMS whose object was recorded: Send may have been called. Their object tells.
+        let attempts = match self.store.call(|s| s.sms_attempts()).await {
+            Ok(attempts) => attempts,
+            Err(e) => return warn!(cause = %e, "cannot read the SMS being sent"),
+        };
         self.schedule_deadlines().await;
-        for entry in outbox
-            .into_iter()
-            .filter(|e| e.message.status == Status::Sending && !on_relay.contains(&e.message.id))
-        {
+        for attempt in &attempts {
+            let Some(object) = sms_object(attempt) else {
+                warn!(id = %attempt.id, path = %attempt.path, "unreadable SMS record");
+                continue;
+            };
+            let settled_ms = attempt.since_ms.saturating_add(attempt.budget_ms);
+            let wait = Duration::from_millis(settled_ms.saturating_sub(now_ms()).max(0) as u64);
+            info!(id = %attempt.id, sms = %attempt.path, ?wait,
+                "an SMS was being sent when the daemon stopped: asking ModemManager what became of it");
+            self.command(ModemCommand::Resolve {
+                id: attempt.id.clone(),
+                object,
+                settle_until: Instant::now() + wait,
+            })
+            .await;
+        }
+        let recorded: HashSet<&str> = attempts.iter().map(|a| a.id.as_str()).collect();
+        for entry in outbox.into_iter().filter(|e| {
+            e.message.status == Status::Sending
+                && !on_relay.contains(&e.message.id)
+                && !recorded.contains(e.message.id.as_str())
+        }) {
+            // `sending` without a recorded object (a database from before 0004): Send was
+            // never called on an object we know of, so it goes again.
             warn!(id = %entry.message.id, "message was being sent when the daemon stopped");
             let failure = SendFailure {
                 temporary: true,
@@ -332,7 +362,8 @@ impl Engine {
             }
             ModemEvent::Incoming(sms) => self.on_incoming(sms).await,
             ModemEvent::StatusReport(report) => self.on_report(report).await,
-            ModemEvent::SendResult { id, result } => self.on_send_result(id, result).await,
+            ModemEvent::Created { id, object } => self.on_created(id, object).await,
+            ModemEvent::SendResult { id, outcome } => self.on_send_result(id, outcome).await,
             ModemEvent::SendRefused { id, reason } => {
                 // Nothing was tried: back to the queue, no attempt counted.
                 debug!(%id, %reason, "the modem adapter could not send yet");
@@ -340,8 +371,28 @@ impl Engine {
                     self.in_flight = None;
                 }
                 self.modem_refused = true;
-                self.set_status(&id, Status::Queued, None, None).await;
+                let key = id.clone();
+                let requeued = self
+                    .store
+                    .call(move |s| {
+                        if s.get_message(&key)?.status != Status::Sending {
+                            return Ok(None);
+                        }
+                        s.end_sms_attempt(&key, Status::Queued, None, None)
+                            .map(Some)
+                    })
+                    .await;
+                match requeued {
+                    Ok(Some(message)) => self.announce(Event::status_of(message)).await,
+                    Ok(None) => {}
+                    Err(e) => debug!(%id, cause = %e, "refused message not requeued"),
+                }
             }
+            ModemEvent::Draft {
+                object,
+                number,
+                text,
+            } => self.on_draft(object, number, text).await,
         }
     }
 
@@ -432,12 +483,62 @@ impl Engine {
         }
     }
 
-    async fn on_send_result(&mut self, id: String, result: Result<Option<u32>, SendFailure>) {
+    /// The object for the message in flight exists: record it durably, then send it. Nothing
+    /// can leave the phone before that record is on disk, so a crash from here on finds it.
+    async fn on_created(&mut self, id: String, object: SmsObject) {
+        let parts = self.in_flight_parts(&id).await;
+        let budget = self.config.send_timeout * parts;
+        let attempt = SmsAttempt {
+            id: id.clone(),
+            owner: object.owner.clone(),
+            modem: object.modem.to_string(),
+            path: object.path.to_string(),
+            since_ms: now_ms(),
+            budget_ms: budget.as_millis() as i64,
+        };
+        match self
+            .store
+            .call(move |s| s.record_sms_attempt(&attempt))
+            .await
+        {
+            Ok(marked) => {
+                // The signal after the command: the SMS does not wait for it.
+                self.command(ModemCommand::Send { id, object, budget })
+                    .await;
+                self.announce(Event::status_of(marked)).await;
+            }
+            Err(e) => {
+                // Deleted (or failed) meanwhile, or the store failed: never sent.
+                if matches!(e, StoreError::NotFound(_)) {
+                    debug!(%id, "message gone before its SMS was sent");
+                } else {
+                    warn!(%id, cause = %e, "cannot record the SMS about to be sent; not sending it");
+                }
+                self.command(ModemCommand::Discard { object }).await;
+                if self.in_flight.as_deref() == Some(id.as_str()) {
+                    self.in_flight = None;
+                }
+                let soon = Instant::now() + Duration::from_secs(1);
+                self.next_retry = Some(self.next_retry.map_or(soon, |at| at.min(soon)));
+            }
+        }
+    }
+
+    /// How many SMS parts the message `id` takes (1 when it cannot be read).
+    async fn in_flight_parts(&self, id: &str) -> u32 {
+        let key = id.to_owned();
+        self.store
+            .call(move |s| s.get_message(&key))
+            .await
+            .map_or(1, |m| sms_text::estimate(&m.text).segments.max(1))
+    }
+
+    async fn on_send_result(&mut self, id: String, outcome: SendOutcome) {
         if self.in_flight.as_deref() == Some(id.as_str()) {
             self.in_flight = None;
         }
-        match result {
-            Ok(reference) => {
+        match outcome {
+            SendOutcome::Sent { reference } => {
                 info!(%id, ?reference, "sms sent");
                 let key = id.clone();
                 match self
@@ -449,9 +550,69 @@ impl Engine {
                     Err(e) => debug!(%id, cause = %e, "sent message not updated"),
                 }
             }
-            Err(failure) => self.on_send_failure(&id, failure).await,
+            SendOutcome::NotSent(failure) => self.on_send_failure(&id, failure).await,
+            SendOutcome::Unknown { reason } => self.on_unknown_outcome(&id, &reason).await,
         }
         self.pump().await;
+    }
+
+    /// The rule for an SMS whose fate cannot be known (docs/reliability.md): it is not sent
+    /// again, which could make it arrive twice; it fails with a reason that says so, for
+    /// the user to decide, and the case is counted.
+    async fn on_unknown_outcome(&mut self, id: &str, reason: &str) {
+        warn!(%id, %reason, "not known whether the SMS went out: not sending it again");
+        let error = format!(
+            "may not have been sent: {reason}; not sent again automatically, so that it \
+             cannot arrive twice"
+        );
+        let key = id.to_owned();
+        let ended = self
+            .store
+            .call(move |s| {
+                let message = s.end_sms_attempt(&key, Status::Failed, Some(&error), None)?;
+                s.count(COUNT_UNKNOWN_OUTCOME)?;
+                Ok(message)
+            })
+            .await;
+        match ended {
+            Ok(message) => self.announce(Event::status_of(message)).await,
+            Err(e) => debug!(%id, cause = %e, "message of unknown outcome not updated"),
+        }
+    }
+
+    /// An unsent SMS object on the modem that this run of the adapter did not make: ours
+    /// if it carries the number and text of a message in our outbox and is not the object
+    /// recorded for it (a crash between `Create` and the record). It was never sent (we
+    /// send only recorded objects), so it is removed; the message goes in its own turn.
+    async fn on_draft(&mut self, object: SmsObject, number: String, text: String) {
+        let peer = self.peer_of(&number);
+        let (owner, path) = (object.owner.clone(), object.path.to_string());
+        let orphan = self
+            .store
+            .call(move |s| {
+                let recorded = s
+                    .sms_attempts()?
+                    .into_iter()
+                    .any(|a| a.owner == owner && a.path == path);
+                let ours = s
+                    .outbox()?
+                    .into_iter()
+                    .any(|e| e.message.peer == peer && e.message.text == text);
+                let orphan = ours && !recorded;
+                if orphan {
+                    s.count(COUNT_ORPHAN_REMOVED)?;
+                }
+                Ok(orphan)
+            })
+            .await;
+        match orphan {
+            Ok(true) => {
+                info!(sms = %object.path, "removing an unsent SMS object left by a crash");
+                self.command(ModemCommand::Discard { object }).await;
+            }
+            Ok(false) => debug!(sms = %object.path, "an unsent SMS that is not ours"),
+            Err(e) => warn!(cause = %e, "cannot check an unsent SMS"),
+        }
     }
 
     async fn on_send_failure(&mut self, id: &str, failure: SendFailure) {
@@ -493,14 +654,14 @@ impl Engine {
             }
         };
         let key = id.clone();
-        if let Err(e) = self
+        match self
             .store
-            .call(move |s| s.record_attempt(&key, attempts, due))
+            .call(move |s| s.end_sms_attempt(&key, status, error.as_deref(), Some((attempts, due))))
             .await
         {
-            warn!(%id, cause = %e, "cannot record the attempt");
+            Ok(message) => self.announce(Event::status_of(message)).await,
+            Err(e) => warn!(%id, cause = %e, "cannot record the attempt"),
         }
-        self.set_status(&id, status, None, error).await;
     }
 
     /// Hands the next message that can go to its channel. Messages go strictly one at a
@@ -556,26 +717,16 @@ impl Engine {
                 // One SMS at a time (so they leave in order); the modem said "not ready".
                 Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
                 Route::Sms => {
-                    // The mark before the modem (a crash after the send must find it
-                    // `sending`), the signal after it: the SMS does not wait for it.
-                    let Some(marked) = self
-                        .store_status(&message.id, Status::Sending, None, None)
-                        .await
-                    else {
-                        // Deleted meanwhile, or the store failed: look again in a moment.
-                        let soon = now + 1000;
-                        next_due = Some(next_due.map_or(soon, |d| d.min(soon)));
-                        continue;
-                    };
+                    // First the object; it is recorded (and the message marked `sending`)
+                    // before it is sent: see `on_created`.
                     self.in_flight = Some(message.id.clone());
-                    self.command(ModemCommand::Send {
+                    self.command(ModemCommand::Create {
                         id: message.id,
                         number: message.peer,
                         text: message.text,
                         delivery_report: entry.delivery_report,
                     })
                     .await;
-                    self.announce(Event::status_of(marked)).await;
                 }
                 Route::Fail(reason) => {
                     held_peers.remove(&message.peer);
@@ -694,6 +845,16 @@ impl Engine {
     }
 }
 
+/// Counter: SMS failed under the rule for an unknown outcome.
+pub const COUNT_UNKNOWN_OUTCOME: &str = "sms-outcome-unknown";
+/// Counter: unsent SMS objects of ours, orphaned by a crash, removed from the modem.
+pub const COUNT_ORPHAN_REMOVED: &str = "sms-orphan-removed";
+
+/// The recorded object of an attempt, as the adapter names it.
+fn sms_object(attempt: &SmsAttempt) -> Option<SmsObject> {
+    SmsObject::parse(&attempt.owner, &attempt.modem, &attempt.path)
+}
+
 /// The next item of an optional channel (pending forever when there is none).
 async fn recv_some<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
@@ -799,6 +960,7 @@ mod tests {
                     delete_received: true,
                     max_parts: 10,
                     max_attempts: 3,
+                    send_timeout: Duration::from_secs(5),
                     code_pattern: "Tandem code: {code}".into(),
                     presence_refresh: None,
                     fallback_timeout: Duration::from_millis(300),
@@ -950,7 +1112,7 @@ mod tests {
             .expect("send");
         assert!(matches!(
             rig.modem_command().await,
-            ModemCommand::Send { .. }
+            ModemCommand::Create { .. }
         ));
         rig.modem_events
             .send(ModemEvent::SendRefused {
@@ -972,7 +1134,336 @@ mod tests {
             .await
             .expect("send");
         assert!(
-            matches!(rig.modem_command().await, ModemCommand::Send { id: again, .. } if again == id)
+            matches!(rig.modem_command().await, ModemCommand::Create { id: again, .. } if again == id)
+        );
+        rig.stop().await;
+    }
+
+    fn object(n: u32) -> SmsObject {
+        SmsObject::parse(
+            ":1.7",
+            "/org/freedesktop/ModemManager1/Modem/0",
+            &format!("/org/freedesktop/ModemManager1/SMS/{n}"),
+        )
+        .expect("object")
+    }
+
+    async fn registered(rig: &Rig) {
+        rig.modem_events
+            .send(ModemEvent::State(ModemState::Registered))
+            .await
+            .expect("send");
+    }
+
+    async fn message(rig: &Rig, id: &str) -> Message {
+        let key = id.to_owned();
+        rig.store
+            .call(move |s| s.get_message(&key))
+            .await
+            .expect("message")
+    }
+
+    /// Waits until the store shows `id` with `status`.
+    async fn until_status(rig: &Rig, id: &str, status: Status) -> Message {
+        for _ in 0..200 {
+            let m = message(rig, id).await;
+            if m.status == status {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{id} never became {status}: {:?}", message(rig, id).await);
+    }
+
+    /// Records an attempt as a daemon that died after `Create` + record would have left.
+    fn died_while_sending(store: &mut Store, id: &str, object: &SmsObject, since_ms: i64) {
+        store
+            .record_sms_attempt(&SmsAttempt {
+                id: id.to_owned(),
+                owner: object.owner.clone(),
+                modem: object.modem.to_string(),
+                path: object.path.to_string(),
+                since_ms,
+                budget_ms: 60_000,
+            })
+            .expect("record");
+    }
+
+    #[tokio::test]
+    async fn an_sms_is_recorded_before_it_is_sent_and_sent_once() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "hello");
+        let mut rig = Rig::start(store);
+        registered(&rig).await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Create { id: got, number, .. } if got == id && number == "+15550002222")
+        );
+        // Nothing recorded yet: a crash now sends it again (no object was ever sent).
+        assert_eq!(message(&rig, &id).await.status, Status::Queued);
+        rig.modem_events
+            .send(ModemEvent::Created {
+                id: id.clone(),
+                object: object(4),
+            })
+            .await
+            .expect("send");
+        let ModemCommand::Send {
+            id: sent,
+            object: sent_object,
+            budget,
+        } = rig.modem_command().await
+        else {
+            panic!("expected Send");
+        };
+        assert_eq!((sent.as_str(), sent_object), (id.as_str(), object(4)));
+        assert_eq!(budget, Duration::from_secs(5), "one part");
+        // Recorded before the Send was asked for.
+        let attempts = rig
+            .store
+            .call(|s| s.sms_attempts())
+            .await
+            .expect("attempts");
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].path, "/org/freedesktop/ModemManager1/SMS/4");
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.modem_events
+            .send(ModemEvent::SendResult {
+                id: id.clone(),
+                outcome: SendOutcome::Sent { reference: Some(9) },
+            })
+            .await
+            .expect("send");
+        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Sms)));
+        let attempts = rig
+            .store
+            .call(|s| s.sms_attempts())
+            .await
+            .expect("attempts");
+        assert!(attempts.is_empty(), "{attempts:?}");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_object_made_for_a_message_deleted_meanwhile_is_discarded_not_sent() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "never mind");
+        let mut rig = Rig::start(store);
+        registered(&rig).await;
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Create { .. }
+        ));
+        let key = id.clone();
+        rig.store
+            .call(move |s| s.delete_message(&key))
+            .await
+            .expect("delete");
+        rig.modem_events
+            .send(ModemEvent::Created {
+                id: id.clone(),
+                object: object(5),
+            })
+            .await
+            .expect("send");
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Discard { object: object(5) }
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn after_a_crash_a_recorded_sms_is_looked_up_not_sent_again() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "did it go?");
+        let since = now_ms() - 10_000;
+        died_while_sending(&mut store, &id, &object(3), since);
+        let mut rig = Rig::start(store);
+        let ModemCommand::Resolve {
+            id: asked,
+            object: resolving,
+            settle_until,
+        } = rig.modem_command().await
+        else {
+            panic!("expected Resolve");
+        };
+        assert_eq!((asked.as_str(), resolving), (id.as_str(), object(3)));
+        // Settles when ModemManager's time for it is over: 60 s after it was recorded.
+        let left = settle_until - Instant::now();
+        assert!(
+            left > Duration::from_secs(45) && left <= Duration::from_secs(50),
+            "{left:?}"
+        );
+        registered(&rig).await;
+        rig.modem_events
+            .send(ModemEvent::SendResult {
+                id: id.clone(),
+                outcome: SendOutcome::Sent {
+                    reference: Some(12),
+                },
+            })
+            .await
+            .expect("send");
+        let sent = until_status(&rig, &id, Status::Sent).await;
+        assert_eq!(sent.channel, Some(Channel::Sms));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            rig.modem_commands.try_recv().is_err(),
+            "nothing more to do: it went out once"
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_sms_found_unsent_after_a_crash_goes_again_as_a_counted_attempt() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "not yet");
+        died_while_sending(&mut store, &id, &object(3), now_ms());
+        let mut rig = Rig::start(store);
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Resolve { .. }
+        ));
+        registered(&rig).await;
+        rig.modem_events
+            .send(ModemEvent::SendResult {
+                id: id.clone(),
+                outcome: SendOutcome::NotSent(SendFailure {
+                    temporary: true,
+                    reason: "not sent when the daemon stopped".into(),
+                }),
+            })
+            .await
+            .expect("send");
+        let entry = loop {
+            let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
+            if outbox[0].attempts == 1 {
+                break outbox[0].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(entry.message.status, Status::Queued);
+        assert!(
+            rig.store
+                .call(|s| s.sms_attempts())
+                .await
+                .expect("attempts")
+                .is_empty()
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_sms_of_unknown_fate_fails_counted_and_is_never_sent_again() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "maybe");
+        died_while_sending(&mut store, &id, &object(3), now_ms());
+        let mut rig = Rig::start(store);
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Resolve { .. }
+        ));
+        registered(&rig).await;
+        rig.modem_events
+            .send(ModemEvent::SendResult {
+                id: id.clone(),
+                outcome: SendOutcome::Unknown {
+                    reason: "ModemManager restarted while it was being sent".into(),
+                },
+            })
+            .await
+            .expect("send");
+        let failed = until_status(&rig, &id, Status::Failed).await;
+        let error = failed.error.expect("a reason");
+        assert!(error.contains("may not have been sent"), "{error}");
+        assert!(error.contains("ModemManager restarted"), "{error}");
+        let counters = rig.store.call(|s| s.counters()).await.expect("counters");
+        assert_eq!(counters, vec![(COUNT_UNKNOWN_OUTCOME.to_owned(), 1)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.modem_commands.try_recv().is_err(), "not sent again");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_unsent_object_left_by_a_crash_is_removed_only_when_it_is_ours() {
+        let mut store = Store::open_in_memory().expect("store");
+        let queued = queue(&mut store, "+15550002222", "orphaned once");
+        let recorded = queue(&mut store, "+15550003333", "being resolved");
+        died_while_sending(&mut store, &recorded, &object(8), now_ms());
+        let mut rig = Rig::start(store);
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Resolve { .. }
+        ));
+        let draft = |n: u32, number: &str, text: &str| ModemEvent::Draft {
+            object: object(n),
+            number: number.into(),
+            text: text.into(),
+        };
+        // Someone else's draft, and the object recorded for a message: left alone.
+        rig.modem_events
+            .send(draft(6, "+15550002222", "a draft of another app"))
+            .await
+            .expect("send");
+        rig.modem_events
+            .send(draft(8, "+15550003333", "being resolved"))
+            .await
+            .expect("send");
+        // Ours, made before a crash and never recorded (so never sent): removed.
+        rig.modem_events
+            .send(draft(7, "+1 555 000 2222", "orphaned once"))
+            .await
+            .expect("send");
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Discard { object: object(7) }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.modem_commands.try_recv().is_err());
+        let counters = rig.store.call(|s| s.counters()).await.expect("counters");
+        assert_eq!(counters, vec![(COUNT_ORPHAN_REMOVED.to_owned(), 1)]);
+        assert_eq!(message(&rig, &queued).await.status, Status::Queued);
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_send_refused_after_recording_requeues_without_an_attempt() {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", "hold on");
+        let mut rig = Rig::start(store);
+        registered(&rig).await;
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Create { .. }
+        ));
+        rig.modem_events
+            .send(ModemEvent::Created {
+                id: id.clone(),
+                object: object(1),
+            })
+            .await
+            .expect("send");
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Send { .. }
+        ));
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.modem_events
+            .send(ModemEvent::SendRefused {
+                id: id.clone(),
+                reason: "modem not registered".into(),
+            })
+            .await
+            .expect("send");
+        assert_eq!(rig.status_of(&id).await, (Status::Queued, None));
+        let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
+        assert_eq!(outbox[0].attempts, 0);
+        assert!(
+            rig.store
+                .call(|s| s.sms_attempts())
+                .await
+                .expect("attempts")
+                .is_empty()
         );
         rig.stop().await;
     }
@@ -1401,7 +1892,7 @@ mod tests {
         })
         .await;
         assert!(
-            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+            matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         rig.stop().await;
@@ -1479,7 +1970,7 @@ mod tests {
             message: "recipient unregistered".into(),
         };
         rig.answer(&auto, refused()).await;
-        assert!(matches!(rig.modem_command().await, ModemCommand::Send { id, .. } if id == auto));
+        assert!(matches!(rig.modem_command().await, ModemCommand::Create { id, .. } if id == auto));
         rig.answer(&forced.id, refused()).await;
         let failed = loop {
             let id = forced.id.clone();
@@ -1584,7 +2075,7 @@ mod tests {
         })
         .await;
         assert!(
-            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+            matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
         rig.stop().await;
     }
@@ -1625,7 +2116,7 @@ mod tests {
             .await
             .expect("send");
         assert!(
-            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+            matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
         rig.stop().await;
     }

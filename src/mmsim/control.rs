@@ -331,6 +331,14 @@ impl ControlIface {
         Ok(())
     }
 
+    /// From now on every `Sms.Send` on the modem takes this long before the SMS leaves
+    /// (0: at once), holding the modem's other operations meanwhile, as a real modem busy
+    /// with `AT+CMGS` does.
+    async fn set_send_delay(&self, modem: String, ms: u32) -> Result<(), ControlError> {
+        self.modem(&modem)?.cell.set_send_delay(ms);
+        Ok(())
+    }
+
     /// A modem (by its own number) sent an SMS.
     #[zbus(signal)]
     pub async fn sent(

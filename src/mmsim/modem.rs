@@ -16,6 +16,7 @@
 //! (that is the interface layer).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
@@ -380,6 +381,12 @@ impl ModemData {
         if record.props.pdu_type != pdu_type::SUBMIT {
             return Err(MmError::failed("This SMS was received, cannot send it"));
         }
+        // As ModemManager: a sent SMS is never sent again (its reference would be lost).
+        if record.props.state == sms_state::SENT {
+            return Err(MmError::failed(
+                "This SMS was already sent, cannot send it again",
+            ));
+        }
         record.props.state = sms_state::SENDING;
         Ok(record
             .path
@@ -581,6 +588,8 @@ pub struct ModemCell {
     op: tokio::sync::Mutex<()>,
     /// `true` while `SetDeleteBlocked` holds `Messaging.Delete` calls.
     delete_gate: watch::Sender<bool>,
+    /// `SetSendDelay`: how long the modem takes to send an SMS, in ms.
+    send_delay_ms: AtomicU32,
 }
 
 impl ModemCell {
@@ -604,7 +613,12 @@ impl ModemCell {
             data: Mutex::new(ModemData::new(state)),
             op: tokio::sync::Mutex::new(()),
             delete_gate: watch::Sender::new(false),
+            send_delay_ms: AtomicU32::new(0),
         }
+    }
+
+    pub fn set_send_delay(&self, ms: u32) {
+        self.send_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The data, for a short synchronous look or change (never held across `.await`).
@@ -716,6 +730,12 @@ impl Modem {
         let _op = self.cell.op.lock().await;
         let fx = self.data().begin_send(key)?;
         self.apply(fx).await;
+        // The modem at work (AT+CMGS until the network's answer): the SMS leaves at the
+        // end, unless the simulator dies first.
+        let delay = self.cell.send_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay.into())).await;
+        }
         let now = text::now_unix();
         let timestamp = text::mm_timestamp(now, self.ctx.settings.utc_offset_minutes);
         let (submission, fx) = self

@@ -31,8 +31,8 @@ use super::pick::{
     MESSAGING_IFACE, MODEM_IFACE, ModemInfo, choose, first_number, is_enabled, map_modem_state,
 };
 use super::proxies::{messaging, modem};
-use super::sms::{self, CallError, MM_PATH, MM_SERVICE, Outgoing, SMS_IFACE, SmsFound};
-use super::{ModemCommand, ModemConfig, ModemEvent, SendFailure};
+use super::sms::{self, CallError, MM_PATH, MM_SERVICE, Outgoing, Resolved, SMS_IFACE, SmsFound};
+use super::{ModemCommand, ModemConfig, ModemEvent, SendFailure, SendOutcome, SmsObject};
 use crate::domain::ModemState;
 
 const DBUS_SERVICE: &str = "org.freedesktop.DBus";
@@ -113,6 +113,9 @@ pub async fn run(
     adapter.stop(&mut internal_rx, &events).await;
 }
 
+/// A helper task's future.
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 async fn next_signal(
     signals: &mut Option<BoxStream<'static, zbus::Result<Message>>>,
 ) -> Option<zbus::Result<Message>> {
@@ -163,9 +166,13 @@ enum Done {
         path: OwnedObjectPath,
         result: Result<SmsFound, CallError>,
     },
+    Created {
+        ticket: u64,
+        object: Result<SmsObject, SendFailure>,
+    },
     Sent {
         ticket: u64,
-        result: Result<Option<u32>, SendFailure>,
+        outcome: SendOutcome,
     },
     Deleted {
         path: OwnedObjectPath,
@@ -199,12 +206,15 @@ struct Picked {
     own_number: Option<String>,
 }
 
-/// A Send that has not been answered yet.
+/// A Create, Send or Resolve that has not been answered yet.
 #[derive(Debug)]
 struct PendingSend {
     id: String,
     /// To answer it if its task dies.
     task: tokio::task::Id,
+    /// A Send or Resolve: the SMS may have gone out, so a task that dies leaves the
+    /// outcome unknown (and a stopping adapter leaves it to the next run to resolve).
+    may_have_gone: bool,
 }
 
 struct Adapter {
@@ -230,6 +240,9 @@ struct Adapter {
     tracked: HashMap<OwnedObjectPath, Tracked>,
     pending: HashMap<u64, PendingSend>,
     next_ticket: u64,
+    /// SMS objects this run created (at the current ModemManager instance): never
+    /// reported as [`ModemEvent::Draft`].
+    ours: HashSet<OwnedObjectPath>,
     /// The last state reported; `None` before the first, which is always sent.
     last_state: Option<ModemState>,
     /// When to (re)subscribe and discover modems.
@@ -260,6 +273,7 @@ impl Adapter {
             tracked: HashMap::new(),
             pending: HashMap::new(),
             next_ticket: 0,
+            ours: HashSet::new(),
             last_state: None,
             retry_at: Some(Instant::now()),
             recheck_at: None,
@@ -370,6 +384,7 @@ impl Adapter {
     /// Forgets everything of the ModemManager instance we knew, without telling anyone yet.
     fn reset_modem_manager(&mut self) {
         self.mm_owner = None;
+        self.ours.clear();
         self.snapshot_at = None;
         self.modems.clear();
         if self.picked.is_some() {
@@ -723,6 +738,24 @@ impl Adapter {
                 self.recheck_at
                     .get_or_insert_with(|| Instant::now() + RECHECK_PERIOD);
             }
+            Ok(SmsFound::Draft { number, text }) => {
+                self.tracked.insert(path.clone(), Tracked::Done);
+                if let (false, Some(owner), Some(picked)) =
+                    (self.ours.contains(&path), &self.mm_owner, &self.picked)
+                {
+                    debug!(modem = %modem, sms = %path, "unsent outgoing SMS found");
+                    let object = SmsObject {
+                        owner: owner.clone(),
+                        modem: picked.path.clone(),
+                        path,
+                    };
+                    self.emit(ModemEvent::Draft {
+                        object,
+                        number,
+                        text,
+                    });
+                }
+            }
             Ok(SmsFound::Other(state)) => {
                 debug!(modem = %modem, sms = %path, state, "SMS not received one, ignored");
                 self.tracked.insert(path, Tracked::Done);
@@ -765,66 +798,140 @@ impl Adapter {
         });
     }
 
+    /// Why a send cannot be tried now, if it cannot.
+    fn refusal(&self) -> Option<&'static str> {
+        match &self.picked {
+            None => Some("no modem"),
+            Some(p) if map_modem_state(p.state) != ModemState::Registered => {
+                Some("modem not registered")
+            }
+            Some(_) if self.mm_owner.is_none() => Some("no modem"),
+            Some(_) => None,
+        }
+    }
+
+    /// Runs one job of the send path as a helper task, answered under `id`.
+    fn spawn_send_job<F>(&mut self, id: String, may_have_gone: bool, job: F)
+    where
+        F: FnOnce(u64, zbus::Connection, mpsc::UnboundedSender<Done>) -> BoxFuture,
+    {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let task = self
+            .tasks
+            .spawn(job(ticket, self.conn.clone(), self.done_tx.clone()));
+        self.pending.insert(
+            ticket,
+            PendingSend {
+                id,
+                task: task.id(),
+                may_have_gone,
+            },
+        );
+    }
+
     fn on_command(&mut self, command: ModemCommand) {
         match command {
-            ModemCommand::Send {
+            ModemCommand::Create {
                 id,
                 number,
                 text,
                 delivery_report,
             } => {
-                let refuse = match &self.picked {
-                    None => Some("no modem"),
-                    Some(p) if map_modem_state(p.state) != ModemState::Registered => {
-                        Some("modem not registered")
-                    }
-                    Some(_) => None,
+                let (Some(picked), Some(owner), None) =
+                    (&self.picked, &self.mm_owner, self.refusal())
+                else {
+                    let reason = self.refusal().unwrap_or("no modem");
+                    debug!(id = %id, reason, "SMS not created");
+                    self.emit(ModemEvent::SendRefused {
+                        id,
+                        reason: reason.to_owned(),
+                    });
+                    return;
                 };
-                if let Some(reason) = refuse {
+                let (modem, owner) = (picked.path.clone(), owner.clone());
+                let out = Outgoing {
+                    number,
+                    text,
+                    delivery_report,
+                };
+                debug!(modem = %modem, id = %id, "creating an SMS");
+                self.spawn_send_job(id, false, move |ticket, conn, done| {
+                    Box::pin(async move {
+                        let object = sms::create(&conn, &modem, &out)
+                            .await
+                            .map(|path| SmsObject { owner, modem, path });
+                        let _ = done.send(Done::Created { ticket, object });
+                    })
+                });
+            }
+            ModemCommand::Send { id, object, budget } => {
+                if let Some(reason) = self.refusal() {
                     debug!(id = %id, reason, "SMS not sent");
+                    self.spawn_discard(object);
                     self.emit(ModemEvent::SendRefused {
                         id,
                         reason: reason.to_owned(),
                     });
                     return;
                 }
-                let Some(picked) = &self.picked else {
-                    return;
-                };
-                let ticket = self.next_ticket;
-                self.next_ticket += 1;
-                let (conn, modem, done) =
-                    (self.conn.clone(), picked.path.clone(), self.done_tx.clone());
-                let delete_sent = self.config.delete_sent;
-                let out = Outgoing {
-                    number,
-                    text,
-                    delivery_report,
-                };
-                debug!(modem = %modem, id = %id, "sending an SMS");
-                let task = self.tasks.spawn(async move {
-                    let outcome = sms::send(&conn, &modem, &out, delete_sent).await;
-                    let _ = done.send(Done::Sent {
-                        ticket,
-                        result: outcome.result,
-                    });
-                    if let Some(leftover) = outcome.leftover {
-                        match sms::delete(&conn, &modem, &leftover).await {
-                            Ok(()) => debug!(modem = %modem, sms = %leftover, "sent SMS deleted"),
-                            Err(err) => {
-                                warn!(modem = %modem, sms = %leftover, error = %err, "cannot delete our SMS")
-                            }
-                        }
-                    }
-                });
-                self.pending.insert(
-                    ticket,
-                    PendingSend {
+                if self.mm_owner.as_deref() != Some(object.owner.as_str()) {
+                    // Its ModemManager is gone, and the object with it: never sent.
+                    self.emit(ModemEvent::SendResult {
                         id,
-                        task: task.id(),
-                    },
-                );
+                        outcome: SendOutcome::NotSent(SendFailure {
+                            temporary: true,
+                            reason: "ModemManager restarted".to_owned(),
+                        }),
+                    });
+                    return;
+                }
+                let delete_sent = self.config.delete_sent;
+                debug!(sms = %object.path, id = %id, "sending an SMS");
+                self.spawn_send_job(id, true, move |ticket, conn, done| {
+                    Box::pin(async move {
+                        let outcome = sms::send(&conn, &object, budget).await;
+                        let leftover = !matches!(outcome, SendOutcome::Sent { .. }) || delete_sent;
+                        let _ = done.send(Done::Sent { ticket, outcome });
+                        if leftover {
+                            sms::discard(&conn, &object).await;
+                        }
+                    })
+                });
             }
+            ModemCommand::Resolve {
+                id,
+                object,
+                settle_until,
+            } => {
+                let delete_sent = self.config.delete_sent;
+                debug!(sms = %object.path, id = %id, "finding out whether an SMS went out");
+                self.spawn_send_job(id, true, move |ticket, conn, done| {
+                    Box::pin(async move {
+                        let outcome = match sms::resolve(&conn, &object, settle_until).await {
+                            Resolved::Sent(reference) => SendOutcome::Sent { reference },
+                            Resolved::Unsent => SendOutcome::NotSent(SendFailure {
+                                temporary: true,
+                                reason: "not sent when the daemon stopped".to_owned(),
+                            }),
+                            Resolved::Gone => SendOutcome::Unknown {
+                                reason: "ModemManager restarted (or the SMS was removed) \
+                                         while it was being sent"
+                                    .to_owned(),
+                            },
+                            Resolved::Unreadable => SendOutcome::Unknown {
+                                reason: "ModemManager does not say whether it was sent".to_owned(),
+                            },
+                        };
+                        let leftover = !matches!(outcome, SendOutcome::Sent { .. }) || delete_sent;
+                        let _ = done.send(Done::Sent { ticket, outcome });
+                        if leftover {
+                            sms::discard(&conn, &object).await;
+                        }
+                    })
+                });
+            }
+            ModemCommand::Discard { object } => self.spawn_discard(object),
             ModemCommand::Delete { path } => {
                 let Some(picked) = &self.picked else {
                     debug!(sms = %path, "no modem to delete an SMS from");
@@ -838,6 +945,12 @@ impl Adapter {
                 });
             }
         }
+    }
+
+    fn spawn_discard(&mut self, object: SmsObject) {
+        let conn = self.conn.clone();
+        self.tasks
+            .spawn(async move { sms::discard(&conn, &object).await });
     }
 
     fn on_internal(&mut self, done: Done) {
@@ -860,11 +973,38 @@ impl Adapter {
                     self.on_read(path, result);
                 }
             }
-            Done::Sent { ticket, result } => {
+            Done::Created { ticket, object } => {
+                let Some(pending) = self.pending.remove(&ticket) else {
+                    return;
+                };
+                let event = match object {
+                    Ok(object) if self.mm_owner.as_deref() == Some(object.owner.as_str()) => {
+                        self.ours.insert(object.path.clone());
+                        ModemEvent::Created {
+                            id: pending.id,
+                            object,
+                        }
+                    }
+                    // Made by a ModemManager that is gone since: gone with it, never sent.
+                    Ok(_) => ModemEvent::SendResult {
+                        id: pending.id,
+                        outcome: SendOutcome::NotSent(SendFailure {
+                            temporary: true,
+                            reason: "ModemManager restarted".to_owned(),
+                        }),
+                    },
+                    Err(failure) => ModemEvent::SendResult {
+                        id: pending.id,
+                        outcome: SendOutcome::NotSent(failure),
+                    },
+                };
+                self.emit(event);
+            }
+            Done::Sent { ticket, outcome } => {
                 if let Some(pending) = self.pending.remove(&ticket) {
                     self.emit(ModemEvent::SendResult {
                         id: pending.id,
-                        result,
+                        outcome,
                     });
                 }
             }
@@ -899,17 +1039,25 @@ impl Adapter {
             .find(|(_, p)| p.task == task)
             .map(|(t, _)| *t);
         if let Some(pending) = ticket.and_then(|t| self.pending.remove(&t)) {
+            let reason = "internal error".to_owned();
+            let outcome = if pending.may_have_gone {
+                SendOutcome::Unknown { reason }
+            } else {
+                SendOutcome::NotSent(SendFailure {
+                    temporary: true,
+                    reason,
+                })
+            };
             self.emit(ModemEvent::SendResult {
                 id: pending.id,
-                result: Err(SendFailure {
-                    temporary: true,
-                    reason: "internal error".to_owned(),
-                }),
+                outcome,
             });
         }
     }
 
-    /// Answers the sends still running, stops every helper task and delivers the last events.
+    /// Answers the creates still running, stops every helper task and delivers the last
+    /// events. A send or resolve still running is not answered: the daemon recorded its
+    /// object and finds out at its next start what became of it.
     async fn stop(
         mut self,
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
@@ -921,10 +1069,10 @@ impl Adapter {
         self.tasks.abort_all();
         let mut pending: Vec<(u64, PendingSend)> = self.pending.drain().collect();
         pending.sort_by_key(|(ticket, _)| *ticket);
-        for (_, pending) in pending {
+        for (_, pending) in pending.into_iter().filter(|(_, p)| !p.may_have_gone) {
             self.emit(ModemEvent::SendResult {
                 id: pending.id,
-                result: Err(SendFailure {
+                outcome: SendOutcome::NotSent(SendFailure {
                     temporary: true,
                     reason: "adapter stopped".to_owned(),
                 }),

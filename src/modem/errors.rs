@@ -40,6 +40,59 @@ pub(crate) fn classify(err: &zbus::Error) -> SendFailure {
     }
 }
 
+/// What a failed `Sms.Send` says about the SMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SendVerdict {
+    /// ModemManager answered that it did not send it.
+    NotSent(SendFailure),
+    /// The call ended without ModemManager saying whether the modem sent it: it died or
+    /// stopped answering, the modem did not answer ModemManager, or ModemManager could not
+    /// read the modem's answer. The SMS may have gone out.
+    Unknown(String),
+}
+
+/// Classifies a failed `Sms.Send`. Only an answer from ModemManager that names a reason
+/// the SMS did not go counts as "not sent"; every way of getting no such answer is unknown.
+pub(crate) fn classify_send(err: &zbus::Error) -> SendVerdict {
+    match error_name(err) {
+        Some((name, detail)) => classify_send_name(&name, &detail),
+        None => SendVerdict::Unknown("the connection to ModemManager broke while sending".into()),
+    }
+}
+
+/// [`classify_send`] of an error name and its message.
+pub(crate) fn classify_send_name(name: &str, detail: &str) -> SendVerdict {
+    let unknown = |why: &str| SendVerdict::Unknown(why.to_owned());
+    if let Some(code) = name.strip_prefix(DBUS_ERROR) {
+        match code {
+            "NoReply" | "Timeout" | "TimedOut" => {
+                return unknown("ModemManager gave no answer while sending");
+            }
+            "Disconnected" | "IOError" | "NoServer" | "NoNetwork" => {
+                return unknown("the connection to ModemManager broke while sending");
+            }
+            _ => {}
+        }
+    } else if let Some(rest) = name.strip_prefix(MM_ERROR) {
+        match rest {
+            // The modem did not answer (in time, or readably) after taking the SMS.
+            "Serial.ResponseTimeout" | "Serial.ParseFailed" | "Serial.FrameNotFound" => {
+                return unknown("the modem stopped answering while sending");
+            }
+            "Core.Cancelled" | "Core.Aborted" => {
+                return unknown("ModemManager abandoned the send");
+            }
+            // ModemManager 1.20 fails a send whose `+CMGS` answer it cannot parse, after
+            // the modem sent it.
+            "Core.Failed" if detail.contains("message reference") => {
+                return unknown("the modem's answer to the send was unreadable");
+            }
+            _ => {}
+        }
+    }
+    SendVerdict::NotSent(classify_name(name))
+}
+
 /// Classifies a D-Bus error name. Unknown names are temporary: a message is only failed for
 /// good when the modem or network said that this message cannot go.
 pub(crate) fn classify_name(name: &str) -> SendFailure {
@@ -217,6 +270,51 @@ mod tests {
         check(&dbus("InvalidArgs"), false, "invalid number or text");
         check(&dbus("Failed"), true, "modem error");
         check("com.example.Odd", true, "modem error");
+    }
+
+    #[test]
+    fn send_errors_that_leave_the_outcome_unknown() {
+        let unknown = |name: &str, detail: &str| {
+            matches!(classify_send_name(name, detail), SendVerdict::Unknown(_))
+        };
+        let mm = |s: &str| format!("org.freedesktop.ModemManager1.Error.{s}");
+        let dbus = |s: &str| format!("org.freedesktop.DBus.Error.{s}");
+        // Asked, and no answer: it may have gone.
+        for name in [
+            dbus("NoReply"),
+            dbus("Timeout"),
+            dbus("Disconnected"),
+            mm("Serial.ResponseTimeout"),
+            mm("Serial.ParseFailed"),
+            mm("Core.Aborted"),
+        ] {
+            assert!(unknown(&name, ""), "{name}");
+        }
+        assert!(unknown(
+            &mm("Core.Failed"),
+            "Couldn't read message reference: 0 fields parsed from response 'OK'"
+        ));
+        // Answered: it did not go (the call never reached ModemManager, or it said why).
+        for name in [
+            dbus("ServiceUnknown"),
+            dbus("UnknownObject"),
+            dbus("InvalidArgs"),
+            mm("Core.WrongState"),
+            mm("Core.Failed"),
+            mm("Message.NetworkTimeout"),
+            mm("Serial.SendFailed"),
+        ] {
+            assert!(!unknown(&name, "Cannot send SMS"), "{name}");
+        }
+        assert_eq!(
+            classify_send_name(&mm("Message.NotAllowed"), ""),
+            SendVerdict::NotSent(SendFailure {
+                temporary: false,
+                reason: "refused by the network".into()
+            })
+        );
+        let io = zbus::Error::InputOutput(std::sync::Arc::new(std::io::Error::other("gone")));
+        assert!(matches!(classify_send(&io), SendVerdict::Unknown(_)));
     }
 
     #[test]

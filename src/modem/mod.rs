@@ -23,6 +23,9 @@ mod timestamp;
 pub use adapter::run;
 pub use timestamp::parse_mm_timestamp;
 
+use std::time::Duration;
+
+use tokio::time::Instant;
 use zbus::OwnedObjectPath;
 
 use crate::domain::ModemState;
@@ -37,17 +40,69 @@ pub struct ModemConfig {
     pub delete_sent: bool,
 }
 
+/// ModemManager's SMS object made for one outgoing message. A path alone is no identity:
+/// a restarted ModemManager numbers its objects from 0 again, so the object is named with
+/// the unique bus name of the instance that made it, and every later call on it goes to
+/// that name (a call to a vanished instance fails instead of reaching another SMS).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SmsObject {
+    /// The unique bus name (`:1.42`) of the ModemManager instance that created it.
+    pub owner: String,
+    /// The modem it belongs to (`Messaging.Delete` is called there).
+    pub modem: OwnedObjectPath,
+    pub path: OwnedObjectPath,
+}
+
+impl SmsObject {
+    /// An object named by strings as they were recorded; `None` when a path is invalid.
+    pub fn parse(owner: &str, modem: &str, path: &str) -> Option<SmsObject> {
+        Some(SmsObject {
+            owner: owner.to_owned(),
+            modem: OwnedObjectPath::try_from(modem).ok()?,
+            path: OwnedObjectPath::try_from(path).ok()?,
+        })
+    }
+}
+
 /// Work the daemon asks the adapter to do.
+///
+/// An SMS goes out in two steps, so that the daemon can record the object durably before
+/// anything can leave the phone: [`ModemCommand::Create`] answered by
+/// [`ModemEvent::Created`], then [`ModemCommand::Send`] of that object, answered by exactly
+/// one [`ModemEvent::SendResult`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModemCommand {
-    /// Create and send one SMS (ModemManager splits long texts into a multipart SMS).
-    /// Answered by exactly one [`ModemEvent::SendResult`] with the same `id`.
-    Send {
+    /// Create the SMS object for a message, without sending it (ModemManager splits long
+    /// texts into a multipart SMS). Answered by one [`ModemEvent::Created`],
+    /// [`ModemEvent::SendResult`] (creating failed: nothing went out) or
+    /// [`ModemEvent::SendRefused`] with the same `id`.
+    Create {
         id: String,
         number: String,
         text: String,
         delivery_report: bool,
     },
+    /// Send an object made by `Create`, allowing it `budget` (ModemManager's own worst
+    /// case for all its parts). Answered by one [`ModemEvent::SendResult`] or
+    /// [`ModemEvent::SendRefused`].
+    Send {
+        id: String,
+        object: SmsObject,
+        budget: Duration,
+    },
+    /// Find out what became of an object whose send an earlier run of the daemon may
+    /// have started: `sent` at once, or after waiting until `settle_until` for a send
+    /// that may still be running in ModemManager. Answered by one
+    /// [`ModemEvent::SendResult`]: `Sent`, `NotSent` (still unsent when settled: it is safe
+    /// to send again) or `Unknown` (the object is gone with its ModemManager).
+    Resolve {
+        id: String,
+        object: SmsObject,
+        settle_until: Instant,
+    },
+    /// Remove an SMS object of ours that is not needed (an orphan of a crash, or made
+    /// for a message deleted meanwhile). Not answered.
+    Discard { object: SmsObject },
     /// Remove an SMS (a stored incoming one, or an applied status report) from the modem.
     Delete { path: OwnedObjectPath },
 }
@@ -86,6 +141,21 @@ pub struct SendFailure {
     pub reason: String,
 }
 
+/// How a send ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// It went out. `reference`: the SMS centre's `MessageReference` (`None` when it went
+    /// out but the reference could not be read).
+    Sent { reference: Option<u32> },
+    /// It did not go out (ModemManager said so, or the object never left `stored`): it may
+    /// be tried again.
+    NotSent(SendFailure),
+    /// Whether it went out cannot be known: ModemManager (or the modem) stopped answering
+    /// while sending it, and the object that would tell is gone or never became `sent`.
+    /// Sending it again could make it arrive twice.
+    Unknown { reason: String },
+}
+
 /// What the adapter tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModemEvent {
@@ -96,16 +166,30 @@ pub enum ModemEvent {
     OwnNumber(Option<String>),
     Incoming(IncomingSms),
     StatusReport(StatusReport),
-    /// The answer to [`ModemCommand::Send`] when the modem tried: on success the SMS's
-    /// `MessageReference` (`None` when it went out but the reference could not be read).
+    /// The object for [`ModemCommand::Create`]: not sent yet.
+    Created {
+        id: String,
+        object: SmsObject,
+    },
+    /// How [`ModemCommand::Create`] (failed), [`ModemCommand::Send`] or
+    /// [`ModemCommand::Resolve`] ended.
     SendResult {
         id: String,
-        result: Result<Option<u32>, SendFailure>,
+        outcome: SendOutcome,
     },
-    /// The answer to [`ModemCommand::Send`] when nothing was tried: no modem, or it is not
-    /// registered. Not a failed attempt; the message should wait for the modem.
+    /// The answer to [`ModemCommand::Create`] or [`ModemCommand::Send`] when nothing was
+    /// tried: no modem, or it is not registered (an object already made is removed). Not a
+    /// failed attempt; the message should wait for the modem.
     SendRefused {
         id: String,
         reason: String,
+    },
+    /// An outgoing SMS object that was never sent (`stored` or `unknown`), found when the
+    /// modem's SMS were listed, and not made by this run of the adapter: perhaps one of
+    /// ours, orphaned by a crash between `Create` and recording it.
+    Draft {
+        object: SmsObject,
+        number: String,
+        text: String,
     },
 }

@@ -6,15 +6,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 use zbus::proxy::CacheProperties;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
-use super::errors::{classify, error_name};
+use super::errors::{SendVerdict, classify, classify_send, error_name};
 use super::proxies::messaging::MessagingProxy;
 use super::proxies::sms::SmsProxy;
 use super::timestamp::parse_mm_timestamp;
-use super::{IncomingSms, SendFailure, StatusReport};
+use super::{IncomingSms, SendFailure, SendOutcome, SmsObject, StatusReport};
 
 pub(crate) const MM_SERVICE: &str = "org.freedesktop.ModemManager1";
 pub(crate) const MM_PATH: &str = "/org/freedesktop/ModemManager1";
@@ -22,8 +22,6 @@ pub(crate) const SMS_IFACE: &str = "org.freedesktop.ModemManager1.Sms";
 
 /// Bound of a simple call (List, reading properties).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Bound of a whole send (Create, Send, reading the reference).
-pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound of a Delete: ModemManager may have to talk to the SIM.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts and pause of `list`: the modem may be busy right after enabling.
@@ -31,9 +29,13 @@ const LIST_ATTEMPTS: u32 = 3;
 const LIST_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 /// `MMSmsState`
+const SMS_STATE_UNKNOWN: u32 = 0;
+const SMS_STATE_STORED: u32 = 1;
 pub(crate) const SMS_STATE_RECEIVING: u32 = 2;
 pub(crate) const SMS_STATE_RECEIVED: u32 = 3;
-/// `MMSmsPduType` of a status report.
+const SMS_STATE_SENT: u32 = 5;
+/// `MMSmsPduType` of an outgoing SMS and of a status report.
+const PDU_TYPE_SUBMIT: u32 = 2;
 const PDU_TYPE_STATUS_REPORT: u32 = 3;
 
 /// Why a call on ModemManager did not give an answer we can use.
@@ -48,6 +50,21 @@ pub(crate) enum CallError {
 }
 
 impl CallError {
+    /// The object, or the ModemManager instance that had it, is not there (any more).
+    pub(crate) fn is_gone(&self) -> bool {
+        let CallError::DBus(err) = self else {
+            return false;
+        };
+        self.is_unknown_object()
+            || matches!(
+                error_name(err).as_ref().map(|(name, _)| name.as_str()),
+                Some(
+                    "org.freedesktop.DBus.Error.ServiceUnknown"
+                        | "org.freedesktop.DBus.Error.NameHasNoOwner"
+                )
+            )
+    }
+
     /// The object (or the SMS a Delete named) is not there (any more).
     pub(crate) fn is_unknown_object(&self) -> bool {
         let CallError::DBus(err) = self else {
@@ -86,17 +103,6 @@ async fn messaging(
         .await
 }
 
-async fn sms_proxy(
-    conn: &zbus::Connection,
-    path: &OwnedObjectPath,
-) -> zbus::Result<SmsProxy<'static>> {
-    SmsProxy::builder(conn)
-        .path(path.clone())
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-}
-
 /// `Messaging.List` of `modem`, retried a few times.
 pub(crate) async fn list(
     conn: &zbus::Connection,
@@ -124,6 +130,11 @@ pub(crate) enum SmsFound {
     StatusReport(StatusReport),
     /// A multipart SMS still waiting for parts: read it again when its State changes.
     Receiving,
+    /// An outgoing SMS never sent (`unknown` or `stored`): a draft, perhaps ours.
+    Draft {
+        number: String,
+        text: String,
+    },
     /// Not something received (one of ours, or a draft): in this `MMSmsState`.
     Other(u32),
 }
@@ -133,18 +144,27 @@ pub(crate) async fn read(
     conn: &zbus::Connection,
     path: &OwnedObjectPath,
 ) -> Result<SmsFound, CallError> {
+    let props = read_props(conn, MM_SERVICE, path).await?;
+    interpret(path, &props)
+}
+
+/// `GetAll` of the Sms interface of `path` at `destination` (a well-known or unique name).
+async fn read_props(
+    conn: &zbus::Connection,
+    destination: &str,
+    path: &OwnedObjectPath,
+) -> Result<HashMap<String, OwnedVariant>, CallError> {
     let proxy = zbus::fdo::PropertiesProxy::builder(conn)
-        .destination(MM_SERVICE)
+        .destination(destination.to_owned())
         .path(path.clone())
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
     let interface = zbus::names::InterfaceName::from_static_str_unchecked(SMS_IFACE);
-    let props = bounded(CALL_TIMEOUT, async {
+    bounded(CALL_TIMEOUT, async {
         proxy.get_all(interface).await.map_err(zbus::Error::from)
     })
-    .await?;
-    interpret(path, &props)
+    .await
 }
 
 /// Says what an SMS is from its properties (the answer of `GetAll`).
@@ -165,6 +185,14 @@ pub(crate) fn interpret(
     match state {
         SMS_STATE_RECEIVED => {}
         SMS_STATE_RECEIVING => return Ok(SmsFound::Receiving),
+        SMS_STATE_UNKNOWN | SMS_STATE_STORED
+            if u32_of("PduType").is_none_or(|t| t == PDU_TYPE_SUBMIT) =>
+        {
+            return Ok(SmsFound::Draft {
+                number: string_of("Number"),
+                text: string_of("Text"),
+            });
+        }
         other => return Ok(SmsFound::Other(other)),
     }
     if u32_of("PduType") == Some(PDU_TYPE_STATUS_REPORT) {
@@ -197,7 +225,7 @@ pub(crate) async fn delete(
     bounded(DELETE_TIMEOUT, proxy.delete(path)).await
 }
 
-/// One SMS to send.
+/// One SMS to create.
 #[derive(Debug, Clone)]
 pub(crate) struct Outgoing {
     pub number: String,
@@ -205,98 +233,196 @@ pub(crate) struct Outgoing {
     pub delivery_report: bool,
 }
 
-/// How a send went, and the SMS object left behind that should be deleted.
-#[derive(Debug)]
-pub(crate) struct SendOutcome {
-    pub result: Result<Option<u32>, SendFailure>,
-    pub leftover: Option<OwnedObjectPath>,
-}
-
-/// Create, Send, read `MessageReference`, all within [`SEND_TIMEOUT`]. The SMS object is
-/// returned as leftover when the send failed, or when it went out and `delete_sent` is set.
-pub(crate) async fn send(
+/// `Messaging.Create` on `modem`: the object for one outgoing SMS, not sent. Nothing can
+/// leave the phone here, so every failure is a plain "not sent".
+pub(crate) async fn create(
     conn: &zbus::Connection,
     modem: &OwnedObjectPath,
     out: &Outgoing,
-    delete_sent: bool,
-) -> SendOutcome {
-    let deadline = Instant::now() + SEND_TIMEOUT;
-    let timed_out = || SendFailure {
-        temporary: true,
-        reason: "timed out".to_owned(),
-    };
-    let failed = |step: &str, err: &zbus::Error| {
-        let failure = classify(err);
-        tracing::warn!(
-            modem = %modem, step, error = %err, temporary = failure.temporary,
-            "sending an SMS failed"
-        );
-        failure
-    };
-
-    let created = match timeout_at(deadline, create(conn, modem, out)).await {
-        Err(_) => {
-            tracing::warn!(modem = %modem, "creating an SMS timed out");
-            return SendOutcome {
-                result: Err(timed_out()),
-                leftover: None,
-            };
-        }
-        Ok(Err(err)) => {
-            return SendOutcome {
-                result: Err(failed("create", &err)),
-                leftover: None,
-            };
-        }
-        Ok(Ok(path)) => path,
-    };
-
-    let sent = timeout_at(deadline, async {
-        let sms = sms_proxy(conn, &created)
-            .await
-            .map_err(|e| ("opening the SMS", e))?;
-        sms.send().await.map_err(|e| ("send", e))?;
-        // It went out: from here on, no error may turn it into a retry (a second SMS).
-        Ok::<_, (&str, zbus::Error)>(match sms.message_reference().await {
-            Ok(reference) => Some(reference),
-            Err(err) => {
-                tracing::warn!(modem = %modem, sms = %created, error = %err,
-                    "SMS sent, but its MessageReference is unreadable: no status report will match");
-                None
-            }
-        })
+) -> Result<OwnedObjectPath, SendFailure> {
+    let created = timeout(CALL_TIMEOUT, async {
+        let proxy = messaging(conn, modem).await?;
+        let number = Variant::from(out.number.as_str());
+        let text = Variant::from(out.text.as_str());
+        let report = Variant::from(out.delivery_report);
+        let props = HashMap::from([
+            ("number", &number),
+            ("text", &text),
+            ("delivery-report-request", &report),
+        ]);
+        proxy.create(props).await
     })
     .await;
-    let result = match sent {
-        Ok(Ok(reference)) => {
-            tracing::info!(modem = %modem, sms = %created, ?reference, "SMS sent");
-            Ok(reference)
+    match created {
+        Ok(Ok(path)) => Ok(path),
+        Ok(Err(err)) => {
+            let failure = classify(&err);
+            tracing::warn!(modem = %modem, error = %err, temporary = failure.temporary,
+                "creating an SMS failed");
+            Err(failure)
         }
-        Ok(Err((step, err))) => Err(failed(step, &err)),
         Err(_) => {
-            tracing::warn!(modem = %modem, sms = %created, "sending an SMS timed out");
-            Err(timed_out())
+            tracing::warn!(modem = %modem, "creating an SMS timed out");
+            Err(SendFailure {
+                temporary: true,
+                reason: "timed out".to_owned(),
+            })
         }
-    };
-    let leftover = (result.is_err() || delete_sent).then_some(created);
-    SendOutcome { result, leftover }
+    }
 }
 
-async fn create(
+/// A proxy for `object`, addressed to the ModemManager instance that made it.
+async fn object_proxy(
     conn: &zbus::Connection,
-    modem: &OwnedObjectPath,
-    out: &Outgoing,
-) -> zbus::Result<OwnedObjectPath> {
-    let proxy = messaging(conn, modem).await?;
-    let number = Variant::from(out.number.as_str());
-    let text = Variant::from(out.text.as_str());
-    let report = Variant::from(out.delivery_report);
-    let props = HashMap::from([
-        ("number", &number),
-        ("text", &text),
-        ("delivery-report-request", &report),
-    ]);
-    proxy.create(props).await
+    object: &SmsObject,
+) -> zbus::Result<SmsProxy<'static>> {
+    SmsProxy::builder(conn)
+        .destination(object.owner.clone())
+        .path(object.path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+}
+
+/// `Sms.Send` of `object`, given `budget` to answer, and how it ended. Only the send call
+/// is bounded by the budget; once it has returned, nothing turns the SMS into a retry
+/// (an unreadable reference is `Sent { reference: None }`). A send that ended without
+/// ModemManager saying why is looked up on the object: `sent` means sent; an object still
+/// unsent after the budget, or gone, leaves the outcome unknown.
+pub(crate) async fn send(
+    conn: &zbus::Connection,
+    object: &SmsObject,
+    budget: Duration,
+) -> SendOutcome {
+    let proxy = match object_proxy(conn, object).await {
+        Ok(proxy) => proxy,
+        Err(err) => return SendOutcome::NotSent(classify(&err)),
+    };
+    let unknown = |reason: String, resolved: Resolved| match resolved {
+        Resolved::Sent(reference) => {
+            tracing::info!(sms = %object.path, ?reference, "SMS found sent after all");
+            SendOutcome::Sent { reference }
+        }
+        Resolved::Unsent | Resolved::Gone | Resolved::Unreadable => {
+            tracing::warn!(sms = %object.path, %reason, "whether the SMS went out is unknown");
+            SendOutcome::Unknown { reason }
+        }
+    };
+    match timeout(budget, proxy.send()).await {
+        Ok(Ok(())) => {
+            let reference = match timeout(CALL_TIMEOUT, proxy.message_reference()).await {
+                Ok(Ok(reference)) => Some(reference),
+                Ok(Err(err)) => {
+                    tracing::warn!(sms = %object.path, error = %err,
+                        "SMS sent, but its MessageReference is unreadable: no status report will match");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(sms = %object.path,
+                        "SMS sent, but its MessageReference did not come: no status report will match");
+                    None
+                }
+            };
+            tracing::info!(sms = %object.path, ?reference, "SMS sent");
+            SendOutcome::Sent { reference }
+        }
+        Ok(Err(err)) => match classify_send(&err) {
+            SendVerdict::NotSent(failure) => {
+                tracing::warn!(sms = %object.path, error = %err, temporary = failure.temporary,
+                    "sending an SMS failed");
+                SendOutcome::NotSent(failure)
+            }
+            SendVerdict::Unknown(reason) => {
+                tracing::warn!(sms = %object.path, error = %err, "a send ended without an answer");
+                // ModemManager has finished with it (or died): one look decides.
+                unknown(reason, resolve(conn, object, Instant::now()).await)
+            }
+        },
+        Err(_) => {
+            tracing::warn!(sms = %object.path, ?budget,
+                "no answer to Sms.Send in time: waiting as long again for the SMS to be sent");
+            let resolved = resolve(conn, object, Instant::now() + budget).await;
+            unknown(
+                "ModemManager did not finish sending it in time".to_owned(),
+                resolved,
+            )
+        }
+    }
+}
+
+/// What an SMS object of ours says about its send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resolved {
+    /// `sent`, with its reference when readable.
+    Sent(Option<u32>),
+    /// Still not sent at the deadline.
+    Unsent,
+    /// The object, or the ModemManager instance that made it, is gone.
+    Gone,
+    /// It could not be read until the deadline.
+    Unreadable,
+}
+
+/// How often [`resolve`] looks at an object it waits for. Only an interrupted send waits
+/// (rare), so a plain poll is simpler than following its signals.
+const RESOLVE_POLL: Duration = Duration::from_millis(500);
+
+/// Reads `object` until it is `sent` or `until` has passed. A send that ModemManager is
+/// still carrying out (it keeps `stored` or `unknown`, or shows `sending`, until the modem
+/// answers) turns `sent` within the wait; an object still unsent then was not sent.
+pub(crate) async fn resolve(
+    conn: &zbus::Connection,
+    object: &SmsObject,
+    until: Instant,
+) -> Resolved {
+    loop {
+        let result = read_props(conn, &object.owner, &object.path).await;
+        let now = Instant::now();
+        match result {
+            Ok(props) => {
+                let u32_of = |name| props.get(name).and_then(|v| u32::try_from(v).ok());
+                if u32_of("State") == Some(SMS_STATE_SENT) {
+                    return Resolved::Sent(u32_of("MessageReference"));
+                }
+                if now >= until {
+                    return Resolved::Unsent;
+                }
+            }
+            Err(err) if err.is_gone() => return Resolved::Gone,
+            Err(err) => {
+                tracing::debug!(sms = %object.path, error = %err, "cannot read our SMS yet");
+                if now >= until {
+                    return Resolved::Unreadable;
+                }
+            }
+        }
+        tokio::time::sleep(RESOLVE_POLL.min(until - now)).await;
+    }
+}
+
+/// `Messaging.Delete` of one of our objects, at the instance that made it. An object (or
+/// instance) already gone counts as deleted.
+pub(crate) async fn discard(conn: &zbus::Connection, object: &SmsObject) {
+    let deleted = timeout(DELETE_TIMEOUT, async {
+        let proxy = MessagingProxy::builder(conn)
+            .destination(object.owner.clone())
+            .path(object.modem.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        proxy.delete(&object.path).await
+    })
+    .await;
+    match deleted {
+        Ok(Ok(())) => tracing::debug!(sms = %object.path, "our SMS object deleted"),
+        Ok(Err(err)) if CallError::DBus(err.clone()).is_gone() => {
+            tracing::debug!(sms = %object.path, "our SMS object was already gone")
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(sms = %object.path, error = %err, "cannot delete our SMS object")
+        }
+        Err(_) => tracing::warn!(sms = %object.path, "deleting our SMS object timed out"),
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +501,19 @@ mod tests {
         assert_eq!(interpret(&path(), &receiving).unwrap(), SmsFound::Receiving);
         let sent = props(&[("State", 5u32.into())]);
         assert_eq!(interpret(&path(), &sent).unwrap(), SmsFound::Other(5));
+        let draft = props(&[
+            ("State", 1u32.into()),
+            ("PduType", 2u32.into()),
+            ("Number", "+15550002222".into()),
+            ("Text", "hi".into()),
+        ]);
+        assert_eq!(
+            interpret(&path(), &draft).unwrap(),
+            SmsFound::Draft {
+                number: "+15550002222".into(),
+                text: "hi".into()
+            }
+        );
         let broken = props(&[("State", "three".into())]);
         assert!(matches!(
             interpret(&path(), &broken),

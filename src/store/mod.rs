@@ -22,12 +22,14 @@
 mod codec;
 mod handle;
 mod ip;
+mod sms;
 pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
 pub use handle::StoreHandle;
 pub use ip::{HeldIp, PresenceRecord, RelayPending, RelayStage};
+pub use sms::SmsAttempt;
 pub use synthetic::fill_synthetic;
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -113,6 +115,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../data/migrations/0002_announced.sql"),
     ),
     ("0003_ip", include_str!("../../data/migrations/0003_ip.sql")),
+    (
+        "0004_sms_send",
+        include_str!("../../data/migrations/0004_sms_send.sql"),
+    ),
 ];
 
 /// The tokenizer of `messages_fts` (data/migrations/0001_init.sql), used to split search
@@ -382,23 +388,6 @@ impl Store {
             "UPDATE messages SET announced = 1 WHERE uuid = ?1",
             params![parse_id(id)?],
         )
-    }
-
-    /// An outgoing message went out as SMS: status Sent, channel SMS, and the message
-    /// reference the SMS centre gave (`None`: unknown), in one transaction.
-    pub fn mark_sent_sms(&mut self, id: &str, reference: Option<u32>) -> Result<Message> {
-        self.update_one(
-            id,
-            "UPDATE messages SET status = ?2, channel = ?3, sms_ref = ?4, error = NULL \
-             WHERE uuid = ?1",
-            params![
-                parse_id(id)?,
-                status_code(Status::Sent),
-                channel_code(Channel::Sms),
-                reference
-            ],
-        )?;
-        self.get_message(id)
     }
 
     /// Outgoing SMS still `Sent` that carry this message reference, newest first (at most

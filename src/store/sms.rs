@@ -1,0 +1,162 @@
+//! The store's part of sending an SMS exactly once: the ModemManager object recorded for
+//! each attempt before it is sent, what ends an attempt, and the reliability counters
+//! (schema: `data/migrations/0004_sms_send.sql`). Same rules as the rest of the store:
+//! SQL only here, one transaction per change that touches more than one row.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::codec::{channel_code, status_code};
+use super::{Result, Store, StoreError, parse_id, uuid_from_row};
+use crate::domain::{Channel, Message, Status};
+
+/// The SMS object recorded for an outgoing message's current attempt: `Sms.Send` may have
+/// been called on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsAttempt {
+    /// The message's id.
+    pub id: String,
+    /// Unique bus name of the ModemManager instance that made the object.
+    pub owner: String,
+    pub modem: String,
+    pub path: String,
+    /// When it was recorded, ms since the epoch.
+    pub since_ms: i64,
+    /// How long ModemManager may take to send it, ms.
+    pub budget_ms: i64,
+}
+
+/// The message's `seq` when it is an outgoing message still in the outbox.
+const OUTBOX_SEQ: &str =
+    "SELECT seq FROM messages WHERE uuid = ?1 AND outgoing = 1 AND status IN (0, 1)";
+const ATTEMPTS: &str = "SELECT m.uuid, a.owner, a.modem, a.path, a.since_ms, a.budget_ms \
+     FROM sms_attempt a JOIN messages m ON m.seq = a.msg ORDER BY a.msg";
+const DELETE_ATTEMPT: &str =
+    "DELETE FROM sms_attempt WHERE msg = (SELECT seq FROM messages WHERE uuid = ?1)";
+
+impl Store {
+    /// Records the object made for `attempt.id` and marks the message `sending`, in one
+    /// durable commit: after it, a crash leaves a record that `Sms.Send` may have been
+    /// called. NotFound when the message is gone or no longer in the outbox (deleted or
+    /// failed meanwhile): then it must not be sent.
+    pub fn record_sms_attempt(&mut self, attempt: &SmsAttempt) -> Result<Message> {
+        let uuid = parse_id(&attempt.id)?;
+        let tx = self.write()?;
+        let seq: i64 = tx
+            .prepare_cached(OUTBOX_SEQ)?
+            .query_row([&uuid], |row| row.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(attempt.id.clone()))?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO sms_attempt (msg, owner, modem, path, since_ms, budget_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            seq,
+            attempt.owner,
+            attempt.modem,
+            attempt.path,
+            attempt.since_ms,
+            attempt.budget_ms
+        ])?;
+        tx.prepare_cached("UPDATE messages SET status = ?2, error = NULL WHERE seq = ?1")?
+            .execute(params![seq, status_code(Status::Sending)])?;
+        tx.commit()?;
+        self.get_message(&attempt.id)
+    }
+
+    /// Every recorded attempt, oldest message first.
+    pub fn sms_attempts(&self) -> Result<Vec<SmsAttempt>> {
+        let mut stmt = self.conn.prepare_cached(ATTEMPTS)?;
+        let rows = stmt.query_map([], |row| {
+            Ok(SmsAttempt {
+                id: uuid_from_row(row, 0)?,
+                owner: row.get(1)?,
+                modem: row.get(2)?,
+                path: row.get(3)?,
+                since_ms: row.get(4)?,
+                budget_ms: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The attempt went out as SMS: status Sent, channel SMS, the message reference the SMS
+    /// centre gave (`None`: unknown), and its record gone, in one transaction.
+    pub fn mark_sent_sms(&mut self, id: &str, reference: Option<u32>) -> Result<Message> {
+        let uuid = parse_id(id)?;
+        let tx = self.write()?;
+        tx.prepare_cached(DELETE_ATTEMPT)?.execute([&uuid])?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE messages SET status = ?2, channel = ?3, sms_ref = ?4, error = NULL \
+                 WHERE uuid = ?1",
+            )?
+            .execute(params![
+                uuid,
+                status_code(Status::Sent),
+                channel_code(Channel::Sms),
+                reference
+            ])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        tx.commit()?;
+        self.get_message(id)
+    }
+
+    /// The attempt ended without sending: its record goes, and the message takes `status`
+    /// (Queued again, or Failed with `error`); with `attempts`, the count of attempts and
+    /// when the next is due are recorded too. One transaction.
+    pub fn end_sms_attempt(
+        &mut self,
+        id: &str,
+        status: Status,
+        error: Option<&str>,
+        attempts: Option<(u32, i64)>,
+    ) -> Result<Message> {
+        let uuid = parse_id(id)?;
+        let tx = self.write()?;
+        tx.prepare_cached(DELETE_ATTEMPT)?.execute([&uuid])?;
+        let error = if status == Status::Failed {
+            error
+        } else {
+            None
+        };
+        let changed = tx
+            .prepare_cached("UPDATE messages SET status = ?2, error = ?3 WHERE uuid = ?1")?
+            .execute(params![uuid, status_code(status), error])?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        if let Some((attempts, next_attempt_ms)) = attempts {
+            tx.prepare_cached(
+                "UPDATE messages SET attempts = ?2, next_attempt_ms = ?3 WHERE uuid = ?1",
+            )?
+            .execute(params![uuid, attempts, next_attempt_ms])?;
+        }
+        tx.commit()?;
+        self.get_message(id)
+    }
+
+    /// Adds one to the counter `name`.
+    pub fn count(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            )?
+            .execute([name])?;
+        Ok(())
+    }
+
+    /// Every counter, by name.
+    pub fn counters(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
