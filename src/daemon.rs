@@ -87,6 +87,7 @@ pub async fn run(
             default_region: config.default_region.clone(),
             own_number: config.own_number.clone(),
             delete_received: config.sms.delete_received,
+            delete_sent: config.sms.delete_sent,
             max_parts: config.sms.max_parts,
             max_attempts: config.sms.max_attempts,
             send_timeout: Duration::from_secs(config.sms.send_timeout_s.into()),
@@ -147,7 +148,6 @@ pub async fn run(
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
     let modem_config = ModemConfig {
         modem: config.sms.modem.clone(),
-        delete_sent: config.sms.delete_sent,
     };
     let modem = tokio::spawn(run_modem(
         modem_config,

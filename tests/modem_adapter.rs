@@ -288,6 +288,14 @@ impl Rig {
         assert_eq!(got, expected, "backlog: {:#?}", self.backlog);
     }
 
+    /// Skips state events until `expected` comes.
+    async fn until_state(&mut self, expected: ModemState) {
+        self.wait_for("a state", |e| {
+            matches!(e, ModemEvent::State(s) if *s == expected).then_some(())
+        })
+        .await
+    }
+
     async fn own_number(&mut self) -> Option<String> {
         self.wait_for("an own number", |e| match e {
             ModemEvent::OwnNumber(n) => Some(n.clone()),
@@ -333,6 +341,22 @@ impl Rig {
         self.command(ModemCommand::Send {
             id: id.to_owned(),
             object,
+            budget,
+        })
+        .await;
+        self.outcome(id).await
+    }
+
+    /// Sends an object made earlier with `budget`, and how it ended.
+    async fn send_outcome_of(
+        &mut self,
+        object: &SmsObject,
+        id: &str,
+        budget: Duration,
+    ) -> SendOutcome {
+        self.command(ModemCommand::Send {
+            id: id.to_owned(),
+            object: object.clone(),
             budget,
         })
         .await;
@@ -471,15 +495,17 @@ async fn without_modem_manager_the_state_is_absent_and_sends_are_refused() {
 
 #[tokio::test]
 async fn sends_and_deletes_the_sent_sms() {
-    let config = ModemConfig {
-        modem: None,
-        delete_sent: true,
-    };
-    let mut rig = Rig::with_adapter(&[A], config).await;
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
     rig.state(ModemState::Registered).await;
 
     rig.send("m1", B, "hello there", true).await;
-    let reference = rig.send_result("m1").await.expect("sent");
+    let object = rig.created("m1").await.expect("created");
+    let SendOutcome::Sent {
+        reference: Some(reference),
+    } = rig.send_outcome_of(&object, "m1", PATIENCE).await
+    else {
+        panic!("not sent with a reference");
+    };
 
     let sent = rig.control.get_sent(A).await.expect("GetSent");
     assert_eq!(sent.len(), 1);
@@ -488,7 +514,17 @@ async fn sends_and_deletes_the_sent_sms() {
     assert!(get::<bool>(&sent[0], "delivery-report"));
     assert_eq!(get::<u32>(&sent[0], "reference"), reference);
 
-    rig.until_stored(A, "the sent SMS is deleted", |s| s.is_empty())
+    // Kept until the daemon, having stored the outcome, says to remove it.
+    let sent_objects = |stored: &[HashMap<String, OwnedVariant>]| {
+        sms_states(stored).into_iter().filter(|s| *s == 5).count()
+    };
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        sent_objects(&rig.control.list_sms(A).await.expect("ListSms")),
+        1
+    );
+    rig.command(ModemCommand::Discard { object }).await;
+    rig.until_stored(A, "the sent SMS is deleted", |s| sent_objects(s) == 0)
         .await;
 
     // A second one gets the next reference.
@@ -523,13 +559,13 @@ async fn failed_sends_are_classified_and_cleaned_up() {
         .await
         .expect("FailNextSend");
     rig.send("t", B, "temporary", false).await;
-    let failure = rig.send_result("t").await.expect_err("fails");
+    let temporary = rig.created("t").await.expect("created");
     assert_eq!(
-        failure,
-        SendFailure {
+        rig.send_outcome_of(&temporary, "t", PATIENCE).await,
+        SendOutcome::NotSent(SendFailure {
             temporary: true,
             reason: "network timeout".to_owned()
-        }
+        })
     );
 
     rig.control
@@ -541,13 +577,30 @@ async fn failed_sends_are_classified_and_cleaned_up() {
         .await
         .expect("FailNextSend");
     rig.send("f", "not a number", "final", false).await;
-    let failure = rig.send_result("f").await.expect_err("fails");
+    let last = rig.created("f").await.expect("created");
+    let SendOutcome::NotSent(failure) = rig.send_outcome_of(&last, "f", PATIENCE).await else {
+        panic!("not a plain failure");
+    };
     assert!(!failure.temporary, "{failure:?}");
 
-    // Neither failed SMS stays on the modem, and nothing was sent.
+    // Nothing was sent; both objects stay until the daemon says to remove them.
+    assert!(rig.control.get_sent(A).await.expect("GetSent").is_empty());
+    assert_eq!(rig.control.list_sms(A).await.expect("ListSms").len(), 2);
+    for object in [temporary, last] {
+        rig.command(ModemCommand::Discard {
+            object: object.clone(),
+        })
+        .await;
+        let discarded = rig
+            .wait_for("discarded", |e| match e {
+                ModemEvent::Discarded { object } => Some(object.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(discarded, object);
+    }
     rig.until_stored(A, "failed SMS are deleted", |s| s.is_empty())
         .await;
-    assert!(rig.control.get_sent(A).await.expect("GetSent").is_empty());
 
     // The modem still works.
     rig.send("ok", B, "fine", false).await;
@@ -762,7 +815,6 @@ async fn follows_the_modem_being_removed_and_added() {
 async fn uses_the_configured_modem() {
     let config = ModemConfig {
         modem: Some(B.to_owned()),
-        delete_sent: false,
     };
     let mut rig = Rig::with_adapter(&[A, B], config).await;
     rig.state(ModemState::Registered).await;
@@ -793,7 +845,6 @@ async fn uses_the_configured_modem() {
 async fn waits_for_the_configured_modem() {
     let config = ModemConfig {
         modem: Some(B.to_owned()),
-        delete_sent: false,
     };
     let mut rig = Rig::with_adapter(&[A], config).await;
     assert_eq!(rig.next().await, ModemEvent::State(ModemState::Absent));
@@ -922,4 +973,163 @@ async fn a_send_cut_short_by_stopping_is_answered() {
         })
     );
     // Dropping the rig kills the stopped simulator (SIGKILL needs no SIGCONT).
+}
+
+// ----- exactly once: what the adapter says of a send it cannot see through -----
+
+#[tokio::test]
+async fn a_sent_object_is_found_sent_by_resolve() {
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    rig.send("m", B, "gone out", false).await;
+    let object = rig.created("m").await.expect("created");
+    rig.command(ModemCommand::Send {
+        id: "m".into(),
+        object: object.clone(),
+        budget: PATIENCE,
+    })
+    .await;
+    // (The adapter never deletes on its own: the sent object stays, as after a crash.)
+    let SendOutcome::Sent { reference } = rig.outcome("m").await else {
+        panic!("not sent");
+    };
+    rig.command(ModemCommand::Resolve {
+        id: "again".into(),
+        object,
+        settle_until: Instant::now() + PATIENCE,
+    })
+    .await;
+    assert_eq!(rig.outcome("again").await, SendOutcome::Sent { reference });
+    let sent = rig.control.get_sent(A).await.expect("GetSent");
+    assert_eq!(sent.len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn an_object_never_sent_resolves_unsent_once_settled() {
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    rig.send("m", B, "created, then a crash", false).await;
+    let object = rig.created("m").await.expect("created");
+    let started = Instant::now();
+    rig.command(ModemCommand::Resolve {
+        id: "m".into(),
+        object,
+        settle_until: started + Duration::from_millis(1200),
+    })
+    .await;
+    assert!(matches!(rig.outcome("m").await, SendOutcome::NotSent(_)));
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "it waited for a send that might still be running"
+    );
+    assert_eq!(
+        sms_states(&rig.control.list_sms(A).await.expect("ListSms")),
+        vec![1],
+        "still there, stored, unsent: the daemon removes it once it has stored that"
+    );
+    assert!(rig.control.get_sent(A).await.expect("GetSent").is_empty());
+}
+
+#[tokio::test]
+async fn a_send_still_running_when_resolved_is_found_sent() {
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    rig.control.set_send_delay(A, 800).await.expect("delay");
+    rig.send("m", B, "slow network", false).await;
+    let object = rig.created("m").await.expect("created");
+    // The budget is shorter than the modem takes: no answer in time, but the object is
+    // watched as long again, and it turns `sent`.
+    let outcome = rig
+        .send_outcome_of(&object, "m", Duration::from_millis(500))
+        .await;
+    assert!(matches!(outcome, SendOutcome::Sent { .. }), "{outcome:?}");
+    assert_eq!(rig.control.get_sent(A).await.expect("GetSent").len(), 1);
+}
+
+#[tokio::test]
+async fn modem_manager_dying_during_a_send_leaves_its_outcome_unknown() {
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    rig.control.set_send_delay(A, 5000).await.expect("delay");
+    rig.send("m", B, "in the air", false).await;
+    let object = rig.created("m").await.expect("created");
+    rig.command(ModemCommand::Send {
+        id: "m".into(),
+        object: object.clone(),
+        budget: PATIENCE,
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.kill_sim();
+    assert!(matches!(
+        rig.outcome("m").await,
+        SendOutcome::Unknown { .. }
+    ));
+    // A new ModemManager reuses the path for another SMS: the object is asked at the
+    // instance that made it, so it is gone, never mistaken for the new one.
+    rig.start_sim().await;
+    rig.until_state(ModemState::Registered).await;
+    rig.send("n", B, "a new one", false).await;
+    let new = rig.created("n").await.expect("created");
+    assert_eq!(
+        new.path, object.path,
+        "the simulator reuses paths, as ModemManager"
+    );
+    assert_ne!(new.owner, object.owner);
+    rig.command(ModemCommand::Resolve {
+        id: "old".into(),
+        object,
+        settle_until: Instant::now() + PATIENCE,
+    })
+    .await;
+    assert!(matches!(
+        rig.outcome("old").await,
+        SendOutcome::Unknown { .. }
+    ));
+    // A Send of an object from the old instance is refused without being tried.
+    rig.command(ModemCommand::Send {
+        id: "stale".into(),
+        object: SmsObject {
+            owner: ":1.9999".into(),
+            ..new.clone()
+        },
+        budget: PATIENCE,
+    })
+    .await;
+    assert!(matches!(
+        rig.outcome("stale").await,
+        SendOutcome::NotSent(_)
+    ));
+    assert!(rig.control.get_sent(A).await.expect("GetSent").is_empty());
+}
+
+#[tokio::test]
+async fn unsent_objects_of_an_earlier_run_are_reported_as_drafts() {
+    let mut rig = Rig::with_adapter(&[A], ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    rig.send("m", B, "left behind", false).await;
+    let orphan = rig.created("m").await.expect("created");
+    // This run made it: never reported as a draft.
+    rig.assert_none("a draft", |e| matches!(e, ModemEvent::Draft { .. }))
+        .await;
+    rig.stop_adapter().await;
+    rig.start_adapter(ModemConfig::default()).await;
+    rig.state(ModemState::Registered).await;
+    let (object, number, text) = rig
+        .wait_for("a draft", |e| match e {
+            ModemEvent::Draft {
+                object,
+                number,
+                text,
+            } => Some((object.clone(), number.clone(), text.clone())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (object, number.as_str(), text.as_str()),
+        (orphan.clone(), B, "left behind")
+    );
+    rig.command(ModemCommand::Discard { object: orphan }).await;
+    rig.until_stored(A, "the orphan is removed", |s| s.is_empty())
+        .await;
 }

@@ -21,6 +21,17 @@ CREATE TABLE sms_attempt (
     budget_ms INTEGER NOT NULL
 );
 
+-- SMS objects of ours to remove from the modem (sent, or given up), kept until
+-- ModemManager confirms the removal: an attempt's record moves here in the transaction
+-- that stores its outcome, so a crash between the two steps neither loses the outcome nor
+-- leaves the object on the modem for ever.
+CREATE TABLE sms_cleanup (
+    owner TEXT NOT NULL,
+    modem TEXT NOT NULL,
+    path  TEXT NOT NULL,
+    PRIMARY KEY (owner, path)
+) WITHOUT ROWID;
+
 -- How often the daemon met a case the reliability rules count (docs/reliability.md),
 -- e.g. "sms-outcome-unknown": an SMS whose fate ModemManager could not tell.
 CREATE TABLE counters (

@@ -103,6 +103,8 @@ pub struct EngineConfig {
     pub own_number: Option<String>,
     /// Remove incoming SMS and status reports from the modem once applied.
     pub delete_received: bool,
+    /// Remove our SMS objects from the modem once they are sent and that is stored.
+    pub delete_sent: bool,
     /// `sms.max_parts`.
     pub max_parts: u32,
     /// Send attempts before a message fails.
@@ -316,6 +318,17 @@ impl Engine {
             })
             .await;
         }
+        // Objects whose outcome is stored but which were not removed yet.
+        match self.store.call(|s| s.sms_cleanups()).await {
+            Ok(cleanups) => {
+                for c in cleanups {
+                    if let Some(object) = SmsObject::parse(&c.owner, &c.modem, &c.path) {
+                        self.command(ModemCommand::Discard { object }).await;
+                    }
+                }
+            }
+            Err(e) => warn!(cause = %e, "cannot read the SMS objects to remove"),
+        }
         let recorded: HashSet<&str> = attempts.iter().map(|a| a.id.as_str()).collect();
         for entry in outbox.into_iter().filter(|e| {
             e.message.status == Status::Sending
@@ -383,7 +396,10 @@ impl Engine {
                     })
                     .await;
                 match requeued {
-                    Ok(Some(message)) => self.announce(Event::status_of(message)).await,
+                    Ok(Some((message, attempt))) => {
+                        self.discard(attempt).await;
+                        self.announce(Event::status_of(message)).await;
+                    }
                     Ok(None) => {}
                     Err(e) => debug!(%id, cause = %e, "refused message not requeued"),
                 }
@@ -393,6 +409,12 @@ impl Engine {
                 number,
                 text,
             } => self.on_draft(object, number, text).await,
+            ModemEvent::Discarded { object } => {
+                let (owner, path) = (object.owner, object.path.to_string());
+                if let Err(e) = self.store.call(move |s| s.sms_cleaned(&owner, &path)).await {
+                    debug!(cause = %e, "removed object not forgotten");
+                }
+            }
         }
     }
 
@@ -514,6 +536,18 @@ impl Engine {
                 } else {
                     warn!(%id, cause = %e, "cannot record the SMS about to be sent; not sending it");
                 }
+                let (owner, modem, path) = (
+                    object.owner.clone(),
+                    object.modem.to_string(),
+                    object.path.to_string(),
+                );
+                let kept = self
+                    .store
+                    .call(move |s| s.add_sms_cleanup(&owner, &modem, &path))
+                    .await;
+                if let Err(e) = kept {
+                    debug!(cause = %e, "an unsent object not kept for removal");
+                }
                 self.command(ModemCommand::Discard { object }).await;
                 if self.in_flight.as_deref() == Some(id.as_str()) {
                     self.in_flight = None;
@@ -521,6 +555,13 @@ impl Engine {
                 let soon = Instant::now() + Duration::from_secs(1);
                 self.next_retry = Some(self.next_retry.map_or(soon, |at| at.min(soon)));
             }
+        }
+    }
+
+    /// Removes the object of an attempt whose end is stored (see [`ModemCommand::Discard`]).
+    async fn discard(&self, attempt: Option<SmsAttempt>) {
+        if let Some(object) = attempt.as_ref().and_then(sms_object) {
+            self.command(ModemCommand::Discard { object }).await;
         }
     }
 
@@ -541,12 +582,18 @@ impl Engine {
             SendOutcome::Sent { reference } => {
                 info!(%id, ?reference, "sms sent");
                 let key = id.clone();
+                let delete_sent = self.config.delete_sent;
                 match self
                     .store
-                    .call(move |s| s.mark_sent_sms(&key, reference))
+                    .call(move |s| s.mark_sent_sms(&key, reference, delete_sent))
                     .await
                 {
-                    Ok(m) => self.announce(Event::status_of(m)).await,
+                    Ok((m, attempt)) => {
+                        if delete_sent {
+                            self.discard(attempt).await;
+                        }
+                        self.announce(Event::status_of(m)).await;
+                    }
                     Err(e) => debug!(%id, cause = %e, "sent message not updated"),
                 }
             }
@@ -569,13 +616,16 @@ impl Engine {
         let ended = self
             .store
             .call(move |s| {
-                let message = s.end_sms_attempt(&key, Status::Failed, Some(&error), None)?;
+                let ended = s.end_sms_attempt(&key, Status::Failed, Some(&error), None)?;
                 s.count(COUNT_UNKNOWN_OUTCOME)?;
-                Ok(message)
+                Ok(ended)
             })
             .await;
         match ended {
-            Ok(message) => self.announce(Event::status_of(message)).await,
+            Ok((message, attempt)) => {
+                self.discard(attempt).await;
+                self.announce(Event::status_of(message)).await;
+            }
             Err(e) => debug!(%id, cause = %e, "message of unknown outcome not updated"),
         }
     }
@@ -590,15 +640,7 @@ impl Engine {
         let orphan = self
             .store
             .call(move |s| {
-                let recorded = s
-                    .sms_attempts()?
-                    .into_iter()
-                    .any(|a| a.owner == owner && a.path == path);
-                let ours = s
-                    .outbox()?
-                    .into_iter()
-                    .any(|e| e.message.peer == peer && e.message.text == text);
-                let orphan = ours && !recorded;
+                let orphan = s.is_orphan_draft(&owner, &path, &peer, &text)?;
                 if orphan {
                     s.count(COUNT_ORPHAN_REMOVED)?;
                 }
@@ -659,7 +701,10 @@ impl Engine {
             .call(move |s| s.end_sms_attempt(&key, status, error.as_deref(), Some((attempts, due))))
             .await
         {
-            Ok(message) => self.announce(Event::status_of(message)).await,
+            Ok((message, attempt)) => {
+                self.discard(attempt).await;
+                self.announce(Event::status_of(message)).await;
+            }
             Err(e) => warn!(%id, cause = %e, "cannot record the attempt"),
         }
     }
@@ -958,6 +1003,7 @@ mod tests {
                     default_region: Some("US".into()),
                     own_number: None,
                     delete_received: true,
+                    delete_sent: true,
                     max_parts: 10,
                     max_attempts: 3,
                     send_timeout: Duration::from_secs(5),
@@ -1306,6 +1352,11 @@ mod tests {
             .expect("send");
         let sent = until_status(&rig, &id, Status::Sent).await;
         assert_eq!(sent.channel, Some(Channel::Sms));
+        // Stored sent: now its object may go.
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Discard { object: object(3) }
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             rig.modem_commands.try_recv().is_err(),
@@ -1379,6 +1430,10 @@ mod tests {
         assert!(error.contains("ModemManager restarted"), "{error}");
         let counters = rig.store.call(|s| s.counters()).await.expect("counters");
         assert_eq!(counters, vec![(COUNT_UNKNOWN_OUTCOME.to_owned(), 1)]);
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Discard { object: object(3) }
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err(), "not sent again");
         rig.stop().await;
@@ -1504,7 +1559,7 @@ mod tests {
     async fn a_status_report_in_national_form_finds_its_message() {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue(&mut store, "+15550002222", "hello");
-        store.mark_sent_sms(&id, Some(17)).expect("sent");
+        store.mark_sent_sms(&id, Some(17), true).expect("sent");
         let mut rig = Rig::start(store);
         rig.modem_events
             .send(ModemEvent::StatusReport(StatusReport {

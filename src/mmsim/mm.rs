@@ -39,10 +39,10 @@ pub mod change_reason {
 
 /// `MMSmsState`.
 pub mod sms_state {
+    pub const UNKNOWN: u32 = 0;
     pub const STORED: u32 = 1;
     pub const RECEIVING: u32 = 2;
     pub const RECEIVED: u32 = 3;
-    pub const SENDING: u32 = 4;
     pub const SENT: u32 = 5;
 }
 

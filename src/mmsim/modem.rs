@@ -15,7 +15,8 @@
 //! It must not decide where an SMS goes (that is the carrier) nor parse D-Bus arguments
 //! (that is the interface layer).
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -51,10 +52,11 @@ pub struct SmsProps {
 }
 
 impl SmsProps {
-    /// An SMS as `Messaging.Create` makes it: submit, stored, not sent yet.
+    /// An SMS as `Messaging.Create` makes it: submit, state `unknown` (ModemManager 1.20
+    /// shows `stored` only once `Sms.Store` put it in the modem's storage), not sent.
     pub fn submit(number: String, text: String) -> Self {
         SmsProps {
-            state: sms_state::STORED,
+            state: sms_state::UNKNOWN,
             pdu_type: pdu_type::SUBMIT,
             number,
             text,
@@ -159,7 +161,9 @@ pub enum Effect {
     SmsText {
         path: OwnedObjectPath,
     },
-    SmsReference {
+    /// A send completed: `MessageReference` and `State` change in one PropertiesChanged,
+    /// as ModemManager emits them.
+    SmsSent {
         path: OwnedObjectPath,
     },
     SmsStorage {
@@ -366,8 +370,29 @@ impl ModemData {
         Ok(fx)
     }
 
-    /// First half of `Sms.Send`: the checks, then `sending`.
-    pub fn begin_send(&mut self, key: u64) -> Result<Vec<Effect>, MmError> {
+    /// What `Sms.Send` checks as soon as it is called, before it waits for the modem: an
+    /// SMS received, or already sent, cannot be sent. As in ModemManager 1.20, nothing
+    /// stops a second `Send` of an SMS whose first one is still waiting for the modem: it
+    /// passes this check and goes out twice.
+    pub fn check_sendable(&self, key: u64) -> Result<(), MmError> {
+        let record = self
+            .sms
+            .get(&key)
+            .ok_or_else(|| MmError::not_found("SMS was deleted"))?;
+        if record.props.pdu_type != pdu_type::SUBMIT {
+            return Err(MmError::failed("This SMS was received, cannot send it"));
+        }
+        if record.props.state == sms_state::SENT {
+            return Err(MmError::failed(
+                "This SMS was already sent, cannot send it again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// First half of `Sms.Send`, once the modem is free: the modem's checks. The SMS keeps
+    /// its state while the modem works on it (ModemManager shows no `sending`).
+    pub fn begin_send(&mut self, key: u64) -> Result<(), MmError> {
         self.check_enabled()?;
         if !is_registered(self.state) {
             return Err(MmError::wrong_state(
@@ -377,22 +402,7 @@ impl ModemData {
         if let Some(error) = self.fail_next.take() {
             return Err(error);
         }
-        let record = self.record_mut(key)?;
-        if record.props.pdu_type != pdu_type::SUBMIT {
-            return Err(MmError::failed("This SMS was received, cannot send it"));
-        }
-        // As ModemManager: a sent SMS is never sent again (its reference would be lost).
-        if record.props.state == sms_state::SENT {
-            return Err(MmError::failed(
-                "This SMS was already sent, cannot send it again",
-            ));
-        }
-        record.props.state = sms_state::SENDING;
-        Ok(record
-            .path
-            .clone()
-            .map(|path| vec![Effect::SmsState { path }])
-            .unwrap_or_default())
+        self.record_mut(key).map(drop)
     }
 
     /// Second half of `Sms.Send`: one reference per part (the SMS shows the last one, as
@@ -441,13 +451,7 @@ impl ModemData {
             reference,
             submitted: now,
         };
-        Ok((
-            submission,
-            vec![
-                Effect::SmsReference { path: path.clone() },
-                Effect::SmsState { path },
-            ],
-        ))
+        Ok((submission, vec![Effect::SmsSent { path }]))
     }
 
     /// An SMS (or its first part, or, with `first` `None`, only the announcement of a
@@ -727,9 +731,9 @@ impl Modem {
 
     /// `Sms.Send`: `sending`, then `sent` with a reference, then the carrier takes it.
     pub async fn send(&self, key: u64) -> Result<(), MmError> {
+        self.data().check_sendable(key)?;
         let _op = self.cell.op.lock().await;
-        let fx = self.data().begin_send(key)?;
-        self.apply(fx).await;
+        self.data().begin_send(key)?;
         // The modem at work (AT+CMGS until the network's answer): the SMS leaves at the
         // end, unless the simulator dies first.
         let delay = self.cell.send_delay_ms.load(Ordering::Relaxed);
@@ -877,17 +881,34 @@ impl Modem {
                     .messages_changed(iface.signal_emitter())
                     .await?;
             }
-            Effect::SmsState { path }
-            | Effect::SmsText { path }
-            | Effect::SmsReference { path }
-            | Effect::SmsStorage { path } => {
+            Effect::SmsSent { path } => {
+                let iface = server.interface::<_, SmsIface>(path).await?;
+                let (state, reference) = {
+                    let data = self.data();
+                    data.key_of(&path.as_ref())
+                        .and_then(|key| data.sms(key))
+                        .map_or((0, 0), |sms| (sms.state, sms.message_reference))
+                };
+                zbus::fdo::Properties::properties_changed(
+                    iface.signal_emitter(),
+                    zbus::names::InterfaceName::from_static_str_unchecked(
+                        "org.freedesktop.ModemManager1.Sms",
+                    ),
+                    HashMap::from([
+                        ("MessageReference", zbus::Variant::from(reference)),
+                        ("State", zbus::Variant::from(state)),
+                    ]),
+                    Cow::Borrowed(&[]),
+                )
+                .await?;
+            }
+            Effect::SmsState { path } | Effect::SmsText { path } | Effect::SmsStorage { path } => {
                 let iface = server.interface::<_, SmsIface>(path).await?;
                 let sms = iface.get().await;
                 let emitter = iface.signal_emitter();
                 match effect {
                     Effect::SmsState { .. } => sms.state_changed(emitter).await?,
                     Effect::SmsText { .. } => sms.text_changed(emitter).await?,
-                    Effect::SmsReference { .. } => sms.message_reference_changed(emitter).await?,
                     _ => sms.storage_changed(emitter).await?,
                 }
             }
@@ -978,7 +999,7 @@ mod tests {
             ]
         );
         assert_eq!(f.data.messages(), vec![p(0)]);
-        assert_eq!(f.data.sms(0).unwrap().state, sms_state::STORED);
+        assert_eq!(f.data.sms(0).unwrap().state, sms_state::UNKNOWN);
     }
 
     #[test]
@@ -999,8 +1020,10 @@ mod tests {
         f.data.next_reference = 254;
         f.run(|d, a| d.create(SmsProps::submit("+1555".into(), "a".repeat(400)), a))
             .unwrap();
+        f.data.check_sendable(0).unwrap();
         f.data.begin_send(0).unwrap();
-        assert_eq!(f.data.sms(0).unwrap().state, sms_state::SENDING);
+        // No `sending`, as in ModemManager: the state holds until the modem answered.
+        assert_eq!(f.data.sms(0).unwrap().state, sms_state::UNKNOWN);
         let (sub, _) = f.data.finish_send(0, "+1666", 0, "ts".into()).unwrap();
         // Three parts: 254, 255, 0; the SMS shows the last one.
         assert_eq!(sub.reference, 0);
@@ -1009,6 +1032,9 @@ mod tests {
         let sms = f.data.sms(0).unwrap();
         assert_eq!((sms.state, sms.message_reference), (sms_state::SENT, 0));
         assert_eq!(f.data.sent()[0].reference, 0);
+        // Sent once: never again.
+        let err = f.data.check_sendable(0).unwrap_err();
+        assert!(err.to_string().contains("already sent"), "{err}");
     }
 
     #[test]

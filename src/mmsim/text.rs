@@ -84,7 +84,11 @@ pub fn mm_timestamp(unix_secs: i64, offset_minutes: i32) -> String {
     let (y, m, d) = civil_from_days(days);
     let sign = if offset_minutes < 0 { '-' } else { '+' };
     let off = offset_minutes.unsigned_abs();
-    let offset = if off.is_multiple_of(60) {
+    // ModemManager writes UTC as "Z" (g_date_time_format_iso8601), other offsets as
+    // "+HH" or "+HH:MM".
+    let offset = if off == 0 {
+        "Z".to_owned()
+    } else if off.is_multiple_of(60) {
         format!("{sign}{:02}", off / 60)
     } else {
         format!("{sign}{:02}:{:02}", off / 60, off % 60)
@@ -157,11 +161,11 @@ mod tests {
     #[test]
     fn formats_timestamps_like_modemmanager() {
         for (secs, offset, expected) in [
-            (0, 0, "1970-01-01T00:00:00+00"),
+            (0, 0, "1970-01-01T00:00:00Z"),
             (1_714_559_696, 120, "2024-05-01T12:34:56+02"),
             (1_714_559_696, -300, "2024-05-01T05:34:56-05"),
             (1_714_559_696, 330, "2024-05-01T16:04:56+05:30"),
-            (951_825_600, 0, "2000-02-29T12:00:00+00"),
+            (951_825_600, 0, "2000-02-29T12:00:00Z"),
         ] {
             assert_eq!(mm_timestamp(secs, offset), expected);
         }

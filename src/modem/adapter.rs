@@ -178,6 +178,9 @@ enum Done {
         path: OwnedObjectPath,
         result: Result<(), CallError>,
     },
+    Discarded {
+        object: SmsObject,
+    },
 }
 
 /// Where an SMS object of the picked modem stands. A path is only an address for as long as
@@ -868,7 +871,6 @@ impl Adapter {
             ModemCommand::Send { id, object, budget } => {
                 if let Some(reason) = self.refusal() {
                     debug!(id = %id, reason, "SMS not sent");
-                    self.spawn_discard(object);
                     self.emit(ModemEvent::SendRefused {
                         id,
                         reason: reason.to_owned(),
@@ -886,16 +888,11 @@ impl Adapter {
                     });
                     return;
                 }
-                let delete_sent = self.config.delete_sent;
                 debug!(sms = %object.path, id = %id, "sending an SMS");
                 self.spawn_send_job(id, true, move |ticket, conn, done| {
                     Box::pin(async move {
                         let outcome = sms::send(&conn, &object, budget).await;
-                        let leftover = !matches!(outcome, SendOutcome::Sent { .. }) || delete_sent;
                         let _ = done.send(Done::Sent { ticket, outcome });
-                        if leftover {
-                            sms::discard(&conn, &object).await;
-                        }
                     })
                 });
             }
@@ -904,7 +901,6 @@ impl Adapter {
                 object,
                 settle_until,
             } => {
-                let delete_sent = self.config.delete_sent;
                 debug!(sms = %object.path, id = %id, "finding out whether an SMS went out");
                 self.spawn_send_job(id, true, move |ticket, conn, done| {
                     Box::pin(async move {
@@ -923,11 +919,7 @@ impl Adapter {
                                 reason: "ModemManager does not say whether it was sent".to_owned(),
                             },
                         };
-                        let leftover = !matches!(outcome, SendOutcome::Sent { .. }) || delete_sent;
                         let _ = done.send(Done::Sent { ticket, outcome });
-                        if leftover {
-                            sms::discard(&conn, &object).await;
-                        }
                     })
                 });
             }
@@ -948,9 +940,12 @@ impl Adapter {
     }
 
     fn spawn_discard(&mut self, object: SmsObject) {
-        let conn = self.conn.clone();
-        self.tasks
-            .spawn(async move { sms::discard(&conn, &object).await });
+        let (conn, done) = (self.conn.clone(), self.done_tx.clone());
+        self.tasks.spawn(async move {
+            if sms::discard(&conn, &object).await {
+                let _ = done.send(Done::Discarded { object });
+            }
+        });
     }
 
     fn on_internal(&mut self, done: Done) {
@@ -1007,6 +1002,10 @@ impl Adapter {
                         outcome,
                     });
                 }
+            }
+            Done::Discarded { object } => {
+                self.ours.remove(&object.path);
+                self.emit(ModemEvent::Discarded { object });
             }
             Done::Deleted { path, result } => {
                 match result {

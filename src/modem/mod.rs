@@ -36,8 +36,6 @@ pub struct ModemConfig {
     /// Pick this modem rather than the first one with Messaging: matched against the
     /// modem's object path, its `EquipmentIdentifier`, or one of its `OwnNumbers`.
     pub modem: Option<String>,
-    /// Remove our SMS objects from the modem once they are sent.
-    pub delete_sent: bool,
 }
 
 /// ModemManager's SMS object made for one outgoing message. A path alone is no identity:
@@ -100,8 +98,12 @@ pub enum ModemCommand {
         object: SmsObject,
         settle_until: Instant,
     },
-    /// Remove an SMS object of ours that is not needed (an orphan of a crash, or made
-    /// for a message deleted meanwhile). Not answered.
+    /// Remove an SMS object of ours that is not needed any more: sent (and its status
+    /// stored), unsent and given up, an orphan of a crash, or made for a message deleted
+    /// meanwhile. Never done by the adapter on its own: only once the daemon has stored
+    /// what the object told, so that a crash never leaves a record whose object is gone.
+    /// Answered by [`ModemEvent::Discarded`] once it is off the modem (or was already
+    /// gone); not answered when ModemManager could not remove it.
     Discard { object: SmsObject },
     /// Remove an SMS (a stored incoming one, or an applied status report) from the modem.
     Delete { path: OwnedObjectPath },
@@ -183,6 +185,10 @@ pub enum ModemEvent {
     SendRefused {
         id: String,
         reason: String,
+    },
+    /// The answer to [`ModemCommand::Discard`]: the object is off the modem.
+    Discarded {
+        object: SmsObject,
     },
     /// An outgoing SMS object that was never sent (`stored` or `unknown`), found when the
     /// modem's SMS were listed, and not made by this run of the adapter: perhaps one of

@@ -400,9 +400,9 @@ pub(crate) async fn resolve(
     }
 }
 
-/// `Messaging.Delete` of one of our objects, at the instance that made it. An object (or
-/// instance) already gone counts as deleted.
-pub(crate) async fn discard(conn: &zbus::Connection, object: &SmsObject) {
+/// `Messaging.Delete` of one of our objects, at the instance that made it: `true` when it
+/// is off the modem (an object, or instance, already gone counts as deleted).
+pub(crate) async fn discard(conn: &zbus::Connection, object: &SmsObject) -> bool {
     let deleted = timeout(DELETE_TIMEOUT, async {
         let proxy = MessagingProxy::builder(conn)
             .destination(object.owner.clone())
@@ -414,14 +414,22 @@ pub(crate) async fn discard(conn: &zbus::Connection, object: &SmsObject) {
     })
     .await;
     match deleted {
-        Ok(Ok(())) => tracing::debug!(sms = %object.path, "our SMS object deleted"),
+        Ok(Ok(())) => {
+            tracing::debug!(sms = %object.path, "our SMS object deleted");
+            true
+        }
         Ok(Err(err)) if CallError::DBus(err.clone()).is_gone() => {
-            tracing::debug!(sms = %object.path, "our SMS object was already gone")
+            tracing::debug!(sms = %object.path, "our SMS object was already gone");
+            true
         }
         Ok(Err(err)) => {
-            tracing::warn!(sms = %object.path, error = %err, "cannot delete our SMS object")
+            tracing::warn!(sms = %object.path, error = %err, "cannot delete our SMS object");
+            false
         }
-        Err(_) => tracing::warn!(sms = %object.path, "deleting our SMS object timed out"),
+        Err(_) => {
+            tracing::warn!(sms = %object.path, "deleting our SMS object timed out");
+            false
+        }
     }
 }
 

@@ -29,7 +29,7 @@ mod tests;
 
 pub use handle::StoreHandle;
 pub use ip::{HeldIp, PresenceRecord, RelayPending, RelayStage};
-pub use sms::SmsAttempt;
+pub use sms::{SmsAttempt, SmsCleanup};
 pub use synthetic::fill_synthetic;
 
 use std::fs::{self, DirBuilder, OpenOptions};

@@ -3,7 +3,7 @@
 //! (schema: `data/migrations/0004_sms_send.sql`). Same rules as the rest of the store:
 //! SQL only here, one transaction per change that touches more than one row.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::codec::{channel_code, status_code};
 use super::{Result, Store, StoreError, parse_id, uuid_from_row};
@@ -30,8 +30,52 @@ const OUTBOX_SEQ: &str =
     "SELECT seq FROM messages WHERE uuid = ?1 AND outgoing = 1 AND status IN (0, 1)";
 const ATTEMPTS: &str = "SELECT m.uuid, a.owner, a.modem, a.path, a.since_ms, a.budget_ms \
      FROM sms_attempt a JOIN messages m ON m.seq = a.msg ORDER BY a.msg";
-const DELETE_ATTEMPT: &str =
-    "DELETE FROM sms_attempt WHERE msg = (SELECT seq FROM messages WHERE uuid = ?1)";
+const DELETE_ATTEMPT: &str = "DELETE FROM sms_attempt \
+     WHERE msg = (SELECT seq FROM messages WHERE uuid = ?1) \
+     RETURNING owner, modem, path, since_ms, budget_ms";
+
+/// An SMS object of ours to remove from the modem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsCleanup {
+    pub owner: String,
+    pub modem: String,
+    pub path: String,
+}
+
+/// Deletes the attempt record of message `id` inside `tx` and returns it; with `cleanup`,
+/// its object is kept in `sms_cleanup` until removed from the modem.
+fn take_attempt(
+    tx: &Transaction,
+    id: &str,
+    uuid: &[u8; 16],
+    cleanup: bool,
+) -> Result<Option<SmsAttempt>> {
+    let attempt = tx
+        .prepare_cached(DELETE_ATTEMPT)?
+        .query_row([uuid], |row| {
+            Ok(SmsAttempt {
+                id: id.to_owned(),
+                owner: row.get(0)?,
+                modem: row.get(1)?,
+                path: row.get(2)?,
+                since_ms: row.get(3)?,
+                budget_ms: row.get(4)?,
+            })
+        })
+        .optional()?;
+    if let (Some(a), true) = (&attempt, cleanup) {
+        add_cleanup(tx, &a.owner, &a.modem, &a.path)?;
+    }
+    Ok(attempt)
+}
+
+fn add_cleanup(tx: &Transaction, owner: &str, modem: &str, path: &str) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO sms_cleanup (owner, modem, path) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![owner, modem, path])?;
+    Ok(())
+}
 
 impl Store {
     /// Records the object made for `attempt.id` and marks the message `sending`, in one
@@ -81,11 +125,17 @@ impl Store {
     }
 
     /// The attempt went out as SMS: status Sent, channel SMS, the message reference the SMS
-    /// centre gave (`None`: unknown), and its record gone, in one transaction.
-    pub fn mark_sent_sms(&mut self, id: &str, reference: Option<u32>) -> Result<Message> {
+    /// centre gave (`None`: unknown), and its record gone (its object kept for removal
+    /// with `cleanup`), in one transaction. Returns the message and the record.
+    pub fn mark_sent_sms(
+        &mut self,
+        id: &str,
+        reference: Option<u32>,
+        cleanup: bool,
+    ) -> Result<(Message, Option<SmsAttempt>)> {
         let uuid = parse_id(id)?;
         let tx = self.write()?;
-        tx.prepare_cached(DELETE_ATTEMPT)?.execute([&uuid])?;
+        let attempt = take_attempt(&tx, id, &uuid, cleanup)?;
         let changed = tx
             .prepare_cached(
                 "UPDATE messages SET status = ?2, channel = ?3, sms_ref = ?4, error = NULL \
@@ -101,22 +151,23 @@ impl Store {
             return Err(StoreError::NotFound(id.to_owned()));
         }
         tx.commit()?;
-        self.get_message(id)
+        Ok((self.get_message(id)?, attempt))
     }
 
-    /// The attempt ended without sending: its record goes, and the message takes `status`
-    /// (Queued again, or Failed with `error`); with `attempts`, the count of attempts and
-    /// when the next is due are recorded too. One transaction.
+    /// The attempt ended without sending: its record goes (its object kept for removal),
+    /// and the message takes `status` (Queued again, or Failed with `error`); with
+    /// `attempts`, the count of attempts and when the next is due are recorded too. One
+    /// transaction. Returns the message and the record it had, if any.
     pub fn end_sms_attempt(
         &mut self,
         id: &str,
         status: Status,
         error: Option<&str>,
         attempts: Option<(u32, i64)>,
-    ) -> Result<Message> {
+    ) -> Result<(Message, Option<SmsAttempt>)> {
         let uuid = parse_id(id)?;
         let tx = self.write()?;
-        tx.prepare_cached(DELETE_ATTEMPT)?.execute([&uuid])?;
+        let attempt = take_attempt(&tx, id, &uuid, true)?;
         let error = if status == Status::Failed {
             error
         } else {
@@ -135,7 +186,61 @@ impl Store {
             .execute(params![uuid, attempts, next_attempt_ms])?;
         }
         tx.commit()?;
-        self.get_message(id)
+        Ok((self.get_message(id)?, attempt))
+    }
+
+    /// Keeps an object of ours for removal (one made for a message deleted meanwhile).
+    pub fn add_sms_cleanup(&mut self, owner: &str, modem: &str, path: &str) -> Result<()> {
+        let tx = self.write()?;
+        add_cleanup(&tx, owner, modem, path)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every object waiting to be removed from the modem.
+    pub fn sms_cleanups(&self) -> Result<Vec<SmsCleanup>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT owner, modem, path FROM sms_cleanup")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(SmsCleanup {
+                owner: row.get(0)?,
+                modem: row.get(1)?,
+                path: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The object is off the modem (or gone with its ModemManager).
+    pub fn sms_cleaned(&mut self, owner: &str, path: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM sms_cleanup WHERE owner = ?1 AND path = ?2")?
+            .execute([owner, path])?;
+        Ok(())
+    }
+
+    /// Whether an unsent object is an orphan of ours: neither recorded for an attempt nor
+    /// waiting for removal, and carrying the number and text of one of our outgoing
+    /// messages (in the outbox or already sent by a later attempt).
+    pub fn is_orphan_draft(&self, owner: &str, path: &str, peer: &str, text: &str) -> Result<bool> {
+        let known = self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM sms_attempt WHERE owner = ?1 AND path = ?2 \
+                 UNION ALL SELECT 1 FROM sms_cleanup WHERE owner = ?1 AND path = ?2",
+            )?
+            .exists([owner, path])?;
+        if known {
+            return Ok(false);
+        }
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conv \
+                 WHERE c.peer = ?1 AND m.outgoing = 1 AND m.body = ?2 LIMIT 1",
+            )?
+            .exists([peer, text])?)
     }
 
     /// Adds one to the counter `name`.

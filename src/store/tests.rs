@@ -325,7 +325,7 @@ fn unknown_ids_are_not_found() {
         };
         check(store.get_message(id).map(drop));
         check(store.update_status(id, Status::Sent, None, None).map(drop));
-        check(store.mark_sent_sms(id, Some(1)).map(drop));
+        check(store.mark_sent_sms(id, Some(1), false).map(drop));
         check(store.mark_announced(id));
         check(store.record_attempt(id, 1, 2));
         check(store.delete_message(id).map(drop));
@@ -434,7 +434,7 @@ fn sms_reference_finds_the_newest_sent_message() {
     let sent = |store: &mut Store, peer: &str, ts: i64, reference: u32, status: Status| {
         let id = outgoing(store, peer, "sms", ts).id;
         store
-            .mark_sent_sms(&id, Some(reference))
+            .mark_sent_sms(&id, Some(reference), false)
             .expect("reference");
         store
             .update_status(&id, status, Some(Channel::Sms), None)
@@ -1096,7 +1096,8 @@ fn mark_sent_sms_sets_status_channel_and_reference_at_once() {
     store
         .update_status(&id, Status::Failed, None, Some("earlier try"))
         .expect("fail");
-    let sent = store.mark_sent_sms(&id, Some(42)).expect("sent");
+    let (sent, attempt) = store.mark_sent_sms(&id, Some(42), false).expect("sent");
+    assert_eq!(attempt, None, "nothing was recorded");
     assert_eq!(
         (sent.status, sent.channel, sent.error),
         (Status::Sent, Some(Channel::Sms), None)
@@ -1109,7 +1110,9 @@ fn mark_sent_sms_sets_status_channel_and_reference_at_once() {
         Some(id.clone())
     );
     let unknown_ref = outgoing(&mut store, BOB, "no reference", 200).id;
-    store.mark_sent_sms(&unknown_ref, None).expect("sent");
+    store
+        .mark_sent_sms(&unknown_ref, None, false)
+        .expect("sent");
     assert_eq!(
         store.get_message(&unknown_ref).expect("get").status,
         Status::Sent
@@ -1282,5 +1285,110 @@ fn requeue_for_sms_takes_a_message_off_the_relay() {
     assert_eq!(
         (entry[0].message.id.as_str(), entry[0].requested),
         (id.as_str(), ChannelRequest::Sms)
+    );
+}
+
+fn attempt(id: &str, path: &str) -> crate::store::SmsAttempt {
+    crate::store::SmsAttempt {
+        id: id.to_owned(),
+        owner: ":1.5".into(),
+        modem: "/org/freedesktop/ModemManager1/Modem/0".into(),
+        path: path.into(),
+        since_ms: 1000,
+        budget_ms: 60_000,
+    }
+}
+
+#[test]
+fn an_sms_attempt_is_recorded_with_sending_and_ends_with_its_outcome() {
+    let mut store = store();
+    let id = outgoing(&mut store, ALICE, "hi", 100).id;
+    let marked = store
+        .record_sms_attempt(&attempt(&id, "/sms/1"))
+        .expect("record");
+    assert_eq!(marked.status, Status::Sending);
+    assert_eq!(
+        store.sms_attempts().expect("attempts"),
+        vec![attempt(&id, "/sms/1")]
+    );
+    // A second attempt of the same message replaces the record.
+    store
+        .record_sms_attempt(&attempt(&id, "/sms/2"))
+        .expect("record");
+    assert_eq!(
+        store.sms_attempts().expect("attempts"),
+        vec![attempt(&id, "/sms/2")]
+    );
+    let (sent, record) = store.mark_sent_sms(&id, Some(7), true).expect("sent");
+    assert_eq!(sent.status, Status::Sent);
+    assert_eq!(record, Some(attempt(&id, "/sms/2")));
+    assert!(store.sms_attempts().expect("attempts").is_empty());
+    // Its object waits for removal until ModemManager confirms it.
+    let cleanup = crate::store::SmsCleanup {
+        owner: ":1.5".into(),
+        modem: "/org/freedesktop/ModemManager1/Modem/0".into(),
+        path: "/sms/2".into(),
+    };
+    assert_eq!(store.sms_cleanups().expect("cleanups"), vec![cleanup]);
+    store.sms_cleaned(":1.5", "/sms/2").expect("cleaned");
+    assert!(store.sms_cleanups().expect("cleanups").is_empty());
+
+    let other = outgoing(&mut store, BOB, "again", 200).id;
+    store
+        .record_sms_attempt(&attempt(&other, "/sms/3"))
+        .expect("record");
+    let (queued, record) = store
+        .end_sms_attempt(&other, Status::Queued, Some("ignored"), Some((2, 5000)))
+        .expect("end");
+    assert_eq!((queued.status, queued.error), (Status::Queued, None));
+    assert_eq!(record.map(|r| r.path), Some("/sms/3".into()));
+    let entry = store.outbox().expect("outbox");
+    assert_eq!((entry[0].attempts, entry[0].next_attempt_ms), (2, 5000));
+    let (failed, record) = store
+        .end_sms_attempt(&other, Status::Failed, Some("may not have been sent"), None)
+        .expect("end");
+    assert_eq!(failed.error.as_deref(), Some("may not have been sent"));
+    assert_eq!(record, None);
+}
+
+#[test]
+fn only_a_message_in_the_outbox_gets_an_sms_attempt() {
+    let mut store = store();
+    let id = outgoing(&mut store, ALICE, "hi", 100).id;
+    store
+        .update_status(&id, Status::Failed, None, Some("given up"))
+        .expect("fail");
+    assert!(matches!(
+        store.record_sms_attempt(&attempt(&id, "/sms/1")),
+        Err(StoreError::NotFound(_))
+    ));
+    let gone = outgoing(&mut store, ALICE, "deleted", 200).id;
+    store.delete_message(&gone).expect("delete");
+    assert!(matches!(
+        store.record_sms_attempt(&attempt(&gone, "/sms/1")),
+        Err(StoreError::NotFound(_))
+    ));
+    // Deleting a message takes its record with it.
+    let recorded = outgoing(&mut store, BOB, "recorded", 300).id;
+    store
+        .record_sms_attempt(&attempt(&recorded, "/sms/4"))
+        .expect("record");
+    store.delete_message(&recorded).expect("delete");
+    assert!(store.sms_attempts().expect("attempts").is_empty());
+    store
+        .delete_conversation(ALICE)
+        .expect("delete conversation");
+}
+
+#[test]
+fn counters_count() {
+    let mut store = store();
+    assert!(store.counters().expect("counters").is_empty());
+    store.count("b").expect("count");
+    store.count("a").expect("count");
+    store.count("b").expect("count");
+    assert_eq!(
+        store.counters().expect("counters"),
+        vec![("a".to_owned(), 1), ("b".to_owned(), 2)]
     );
 }

@@ -172,6 +172,14 @@ impl SimCtl {
             .expect("FailNextSend");
     }
 
+    pub async fn set_send_delay(&self, modem: &str, ms: u32) {
+        let () = self
+            .proxy
+            .call("SetSendDelay", &(modem, ms))
+            .await
+            .expect("SetSendDelay");
+    }
+
     pub async fn set_delete_blocked(&self, modem: &str, blocked: bool) {
         let () = self
             .proxy
