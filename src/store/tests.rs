@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -803,14 +803,111 @@ fn search_survives_every_character() {
     for chunk in chars.chunks(4_000) {
         let from = u32::from(chunk[0]);
         let separated: String = chunk.iter().flat_map(|&c| [c, ' ']).collect();
-        let tokens = store.query_tokens(&separated).expect("tokens");
-        let again = store.query_tokens(&tokens.join(" ")).expect("tokens again");
+        let tokens = query_tokens(&store.conn, &separated).expect("tokens");
+        let again = query_tokens(&store.conn, &tokens.join(" ")).expect("tokens again");
         assert_eq!(tokens, again, "chars from U+{from:04X}");
-        let joined: String = chunk.iter().collect();
-        if let Err(e) = store.search(&joined, 1) {
-            panic!("chars from U+{from:04X}: {e}");
+        // Runs short enough for the search's bounds: 16 characters make at most 16
+        // words and 64 bytes.
+        for run in chunk.chunks(MAX_SEARCH_TERMS) {
+            let joined: String = run.iter().collect();
+            if let Err(e) = store.search(&joined, 1) {
+                panic!("chars from U+{:04X}: {e}", u32::from(run[0]));
+            }
         }
     }
+}
+
+#[test]
+fn search_bounds_its_query() {
+    let mut store = store();
+    let hello = incoming(&mut store, ALICE, "hello there", 1);
+
+    // Bytes: the limit is accepted, one byte more is refused before any work.
+    let at_limit = format!("hello{}", " ".repeat(MAX_SEARCH_BYTES - 5));
+    assert_eq!(
+        ids(&store.search(&at_limit, 10).expect("at the limit")),
+        [hello.id.as_str()]
+    );
+    match store.search(&format!("{at_limit}x"), 10) {
+        Err(StoreError::QueryTooLong { bytes, max }) => {
+            assert_eq!((bytes, max), (MAX_SEARCH_BYTES + 1, MAX_SEARCH_BYTES))
+        }
+        other => panic!("expected QueryTooLong, got {other:?}"),
+    }
+    assert!(matches!(
+        store.search(&"hello ".repeat(200_000), 10),
+        Err(StoreError::QueryTooLong { .. })
+    ));
+
+    // Words: counted after folding and without repeats.
+    let repeated = "Hello HELLO héllo hello ".repeat(40);
+    assert!(repeated.len() <= MAX_SEARCH_BYTES);
+    assert_eq!(
+        ids(&store.search(&repeated, 10).expect("one word")),
+        [hello.id.as_str()]
+    );
+    let words = |n: usize| {
+        (0..n)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(
+        store
+            .search(&words(MAX_SEARCH_TERMS), 10)
+            .expect("16 words")
+            .is_empty()
+    );
+    let seventeen = format!(
+        "{} {}",
+        words(MAX_SEARCH_TERMS + 1),
+        words(MAX_SEARCH_TERMS)
+    );
+    match store.search(&seventeen, 10) {
+        Err(StoreError::TooManyTerms { terms, max }) => {
+            assert_eq!((terms, max), (MAX_SEARCH_TERMS + 1, MAX_SEARCH_TERMS))
+        }
+        other => panic!("expected TooManyTerms, got {other:?}"),
+    }
+    let e = store.search(&seventeen, 10).expect_err("too many");
+    assert_eq!(
+        e.to_string(),
+        "the search query has 17 different words, more than the limit of 16"
+    );
+}
+
+#[test]
+fn distinct_keeps_first_appearances_in_order() {
+    let tokens = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
+    assert_eq!(distinct(tokens), ["b", "a", "c"]);
+    assert!(distinct(Vec::new()).is_empty());
+}
+
+/// A search past its budget stops with OverBudget, and the deadline goes with it: the
+/// next statements, writes included, run as usual.
+#[test]
+fn search_stops_at_its_budget_and_leaves_no_deadline() {
+    let mut store = store();
+    // Enough rows that fetching them takes many more VM steps than PROGRESS_STEPS, so
+    // that the handler runs (and finds a zero budget spent) whatever the machine.
+    for i in 0..2_000 {
+        incoming(&mut store, ALICE, &format!("budget test {i}"), i);
+    }
+    match store.search_within("budget", 1000, Duration::ZERO) {
+        Err(StoreError::OverBudget { budget }) => assert_eq!(budget, Duration::ZERO),
+        other => panic!("expected OverBudget, got {:?}", other.map(|m| m.len())),
+    }
+    let e = StoreError::OverBudget {
+        budget: SEARCH_BUDGET,
+    };
+    assert!(e.to_string().contains("budget of 100 ms"), "{e}");
+    // No deadline is left behind: a long search and a write after it both work.
+    assert_eq!(store.search("budget", 1000).expect("search").len(), 1000);
+    std::thread::sleep(Duration::from_millis(5));
+    let later = outgoing(&mut store, BOB, "written after the budget", 5_000);
+    assert_eq!(store.get_message(&later.id).expect("stored"), later);
+    assert_eq!(store.search("budget", 1000).expect("search").len(), 1000);
+    assert_consistent(&store);
 }
 
 #[test]
@@ -1033,6 +1130,36 @@ async fn handle_runs_calls_on_the_store_thread() {
         .await
         .expect("still running");
     assert_eq!(count, 1);
+}
+
+/// Reads of a file store run on the search thread's own connection and see every
+/// committed write; an in-memory store's run on the store thread.
+#[tokio::test]
+async fn reads_run_beside_the_store_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = StoreHandle::spawn(Store::open(&dir.path().join("messages.db")).expect("open"));
+    let thread = || std::thread::current().name().map(str::to_owned);
+    for i in 0..3 {
+        handle
+            .call(move |store| Ok(incoming(store, ALICE, &format!("soup {i}"), i)))
+            .await
+            .expect("insert");
+        let (found, on) = handle
+            .call_read(move |store| Ok((store.search("soup", 10)?.len(), thread())))
+            .await
+            .expect("search");
+        assert_eq!(found, i as usize + 1, "the reader sees the commit");
+        assert_eq!(on.as_deref(), Some("tandem-search"));
+    }
+    // Errors come back as they are.
+    let too_long = handle
+        .call_read(|store| store.search(&"x".repeat(MAX_SEARCH_BYTES + 1), 10))
+        .await;
+    assert!(matches!(too_long, Err(StoreError::QueryTooLong { .. })));
+
+    let memory = StoreHandle::spawn(store());
+    let on = memory.call_read(move |_| Ok(thread())).await.expect("read");
+    assert_eq!(on.as_deref(), Some("tandem-store"));
 }
 
 #[tokio::test]
