@@ -642,10 +642,37 @@ impl Messages {
 
 /// Serves `iface` on `conn` and only then requests the well-known name, so that an
 /// activated service never gets a call it cannot answer.
-pub async fn serve(conn: &zbus::Connection, iface: Messages) -> zbus::Result<()> {
+///
+/// One daemon per user: the name is requested without queueing and without allowing
+/// replacement (zbus's default allows both), so a second daemon gets
+/// `zbus::Error::NameTaken` instead of silently taking the name from the first, after
+/// which both would consume every incoming SMS. The returned [`NameLost`] completes if
+/// the name is ever taken away anyway, or the bus connection ends.
+pub async fn serve(conn: &zbus::Connection, iface: Messages) -> zbus::Result<NameLost> {
     conn.object_server().at(OBJECT_PATH, iface).await?;
-    conn.request_name(BUS_NAME).await?;
-    Ok(())
+    // Listening before asking, so that a loss right after cannot be missed.
+    let lost = zbus::fdo::DBusProxy::new(conn)
+        .await?
+        .receive_name_lost_with_args(&[(0, BUS_NAME)])
+        .await?;
+    conn.request_name_with_flags(BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
+        .await?;
+    Ok(NameLost(lost))
+}
+
+/// The daemon's hold on [`BUS_NAME`] (see [`serve`]).
+pub struct NameLost(zbus::fdo::NameLostStream);
+
+impl NameLost {
+    /// Completes when the bus says the name is lost, or when the connection to the bus
+    /// ends (no signal can come then, and no call either).
+    pub async fn wait(mut self) {
+        use futures_util::StreamExt;
+        match self.0.next().await {
+            Some(_) => warn!(name = BUS_NAME, "the bus took our name away"),
+            None => warn!(name = BUS_NAME, "the connection to the session bus ended"),
+        }
+    }
 }
 
 /// Turns the engine's status changes into `PropertiesChanged` and its events into signals,

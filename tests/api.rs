@@ -805,3 +805,121 @@ async fn hostile_searches_do_not_hold_up_sending() {
         started.elapsed()
     );
 }
+
+/// One daemon per user: the same user starting tandemd again (same configuration, same
+/// database) gets a clear refusal and a failure status, and the first daemon keeps its
+/// name, keeps answering, and is the only one to take an incoming SMS.
+#[tokio::test]
+async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
+    let dir = temp_dir();
+    let session = Bus::start();
+    let system = Bus::start();
+    let _sim = Sim::start(&system, &[ALICE, BOB]);
+    let first = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
+    let signals = SignalLog::start(&session).await;
+    let conn = session.connect().await;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.expect("bus proxy");
+    let name = zbus::names::BusName::try_from(tandem::api::BUS_NAME).expect("name");
+    let owner = dbus.get_name_owner(name.clone()).await.expect("owner");
+
+    let mut second = first
+        .command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("second tandemd starts");
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second tandemd kept running beside the first");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains(
+            "tandemd: another tandemd already serves org.tandem.Messages1 on this session bus"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(dbus.get_name_owner(name).await.expect("owner"), owner);
+
+    // The first still serves, and is the only one to take an incoming SMS.
+    let api = client(&session).await;
+    let id = api
+        .send_message(BOB, "still here", opts(&[]))
+        .await
+        .expect("SendMessage");
+    assert_eq!(
+        api.get_message(&id).await.expect("GetMessage").text,
+        "still here"
+    );
+    let ctl = SimCtl::new(&system.connect().await).await;
+    ctl.inject_sms(ALICE, BOB, "one copy please").await;
+    signals
+        .wait_until("the SMS received", |s| !s.received().is_empty())
+        .await;
+    eventually("the SMS taken off the modem", || async {
+        ctl.list_sms(ALICE)
+            .await
+            .iter()
+            .all(|sms| dict_str(sms, "text") != "one copy please")
+    })
+    .await;
+    let stored: Vec<_> = api
+        .get_messages(BOB, "", 10)
+        .await
+        .expect("GetMessages")
+        .into_iter()
+        .filter(|m| m.text == "one copy please")
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(signals.received().len(), 1, "{:?}", signals.all());
+}
+
+/// A daemon that loses its bus (and so its name) stops, with a failure status and a
+/// log line saying why, instead of going on taking SMS off the modem that no client
+/// can see.
+#[tokio::test]
+async fn a_daemon_that_loses_its_name_stops() {
+    let dir = temp_dir();
+    let session = Bus::start();
+    let system = Bus::start();
+    let _sim = Sim::start(&system, &[ALICE, BOB]);
+    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
+    let api = client(&session).await;
+    eventually("the modem registered", || async {
+        api.modem_state().await.ok().as_deref() == Some("registered")
+    })
+    .await;
+    drop(api);
+    drop(session);
+    let status = daemon
+        .wait_exit(WAIT)
+        .await
+        .expect("the daemon stopped after losing its bus");
+    let log = daemon.log_text();
+    assert!(!status.success(), "{status}\n{log}");
+    assert!(log.contains("lost the bus name: shutting down"), "{log}");
+    assert!(
+        log.contains("lost org.tandem.Messages1 on the session bus"),
+        "{log}"
+    );
+    // Stopped for good: an SMS arriving now stays on the modem.
+    let ctl = SimCtl::new(&system.connect().await).await;
+    ctl.inject_sms(ALICE, BOB, "nobody is taking this").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        ctl.list_sms(ALICE)
+            .await
+            .iter()
+            .any(|sms| dict_str(sms, "text") == "nobody is taking this")
+    );
+}
