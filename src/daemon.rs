@@ -76,6 +76,14 @@ pub async fn run(
         source,
     })?;
     let store = StoreHandle::spawn(store);
+    // The relay's device token lives next to the database; private whatever it was.
+    let token_path = db_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("relay-token");
+    if let Err(e) = relay::client::make_token_private(&token_path) {
+        warn!(cause = %e, "the relay token file may be readable by others");
+    }
 
     let (engine_tx, engine_rx) = mpsc::channel(64);
     let (modem_cmd_tx, modem_cmd_rx) = mpsc::channel(64);
@@ -115,10 +123,7 @@ pub async fn run(
         engine = engine.with_relay(relay_cmd_tx, relay_ev_rx);
         let client = ClientConfig {
             url,
-            token_path: db_path
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join("relay-token"),
+            token_path,
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
         };

@@ -923,3 +923,68 @@ async fn a_daemon_that_loses_its_name_stops() {
             .any(|sms| dict_str(sms, "text") == "nobody is taking this")
     );
 }
+
+/// The database, its directory and the relay token file are private after start,
+/// whatever modes they were found with, and the log says what was changed.
+#[tokio::test]
+async fn loose_files_are_made_private_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let dir = temp_dir();
+    let session = Bus::start();
+    let system = Bus::start();
+    let _sim = Sim::start(&system, &[ALICE]);
+    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
+    let api = client(&session).await;
+    let id = api
+        .send_message(BOB, "kept through the chmod", opts(&[]))
+        .await
+        .expect("SendMessage");
+    daemon.stop();
+
+    let db = daemon.db_path();
+    let data = db.parent().expect("data dir").to_owned();
+    let token = data.join("relay-token");
+    std::fs::write(
+        &token,
+        "{\"number\":\"+15550001111\",\"token\":\"secret\"}\n",
+    )
+    .expect("token file");
+    chmod(&token, 0o644);
+    chmod(&db, 0o644);
+    chmod(&data, 0o755);
+
+    daemon.restart().await;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    assert_eq!(mode(&token), 0o600);
+    let log = daemon.log_text();
+    for path in [&data, &db] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains("making it private") && l.contains(&format!("path={}", path.display()))
+            })
+            .unwrap_or_else(|| panic!("no log line for {}:\n{log}", path.display()));
+        assert!(line.contains("to=") && line.contains("from="), "{line}");
+    }
+    assert!(
+        log.contains("the relay token file was not private; making it 0600"),
+        "{log}"
+    );
+    assert!(!log.contains("secret"), "the token went to the log:\n{log}");
+    let api = client(&session).await;
+    assert_eq!(
+        api.get_message(&id).await.expect("GetMessage").text,
+        "kept through the chmod"
+    );
+}

@@ -221,6 +221,10 @@ impl Store {
     /// Creates the parent directory (mode 0700) and the file (mode 0600, also -wal/-shm),
     /// WAL journal, synchronous=FULL (a commit survives power loss), migrations via
     /// PRAGMA user_version; refuses a newer schema (TooNew).
+    ///
+    /// Files and directory found with other modes are set to 0600 and 0700, with a log
+    /// line; only a directory shared on purpose (sticky, like /tmp) or someone else's is
+    /// left as it is, with a warning.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             DirBuilder::new()
@@ -228,6 +232,7 @@ impl Store {
                 .mode(0o700)
                 .create(dir)
                 .map_err(|source| io_error(dir, source))?;
+            make_private(dir, 0o700)?;
         }
         // SQLite gives -wal and -shm the mode of the database file, so creating the file
         // ourselves with 0600 covers all three.
@@ -243,7 +248,7 @@ impl Store {
             sidecar(path, "-wal"),
             sidecar(path, "-shm"),
         ] {
-            restrict_mode(&file)?;
+            make_private(&file, 0o600)?;
         }
         let conn = Connection::open(path)?;
         let store = Store::init(conn)?;
@@ -961,17 +966,37 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Makes an existing file private to the user (0600); a missing file is fine.
-fn restrict_mode(path: &Path) -> Result<()> {
-    let mode = match fs::metadata(path) {
-        Ok(meta) => meta.permissions().mode(),
+/// Gives an existing file or directory exactly `mode` (0600, 0700), whatever it had, with
+/// a log line when that changes anything; a missing file is fine. A directory with the
+/// sticky bit (shared on purpose, like /tmp) or owned by another user is left as it is,
+/// with a warning: it is not ours to close.
+fn make_private(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => return Err(io_error(path, source)),
     };
-    if mode & 0o077 != 0 {
-        warn!(path = %path.display(), mode = format_args!("{mode:o}"), "making the database private");
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|source| io_error(path, source))?;
+    let found = meta.permissions().mode() & 0o7777;
+    if found == mode {
+        return Ok(());
     }
-    Ok(())
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = meta.uid() == unsafe { libc::geteuid() };
+    if meta.is_dir() && (found & 0o1000 != 0 || !ours) {
+        warn!(
+            path = %path.display(),
+            mode = format_args!("{found:o}"),
+            "the database's directory is shared; left as it is (the files in it are private)"
+        );
+        return Ok(());
+    }
+    warn!(
+        path = %path.display(),
+        from = format_args!("{found:o}"),
+        to = format_args!("{mode:o}"),
+        "making it private"
+    );
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|source| io_error(path, source))
 }

@@ -176,6 +176,63 @@ fn database_files_are_private() {
     assert_eq!(mode(&loose), 0o600);
 }
 
+/// Whatever modes the directory and files had, opening the store gives them 0700 and
+/// 0600 (a read-only database too, which SQLite could not write), but a shared
+/// directory (sticky, like /tmp) is not closed.
+#[test]
+fn existing_files_and_directory_are_made_private() {
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let path = data.join("messages.db");
+    let mut store = Store::open(&path).expect("open");
+    outgoing(&mut store, ALICE, "kept", 1);
+    drop(store);
+    for (dir_mode, file_mode) in [
+        (0o755, 0o644),
+        (0o777, 0o666),
+        (0o750, 0o400),
+        (0o700, 0o700),
+    ] {
+        chmod(&data, dir_mode);
+        for file in ["messages.db", "messages.db-wal", "messages.db-shm"] {
+            if data.join(file).exists() {
+                chmod(&data.join(file), file_mode);
+            }
+        }
+        let mut store = Store::open(&path).expect("reopen");
+        assert_eq!(mode(&data), 0o700, "{dir_mode:o}");
+        for file in ["messages.db", "messages.db-wal", "messages.db-shm"] {
+            if data.join(file).exists() {
+                assert_eq!(mode(&data.join(file)), 0o600, "{file} from {file_mode:o}");
+            }
+        }
+        // Still the same database, and writable.
+        assert_eq!(
+            texts(&store.get_messages(ALICE, None, 10).expect("read")),
+            ["kept"]
+        );
+        outgoing(&mut store, BOB, "written", 2);
+    }
+
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o1777);
+    let db = shared.join("messages.db");
+    drop(Store::open(&db).expect("open in a shared directory"));
+    assert_eq!(
+        std::fs::metadata(&shared)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    assert_eq!(mode(&db), 0o600);
+}
+
 #[test]
 fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
