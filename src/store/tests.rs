@@ -863,13 +863,28 @@ fn search_survives_every_character() {
         let tokens = query_tokens(&store.conn, &separated).expect("tokens");
         let again = query_tokens(&store.conn, &tokens.join(" ")).expect("tokens again");
         assert_eq!(tokens, again, "chars from U+{from:04X}");
-        // Runs short enough for the search's bounds: 16 characters make at most 16
-        // words and 64 bytes.
-        for run in chunk.chunks(MAX_SEARCH_TERMS) {
-            let joined: String = run.iter().collect();
-            if let Err(e) = store.search(&joined, 1) {
-                panic!("chars from U+{:04X}: {e}", u32::from(run[0]));
+        // Every group of tokens the search could be given, alone or as runs make them,
+        // is a valid expression for the index.
+        let joined: String = chunk.iter().collect();
+        let runs = query_tokens(&store.conn, &joined).expect("tokens of runs");
+        for group in tokens
+            .chunks(MAX_SEARCH_TERMS)
+            .chain(runs.chunks(MAX_SEARCH_TERMS))
+        {
+            let expr = fts_expression(group).expect("tokens");
+            let found = store.conn.prepare_cached(SEARCH).and_then(|mut stmt| {
+                stmt.query_map(params![expr, 1], |_| Ok(()))?
+                    .collect::<rusqlite::Result<Vec<()>>>()
+            });
+            if let Err(e) = found {
+                panic!("chars from U+{from:04X}: {expr:?}: {e}");
             }
+        }
+        // And the search itself, with the first characters of the chunk (16 characters
+        // make at most 16 words and 64 bytes).
+        let start: String = chunk.iter().take(MAX_SEARCH_TERMS).collect();
+        if let Err(e) = store.search(&start, 1) {
+            panic!("chars from U+{from:04X}: {e}");
         }
     }
 }
