@@ -488,7 +488,10 @@ impl Messages {
             .call(move |s| s.delete_conversation(&key))
             .await?;
         if deleted == 0 {
-            return Err(ApiError::NotFound(format!("no conversation with {peer}")));
+            return Err(ApiError::NotFound(format!(
+                "no conversation with {}",
+                shown(&peer)
+            )));
         }
         self.tell_engine(EngineCmd::Recount).await;
         Ok(())
