@@ -6,7 +6,7 @@
 //! properties come from the engine's [`DaemonStatus`] watch, the signals from the engine's
 //! [`Event`] channel (see [`publish`]). Only this module and `modem` know zbus.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -16,8 +16,9 @@ use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
 use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView};
+use crate::relay::protocol::is_e164;
 use crate::router::{self, Facts, Refusal};
-use crate::store::{NewOutgoing, StoreError, StoreHandle};
+use crate::store::{MAX_SEARCH_BYTES, NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
 /// The well-known name the daemon owns on the session bus.
@@ -26,6 +27,20 @@ pub const BUS_NAME: &str = "org.tandem.Messages1";
 pub const OBJECT_PATH: &str = "/org/tandem/Messages1";
 /// Largest `limit` a listing call accepts.
 pub const MAX_LIMIT: u32 = 1000;
+/// Longest conversation peer accepted (`GetMessages`, `MarkRead`, `DeleteConversation`),
+/// in bytes: room for any number and for the sender names networks use (11 characters).
+pub const MAX_PEER_BYTES: usize = 256;
+/// Longest message id accepted, in bytes; ids are UUIDs (36 characters).
+pub const MAX_ID_BYTES: usize = 64;
+/// Most numbers one `Watch` call may add.
+pub const MAX_WATCH_NUMBERS: usize = 256;
+/// Most numbers followed in all (conversation peers and watched numbers that can be on
+/// the relay): the relay's own default limit of subscriptions.
+pub const MAX_FOLLOWED: usize = 1000;
+/// Longest `client-token`, in bytes.
+pub const MAX_CLIENT_TOKEN_BYTES: usize = 256;
+/// Longest piece of a caller's input repeated in an error message, in characters.
+const SHOWN_CHARS: usize = 64;
 
 /// The contract's errors; each becomes `org.tandem.Messages1.Error.<Variant>`.
 #[derive(Debug, zbus::DBusError)]
@@ -50,7 +65,12 @@ type Result<T> = std::result::Result<T, ApiError>;
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(id) => ApiError::NotFound(format!("no message with id {id:?}")),
+            StoreError::NotFound(id) => {
+                ApiError::NotFound(format!("no message with id {}", shown(&id)))
+            }
+            StoreError::QueryTooLong { .. }
+            | StoreError::TooManyTerms { .. }
+            | StoreError::OverBudget { .. } => ApiError::InvalidArgument(e.to_string()),
             other => {
                 warn!(cause = %other, "store failed");
                 ApiError::Failed(format!("the message store failed: {other}"))
@@ -173,10 +193,23 @@ impl Messages {
             .map_err(|e| ApiError::InvalidNumber(e.to_string()))
     }
 
+    /// A number to send to (or to follow over IP): E.164 or a short code; a sender name
+    /// such as "Bank" is refused, since nothing can be sent to it.
+    fn recipient(&self, input: &str) -> Result<String> {
+        number::normalize_recipient(input, self.config.default_region.as_deref())
+            .map_err(|e| ApiError::InvalidNumber(e.to_string()))
+    }
+
     /// The conversation a frontend names: normalised like any number, or, for senders kept
     /// verbatim (names like "DHL-Express", numbers the network wrote oddly), exactly as
     /// listed by `ListConversations`.
     async fn conversation_peer(&self, input: &str) -> Result<String> {
+        if input.len() > MAX_PEER_BYTES {
+            return Err(ApiError::InvalidNumber(format!(
+                "a peer of {} bytes is longer than the limit of {MAX_PEER_BYTES}",
+                input.len()
+            )));
+        }
         match self.normalize(input) {
             Ok(peer) => Ok(peer),
             Err(invalid) => {
@@ -191,6 +224,28 @@ impl Messages {
                     Err(invalid)
                 }
             }
+        }
+    }
+
+    /// Refuses a text longer than the configured limit, without counting the characters
+    /// of a text whose size in bytes already says so.
+    fn check_text(&self, text: &str) -> Result<()> {
+        let max = self.config.max_text_chars;
+        // A character is at most 4 bytes of UTF-8.
+        let chars = if text.len() > max.saturating_mul(4) {
+            None
+        } else {
+            Some(text.chars().count())
+        };
+        match chars {
+            Some(chars) if chars <= max => Ok(()),
+            Some(chars) => Err(ApiError::InvalidArgument(format!(
+                "the text is {chars} characters long, more than the limit of {max}"
+            ))),
+            None => Err(ApiError::InvalidArgument(format!(
+                "the text is {} bytes long, more than the limit of {max} characters",
+                text.len()
+            ))),
         }
     }
 
@@ -223,7 +278,8 @@ pub fn parse_send_options(options: &HashMap<String, OwnedVariant>) -> Result<Sen
     for (key, value) in options {
         let wrong_type = |expected: &str| {
             ApiError::InvalidArgument(format!(
-                "option {key:?} must be of type {expected}, not {}",
+                "option {} must be of type {expected}, not {}",
+                shown(key),
                 value.value_signature()
             ))
         };
@@ -232,7 +288,8 @@ pub fn parse_send_options(options: &HashMap<String, OwnedVariant>) -> Result<Sen
                 let s: &str = value.try_into().map_err(|_| wrong_type("s"))?;
                 parsed.channel = s.parse().map_err(|_| {
                     ApiError::InvalidArgument(format!(
-                        "option \"channel\" must be \"auto\", \"sms\" or \"ip\", not {s:?}"
+                        "option \"channel\" must be \"auto\", \"sms\" or \"ip\", not {}",
+                        shown(s)
                     ))
                 })?;
             }
@@ -241,21 +298,42 @@ pub fn parse_send_options(options: &HashMap<String, OwnedVariant>) -> Result<Sen
             }
             "client-token" => {
                 let s: &str = value.try_into().map_err(|_| wrong_type("s"))?;
-                if s.is_empty() || s.len() > 256 {
-                    return Err(ApiError::InvalidArgument(
-                        "option \"client-token\" must be 1 to 256 bytes long".into(),
-                    ));
+                if s.is_empty() || s.len() > MAX_CLIENT_TOKEN_BYTES {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "option \"client-token\" must be 1 to {MAX_CLIENT_TOKEN_BYTES} bytes long"
+                    )));
                 }
                 parsed.client_token = Some(s.to_owned());
             }
             other => {
                 return Err(ApiError::InvalidArgument(format!(
-                    "unknown option {other:?} (known: channel, delivery-report, client-token)"
+                    "unknown option {} (known: channel, delivery-report, client-token)",
+                    shown(other)
                 )));
             }
         }
     }
     Ok(parsed)
+}
+
+/// A caller's string for an error message: quoted, and cut to [`SHOWN_CHARS`]
+/// characters, so that an error never echoes a huge argument back.
+fn shown(input: &str) -> String {
+    match input.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &input[..cut], input.len()),
+        None => format!("{input:?}"),
+    }
+}
+
+/// Refuses a message id that cannot be one by its length alone (ids are UUIDs).
+fn check_id(what: &str, id: &str) -> Result<()> {
+    if id.len() > MAX_ID_BYTES {
+        return Err(ApiError::InvalidArgument(format!(
+            "{what} is {} bytes long; message ids are UUIDs of 36 characters",
+            id.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_limit(limit: u32) -> Result<()> {
@@ -278,6 +356,11 @@ fn check_limit(limit: u32) -> Result<()> {
 impl Messages {
     /// Validates, stores the message durably in the outbox (status `queued`), replies with
     /// its id and delivers it asynchronously.
+    ///
+    /// Bounds: `recipient` is a phone number or a short code of at most 64 bytes (a sender
+    /// name such as "Bank" is InvalidNumber: nothing can be sent to one); `text` is not
+    /// blank and has at most `sms.max_text_chars` characters (10,000 by default), and
+    /// without IP at most `sms.max_parts` SMS parts; `client-token` has 1 to 256 bytes.
     async fn send_message(
         &self,
         recipient: &str,
@@ -285,17 +368,11 @@ impl Messages {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<String> {
         let options = parse_send_options(&options)?;
-        let peer = self.normalize(recipient)?;
+        let peer = self.recipient(recipient)?;
         if text.trim().is_empty() {
             return Err(ApiError::InvalidArgument("the text is empty".into()));
         }
-        let chars = text.chars().count();
-        if chars > self.config.max_text_chars {
-            return Err(ApiError::InvalidArgument(format!(
-                "the text is {chars} characters long, more than the limit of {}",
-                self.config.max_text_chars
-            )));
-        }
+        self.check_text(text)?;
         let status = self.status.borrow().clone();
         let facts = Facts {
             requested: options.channel,
@@ -336,6 +413,8 @@ impl Messages {
     }
 
     /// Conversations, newest activity first.
+    ///
+    /// Bounds: `limit` from 1 to 1000.
     async fn list_conversations(&self, offset: u32, limit: u32) -> Result<Vec<ConversationDict>> {
         check_limit(limit)?;
         let list = self
@@ -352,6 +431,9 @@ impl Messages {
     }
 
     /// The conversation with `peer`, newest first, strictly older than `before_id` if set.
+    ///
+    /// Bounds: `peer` at most 256 bytes, `before_id` "" or a message id (at most 64 bytes),
+    /// `limit` from 1 to 1000.
     async fn get_messages(
         &self,
         peer: &str,
@@ -359,6 +441,7 @@ impl Messages {
         limit: u32,
     ) -> Result<Vec<MessageDict>> {
         check_limit(limit)?;
+        check_id("before_id", before_id)?;
         let peer = self.conversation_peer(peer).await?;
         let before = (!before_id.is_empty()).then(|| before_id.to_owned());
         let list = self
@@ -368,12 +451,16 @@ impl Messages {
         Ok(list.into_iter().map(MessageDict::from).collect())
     }
 
+    /// Bounds: `id` at most 64 bytes (ids are UUIDs).
     async fn get_message(&self, id: &str) -> Result<MessageDict> {
+        check_id("the id", id)?;
         let id = id.to_owned();
         Ok(self.store.call(move |s| s.get_message(&id)).await?.into())
     }
 
     /// Marks every incoming message of the conversation read.
+    ///
+    /// Bounds: `peer` at most 256 bytes.
     async fn mark_read(&self, peer: &str) -> Result<()> {
         let peer = self.conversation_peer(peer).await?;
         let changed = self.store.call(move |s| s.mark_read(&peer)).await?;
@@ -383,13 +470,16 @@ impl Messages {
         Ok(())
     }
 
+    /// Bounds: `id` at most 64 bytes (ids are UUIDs).
     async fn delete_message(&self, id: &str) -> Result<()> {
+        check_id("the id", id)?;
         let id = id.to_owned();
         self.store.call(move |s| s.delete_message(&id)).await?;
         self.tell_engine(EngineCmd::Recount).await;
         Ok(())
     }
 
+    /// Bounds: `peer` at most 256 bytes.
     async fn delete_conversation(&self, peer: &str) -> Result<()> {
         let peer = self.conversation_peer(peer).await?;
         let key = peer.clone();
@@ -398,44 +488,94 @@ impl Messages {
             .call(move |s| s.delete_conversation(&key))
             .await?;
         if deleted == 0 {
-            return Err(ApiError::NotFound(format!("no conversation with {peer}")));
+            return Err(ApiError::NotFound(format!(
+                "no conversation with {}",
+                shown(&peer)
+            )));
         }
         self.tell_engine(EngineCmd::Recount).await;
         Ok(())
     }
 
     /// Full-text search over all bodies, newest first.
+    ///
+    /// Bounds: `query` is not blank, at most 1024 bytes and 16 different words (a word
+    /// given twice counts once), `limit` from 1 to 1000; a search still running after
+    /// 100 ms is stopped with InvalidArgument. Searches run beside the daemon's other work:
+    /// a costly one never holds up a send or an incoming message.
     async fn search(&self, query: &str, limit: u32) -> Result<Vec<MessageDict>> {
         check_limit(limit)?;
+        if query.len() > MAX_SEARCH_BYTES {
+            return Err(StoreError::QueryTooLong {
+                bytes: query.len(),
+                max: MAX_SEARCH_BYTES,
+            }
+            .into());
+        }
         if query.trim().is_empty() {
             return Err(ApiError::InvalidArgument(
                 "the search query is empty".into(),
             ));
         }
         let query = query.to_owned();
-        let found = self.store.call(move |s| s.search(&query, limit)).await?;
+        let found = self
+            .store
+            .call_read(move |s| s.search(&query, limit))
+            .await?;
         Ok(found.into_iter().map(MessageDict::from).collect())
     }
 
+    /// Bounds: `number` at most 64 bytes.
     async fn get_presence(&self, number: &str) -> Result<String> {
         let number = self.normalize(number)?;
         Ok(self.presence_of(&number).to_string())
     }
 
     /// Adds numbers to the contacts whose presence is followed.
+    ///
+    /// Bounds: at most 256 numbers per call, each a phone number or short code (not a
+    /// sender name) of at most 64 bytes, and at most 1000 numbers followed in all,
+    /// conversation peers included.
     async fn watch(&self, numbers: Vec<String>) -> Result<()> {
+        if numbers.len() > MAX_WATCH_NUMBERS {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} numbers in one call, more than the limit of {MAX_WATCH_NUMBERS}",
+                numbers.len()
+            )));
+        }
         let numbers = numbers
             .iter()
-            .map(|n| self.normalize(n))
+            .map(|n| self.recipient(n))
             .collect::<Result<Vec<String>>>()?;
-        self.store.call(move |s| s.watch(&numbers)).await?;
+        // Counted and added in one store call, so that two calls cannot both pass.
+        let refused = self
+            .store
+            .call(move |s| {
+                let mut followed: HashSet<String> =
+                    s.followed()?.into_iter().filter(|n| is_e164(n)).collect();
+                followed.extend(numbers.iter().filter(|n| is_e164(n)).cloned());
+                if followed.len() > MAX_FOLLOWED {
+                    return Ok(Some(followed.len()));
+                }
+                s.watch(&numbers)?;
+                Ok(None)
+            })
+            .await?;
+        if let Some(total) = refused {
+            return Err(ApiError::InvalidArgument(format!(
+                "that would follow {total} numbers, more than the limit of {MAX_FOLLOWED}"
+            )));
+        }
         self.tell_engine(EngineCmd::Followed).await;
         Ok(())
     }
 
     /// Tells the peer, over IP, that we are typing.
+    ///
+    /// Bounds: `peer` a phone number or short code (not a sender name) of at most 64
+    /// bytes.
     async fn set_typing(&self, peer: &str, typing: bool) -> Result<()> {
-        let peer = self.normalize(peer)?;
+        let peer = self.recipient(peer)?;
         let relay = self.status.borrow().relay;
         if relay == RelayState::Disabled {
             return Err(ApiError::Unavailable(
@@ -452,10 +592,13 @@ impl Messages {
     }
 
     /// How many SMS parts the text needs, the encoding, and characters left in the last part.
+    ///
+    /// Bounds: `text` has at most `sms.max_text_chars` characters, as for SendMessage.
     #[zbus(out_args("segments", "encoding", "remaining"))]
-    async fn estimate_sms(&self, text: &str) -> (u32, String, u32) {
+    async fn estimate_sms(&self, text: &str) -> Result<(u32, String, u32)> {
+        self.check_text(text)?;
         let e = sms_text::estimate(text);
-        (e.segments, e.encoding.as_str().to_owned(), e.remaining)
+        Ok((e.segments, e.encoding.as_str().to_owned(), e.remaining))
     }
 
     #[zbus(signal)]
@@ -502,10 +645,37 @@ impl Messages {
 
 /// Serves `iface` on `conn` and only then requests the well-known name, so that an
 /// activated service never gets a call it cannot answer.
-pub async fn serve(conn: &zbus::Connection, iface: Messages) -> zbus::Result<()> {
+///
+/// One daemon per user: the name is requested without queueing and without allowing
+/// replacement (zbus's default allows both), so a second daemon gets
+/// `zbus::Error::NameTaken` instead of silently taking the name from the first, after
+/// which both would consume every incoming SMS. The returned [`NameLost`] completes if
+/// the name is ever taken away anyway, or the bus connection ends.
+pub async fn serve(conn: &zbus::Connection, iface: Messages) -> zbus::Result<NameLost> {
     conn.object_server().at(OBJECT_PATH, iface).await?;
-    conn.request_name(BUS_NAME).await?;
-    Ok(())
+    // Listening before asking, so that a loss right after cannot be missed.
+    let lost = zbus::fdo::DBusProxy::new(conn)
+        .await?
+        .receive_name_lost_with_args(&[(0, BUS_NAME)])
+        .await?;
+    conn.request_name_with_flags(BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
+        .await?;
+    Ok(NameLost(lost))
+}
+
+/// The daemon's hold on [`BUS_NAME`] (see [`serve`]).
+pub struct NameLost(zbus::fdo::NameLostStream);
+
+impl NameLost {
+    /// Completes when the bus says the name is lost, or when the connection to the bus
+    /// ends (no signal can come then, and no call either).
+    pub async fn wait(mut self) {
+        use futures_util::StreamExt;
+        match self.0.next().await {
+            Some(_) => warn!(name = BUS_NAME, "the bus took our name away"),
+            None => warn!(name = BUS_NAME, "the connection to the session bus ended"),
+        }
+    }
 }
 
 /// Turns the engine's status changes into `PropertiesChanged` and its events into signals,
@@ -638,6 +808,28 @@ mod tests {
                 }
                 other => panic!("{key}: expected InvalidArgument, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn errors_show_at_most_a_short_piece_of_the_input() {
+        assert_eq!(shown("Bank"), "\"Bank\"");
+        assert_eq!(shown(""), "\"\"");
+        let exact = "é".repeat(SHOWN_CHARS);
+        assert_eq!(shown(&exact), format!("{exact:?}"));
+        let long = "é".repeat(100_000);
+        assert_eq!(
+            shown(&long),
+            format!("{:?}… (200000 bytes)", "é".repeat(SHOWN_CHARS))
+        );
+        // A control character is escaped, never written raw.
+        assert_eq!(shown("a\nb\u{1b}[2J"), "\"a\\nb\\u{1b}[2J\"");
+        assert!(check_id("the id", &"0".repeat(MAX_ID_BYTES)).is_ok());
+        match check_id("the id", &"0".repeat(MAX_ID_BYTES + 1)) {
+            Err(ApiError::InvalidArgument(m)) => {
+                assert!(m.starts_with("the id is 65 bytes"), "{m}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
@@ -36,6 +36,10 @@ pub enum DaemonError {
         name: &'static str,
         source: zbus::Error,
     },
+    #[error("another tandemd already serves {name} on this session bus; not starting a second one")]
+    NameTaken { name: &'static str },
+    #[error("lost {name} on the session bus; stopped so as not to consume messages unseen")]
+    NameLost { name: &'static str },
 }
 
 /// Where the two buses are. `None` means the usual places (`DBUS_SESSION_BUS_ADDRESS`,
@@ -58,7 +62,9 @@ fn builder(address: Option<&str>, system: bool) -> zbus::connection::Builder<'_>
 /// How long the daemon waits for its tasks to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the daemon until `shutdown` completes.
+/// Runs the daemon until `shutdown` completes, or until it loses its bus name (then
+/// `Err(NameLost)`, after the same orderly stop). `Err(NameTaken)` when another daemon
+/// already serves on the session bus.
 pub async fn run(
     config: Config,
     db_path: &Path,
@@ -70,6 +76,14 @@ pub async fn run(
         source,
     })?;
     let store = StoreHandle::spawn(store);
+    // The relay's device token lives next to the database; private whatever it was.
+    let token_path = db_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("relay-token");
+    if let Err(e) = relay::client::make_token_private(&token_path) {
+        warn!(cause = %e, "the relay token file may be readable by others");
+    }
 
     let (engine_tx, engine_rx) = mpsc::channel(64);
     let (modem_cmd_tx, modem_cmd_rx) = mpsc::channel(64);
@@ -102,27 +116,20 @@ pub async fn run(
         notifier,
     );
     // The IP channel, when a relay is configured: its client is a task like the modem
-    // adapter, with the device token next to the database.
-    let mut relay_task = None;
+    // adapter, with the device token next to the database. It starts once the bus name
+    // is ours: a second daemon must not log in and take the first one's session.
+    let mut relay_client = None;
     if let Some(url) = config.relay.url.clone() {
         let (relay_cmd_tx, relay_cmd_rx) = mpsc::channel(64);
         let (relay_ev_tx, relay_ev_rx) = mpsc::channel(64);
         engine = engine.with_relay(relay_cmd_tx, relay_ev_rx);
         let client = ClientConfig {
             url,
-            token_path: db_path
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .join("relay-token"),
+            token_path,
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
         };
-        relay_task = Some(tokio::spawn(run_relay(
-            client,
-            buses.system.clone(),
-            relay_cmd_rx,
-            relay_ev_tx,
-        )));
+        relay_client = Some((client, relay_cmd_rx, relay_ev_tx));
     }
     let messages = Messages::new(
         store,
@@ -136,13 +143,21 @@ pub async fn run(
             max_parts: config.sms.max_parts,
         },
     );
-    api::serve(&session, messages)
+    let name_lost = api::serve(&session, messages)
         .await
-        .map_err(|source| DaemonError::Name {
-            name: api::BUS_NAME,
-            source,
+        .map_err(|source| match source {
+            zbus::Error::NameTaken => DaemonError::NameTaken {
+                name: api::BUS_NAME,
+            },
+            source => DaemonError::Name {
+                name: api::BUS_NAME,
+                source,
+            },
         })?;
     info!(name = api::BUS_NAME, "serving on the session bus");
+    let relay_task = relay_client.map(|(client, commands, events)| {
+        tokio::spawn(run_relay(client, buses.system.clone(), commands, events))
+    });
 
     let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
@@ -156,7 +171,13 @@ pub async fn run(
         modem_ev_tx,
     ));
 
-    shutdown.await;
+    let lost = tokio::select! {
+        () = shutdown => false,
+        () = name_lost.wait() => true,
+    };
+    if lost {
+        error!(name = api::BUS_NAME, "lost the bus name: shutting down");
+    }
     info!("shutting down");
     // Stop taking calls, then stop the engine: dropping it closes the channels that keep
     // the modem adapter and the publisher running.
@@ -173,6 +194,11 @@ pub async fn run(
     .await;
     if stopped.is_err() {
         warn!("tasks did not stop in time");
+    }
+    if lost {
+        return Err(DaemonError::NameLost {
+            name: api::BUS_NAME,
+        });
     }
     Ok(())
 }

@@ -12,6 +12,13 @@
 //! zbus). Its `show_async` opens a session-bus connection per notification; at the pace
 //! of incoming messages that costs a millisecond or two each, which is cheaper than a
 //! connection held open all day on a phone that mostly sleeps.
+//!
+//! Senders choose the text, so it must never be taken for markup: before each
+//! notification the server is asked for its capabilities (`GetCapabilities`, with a
+//! connection of our own: notify-rust only has a blocking call for it, which would stall
+//! the runtime). A server that advertises `body-markup` gets summary and body escaped
+//! (`&`, `<`, `>`); one that does not shows text as it is, and gets it as it is. If the
+//! question fails, the text is escaped: a stray `&amp;` is better than injected markup.
 
 use std::time::Duration;
 
@@ -82,6 +89,21 @@ impl Notifier {
     }
 }
 
+/// `text` with the characters that markup gives a meaning to (`&`, `<`, `>`) written as
+/// entities, so that a markup-reading server shows it as it is.
+pub fn escape_markup(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
 /// The text shown as the body: trimmed, at most [`PREVIEW_CHARS`] characters (cut on a
 /// char boundary), "…" when cut.
 pub fn preview(text: &str) -> String {
@@ -130,12 +152,44 @@ async fn run(mut receiver: mpsc::Receiver<Notice>) {
     debug!("notification task finished");
 }
 
+/// Whether the notification server reads markup in the body (`body-markup`); `true`
+/// when it cannot be asked, since escaping is then the safe side.
+async fn reads_markup() -> bool {
+    let asked = async {
+        let conn = zbus::Connection::session().await?;
+        let reply = conn
+            .call_method(
+                Some("org.freedesktop.Notifications"),
+                "/org/freedesktop/Notifications",
+                Some("org.freedesktop.Notifications"),
+                "GetCapabilities",
+                &(),
+            )
+            .await?;
+        reply.body().deserialize::<Vec<String>>()
+    };
+    match asked.await {
+        Ok(capabilities) => capabilities.iter().any(|c| c == "body-markup"),
+        Err(err) => {
+            debug!(cause = %err, "cannot ask the notification server its capabilities; escaping");
+            true
+        }
+    }
+}
+
 /// Shows one notice on the session bus's notification server.
 async fn show(notice: &Notice) -> Result<u32, NotifyError> {
+    let mut summary = notice.sender.clone();
+    // Cut first, then escape: an entity is never cut in half.
+    let mut body = preview(&notice.text);
+    if reads_markup().await {
+        summary = escape_markup(&summary);
+        body = escape_markup(&body);
+    }
     let handle = Notification::new()
         .appname(APP_NAME)
-        .summary(&notice.sender)
-        .body(&preview(&notice.text))
+        .summary(&summary)
+        .body(&body)
         .icon(ICON)
         .hint(Hint::Category(CATEGORY.to_owned()))
         .hint(Hint::DesktopEntry(DESKTOP_ENTRY.to_owned()))
@@ -174,6 +228,25 @@ mod tests {
             preview(&words),
             format!("{}…", "w".repeat(PREVIEW_CHARS - 1))
         );
+    }
+
+    #[test]
+    fn markup_is_escaped() {
+        for (text, expected) in [
+            ("plain", "plain"),
+            ("<b>wine</b>", "&lt;b&gt;wine&lt;/b&gt;"),
+            ("fish & chips", "fish &amp; chips"),
+            ("&amp;", "&amp;amp;"),
+            (
+                "<a href=\"https://x\">pay</a>",
+                "&lt;a href=\"https://x\"&gt;pay&lt;/a&gt;",
+            ),
+            ("<img src=\"/etc/x\"/>", "&lt;img src=\"/etc/x\"/&gt;"),
+            ("Grüße 😀 it's \"fine\"", "Grüße 😀 it's \"fine\""),
+            ("", ""),
+        ] {
+            assert_eq!(escape_markup(text), expected, "{text:?}");
+        }
     }
 
     #[tokio::test]

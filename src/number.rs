@@ -26,12 +26,19 @@ use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 const MAX_SENDER_CHARS: usize = 11;
 /// Longest digit string treated as a short code.
 const MAX_SHORT_CODE_DIGITS: usize = 6;
+/// Longest input looked at, in bytes: an E.164 number has at most 16 characters, and a
+/// written one with spaces, parentheses and an international prefix a few more.
+pub const MAX_INPUT_BYTES: usize = 64;
 
 /// Why an input is not a phone number, a short code or a sender name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NumberError {
     #[error("empty phone number")]
     Empty,
+    #[error("a phone number of {bytes} bytes is longer than the limit of {max}")]
+    TooLong { bytes: usize, max: usize },
+    #[error("{input:?} is a sender name, not a number a message can be sent to")]
+    NotDialable { input: String },
     #[error("{input:?} is not a phone number: unexpected character {ch:?}")]
     InvalidCharacter { input: String, ch: char },
     #[error("{input:?} is not a phone number: '+' may only start it")]
@@ -68,6 +75,12 @@ pub enum NumberError {
 /// name must contain a letter and no more digits than letters ("1und1", "O2"); more
 /// digits than letters is a mistyped number ("555123a") and is refused.
 pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, NumberError> {
+    if input.len() > MAX_INPUT_BYTES {
+        return Err(NumberError::TooLong {
+            bytes: input.len(),
+            max: MAX_INPUT_BYTES,
+        });
+    }
     let trimmed = input.trim();
     if trimmed.is_empty() {
         return Err(NumberError::Empty);
@@ -111,6 +124,21 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
     let nsn_len = e164.len().saturating_sub(1 + code.to_string().len());
     check_length(trimmed, code, nsn_len)?;
     Ok(e164)
+}
+
+/// Like [`normalize`], for a number to send to: E.164 or a short code. A sender name
+/// ("Bank", "DHL Express") is `NotDialable`: networks deliver messages *from* such names,
+/// but nothing can be sent *to* one.
+pub fn normalize_recipient(
+    input: &str,
+    default_region: Option<&str>,
+) -> Result<String, NumberError> {
+    let number = normalize(input, default_region)?;
+    if number.starts_with('+') || number.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(number)
+    } else {
+        Err(NumberError::NotDialable { input: number })
+    }
 }
 
 /// Checks a region code ("US", "DE") is known to phonenumber (config validation).
@@ -318,6 +346,47 @@ mod tests {
         check("O2", None, Ok("O2"));
         check("DHL Express", None, Ok("DHL Express"));
         check("Müller", None, Ok("Müller"));
+    }
+
+    #[test]
+    fn recipients_are_numbers_or_short_codes() {
+        for (input, want) in [
+            ("+1 555 123 4567", Ok("+15551234567")),
+            ("(555) 123-4567", Ok("+15551234567")),
+            ("12345", Ok("12345")),
+            (" 112 ", Ok("112")),
+            ("Bank", Err("\"Bank\" is a sender name")),
+            ("DHL Express", Err("sender name")),
+            ("O2", Err("sender name")),
+            ("", Err("empty")),
+            ("hello, world", Err("unexpected character")),
+        ] {
+            let got = normalize_recipient(input, Some("US"));
+            match (&got, want) {
+                (Ok(value), Ok(want)) => assert_eq!(value, want, "{input:?}"),
+                (Err(err), Err(want)) => {
+                    assert!(err.to_string().contains(want), "{input:?}: {err}")
+                }
+                _ => panic!("{input:?}: {got:?}, expected {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn long_inputs_are_refused_unread() {
+        let at_limit = format!("+1 555 123 4567{}", " ".repeat(MAX_INPUT_BYTES - 15));
+        assert_eq!(at_limit.len(), MAX_INPUT_BYTES);
+        check(&at_limit, None, Ok("+15551234567"));
+        let over = format!("{at_limit} ");
+        check(&over, None, Err("65 bytes is longer than the limit of 64"));
+        // The message does not repeat the input.
+        let huge = "9".repeat(1_000_000);
+        let err = normalize(&huge, Some("US")).expect_err("too long");
+        assert!(err.to_string().len() < 100, "{err}");
+        assert!(matches!(
+            normalize_recipient(&huge, None),
+            Err(NumberError::TooLong { .. })
+        ));
     }
 
     #[test]

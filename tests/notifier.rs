@@ -175,6 +175,38 @@ async fn notifications_reach_the_server_and_never_block() {
     assert_eq!(plain.summary, "+491512345678");
     assert_eq!(plain.body, "a < b && c > d");
 
+    // A server that reads markup gets summary and body escaped: a sender cannot make
+    // text bold, add links or images, or hide part of the text.
+    drop(calls);
+    drop(_server);
+    let (_server, mut calls) = start_server(bus.address(), &["body", "body-markup"]).await;
+    let hostile = "<b>wine</b> & &amp; <a href=\"https://pay.example\">pay</a> <img src=\"x\"/>";
+    notifier.notify(notice("Bank <i>", hostile));
+    let escaped = next_call(&mut calls).await;
+    assert_eq!(escaped.summary, "Bank &lt;i&gt;");
+    assert_eq!(
+        escaped.body,
+        "&lt;b&gt;wine&lt;/b&gt; &amp; &amp;amp; &lt;a href=\"https://pay.example\"&gt;pay&lt;/a&gt; \
+         &lt;img src=\"x\"/&gt;"
+    );
+    // The preview is cut before escaping: no entity is cut in half.
+    let cut = format!("{}&<>", "x".repeat(99));
+    notifier.notify(notice("+15551234567", &cut));
+    assert_eq!(
+        next_call(&mut calls).await.body,
+        format!("{}&amp;…", "x".repeat(99))
+    );
+    // The same notice to a server without markup arrives as it is.
+    drop(calls);
+    drop(_server);
+    let (_server, mut calls) = start_server(bus.address(), &["body", "actions"]).await;
+    notifier.notify(notice("Bank <i>", hostile));
+    let plain = next_call(&mut calls).await;
+    assert_eq!(
+        (plain.summary.as_str(), plain.body.as_str()),
+        ("Bank <i>", hostile)
+    );
+
     // A disabled notifier sends nothing.
     Notifier::spawn(false).notify(notice("+15550001111", "silent"));
     notifier.notify(notice("+15550002222", "last"));

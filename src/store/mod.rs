@@ -34,11 +34,14 @@ pub use synthetic::fill_synthetic;
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;
+use std::ops::Deref;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior, params,
+};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -68,6 +71,19 @@ pub enum StoreError {
     /// The store thread is gone (only from StoreHandle).
     #[error("the store is closed")]
     Closed,
+    /// A search query longer than [`MAX_SEARCH_BYTES`].
+    #[error("the search query is {bytes} bytes long, more than the limit of {max}")]
+    QueryTooLong { bytes: usize, max: usize },
+    /// A search query with more different words than [`MAX_SEARCH_TERMS`].
+    #[error("the search query has {terms} different words, more than the limit of {max}")]
+    TooManyTerms { terms: usize, max: usize },
+    /// A search still running when its [`SEARCH_BUDGET`] ran out, stopped there.
+    #[error(
+        "the search took longer than its budget of {} ms and was stopped; \
+         try fewer or less common words",
+        budget.as_millis()
+    )]
+    OverBudget { budget: Duration },
 }
 
 /// An outgoing message as `SendMessage` accepted it.
@@ -120,6 +136,22 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../data/migrations/0004_sms_send.sql"),
     ),
 ];
+
+/// Longest search query, in bytes of UTF-8: a search box's words, with room to spare.
+pub const MAX_SEARCH_BYTES: usize = 1024;
+/// Most different words one search may have (after folding and removing repeats): every
+/// word is one more posting list to walk, and FTS5 parses an expression of n words in
+/// O(n²) (16,000 words took 0.4 s to parse on the development machine).
+pub const MAX_SEARCH_TERMS: usize = 16;
+/// Longest a search may run. Its statements are interrupted past it, checked every
+/// [`PROGRESS_STEPS`] SQLite VM steps. One step inside FTS5 (finding the next row that
+/// has every word) cannot be interrupted: on a million messages it is ~25 ms at worst for
+/// real texts, but up to ~0.6 s for texts made so that 16 common words never meet. That
+/// is why searches of a file store run on a connection and thread of their own
+/// ([`StoreHandle::call_read`]): whatever a search costs, it never holds up the writer.
+pub const SEARCH_BUDGET: Duration = Duration::from_millis(100);
+/// SQLite VM steps between two looks at the deadline (a look costs one clock read).
+const PROGRESS_STEPS: i32 = 1000;
 
 /// The tokenizer of `messages_fts` (data/migrations/0001_init.sql), used to split search
 /// queries the same way; a test checks that the two agree.
@@ -195,6 +227,10 @@ impl Store {
     /// Creates the parent directory (mode 0700) and the file (mode 0600, also -wal/-shm),
     /// WAL journal, synchronous=FULL (a commit survives power loss), migrations via
     /// PRAGMA user_version; refuses a newer schema (TooNew).
+    ///
+    /// Files and directory found with other modes are set to 0600 and 0700, with a log
+    /// line; only a directory shared on purpose (sticky, like /tmp) or someone else's is
+    /// left as it is, with a warning.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             DirBuilder::new()
@@ -202,6 +238,7 @@ impl Store {
                 .mode(0o700)
                 .create(dir)
                 .map_err(|source| io_error(dir, source))?;
+            make_private(dir, 0o700)?;
         }
         // SQLite gives -wal and -shm the mode of the database file, so creating the file
         // ourselves with 0600 covers all three.
@@ -217,7 +254,7 @@ impl Store {
             sidecar(path, "-wal"),
             sidecar(path, "-shm"),
         ] {
-            restrict_mode(&file)?;
+            make_private(&file, 0o600)?;
         }
         let conn = Connection::open(path)?;
         let store = Store::init(conn)?;
@@ -240,12 +277,29 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         migrate(&mut conn)?;
-        conn.execute_batch(&format!(
-            "CREATE VIRTUAL TABLE temp.search_query USING fts5 (q, tokenize = '{QUERY_TOKENIZER}');
-             CREATE VIRTUAL TABLE temp.search_query_terms
-                 USING fts5vocab ('temp', 'search_query', 'instance');"
-        ))?;
+        create_query_tables(&conn)?;
         Ok(Store { conn })
+    }
+
+    /// A second connection to the database of `path`, already opened (and migrated) by
+    /// [`Store::open`], for searches only: the [`StoreHandle`] runs them on a thread of
+    /// their own with it, so that a search never holds up the writer. WAL lets it read
+    /// while the store writes; it writes nothing but its own temp tables.
+    pub(super) fn open_reader(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        create_query_tables(&conn)?;
+        debug!(path = %path.display(), "search connection open");
+        Ok(Store { conn })
+    }
+
+    /// The database file, `None` for an in-memory store.
+    pub(super) fn file_path(&self) -> Option<PathBuf> {
+        self.conn
+            .path()
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
     }
 
     /// New outgoing message, status Queued, channel None, read true, id = new UUID v4.
@@ -502,6 +556,12 @@ impl Store {
     /// split into tokens by the index's own tokenizer (so `"`, `*`, `-`, `:`, `(`,
     /// `AND` ... are plain text or separators, never syntax), every token must match a
     /// whole word (case and accents aside), and a query without any token finds nothing.
+    /// A word given twice counts once.
+    ///
+    /// Bounded: a query longer than [`MAX_SEARCH_BYTES`] is `QueryTooLong`, one with
+    /// more than [`MAX_SEARCH_TERMS`] different words `TooManyTerms`, and a search still
+    /// running after [`SEARCH_BUDGET`] is stopped with `OverBudget`, so one hostile query
+    /// cannot hold up the store (and with it every send and every incoming message).
     ///
     /// Words do not match as prefixes: FTS5 answers a prefix query by merging the full
     /// posting lists of every matching word, 6 to 140 ms on a million messages, where a
@@ -509,13 +569,46 @@ impl Store {
     ///
     /// "Newest" is by arrival in the store, like everywhere in the store (the FTS index
     /// walks rowids backwards, which keeps this index-only).
-    pub fn search(&self, query: &str, limit: u32) -> Result<Vec<Message>> {
-        let Some(expr) = fts_expression(&self.query_tokens(query)?) else {
-            return Ok(Vec::new());
-        };
-        let mut stmt = self.conn.prepare_cached(SEARCH)?;
-        let rows = stmt.query_map(params![expr, limit], message_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    pub fn search(&mut self, query: &str, limit: u32) -> Result<Vec<Message>> {
+        self.search_within(query, limit, SEARCH_BUDGET)
+    }
+
+    /// [`Store::search`] with another time budget (tests).
+    fn search_within(&mut self, query: &str, limit: u32, budget: Duration) -> Result<Vec<Message>> {
+        if query.len() > MAX_SEARCH_BYTES {
+            return Err(StoreError::QueryTooLong {
+                bytes: query.len(),
+                max: MAX_SEARCH_BYTES,
+            });
+        }
+        let conn = Deadline::start(&mut self.conn, budget)?;
+        let found = (|| {
+            let terms = distinct(query_tokens(&conn, query)?);
+            if terms.len() > MAX_SEARCH_TERMS {
+                return Err(StoreError::TooManyTerms {
+                    terms: terms.len(),
+                    max: MAX_SEARCH_TERMS,
+                });
+            }
+            let Some(expr) = fts_expression(&terms) else {
+                return Ok(Vec::new());
+            };
+            let mut stmt = conn.prepare_cached(SEARCH)?;
+            let rows = stmt.query_map(params![expr, limit], message_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })();
+        match found {
+            Err(StoreError::Sqlite(e))
+                if e.sqlite_error_code() == Some(ErrorCode::OperationInterrupted) =>
+            {
+                debug!(
+                    budget_ms = budget.as_millis(),
+                    "search stopped at its budget"
+                );
+                Err(StoreError::OverBudget { budget })
+            }
+            other => other,
+        }
     }
 
     /// Marks every incoming message of the conversation read; returns how many changed.
@@ -608,23 +701,6 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// `query` split and folded exactly as the FTS index splits and folds bodies: through
-    /// the temp FTS5 table made in [`Store::init`] and its vocabulary (only this
-    /// connection sees it; it lives in memory).
-    fn query_tokens(&self, query: &str) -> Result<Vec<String>> {
-        self.conn
-            .prepare_cached("DELETE FROM temp.search_query")?
-            .execute([])?;
-        self.conn
-            .prepare_cached("INSERT INTO temp.search_query (rowid, q) VALUES (1, ?1)")?
-            .execute([query])?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT term FROM temp.search_query_terms ORDER BY offset")?;
-        let tokens = stmt.query_map([], |row| row.get(0))?;
-        Ok(tokens.collect::<rusqlite::Result<_>>()?)
-    }
-
     /// A write transaction, taking the write lock up front.
     fn write(&mut self) -> Result<Transaction<'_>> {
         Ok(self
@@ -637,6 +713,71 @@ impl Store {
         match self.conn.prepare_cached(sql)?.execute(params)? {
             0 => Err(StoreError::NotFound(id.to_owned())),
             _ => Ok(()),
+        }
+    }
+}
+
+/// The temp FTS5 table that splits search queries (see [`query_tokens`]); only the
+/// connection that makes it sees it, and it lives in memory.
+fn create_query_tables(conn: &Connection) -> Result<()> {
+    conn.execute_batch(&format!(
+        "CREATE VIRTUAL TABLE temp.search_query USING fts5 (q, tokenize = '{QUERY_TOKENIZER}');
+         CREATE VIRTUAL TABLE temp.search_query_terms
+             USING fts5vocab ('temp', 'search_query', 'instance');"
+    ))?;
+    Ok(())
+}
+
+/// `query` split and folded exactly as the FTS index splits and folds bodies: through
+/// the temp FTS5 table made in [`Store::init`] and its vocabulary (only this connection
+/// sees it; it lives in memory).
+fn query_tokens(conn: &Connection, query: &str) -> Result<Vec<String>> {
+    conn.prepare_cached("DELETE FROM temp.search_query")?
+        .execute([])?;
+    conn.prepare_cached("INSERT INTO temp.search_query (rowid, q) VALUES (1, ?1)")?
+        .execute([query])?;
+    let mut stmt =
+        conn.prepare_cached("SELECT term FROM temp.search_query_terms ORDER BY offset")?;
+    let tokens = stmt.query_map([], |row| row.get(0))?;
+    Ok(tokens.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The tokens without repeats, in the order of their first appearance.
+fn distinct(tokens: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    tokens
+        .into_iter()
+        .filter(|token| seen.insert(token.clone()))
+        .collect()
+}
+
+/// The store's connection with a deadline: a statement still running past it is
+/// interrupted (`SQLITE_INTERRUPT`, which rolls that statement back). The deadline goes
+/// when this is dropped, whatever happened in between, so that no later statement of the
+/// store (a write of the engine) can ever be interrupted by it.
+struct Deadline<'c> {
+    conn: &'c mut Connection,
+}
+
+impl<'c> Deadline<'c> {
+    fn start(conn: &'c mut Connection, budget: Duration) -> Result<Deadline<'c>> {
+        let end = Instant::now() + budget;
+        conn.progress_handler(PROGRESS_STEPS, Some(move || Instant::now() >= end))?;
+        Ok(Deadline { conn })
+    }
+}
+
+impl Deref for Deadline<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.progress_handler(0, None::<fn() -> bool>) {
+            warn!(cause = %e, "cannot remove the search deadline");
         }
     }
 }
@@ -814,17 +955,37 @@ fn sidecar(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Makes an existing file private to the user (0600); a missing file is fine.
-fn restrict_mode(path: &Path) -> Result<()> {
-    let mode = match fs::metadata(path) {
-        Ok(meta) => meta.permissions().mode(),
+/// Gives an existing file or directory exactly `mode` (0600, 0700), whatever it had, with
+/// a log line when that changes anything; a missing file is fine. A directory with the
+/// sticky bit (shared on purpose, like /tmp) or owned by another user is left as it is,
+/// with a warning: it is not ours to close.
+fn make_private(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(source) => return Err(io_error(path, source)),
     };
-    if mode & 0o077 != 0 {
-        warn!(path = %path.display(), mode = format_args!("{mode:o}"), "making the database private");
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-            .map_err(|source| io_error(path, source))?;
+    let found = meta.permissions().mode() & 0o7777;
+    if found == mode {
+        return Ok(());
     }
-    Ok(())
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ours = meta.uid() == unsafe { libc::geteuid() };
+    if meta.is_dir() && (found & 0o1000 != 0 || !ours) {
+        warn!(
+            path = %path.display(),
+            mode = format_args!("{found:o}"),
+            "the database's directory is shared; left as it is (the files in it are private)"
+        );
+        return Ok(());
+    }
+    warn!(
+        path = %path.display(),
+        from = format_args!("{found:o}"),
+        to = format_args!("{mode:o}"),
+        "making it private"
+    );
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|source| io_error(path, source))
 }

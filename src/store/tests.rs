@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::*;
 
@@ -174,6 +174,63 @@ fn database_files_are_private() {
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     Store::open(&loose).expect("open loose");
     assert_eq!(mode(&loose), 0o600);
+}
+
+/// Whatever modes the directory and files had, opening the store gives them 0700 and
+/// 0600 (a read-only database too, which SQLite could not write), but a shared
+/// directory (sticky, like /tmp) is not closed.
+#[test]
+fn existing_files_and_directory_are_made_private() {
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let path = data.join("messages.db");
+    let mut store = Store::open(&path).expect("open");
+    outgoing(&mut store, ALICE, "kept", 1);
+    drop(store);
+    for (dir_mode, file_mode) in [
+        (0o755, 0o644),
+        (0o777, 0o666),
+        (0o750, 0o400),
+        (0o700, 0o700),
+    ] {
+        chmod(&data, dir_mode);
+        for file in ["messages.db", "messages.db-wal", "messages.db-shm"] {
+            if data.join(file).exists() {
+                chmod(&data.join(file), file_mode);
+            }
+        }
+        let mut store = Store::open(&path).expect("reopen");
+        assert_eq!(mode(&data), 0o700, "{dir_mode:o}");
+        for file in ["messages.db", "messages.db-wal", "messages.db-shm"] {
+            if data.join(file).exists() {
+                assert_eq!(mode(&data.join(file)), 0o600, "{file} from {file_mode:o}");
+            }
+        }
+        // Still the same database, and writable.
+        assert_eq!(
+            texts(&store.get_messages(ALICE, None, 10).expect("read")),
+            ["kept"]
+        );
+        outgoing(&mut store, BOB, "written", 2);
+    }
+
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o1777);
+    let db = shared.join("messages.db");
+    drop(Store::open(&db).expect("open in a shared directory"));
+    assert_eq!(
+        std::fs::metadata(&shared)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+    assert_eq!(mode(&db), 0o600);
 }
 
 #[test]
@@ -803,14 +860,126 @@ fn search_survives_every_character() {
     for chunk in chars.chunks(4_000) {
         let from = u32::from(chunk[0]);
         let separated: String = chunk.iter().flat_map(|&c| [c, ' ']).collect();
-        let tokens = store.query_tokens(&separated).expect("tokens");
-        let again = store.query_tokens(&tokens.join(" ")).expect("tokens again");
+        let tokens = query_tokens(&store.conn, &separated).expect("tokens");
+        let again = query_tokens(&store.conn, &tokens.join(" ")).expect("tokens again");
         assert_eq!(tokens, again, "chars from U+{from:04X}");
+        // Every group of tokens the search could be given, alone or as runs make them,
+        // is a valid expression for the index.
         let joined: String = chunk.iter().collect();
-        if let Err(e) = store.search(&joined, 1) {
+        let runs = query_tokens(&store.conn, &joined).expect("tokens of runs");
+        for group in tokens
+            .chunks(MAX_SEARCH_TERMS)
+            .chain(runs.chunks(MAX_SEARCH_TERMS))
+        {
+            let expr = fts_expression(group).expect("tokens");
+            let found = store.conn.prepare_cached(SEARCH).and_then(|mut stmt| {
+                stmt.query_map(params![expr, 1], |_| Ok(()))?
+                    .collect::<rusqlite::Result<Vec<()>>>()
+            });
+            if let Err(e) = found {
+                panic!("chars from U+{from:04X}: {expr:?}: {e}");
+            }
+        }
+        // And the search itself, with the first characters of the chunk (16 characters
+        // make at most 16 words and 64 bytes).
+        let start: String = chunk.iter().take(MAX_SEARCH_TERMS).collect();
+        if let Err(e) = store.search(&start, 1) {
             panic!("chars from U+{from:04X}: {e}");
         }
     }
+}
+
+#[test]
+fn search_bounds_its_query() {
+    let mut store = store();
+    let hello = incoming(&mut store, ALICE, "hello there", 1);
+
+    // Bytes: the limit is accepted, one byte more is refused before any work.
+    let at_limit = format!("hello{}", " ".repeat(MAX_SEARCH_BYTES - 5));
+    assert_eq!(
+        ids(&store.search(&at_limit, 10).expect("at the limit")),
+        [hello.id.as_str()]
+    );
+    match store.search(&format!("{at_limit}x"), 10) {
+        Err(StoreError::QueryTooLong { bytes, max }) => {
+            assert_eq!((bytes, max), (MAX_SEARCH_BYTES + 1, MAX_SEARCH_BYTES))
+        }
+        other => panic!("expected QueryTooLong, got {other:?}"),
+    }
+    assert!(matches!(
+        store.search(&"hello ".repeat(200_000), 10),
+        Err(StoreError::QueryTooLong { .. })
+    ));
+
+    // Words: counted after folding and without repeats.
+    let repeated = "Hello HELLO héllo hello ".repeat(40);
+    assert!(repeated.len() <= MAX_SEARCH_BYTES);
+    assert_eq!(
+        ids(&store.search(&repeated, 10).expect("one word")),
+        [hello.id.as_str()]
+    );
+    let words = |n: usize| {
+        (0..n)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(
+        store
+            .search(&words(MAX_SEARCH_TERMS), 10)
+            .expect("16 words")
+            .is_empty()
+    );
+    let seventeen = format!(
+        "{} {}",
+        words(MAX_SEARCH_TERMS + 1),
+        words(MAX_SEARCH_TERMS)
+    );
+    match store.search(&seventeen, 10) {
+        Err(StoreError::TooManyTerms { terms, max }) => {
+            assert_eq!((terms, max), (MAX_SEARCH_TERMS + 1, MAX_SEARCH_TERMS))
+        }
+        other => panic!("expected TooManyTerms, got {other:?}"),
+    }
+    let e = store.search(&seventeen, 10).expect_err("too many");
+    assert_eq!(
+        e.to_string(),
+        "the search query has 17 different words, more than the limit of 16"
+    );
+}
+
+#[test]
+fn distinct_keeps_first_appearances_in_order() {
+    let tokens = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
+    assert_eq!(distinct(tokens), ["b", "a", "c"]);
+    assert!(distinct(Vec::new()).is_empty());
+}
+
+/// A search past its budget stops with OverBudget, and the deadline goes with it: the
+/// next statements, writes included, run as usual.
+#[test]
+fn search_stops_at_its_budget_and_leaves_no_deadline() {
+    let mut store = store();
+    // Enough rows that fetching them takes many more VM steps than PROGRESS_STEPS, so
+    // that the handler runs (and finds a zero budget spent) whatever the machine.
+    for i in 0..2_000 {
+        incoming(&mut store, ALICE, &format!("budget test {i}"), i);
+    }
+    match store.search_within("budget", 1000, Duration::ZERO) {
+        Err(StoreError::OverBudget { budget }) => assert_eq!(budget, Duration::ZERO),
+        other => panic!("expected OverBudget, got {:?}", other.map(|m| m.len())),
+    }
+    let e = StoreError::OverBudget {
+        budget: SEARCH_BUDGET,
+    };
+    assert!(e.to_string().contains("budget of 100 ms"), "{e}");
+    // No deadline is left behind: a long search and a write after it both work.
+    assert_eq!(store.search("budget", 1000).expect("search").len(), 1000);
+    std::thread::sleep(Duration::from_millis(5));
+    let later = outgoing(&mut store, BOB, "written after the budget", 5_000);
+    assert_eq!(store.get_message(&later.id).expect("stored"), later);
+    assert_eq!(store.search("budget", 1000).expect("search").len(), 1000);
+    assert_consistent(&store);
 }
 
 #[test]
@@ -1033,6 +1202,36 @@ async fn handle_runs_calls_on_the_store_thread() {
         .await
         .expect("still running");
     assert_eq!(count, 1);
+}
+
+/// Reads of a file store run on the search thread's own connection and see every
+/// committed write; an in-memory store's run on the store thread.
+#[tokio::test]
+async fn reads_run_beside_the_store_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = StoreHandle::spawn(Store::open(&dir.path().join("messages.db")).expect("open"));
+    let thread = || std::thread::current().name().map(str::to_owned);
+    for i in 0..3 {
+        handle
+            .call(move |store| Ok(incoming(store, ALICE, &format!("soup {i}"), i)))
+            .await
+            .expect("insert");
+        let (found, on) = handle
+            .call_read(move |store| Ok((store.search("soup", 10)?.len(), thread())))
+            .await
+            .expect("search");
+        assert_eq!(found, i as usize + 1, "the reader sees the commit");
+        assert_eq!(on.as_deref(), Some("tandem-search"));
+    }
+    // Errors come back as they are.
+    let too_long = handle
+        .call_read(|store| store.search(&"x".repeat(MAX_SEARCH_BYTES + 1), 10))
+        .await;
+    assert!(matches!(too_long, Err(StoreError::QueryTooLong { .. })));
+
+    let memory = StoreHandle::spawn(store());
+    let on = memory.call_read(move |_| Ok(thread())).await.expect("read");
+    assert_eq!(on.as_deref(), Some("tandem-store"));
 }
 
 #[tokio::test]

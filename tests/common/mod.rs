@@ -340,6 +340,23 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `within` for the daemon to exit by itself; its status, or `None` if it
+    /// is still running.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait for tandemd") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;

@@ -55,6 +55,7 @@ pub use crate::relay::protocol::{
     SendState,
 };
 pub use dial::{DialError, tls_with_roots};
+pub use token::{TokenError, make_private as make_token_private};
 
 /// What the client needs from the configuration.
 #[derive(Debug, Clone)]

@@ -3,7 +3,8 @@
 //! Owns the file's format (a small JSON object: the number the token belongs to and the
 //! token) and how it is written: a temporary file of mode 0600 in the same directory,
 //! synced, then renamed over the old one, so a crash leaves the old token or the new one,
-//! never half of one; missing parent directories are created with mode 0700.
+//! never half of one; missing parent directories are created with mode 0700. A file
+//! found with another mode than 0600 is set back to it ([`make_private`]).
 //! Must not: log the token (its `Debug` hides it), or decide when to register.
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -34,6 +35,11 @@ pub enum TokenError {
     },
     #[error("cannot remove the relay token {path:?}: {source}")]
     Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make the relay token {path:?} private: {source}")]
+    Mode {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -68,18 +74,43 @@ pub(crate) fn load(path: &Path) -> Result<Option<StoredToken>, TokenError> {
             });
         }
     };
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777),
-              "the relay token file is readable by others; it should be 0600");
-    }
+    make_private(path)?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|source| TokenError::Parse {
             path: path.to_owned(),
             source,
         })
+}
+
+/// Gives the token file mode 0600, whatever it had, with a log line when that changes
+/// anything; no file is fine. The daemon calls it at start (relay configured or not: a
+/// token left by an earlier configuration is a secret too), and [`load`] before reading.
+pub fn make_private(path: &Path) -> Result<(), TokenError> {
+    let mode = match fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(TokenError::Mode {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if mode == 0o600 {
+        return Ok(());
+    }
+    warn!(
+        path = %path.display(),
+        from = format_args!("{mode:o}"),
+        "the relay token file was not private; making it 0600"
+    );
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        TokenError::Mode {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Replaces the token file with `token` (mode 0600; parent directories made 0700).
@@ -187,6 +218,26 @@ mod tests {
         remove(&path).expect("remove");
         assert!(load(&path).expect("load").is_none());
         remove(&path).expect("removing nothing is fine");
+    }
+
+    #[test]
+    fn a_token_file_of_any_mode_is_made_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay-token");
+        make_private(&path).expect("no file is fine");
+        let token = StoredToken {
+            number: "+15550001111".to_owned(),
+            token: "ef".repeat(32),
+        };
+        for loose in [0o644, 0o666, 0o400, 0o755] {
+            save(&path, &token).expect("save");
+            fs::set_permissions(&path, fs::Permissions::from_mode(loose)).expect("chmod");
+            make_private(&path).expect("make private");
+            assert_eq!(mode(&path), 0o600, "from {loose:o}");
+            fs::set_permissions(&path, fs::Permissions::from_mode(loose)).expect("chmod");
+            assert_eq!(load(&path).expect("load"), Some(token.clone()));
+            assert_eq!(mode(&path), 0o600, "load, from {loose:o}");
+        }
     }
 
     #[test]
