@@ -206,6 +206,76 @@ async fn tandemd_sends_and_receives_through_the_real_modem_manager() {
     assert!(w.fake.faults().is_empty(), "{:#?}", w.fake.faults());
 }
 
+/// ModemManager killed and started again under a running daemon. Unlike the simulator's,
+/// the modem's storage outlives ModemManager: an SMS that arrived meanwhile is found there
+/// when the modem comes back.
+#[tokio::test]
+async fn follows_the_real_modem_manager_going_away_and_coming_back() {
+    let mut w = RealMm::start().await;
+    let session = Bus::start();
+    let signals = SignalLog::start(&session).await;
+    let conn = w.bus.connect().await;
+    mm::bring_up(&conn, &w.fake).await;
+    let _daemon = Daemon::start(
+        &session,
+        &w.bus,
+        &w.dir.path().join("tandem"),
+        &config_for(ALICE),
+    )
+    .await;
+    let api = client(&session).await;
+    let wait_modem = |state: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(&format!("ModemState {state}"), || async {
+                api.modem_state().await.ok().as_deref() == Some(state)
+            })
+            .await;
+        }
+    };
+    wait_modem("registered").await;
+
+    w.mm.kill();
+    wait_modem("absent").await;
+    let id = api
+        .send_message(BOB, "while ModemManager was away", no_options())
+        .await
+        .expect("SendMessage");
+    // Reaches the modem's storage; nobody hears the +CMTI.
+    let (mem, index) = w.fake.deliver(CAROL, "sent while nobody listened", &SCTS);
+
+    w.mm.restart().await;
+    let modem = mm::bring_up(&conn, &w.fake).await;
+    wait_modem("registered").await;
+    signals
+        .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_owned()))
+        .await;
+    let sent: Vec<_> = w
+        .fake
+        .submitted()
+        .into_iter()
+        .filter(|s| s.submit.text == "while ModemManager was away")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:#?}");
+    signals
+        .wait_until("received", |s| s.received().len() == 1)
+        .await;
+    let got = &signals.received()[0];
+    assert_eq!(
+        (got.peer.as_str(), got.text.as_str(), got.timestamp),
+        (CAROL, "sent while nobody listened", SCTS_MS)
+    );
+    eventually("the SMS deleted from the modem's storage", || async {
+        !w.fake.storage(mem).contains_key(&index)
+    })
+    .await;
+    eventually("no SMS objects left in ModemManager", || async {
+        mm::list_sms(&conn, &modem).await.is_empty()
+    })
+    .await;
+    assert_eq!(signals.received().len(), 1, "announced once");
+}
+
 /// Every `PropertiesChanged` of ModemManager's SMS objects: (path, State, MessageReference)
 /// as far as the signal carried them.
 type SmsChanges = Arc<Mutex<Vec<(String, Option<u32>, Option<u32>)>>>;
