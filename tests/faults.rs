@@ -238,3 +238,157 @@ fn counters(daemon: &Daemon) -> Vec<(String, u64)> {
         .and_then(|store| store.counters())
         .expect("the daemon's counters")
 }
+
+/// A small filesystem of its own (tmpfs), mounted on a temporary directory for one test and
+/// unmounted when dropped: a disk that can be filled and freed. Mounting needs root, as CI
+/// runs.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "this test mounts a small tmpfs to fill up, which needs root (CI runs as root)"
+        );
+        SmallDisk {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Writes a filler file until the disk is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(self.dir.join("filler")).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while filler.write_all(&small).is_ok() {}
+        let _ = filler.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// The daemon's disk fills up while SMS arrive and messages are sent, then is freed: what
+/// could not be stored stays on the modem and is stored (and announced) once as soon as
+/// there is room, without a restart; a send refused meanwhile is refused with an error,
+/// never accepted and lost.
+#[tokio::test]
+async fn a_full_disk_loses_nothing_and_recovers_once_freed() {
+    let (session, system) = (Bus::start(), Bus::start());
+    let _sim = Sim::start(&system, &[A]);
+    let sim = SimCtl::new(&system.connect().await).await;
+    let dir = temp_dir();
+    let disk = SmallDisk::mount(&dir.path().join("data"), "6m");
+    let mut daemon = Daemon::start(&session, &system, dir.path(), &config("")).await;
+    let api = client(&session).await;
+    let log = common::SignalLog::start(&session).await;
+    registered(&api).await;
+    api.send_message(OUTSIDE, "before", HashMap::new())
+        .await
+        .expect("a send while there is room");
+
+    disk.fill();
+    // Long texts: they need new pages, which a full disk cannot give.
+    let texts: Vec<String> = (0..3)
+        .map(|i| format!("arrived on a full disk {i}: {}", "x".repeat(1_000)))
+        .collect();
+    for text in &texts {
+        sim.inject_sms(A, OUTSIDE, text).await;
+    }
+    let refused = api
+        .send_message(OUTSIDE, &"y".repeat(1_200), HashMap::new())
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = sim.list_sms(A).await.len();
+    assert!(
+        daemon
+            .log_text()
+            .contains("cannot store an incoming sms; will try again"),
+        "the disk never refused a write: the test did not test anything"
+    );
+    assert!(waiting > 0, "unstored SMS must stay on the modem");
+    assert!(
+        log.received()
+            .iter()
+            .all(|m| !m.text.starts_with("arrived")),
+        "announced before stored"
+    );
+
+    disk.free();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = api
+            .get_messages(OUTSIDE, "", 100)
+            .await
+            .expect("GetMessages");
+        let all = texts
+            .iter()
+            .all(|t| stored.iter().filter(|m| &m.text == t).count() == 1);
+        if all && sim.list_sms(A).await.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not stored after the disk was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = api
+        .get_messages(OUTSIDE, "", 100)
+        .await
+        .expect("GetMessages");
+    for text in &texts {
+        assert_eq!(stored.iter().filter(|m| &m.text == text).count(), 1);
+        assert_eq!(
+            log.received().iter().filter(|m| &m.text == text).count(),
+            1,
+            "announced once"
+        );
+    }
+    // The send refused on the full disk was refused, not lost: an error came back, or it
+    // was accepted and then goes like any other.
+    let send_on_full_disk = if refused.is_err() {
+        "refused"
+    } else {
+        "accepted"
+    };
+    match refused {
+        Err(e) => assert!(e.to_string().contains("Error.Failed"), "{e}"),
+        Ok(id) => {
+            let status = status_of(&api, &id).await.expect("accepted is stored");
+            assert_ne!(status.0, "missing");
+        }
+    }
+    println!(
+        "{{\"test\":\"full_disk\",\"incoming\":{},\"waited_on_modem\":{waiting},\"send_on_full_disk\":\"{}\"}}",
+        texts.len(),
+        send_on_full_disk
+    );
+    daemon.stop();
+}

@@ -158,6 +158,41 @@ pub struct Engine {
     subscribed: HashSet<String>,
     /// When the earliest IP message waiting for its receipt is due to be revoked.
     next_deadline: Option<Instant>,
+    /// Work not done because the store failed (a full disk, an I/O error), done again
+    /// from here with backoff: see [`Deferred`].
+    deferred: Vec<Deferred>,
+    /// When the deferred work is tried next, and the pause after that.
+    deferred_at: Option<Instant>,
+    deferred_pause: Duration,
+}
+
+/// Work the engine could not finish because the store failed. It is kept and done again,
+/// with backoff, until the store takes it: an incoming SMS stays on the modem meanwhile
+/// (and is found again after a restart), an outcome of a send keeps its record.
+#[derive(Debug)]
+enum Deferred {
+    /// An incoming SMS not stored yet.
+    Incoming(IncomingSms),
+    /// A status report not applied yet.
+    Report(StatusReport),
+    /// How a send ended, not stored yet.
+    Outcome { id: String, outcome: SendOutcome },
+    /// An incoming message announced but not marked so: marked before anything else
+    /// (and only then deleted from the modem), or it would be announced again at start.
+    Announced {
+        id: String,
+        delete: Option<zbus::OwnedObjectPath>,
+    },
+}
+
+/// The first pause before deferred work is tried again, and the longest.
+const DEFERRED_FIRST_PAUSE: Duration = Duration::from_secs(1);
+const DEFERRED_MAX_PAUSE: Duration = Duration::from_secs(60);
+
+/// Whether a store error may pass (a full disk, an I/O error, a busy database) rather
+/// than say the thing is gone.
+fn transient(e: &StoreError) -> bool {
+    !matches!(e, StoreError::NotFound(_))
 }
 
 impl Engine {
@@ -189,6 +224,9 @@ impl Engine {
             next_refresh: None,
             subscribed: HashSet::new(),
             next_deadline: None,
+            deferred: Vec::new(),
+            deferred_at: None,
+            deferred_pause: DEFERRED_FIRST_PAUSE,
         }
     }
 
@@ -231,6 +269,7 @@ impl Engine {
             let refresh_at = self.next_refresh;
             let deadline_at = self.next_deadline;
             let early_code_at = self.early_code.as_ref().map(|(_, at)| *at);
+            let deferred_at = self.deferred_at;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(EngineCmd::Outbox) => self.pump().await,
@@ -267,6 +306,10 @@ impl Engine {
                     self.next_deadline = None;
                     self.revoke_overdue().await;
                 }
+                _ = sleep_until(deferred_at), if deferred_at.is_some() => {
+                    self.deferred_at = None;
+                    self.retry_deferred().await;
+                }
             }
         }
         debug!("engine stopped");
@@ -281,7 +324,10 @@ impl Engine {
             Ok(unannounced) => {
                 for message in unannounced {
                     info!(id = %message.id, "announcing a message stored before the daemon stopped");
-                    self.announce_received(message).await;
+                    let id = message.id.clone();
+                    if !self.announce_received(message).await {
+                        self.defer(Deferred::Announced { id, delete: None });
+                    }
                 }
             }
             Err(e) => warn!(cause = %e, "cannot read unannounced messages"),
@@ -445,16 +491,24 @@ impl Engine {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
                 let new_contact = !self.subscribed.contains(&message.peer);
-                self.announce_received(message).await;
+                let id = message.id.clone();
+                let marked = self.announce_received(message).await;
                 self.recount().await;
                 if new_contact {
                     self.subscribe_followed().await;
                 }
+                if !marked {
+                    // Deleted from the modem only once marked announced.
+                    let delete = self.config.delete_received.then_some(sms.path);
+                    return self.defer(Deferred::Announced { id, delete });
+                }
             }
             Ok(None) => debug!(path = %sms.path.as_str(), "sms already stored"),
             Err(e) => {
-                // Leave it on the modem: the next start (or List) tries again.
-                return warn!(cause = %e, path = %sms.path.as_str(), "cannot store an incoming sms");
+                // It stays on the modem (and is found again after a restart); tried again
+                // meanwhile, so that freeing the disk is enough.
+                warn!(cause = %e, path = %sms.path.as_str(), "cannot store an incoming sms; will try again");
+                return self.defer(Deferred::Incoming(sms));
             }
         }
         if self.config.delete_received {
@@ -497,7 +551,10 @@ impl Engine {
                 Delivery::Pending => debug!(id = %message.id, "status report: still trying"),
             },
             Ok(None) => debug!(%peer, reference, "status report for no message of ours"),
-            Err(e) => return warn!(cause = %e, "cannot apply a status report"),
+            Err(e) => {
+                warn!(cause = %e, "cannot apply a status report; will try again");
+                return self.defer(Deferred::Report(report));
+            }
         }
         if self.config.delete_received {
             self.command(ModemCommand::Delete { path: report.path })
@@ -594,6 +651,13 @@ impl Engine {
                         }
                         self.announce(Event::status_of(m)).await;
                     }
+                    Err(e) if transient(&e) => {
+                        warn!(%id, cause = %e, "cannot store that an SMS was sent; will try again");
+                        self.defer(Deferred::Outcome {
+                            id: id.clone(),
+                            outcome: SendOutcome::Sent { reference },
+                        });
+                    }
                     Err(e) => debug!(%id, cause = %e, "sent message not updated"),
                 }
             }
@@ -625,6 +689,15 @@ impl Engine {
             Ok((message, attempt)) => {
                 self.discard(attempt).await;
                 self.announce(Event::status_of(message)).await;
+            }
+            Err(e) if transient(&e) => {
+                warn!(%id, cause = %e, "cannot store the outcome of an SMS; will try again");
+                self.defer(Deferred::Outcome {
+                    id: id.to_owned(),
+                    outcome: SendOutcome::Unknown {
+                        reason: reason.to_owned(),
+                    },
+                });
             }
             Err(e) => debug!(%id, cause = %e, "message of unknown outcome not updated"),
         }
@@ -663,21 +736,37 @@ impl Engine {
             .store
             .call(move |s| Ok(s.outbox()?.into_iter().find(|e| e.message.id == key)))
             .await;
-        let Ok(Some(entry)) = entry else {
-            return debug!(%id, "failed message is no longer in the outbox");
+        let entry = match entry {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return debug!(%id, "failed message is no longer in the outbox"),
+            Err(e) => {
+                warn!(%id, cause = %e, "cannot read the outbox; will try again");
+                return self.defer(Deferred::Outcome {
+                    id: id.to_owned(),
+                    outcome: SendOutcome::NotSent(failure),
+                });
+            }
         };
-        self.count_failed_attempt(entry, failure, Duration::MAX)
-            .await;
+        if !self
+            .count_failed_attempt(entry, failure.clone(), Duration::MAX)
+            .await
+        {
+            self.defer(Deferred::Outcome {
+                id: id.to_owned(),
+                outcome: SendOutcome::NotSent(failure),
+            });
+        }
     }
 
     /// Counts one failed attempt and either queues the message again (after the router's
-    /// backoff, at most `max_delay`) or fails it for good.
+    /// backoff, at most `max_delay`) or fails it for good; `false` when the store could
+    /// not take it now.
     async fn count_failed_attempt(
         &mut self,
         entry: OutboxEntry,
         failure: SendFailure,
         max_delay: Duration,
-    ) {
+    ) -> bool {
         let id = entry.message.id;
         let attempts = entry.attempts + 1;
         let (status, due, error) = match router::retry(
@@ -704,8 +793,12 @@ impl Engine {
             Ok((message, attempt)) => {
                 self.discard(attempt).await;
                 self.announce(Event::status_of(message)).await;
+                true
             }
-            Err(e) => warn!(%id, cause = %e, "cannot record the attempt"),
+            Err(e) => {
+                warn!(%id, cause = %e, "cannot record the attempt");
+                !transient(&e)
+            }
         }
     }
 
@@ -852,7 +945,7 @@ impl Engine {
     /// Announces a stored incoming message: the signal (waiting until it is on the bus),
     /// the notification, then the mark in the store. A crash before the mark makes the
     /// next start announce it (see [`Engine::recover`]); one after it never repeats it.
-    async fn announce_received(&self, message: Message) {
+    async fn announce_received(&self, message: Message) -> bool {
         let (emitted, on_bus) = oneshot::channel();
         let id = message.id.clone();
         let notice = Notice {
@@ -864,15 +957,63 @@ impl Engine {
             emitted: Some(emitted),
         };
         if self.events.send(announcement).await.is_err() {
-            return debug!("nobody publishes events any more");
+            // Shutting down: announced at the next start.
+            debug!("nobody publishes events any more");
+            return true;
         }
         if tokio::time::timeout(EMIT_TIMEOUT, on_bus).await.is_err() {
             warn!(%id, "MessageReceived not confirmed on the bus in time");
         }
         self.notifier.notify(notice);
-        let key = id.clone();
-        if let Err(e) = self.store.call(move |s| s.mark_announced(&key)).await {
-            warn!(%id, cause = %e, "cannot mark the message announced");
+        self.mark_announced(&id).await
+    }
+
+    /// Stores that an incoming message was announced; `false` when the store could not
+    /// take it now (see [`Deferred::Announced`]).
+    async fn mark_announced(&self, id: &str) -> bool {
+        let key = id.to_owned();
+        match self.store.call(move |s| s.mark_announced(&key)).await {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(%id, cause = %e, "cannot mark the message announced");
+                !transient(&e)
+            }
+        }
+    }
+
+    /// Keeps work the store could not take, to be done again (see [`Deferred`]).
+    fn defer(&mut self, work: Deferred) {
+        debug!(?work, "deferred until the store takes it");
+        self.deferred.push(work);
+        if self.deferred_at.is_none() {
+            self.deferred_at = Some(Instant::now() + self.deferred_pause);
+        }
+    }
+
+    /// Does the deferred work again, in the order it came; what fails again is deferred
+    /// again, after a longer pause.
+    async fn retry_deferred(&mut self) {
+        let work = std::mem::take(&mut self.deferred);
+        info!(count = work.len(), "trying deferred work again");
+        for item in work {
+            match item {
+                Deferred::Incoming(sms) => self.on_incoming(sms).await,
+                Deferred::Report(report) => self.on_report(report).await,
+                Deferred::Outcome { id, outcome } => self.on_send_result(id, outcome).await,
+                Deferred::Announced { id, delete } => {
+                    if !self.mark_announced(&id).await {
+                        self.defer(Deferred::Announced { id, delete });
+                    } else if let Some(path) = delete {
+                        self.command(ModemCommand::Delete { path }).await;
+                    }
+                }
+            }
+        }
+        if self.deferred.is_empty() {
+            self.deferred_pause = DEFERRED_FIRST_PAUSE;
+        } else {
+            self.deferred_pause = (self.deferred_pause * 2).min(DEFERRED_MAX_PAUSE);
+            self.deferred_at = Some(Instant::now() + self.deferred_pause);
         }
     }
 
@@ -1520,6 +1661,54 @@ mod tests {
                 .expect("attempts")
                 .is_empty()
         );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_sms_the_full_store_refused_is_stored_and_announced_once_room_is_made() {
+        let mut store = Store::open_in_memory().expect("store");
+        store.set_full(true).expect("full");
+        let mut rig = Rig::start(store);
+        let long = "a text too long to fit in the pages left. ".repeat(200);
+        let incoming = sms("+15550002222", "2024-05-01T12:34:56+02", &long, "/sms/4");
+        rig.modem_events
+            .send(ModemEvent::Incoming(incoming.clone()))
+            .await
+            .expect("send");
+        // Not stored: not announced, and left on the modem.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(rig.announcements.try_recv().is_err(), "announced unstored");
+        assert!(rig.modem_commands.try_recv().is_err(), "deleted unstored");
+        // Room again: the next try (1 s after the failure) stores, announces, deletes.
+        rig.store.call(|s| s.set_full(false)).await.expect("room");
+        match rig.announced().await {
+            Event::Received(m) => assert_eq!(m.text, long),
+            other => panic!("expected MessageReceived, got {other:?}"),
+        }
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete {
+                path: incoming.path.clone()
+            }
+        );
+        // Found again on the modem later: a no-op, never a second message.
+        rig.modem_events
+            .send(ModemEvent::Incoming(incoming.clone()))
+            .await
+            .expect("send");
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete {
+                path: incoming.path
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        while let Ok(a) = rig.announcements.try_recv() {
+            assert!(
+                !matches!(a.event, Event::Received(_)),
+                "announced twice: {a:?}"
+            );
+        }
         rig.stop().await;
     }
 

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use std::time::Duration;
 
-use super::{Engine, Event};
+use super::{Deferred, Engine, Event};
 use crate::domain::{Channel, ChannelRequest, Message, Presence, RelayState, Status, now_ms};
 use crate::modem::{IncomingSms, ModemCommand};
 use crate::relay::client::{
@@ -196,7 +196,10 @@ impl Engine {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "ip message received");
                 let new_contact = !self.subscribed.contains(&message.peer);
-                self.announce_received(message).await;
+                let id = message.id.clone();
+                if !self.announce_received(message).await {
+                    self.defer(Deferred::Announced { id, delete: None });
+                }
                 self.recount().await;
                 if new_contact {
                     self.subscribe_followed().await;

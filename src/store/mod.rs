@@ -356,6 +356,9 @@ impl Store {
         let tx = self.write()?;
         let message = insert_incoming_in(&tx, m)?;
         tx.commit()?;
+        if let Some(message) = &message {
+            debug!(id = %message.id, "incoming message stored");
+        }
         Ok(message)
     }
 
@@ -782,6 +785,20 @@ impl Drop for Deadline<'_> {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Makes the database as full as a full disk would (no page may be added), or gives
+    /// it room again: for tests of what the daemon does on a full disk.
+    pub(crate) fn set_full(&mut self, full: bool) -> Result<()> {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        let max = if full { pages } else { 1_073_741_823 };
+        self.conn.pragma_update(None, "max_page_count", max)?;
+        Ok(())
+    }
+}
+
 /// [`Store::insert_incoming`] inside the caller's transaction.
 fn insert_incoming_in(tx: &Transaction, m: &NewIncoming) -> Result<Option<Message>> {
     let dedupe = key_digest(m.dedupe_key);
@@ -806,7 +823,7 @@ fn insert_incoming_in(tx: &Transaction, m: &NewIncoming) -> Result<Option<Messag
         dedupe,
     ])?;
     advance_conversation(tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 1)?;
-    debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message stored");
+    debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message inserted");
     Ok(Some(Message {
         id: uuid.to_string(),
         peer: m.peer.to_owned(),
