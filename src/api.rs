@@ -601,6 +601,16 @@ impl Messages {
         Ok((e.segments, e.encoding.as_str().to_owned(), e.remaining))
     }
 
+    /// How often the daemon met each case its reliability rules count
+    /// (docs/reliability.md), by name, since the database was made: `sms-outcome-unknown`
+    /// (an SMS failed because whether it went out could not be known, and was not sent
+    /// again), `sms-orphan-removed` (an unsent SMS object left by a crash, removed from the
+    /// modem). A name not listed has not happened; names are added over time.
+    async fn get_counters(&self) -> Result<HashMap<String, u64>> {
+        let counters = self.store.call(|s| s.counters()).await?;
+        Ok(counters.into_iter().collect())
+    }
+
     #[zbus(signal)]
     pub async fn message_received(
         emitter: &SignalEmitter<'_>,

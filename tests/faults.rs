@@ -212,7 +212,7 @@ async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
             _ => stored_twice += 1,
         }
     }
-    let counters = counters(&daemon);
+    let counters = counters(&api).await;
     println!(
         "{{\"test\":\"kill_9_of_tandemd\",\"kill_points\":{kills},\"accepted\":{},\"sent_once\":{once},\
          \"doubled\":{doubled},\"lost\":{lost},\"failed_unknown_outcome\":{unknown},\"failed_other\":{failed},\
@@ -231,12 +231,16 @@ async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
     );
 }
 
-/// The reliability counters the daemon keeps in its store (read beside it: SQLite's WAL
-/// lets a second reader in while the daemon runs).
-fn counters(daemon: &Daemon) -> Vec<(String, u64)> {
-    tandem::store::Store::open(&daemon.db_path())
-        .and_then(|store| store.counters())
-        .expect("the daemon's counters")
+/// The reliability counters, as `GetCounters` gives them, by name.
+async fn counters(api: &MessagesProxy<'_>) -> Vec<(String, u64)> {
+    let mut counters: Vec<(String, u64)> = api
+        .get_counters()
+        .await
+        .expect("GetCounters")
+        .into_iter()
+        .collect();
+    counters.sort();
+    counters
 }
 
 /// A small filesystem of its own (tmpfs), mounted on a temporary directory for one test and
@@ -433,7 +437,7 @@ async fn modem_manager_killed_mid_send_never_doubles() {
     let mut sim_proc = Sim::start(&system, &[A]);
     let sim = SimCtl::new(&system.connect().await).await;
     let dir = temp_dir();
-    let daemon = Daemon::start(&session, &system, dir.path(), &config("")).await;
+    let _daemon = Daemon::start(&session, &system, dir.path(), &config("")).await;
     let api = client(&session).await;
     registered(&api).await;
 
@@ -474,7 +478,7 @@ async fn modem_manager_killed_mid_send_never_doubles() {
             }
         }
     }
-    let counters = counters(&daemon);
+    let counters = counters(&api).await;
     let counted = counters
         .iter()
         .find(|(name, _)| name == "sms-outcome-unknown")

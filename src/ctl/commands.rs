@@ -170,6 +170,7 @@ impl Client {
             modem_state: self.api.modem_state().await?,
             relay_state: self.api.relay_state().await?,
             unread_count: self.api.unread_count().await?,
+            counters: self.api.get_counters().await?.into_iter().collect(),
         })
     }
 

@@ -77,6 +77,8 @@ pub struct StatusJson {
     pub modem_state: String,
     pub relay_state: String,
     pub unread_count: u32,
+    /// `GetCounters`: the cases the reliability rules count, by name.
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// `EstimateSms`'s answer, as `estimate --json` prints it.
@@ -281,7 +283,11 @@ pub fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()> {
     writeln!(out, "own number  {own}")?;
     writeln!(out, "modem       {}", s.modem_state)?;
     writeln!(out, "relay       {}", s.relay_state)?;
-    writeln!(out, "unread      {}", s.unread_count)
+    writeln!(out, "unread      {}", s.unread_count)?;
+    for (name, count) in &s.counters {
+        writeln!(out, "counted     {name} {count}")?;
+    }
+    Ok(())
 }
 
 /// `estimate`.
@@ -329,6 +335,24 @@ pub fn event_line(out: &mut dyn Write, now_ms: i64, event: &EventJson<'_>) -> io
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn status_lines_show_what_was_counted() {
+        let mut out = Vec::new();
+        let status = StatusJson {
+            own_number: String::new(),
+            modem_state: "absent".into(),
+            relay_state: "offline".into(),
+            unread_count: 2,
+            counters: [("sms-outcome-unknown".to_owned(), 1)].into(),
+        };
+        status_lines(&mut out, &status).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "own number  unknown\nmodem       absent\nrelay       offline\nunread      2\n\
+             counted     sms-outcome-unknown 1\n"
+        );
+    }
+
     use super::*;
 
     fn message(direction: &str, status: &str, read: bool, error: Option<&str>) -> MessageDict {
