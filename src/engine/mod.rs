@@ -1376,6 +1376,32 @@ mod tests {
             .expect("record");
     }
 
+    /// A rig on a store holding one message (`text`) recorded as being sent on object 3 when
+    /// the daemon died, past the `Resolve` it asks at start, with the modem registered.
+    async fn resolving(text: &str, since_ms: i64) -> (Rig, String) {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", text);
+        died_while_sending(&mut store, &id, &object(3), since_ms);
+        let mut rig = Rig::start(store);
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Resolve { .. }
+        ));
+        registered(&rig).await;
+        (rig, id)
+    }
+
+    async fn modem_event(rig: &Rig, event: ModemEvent) {
+        rig.modem_events.send(event).await.expect("send");
+    }
+
+    async fn attempts(rig: &Rig) -> Vec<SmsAttempt> {
+        rig.store
+            .call(|s| s.sms_attempts())
+            .await
+            .expect("attempts")
+    }
+
     #[tokio::test]
     async fn an_sms_is_recorded_before_it_is_sent_and_sent_once() {
         let mut store = Store::open_in_memory().expect("store");
@@ -1508,25 +1534,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_sms_found_unsent_after_a_crash_goes_again_as_a_counted_attempt() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "not yet");
-        died_while_sending(&mut store, &id, &object(3), now_ms());
-        let mut rig = Rig::start(store);
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Resolve { .. }
-        ));
-        registered(&rig).await;
-        rig.modem_events
-            .send(ModemEvent::SendResult {
+        let (rig, id) = resolving("not yet", now_ms()).await;
+        modem_event(
+            &rig,
+            ModemEvent::SendResult {
                 id: id.clone(),
                 outcome: SendOutcome::NotSent(SendFailure {
                     temporary: true,
                     reason: "not sent when the daemon stopped".into(),
                 }),
-            })
-            .await
-            .expect("send");
+            },
+        )
+        .await;
         let entry = loop {
             let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
             if outbox[0].attempts == 1 {
@@ -1535,36 +1554,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(entry.message.status, Status::Queued);
-        assert!(
-            rig.store
-                .call(|s| s.sms_attempts())
-                .await
-                .expect("attempts")
-                .is_empty()
-        );
+        assert!(attempts(&rig).await.is_empty());
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn an_sms_of_unknown_fate_fails_counted_and_is_never_sent_again() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "maybe");
-        died_while_sending(&mut store, &id, &object(3), now_ms());
-        let mut rig = Rig::start(store);
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Resolve { .. }
-        ));
-        registered(&rig).await;
-        rig.modem_events
-            .send(ModemEvent::SendResult {
+        let (mut rig, id) = resolving("maybe", now_ms()).await;
+        modem_event(
+            &rig,
+            ModemEvent::SendResult {
                 id: id.clone(),
                 outcome: SendOutcome::Unknown {
                     reason: "ModemManager restarted while it was being sent".into(),
                 },
-            })
-            .await
-            .expect("send");
+            },
+        )
+        .await;
         let failed = until_status(&rig, &id, Status::Failed).await;
         let error = failed.error.expect("a reason");
         assert!(error.contains("may not have been sent"), "{error}");
