@@ -460,13 +460,35 @@ impl ErrorCode {
 #[error("{0}")]
 pub struct DecodeError(#[from] serde_json::Error);
 
+impl DecodeError {
+    /// The frame is JSON, but not an object.
+    fn not_an_object() -> DecodeError {
+        DecodeError(serde::de::Error::custom("a frame must be a JSON object"))
+    }
+}
+
+/// Whether `text` can only be a JSON object: its first non-blank character is `{`.
+/// serde's tagged enums also take an array (`["ping"]` would be a `ping`), which the
+/// protocol does not allow; the rest of the text is checked by the decoder, which takes
+/// exactly one value.
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+}
+
 /// Reads one client frame from the text of a WebSocket message.
 pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
+    if !is_object(text) {
+        return Err(DecodeError::not_an_object());
+    }
     Ok(serde_json::from_str(text)?)
 }
 
 /// Reads one server frame from the text of a WebSocket message.
 pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
+    if !is_object(text) {
+        return Err(DecodeError::not_an_object());
+    }
     Ok(serde_json::from_str(text)?)
 }
 
@@ -622,8 +644,25 @@ mod tests {
             r#"{"type":"subscribe","numbers":"+1555"}"#,
             r#"{"type":"ping","n":1.5}"#,
             r#"{"type":"hello","v":1} trailing"#,
+            // serde's tagged enums take a sequence too; a frame is an object only.
+            r#"["ping"]"#,
+            r#"["ping",7]"#,
+            r#" ["hello",1,"x"]"#,
+            r#"["send","m","+15550001111","hi",0]"#,
+            r#"["subscribe",[]]"#,
         ] {
             assert!(decode_client(json).is_err(), "accepted {json:?}");
+        }
+        // Blanks before the object are still JSON.
+        assert_eq!(
+            decode_client(" \r\n\t{\"type\":\"ping\"}").expect("decode"),
+            ClientFrame::Ping { n: 0 }
+        );
+        for json in [
+            r#"["pong",7]"#,
+            r#"["error",["internal","m",null,null,true]]"#,
+        ] {
+            assert!(decode_server(json).is_err(), "accepted {json:?}");
         }
     }
 
