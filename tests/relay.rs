@@ -142,6 +142,22 @@ where
         }
     }
 
+    /// The text of the next frame, undecoded (skipping WebSocket pings and pongs).
+    async fn recv_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open")
+                .expect("a readable frame");
+            match message {
+                Message::Text(text) => return text.as_str().to_owned(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
     /// Asserts that no frame arrives within `wait`.
     async fn quiet(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
@@ -1504,6 +1520,19 @@ async fn oversized_and_malformed_frames_close_only_that_connection() {
             ErrorCode::UnsupportedVersion,
         ),
         (false, Message::text("[]"), ErrorCode::Malformed),
+        // serde's tagged enums also take an array: a frame is an object only.
+        (false, Message::text(r#"["hello",1]"#), ErrorCode::Malformed),
+        (true, Message::text(r#"["ping"]"#), ErrorCode::Malformed),
+        (true, Message::text(r#" ["ping",7]"#), ErrorCode::Malformed),
+        // A text message that is not UTF-8 is answered, not just hung up on.
+        (true, invalid_utf8_text(), ErrorCode::Malformed),
+        (false, invalid_utf8_text(), ErrorCode::Malformed),
+        // serde's error quotes the input: the error frame shows only a short part of it.
+        (
+            true,
+            Message::text(format!(r#"{{"type":"x\n{}"}}"#, "y".repeat(3000))),
+            ErrorCode::Malformed,
+        ),
     ];
     for (n, (greet, message, code)) in cases.into_iter().enumerate() {
         let mut client = if greet {
@@ -1514,8 +1543,126 @@ async fn oversized_and_malformed_frames_close_only_that_connection() {
         client.put_raw(message).await;
         let error = client.fatal(code).await;
         assert!(!error.message.is_empty());
+        assert!(error.message.len() < 300, "{}", error.message);
         still_serving(&mut alice, &mut bob, &format!("s{}", n + 1)).await;
     }
+    relay.stop().await;
+}
+
+/// A WebSocket text message whose payload is not UTF-8.
+fn invalid_utf8_text() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let payload = b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}".to_vec();
+    Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true))
+}
+
+#[tokio::test]
+async fn error_frames_never_echo_long_input() {
+    // Every request with a long invalid field is refused with a short error frame: a
+    // client cannot make the relay hold or send back what it sent.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let long = format!("+1\n{}", "9".repeat(200_000));
+    let long_id = "x".repeat(200_000);
+    let requests = [
+        (
+            ClientFrame::Send {
+                id: long_id.clone(),
+                to: BOB.to_owned(),
+                text: "hi".to_owned(),
+                ts: 0,
+            },
+            ErrorCode::InvalidId,
+            None,
+        ),
+        (
+            ClientFrame::Send {
+                id: "m1".to_owned(),
+                to: long.clone(),
+                text: "hi".to_owned(),
+                ts: 0,
+            },
+            ErrorCode::InvalidNumber,
+            Some("m1"),
+        ),
+        (
+            ClientFrame::Revoke {
+                id: long_id.clone(),
+            },
+            ErrorCode::UnknownMessage,
+            None,
+        ),
+        (
+            ClientFrame::Ack {
+                from: long.clone(),
+                id: "m1".to_owned(),
+            },
+            ErrorCode::InvalidNumber,
+            None,
+        ),
+        (
+            ClientFrame::Ack {
+                from: BOB.to_owned(),
+                id: long_id.clone(),
+            },
+            ErrorCode::InvalidId,
+            None,
+        ),
+        (
+            ClientFrame::Subscribe {
+                numbers: vec![BOB.to_owned(), long.clone()],
+            },
+            ErrorCode::InvalidNumber,
+            None,
+        ),
+        (
+            ClientFrame::Typing {
+                to: long.clone(),
+                active: true,
+            },
+            ErrorCode::InvalidNumber,
+            None,
+        ),
+    ];
+    for (request, code, id) in requests {
+        let kind = request.kind();
+        alice.put(&request).await;
+        let text = alice.recv_text().await;
+        assert!(text.len() < 400, "{kind}: {} bytes of answer", text.len());
+        match decode_server(&text).expect("a frame") {
+            ServerFrame::Error(error) => {
+                assert_eq!((error.code, error.re.as_deref()), (code, Some(kind)));
+                assert!(!error.fatal);
+                assert_eq!(error.id.as_deref(), id, "{kind}");
+            }
+            other => panic!("{kind}: expected an error, got {other:?}"),
+        }
+    }
+    // Short invalid ids are still named, so a client can tell which request failed.
+    alice.send_text("a b", BOB, "hi").await;
+    let error = alice.error(ErrorCode::InvalidId).await;
+    assert_eq!(error.id.as_deref(), Some("a b"));
+    // Before login, too.
+    let mut client = relay.client().await;
+    for request in [
+        ClientFrame::Register {
+            number: long.clone(),
+        },
+        ClientFrame::Verify {
+            number: long.clone(),
+            code: "1".repeat(10_000),
+        },
+    ] {
+        client.put(&request).await;
+        let text = client.recv_text().await;
+        assert!(text.len() < 400, "{} bytes of answer", text.len());
+        match decode_server(&text).expect("a frame") {
+            ServerFrame::Error(error) => assert_eq!(error.code, ErrorCode::InvalidNumber),
+            other => panic!("expected invalid-number, got {other:?}"),
+        }
+    }
+    alice.sync().await;
     relay.stop().await;
 }
 
@@ -1727,14 +1874,24 @@ fn rss_kib(pid: u32) -> u64 {
 /// Starts the `tandem-relay` binary on 127.0.0.1:0 (`--verify none`, a database in
 /// `dir`); returns it and its address.
 fn spawn_relay_bin(dir: &Path, extra: &[&std::ffi::OsStr]) -> (Reaped, SocketAddr) {
+    spawn_relay_bin_with(dir, extra, std::process::Stdio::null())
+}
+
+/// [`spawn_relay_bin`] with its log (stderr) going to `stderr`.
+fn spawn_relay_bin_with(
+    dir: &Path,
+    extra: &[&std::ffi::OsStr],
+    stderr: std::process::Stdio,
+) -> (Reaped, SocketAddr) {
     use std::io::BufRead as _;
 
     let mut child = relay_bin()
         .args(["--listen", "127.0.0.1:0", "--verify", "none", "--db"])
         .arg(dir.join("relay.db"))
         .args(extra)
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start tandem-relay");
     let stdout = child.stdout.take().expect("stdout");
@@ -1757,6 +1914,74 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The relay's log (stderr, `-v`) in `dir/relay.log`, once `relay` has been killed.
+fn relay_log(dir: &Path) -> String {
+    let bytes = std::fs::read(dir.join("relay.log")).expect("the relay's log");
+    String::from_utf8(bytes).expect("the log is UTF-8")
+}
+
+#[tokio::test]
+async fn clients_cannot_write_into_the_log() {
+    // What a client sends reaches the relay's log only checked, or as a short escaped
+    // excerpt: no forged line, no terminal escape, no long line.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log file");
+    let (child, addr) = spawn_relay_bin_with(dir.path(), &["-v".as_ref()], log.into());
+    let relay = Relay {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    let forged = "\n2030-01-01T00:00:00.000000Z  INFO tandem::relay: FORGED \u{1b}[2J\u{1b}[31m";
+    let long = |head: &str| format!("{head}{forged}{}", "9".repeat(200_000));
+
+    // hello's client name (logged at debug), login's number (logged when refused).
+    let mut client = relay.raw().await;
+    client
+        .put(&ClientFrame::Hello {
+            v: 1,
+            client: Some(long("tandemd")),
+        })
+        .await;
+    assert!(matches!(client.recv().await, ServerFrame::Welcome { .. }));
+    client
+        .put(&ClientFrame::Login {
+            number: long("+1"),
+            token: "0".repeat(64),
+        })
+        .await;
+    client.fatal(ErrorCode::AuthFailed).await;
+    // Requests refused for their input, and malformed frames (whose reason is logged).
+    let (mut alice, _) = relay.account(ALICE).await;
+    alice.send_text("m1", &long("+1"), "hi").await;
+    alice.error(ErrorCode::InvalidNumber).await;
+    alice.put(&ClientFrame::Revoke { id: long("m") }).await;
+    alice.error(ErrorCode::UnknownMessage).await;
+    for message in [
+        // serde's error quotes the unknown type, newline and escapes included.
+        Message::text(serde_json::json!({ "type": long("x") }).to_string()),
+        Message::text(format!(
+            "{{\"type\":\"ping\",\"n\":\"{}\"}}",
+            "x".repeat(1000)
+        )),
+        invalid_utf8_text(),
+    ] {
+        let mut client = relay.client().await;
+        client.put_raw(message).await;
+        client.fatal(ErrorCode::Malformed).await;
+    }
+    alice.sync().await;
+    drop(child);
+
+    let log = relay_log(dir.path());
+    assert!(log.contains("login refused"), "{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("2030-"), "a forged log line: {line:?}");
+        assert!(!line.contains('\u{1b}'), "a terminal escape: {line:?}");
+        assert!(line.len() < 1000, "a line of {} bytes", line.len());
     }
 }
 

@@ -35,9 +35,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use super::RelayConfig;
 use super::hub::{ConnId, HubCmd, Outbound};
 use super::outbox::{OutboxRx, TryRecvError, outbox};
+use super::{RelayConfig, clip, excerpt};
 use crate::relay::protocol::{
     ClientFrame, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerFrame, decode_client, encode,
 };
@@ -117,7 +117,8 @@ where
     let ws = match Box::pin(ctx.handshake(handshake)).await {
         Some(Ok(ws)) => ws,
         Some(Err(err)) => {
-            debug!(peer = %ctx.peer, cause = %err, "WebSocket handshake failed");
+            let cause = clip(&err.to_string(), 200);
+            debug!(peer = %ctx.peer, %cause, "WebSocket handshake failed");
             return;
         }
         None => {
@@ -202,6 +203,11 @@ where
                         Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                             let message = format!("a message of {size} bytes, more than this relay's {max_size}");
                             return fatal(ErrorCode::FrameTooLarge, message);
+                        }
+                        // A text message that is not UTF-8: the connection still works,
+                        // so the client hears why it is closed.
+                        Some(Err(WsError::Utf8(_))) => {
+                            return fatal(ErrorCode::Malformed, "a text message that is not UTF-8");
                         }
                         Some(Err(err)) => {
                             debug!(conn = self.ctx.id, cause = %err, "read failed");
@@ -321,7 +327,11 @@ where
     ) -> Option<End> {
         let frame = match decode_client(text) {
             Ok(frame) => frame,
-            Err(err) => return Some(fatal(ErrorCode::Malformed, err.to_string())),
+            Err(err) => {
+                // serde's message may quote the input: only a short, escaped part of it.
+                let message = format!("not a valid frame: {}", clip(&err.to_string(), 120));
+                return Some(fatal(ErrorCode::Malformed, message));
+            }
         };
         match (self.opened, frame) {
             (false, ClientFrame::Hello { v, client }) => {
@@ -329,7 +339,8 @@ where
                     let message = format!("this relay speaks version {PROTOCOL_VERSION} only");
                     return Some(fatal(ErrorCode::UnsupportedVersion, message));
                 }
-                debug!(conn = self.ctx.id, peer = %self.ctx.peer, client = client.as_deref().unwrap_or(""), "hello");
+                let client = excerpt(client.as_deref().unwrap_or(""));
+                debug!(conn = self.ctx.id, peer = %self.ctx.peer, %client, "hello");
                 let capacity =
                     self.ctx.config.deliver_window as usize + REQUEST_BUDGET + OUTBOUND_SLACK;
                 let (tx, rx) = outbox(capacity);

@@ -44,9 +44,9 @@ use super::db::{Db, DbError, MsgState};
 use super::outbox::OutboxTx;
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
-use super::{RelayConfig, RelayError, Verify};
+use super::{RelayConfig, RelayError, Verify, excerpt};
 use crate::relay::protocol::{
-    ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, PresenceEntry, PresenceState,
+    ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, MAX_ID_BYTES, PresenceEntry, PresenceState,
     ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, encode, is_e164, is_message_id,
 };
 
@@ -224,6 +224,21 @@ fn ms(d: Duration) -> i64 {
 
 fn err(code: ErrorCode, message: impl Into<String>, re: &str) -> ErrorFrame {
     ErrorFrame::new(code, message).re(re)
+}
+
+/// The message of an `invalid-number` error: the number only as a short excerpt.
+fn not_e164(number: &str) -> String {
+    format!("{} is not an E.164 number", excerpt(number))
+}
+
+/// `error` with `id`: the id this answers, if it is short enough to echo (an invalid id
+/// of any length may reach the relay; what it sends back stays small).
+fn with_id(error: ErrorFrame, id: &str) -> ErrorFrame {
+    if id.len() <= MAX_ID_BYTES {
+        error.id(id)
+    } else {
+        error
+    }
 }
 
 impl State {
@@ -735,7 +750,7 @@ impl State {
 
     fn register(&mut self, conn: ConnId, number: String) -> Res {
         if !is_e164(&number) {
-            let message = format!("{number:?} is not an E.164 number");
+            let message = not_e164(&number);
             self.fail(conn, err(ErrorCode::InvalidNumber, message, "register"));
             return Ok(());
         }
@@ -832,7 +847,7 @@ impl State {
     fn verify(&mut self, conn: ConnId, number: String, code: String) -> Res {
         let refuse = |code, message: &str| err(code, message, "verify");
         if !is_e164(&number) {
-            let message = format!("{number:?} is not an E.164 number");
+            let message = not_e164(&number);
             self.fail(conn, refuse(ErrorCode::InvalidNumber, &message));
             return Ok(());
         }
@@ -891,6 +906,8 @@ impl State {
         };
         let valid = known.is_some_and(|hash| secret::same(&hash, &secret::token_hash(&token)));
         if !valid {
+            // Logged before it is known to be a number: only as an excerpt.
+            let number = excerpt(&number);
             warn!(%number, conn, "login refused");
             let message = "unknown number or wrong token";
             self.fail(conn, err(ErrorCode::AuthFailed, message, "login"));
@@ -964,14 +981,15 @@ impl State {
     }
 
     fn send_msg(&mut self, conn: ConnId, id: String, to: String, text: String, ts: i64) -> Res {
-        let refuse = |code, message: String| ErrorFrame::new(code, message).re("send").id(&id);
+        let refuse =
+            |code, message: String| with_id(ErrorFrame::new(code, message).re("send"), &id);
         if !is_message_id(&id) {
             let message = "message ids are 1 to 64 bytes of [A-Za-z0-9._:-]".to_owned();
             self.fail(conn, refuse(ErrorCode::InvalidId, message));
             return Ok(());
         }
         if !is_e164(&to) {
-            let message = format!("{to:?} is not an E.164 number");
+            let message = not_e164(&to);
             self.fail(conn, refuse(ErrorCode::InvalidNumber, message));
             return Ok(());
         }
@@ -1050,6 +1068,18 @@ impl State {
     }
 
     fn ack(&mut self, conn: ConnId, from: String, id: String) -> Res {
+        // `confirm` repeats `from` and `id`: only well-formed ones, never echoed input of
+        // any size.
+        if !is_e164(&from) {
+            self.fail(conn, err(ErrorCode::InvalidNumber, not_e164(&from), "ack"));
+            return Ok(());
+        }
+        if !is_message_id(&id) {
+            let message = "message ids are 1 to 64 bytes of [A-Za-z0-9._:-]";
+            let error = err(ErrorCode::InvalidId, message, "ack");
+            self.fail(conn, with_id(error, &id));
+            return Ok(());
+        }
         let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
             return Ok(());
         };
@@ -1111,12 +1141,15 @@ impl State {
         let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
             return Ok(());
         };
-        let Some(row) = self.db.message(&me, &id)? else {
-            let message = format!("no message {id:?} from this number");
-            let error = ErrorFrame::new(ErrorCode::UnknownMessage, message)
-                .re("revoke")
-                .id(&id);
-            self.fail(conn, error);
+        // An id that is not one was never accepted: no need to look it up.
+        let row = match is_message_id(&id) {
+            true => self.db.message(&me, &id)?,
+            false => None,
+        };
+        let Some(row) = row else {
+            let message = "no message with this id from this number";
+            let error = ErrorFrame::new(ErrorCode::UnknownMessage, message).re("revoke");
+            self.fail(conn, with_id(error, &id));
             return Ok(());
         };
         let outcome = match row.state {
@@ -1149,7 +1182,7 @@ impl State {
             return Ok(());
         }
         if let Some(bad) = numbers.iter().find(|n| !is_e164(n)) {
-            let message = format!("{bad:?} is not an E.164 number");
+            let message = not_e164(bad);
             self.fail(conn, err(ErrorCode::InvalidNumber, message, "subscribe"));
             return Ok(());
         }
@@ -1192,7 +1225,7 @@ impl State {
 
     fn typing(&mut self, conn: ConnId, to: String, active: bool) -> Res {
         if !is_e164(&to) {
-            let message = format!("{to:?} is not an E.164 number");
+            let message = not_e164(&to);
             self.fail(conn, err(ErrorCode::InvalidNumber, message, "typing"));
             return Ok(());
         }

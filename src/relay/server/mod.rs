@@ -36,6 +36,47 @@ pub use db::DbError;
 
 use crate::relay::protocol::{Limits, VerifyMode};
 
+/// Characters of a client-supplied string that a log line or an error frame shows.
+const EXCERPT_CHARS: usize = 32;
+
+/// A client-supplied string as a log line or an error frame may show it: quoted, at
+/// most [`EXCERPT_CHARS`] characters, escaped as [`clip`] does, and its whole length
+/// when it is cut. Whatever a client sends, it cannot start a log line, reach a
+/// terminal as an escape sequence, or make a line long.
+pub(crate) fn excerpt(text: &str) -> String {
+    let cut = clip(text, EXCERPT_CHARS);
+    if text.chars().nth(EXCERPT_CHARS).is_some() {
+        format!("\"{cut}\" ({} bytes)", text.len())
+    } else {
+        format!("\"{cut}\"")
+    }
+}
+
+/// `text` with at most `max` characters kept (then `...`), and every character outside
+/// printable ASCII escaped (`\n`, `\u{1b}`, `\u{e9}`), as is `\`.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    use std::fmt::Write as _;
+
+    let mut out = String::with_capacity(text.len().min(max) + 8);
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    if chars.next().is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// How the relay checks that a number belongs to the one who registers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verify {
@@ -307,5 +348,32 @@ async fn accept_tls(
         Some(Ok(stream)) => conn::serve(stream, ctx).await,
         Some(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
         None => debug!(%peer, "TLS handshake timed out or the relay stops"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_short_escaped_and_one_line() {
+        assert_eq!(excerpt("+15550001111"), r#""+15550001111""#);
+        assert_eq!(
+            excerpt("+1\n2024 FORGED\u{1b}[31m\\é\t"),
+            r#""+1\n2024 FORGED\u{1b}[31m\\\u{e9}\t""#
+        );
+        let long = format!("+1\n{}", "9".repeat(200_000));
+        let shown = excerpt(&long);
+        assert_eq!(
+            shown,
+            format!("\"+1\\n{}...\" (200003 bytes)", "9".repeat(29))
+        );
+        for text in ["\u{202e}evil", "a\rb", "\u{0}", &"é".repeat(1000)] {
+            let shown = excerpt(text);
+            assert!(shown.len() < 32 * 10 + 32, "{shown}");
+            assert!(shown.bytes().all(|b| (b' '..=b'~').contains(&b)), "{shown}");
+        }
+        assert_eq!(clip("abc", 2), "ab...");
+        assert_eq!(clip("ab", 2), "ab");
     }
 }
