@@ -1985,6 +1985,189 @@ async fn clients_cannot_write_into_the_log() {
     }
 }
 
+/// A client connected to `addr` with a small socket receive buffer (so that what it
+/// does not read stays in the relay rather than in the kernel), that said `hello`.
+async fn small_reader(addr: SocketAddr) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(addr).await.expect("connect");
+    let mut client = Client::handshake(stream, &format!("ws://{addr}/")).await;
+    client.hello().await;
+    client
+}
+
+/// Writes `frame` over and over on `client` without ever reading, until the relay stops
+/// reading (or the task is aborted).
+fn flood(client: Client, frame: ClientFrame) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut sink, _stream) = client.ws.split();
+        let text = Utf8Bytes::from(encode(&frame));
+        while sink.send(Message::Text(text.clone())).await.is_ok() {}
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_a_bounded_amount() {
+    // Clients that never read, with more than their delivery window of large messages
+    // for them and flooding requests whose answers used to echo 200 KB ids: the relay
+    // holds a bounded number of bytes for each (its outbox and what it reads ahead), not
+    // ~60 frames' worth. Frames are large here (800 KB texts) so that the deliveries
+    // are more than the kernel's socket buffers take (4 MiB here).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = [
+        "--max-frame-bytes",
+        "1048576",
+        "--max-text-bytes",
+        "900000",
+        "--max-outbox-bytes",
+        "5242880",
+    ];
+    let limits: Vec<&std::ffi::OsStr> = limits.iter().map(|a| a.as_ref()).collect();
+    let (child, addr) = spawn_relay_bin(dir.path(), &limits);
+    let relay = Relay {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    let text = "x".repeat(800_000);
+    let (mut sender, _) = relay.account(ALICE).await;
+    // Warm up with the same traffic to a client that reads (database pages, buffers).
+    let (mut reader, _) = relay.account(BOB).await;
+    let warm = 4;
+    for n in 0..warm {
+        sender.send_ok(&format!("w{n}"), BOB, &text).await;
+    }
+    let mut confirmed = 0;
+    while confirmed < warm {
+        match reader.recv().await {
+            ServerFrame::Deliver { from, id, .. } => reader.ack(&from, &id).await,
+            ServerFrame::Confirm { .. } => confirmed += 1,
+            _ => panic!("expected deliver or confirm"),
+        }
+    }
+    for _ in 0..warm {
+        sender.receipt().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(child.0.id());
+
+    let victims = 4;
+    let mut floods = Vec::new();
+    for v in 0..victims {
+        let number = format!("+1666000{v:04}");
+        let client = enroll(small_reader(addr).await, &number).await;
+        // More than its delivery window (32) of large messages: pushed, never read.
+        for n in 0..36 {
+            sender.send_ok(&format!("{v}-{n}"), &number, &text).await;
+        }
+        let bad_send = ClientFrame::Send {
+            id: "i".repeat(200_000),
+            to: BOB.to_owned(),
+            text: "hi".to_owned(),
+            ts: 0,
+        };
+        floods.push(flood(client, bad_send));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(child.0.id());
+    let per_client = after.saturating_sub(before) as f64 / f64::from(victims) / 1024.0;
+    println!(
+        "relay RSS: {before} KiB before, {after} KiB with {victims} clients that do not read: \
+         {per_client:.2} MiB each (max_frame_bytes 1 MiB, max_outbox_bytes 5 MiB)"
+    );
+    assert!(
+        per_client < 10.0,
+        "{per_client:.2} MiB held for each client that does not read"
+    );
+    // Everyone else is still served.
+    sender.send_ok("after", BOB, "still there?").await;
+    assert_eq!(reader.delivered().await.1, "after");
+    for flood in floods {
+        flood.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_logged_once() {
+    // A live client that stops reading while presence pushes pile up for it is dropped
+    // (its watchers see it offline) and logged as not reading, once; nobody else is.
+    // (A connection that is gone is told apart in the hub's unit test.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log file");
+    let (child, addr) = spawn_relay_bin_with(dir.path(), &["-v".as_ref()], log.into());
+    let relay = Relay {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    // Clients that hang up at once after a request: gone, not slow.
+    for n in 0..20 {
+        let (mut client, _) = relay.account(&format!("+1555100{n:04}")).await;
+        client.subscribe(&[CAROL]).await;
+        client
+            .put(&ClientFrame::Subscribe {
+                numbers: vec![CAROL.to_owned()],
+            })
+            .await;
+        drop(client);
+    }
+    // A live client that stops reading while its presence pushes pile up.
+    let (mut typist, _) = relay.account(CAROL).await;
+    let mut victim = enroll(small_reader(addr).await, DAVE).await;
+    victim.subscribe(&[CAROL]).await;
+    typist.subscribe(&[DAVE]).await;
+    // The relay's socket buffer takes a few MB before its queue fills: keep typing until
+    // the victim is dropped (Carol sees Dave go offline).
+    let (mut sink, mut stream) = typist.ws.split();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = sent.clone();
+    let pushes = tokio::spawn(async move {
+        for n in 0..2_000_000 {
+            let typing = ClientFrame::Typing {
+                to: DAVE.to_owned(),
+                active: n % 2 == 0,
+            };
+            let text = Message::Text(Utf8Bytes::from(encode(&typing)));
+            if sink.send(text).await.is_err() {
+                break;
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let dropped = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Text(text) = message
+                && let Ok(ServerFrame::Presence(entry)) = decode_server(&text)
+                && entry.number == DAVE
+                && entry.state == PresenceState::Offline
+            {
+                return;
+            }
+        }
+        panic!("the typist's connection ended");
+    });
+    dropped.await.expect("the victim is dropped");
+    pushes.abort();
+    println!(
+        "the victim was dropped after {} typing frames",
+        sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    drop(victim);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(child);
+
+    let log = relay_log(dir.path());
+    let slow: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("does not read"))
+        .collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    assert!(
+        slow[0].contains("WARN") && slow[0].contains("bytes="),
+        "{log}"
+    );
+}
+
 /// How many idle logged-in clients the memory figure is measured with.
 const CLIENTS: usize = 1000;
 

@@ -67,6 +67,10 @@ struct Args {
     /// Most numbers one client may subscribe to.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     max_subscriptions: usize,
+    /// Most bytes of frames queued for one connection; a client that does not read is
+    /// dropped past it. At least 1 MiB and 5 times --max-frame-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1536 * 1024)]
+    max_outbox_bytes: usize,
     /// How long a registration code is valid, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     code_ttl_s: u64,
@@ -155,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
         queue_per_recipient: args.queue_per_recipient,
         max_age: Duration::from_secs(args.max_age_hours * 3600),
         max_subscriptions: args.max_subscriptions,
+        max_outbox_bytes: args.max_outbox_bytes,
         code_ttl: Duration::from_secs(args.code_ttl_s),
         code_attempts: args.code_attempts,
         code_resend: Duration::from_secs(args.code_resend_s),

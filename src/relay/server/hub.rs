@@ -41,7 +41,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, error, info, warn};
 
 use super::db::{Db, DbError, MsgState};
-use super::outbox::OutboxTx;
+use super::outbox::{OutboxTx, PushError, Weigh};
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
 use super::{RelayConfig, RelayError, Verify, excerpt};
@@ -60,8 +60,12 @@ pub enum HubCmd {
         conn: ConnId,
         tx: OutboxTx<Outbound>,
     },
-    /// A decoded frame other than `hello` and `ping`.
-    Frame { conn: ConnId, frame: ClientFrame },
+    /// A decoded frame other than `hello` and `ping`; `cost` comes back with its answer.
+    Frame {
+        conn: ConnId,
+        frame: ClientFrame,
+        cost: u32,
+    },
     /// The connection ended.
     Closed { conn: ConnId },
     /// The SMS command for a `register` finished.
@@ -79,15 +83,26 @@ pub enum HubCmd {
 pub enum Outbound {
     /// A frame to write.
     Frame(Utf8Bytes),
-    /// A frame to write, answering one of the connection's requests.
-    Answer(Utf8Bytes),
+    /// A frame to write, answering one of the connection's requests (with the cost the
+    /// connection gave it).
+    Answer(Utf8Bytes, u32),
     /// One of the connection's requests was handled and needs no frame.
-    Done,
+    Done(u32),
     /// The connection is logged in: its auth timer stops.
     LoggedIn,
     /// Write this error and close the connection. Boxed: it is rare, and every slot of
     /// every connection's channel is as large as the largest variant.
     Fatal(Box<ErrorFrame>),
+}
+
+impl Weigh for Outbound {
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Frame(text) | Outbound::Answer(text, _) => text.len(),
+            Outbound::Fatal(error) => error.message.len(),
+            Outbound::Done(_) | Outbound::LoggedIn => 0,
+        }
+    }
 }
 
 /// Capacity of the hub's request channel: connections wait (and stop reading their
@@ -193,6 +208,9 @@ struct State {
     next_sweep: Instant,
     /// Connections that may still be owed receipts beyond the batches sent so far.
     owed: BTreeSet<ConnId>,
+    /// Connections whose delivery window has room while messages may wait for them, but
+    /// whose outbox holds too many bytes to push more now (paced like `owed`).
+    starved: BTreeSet<ConnId>,
     /// When the next batch of owed receipts goes out; set while some are owed, and not
     /// pushed back by traffic (a busy relay would otherwise never send them).
     next_pace: Option<Instant>,
@@ -200,15 +218,17 @@ struct State {
     grouping: bool,
     /// What the open group sends, in order, released after its COMMIT.
     held: Vec<(ConnId, Outbound)>,
-    /// How many items `held` has for each connection.
-    held_for: HashMap<ConnId, usize>,
+    /// How many items, and how many bytes, `held` has for each connection.
+    held_for: HashMap<ConnId, (usize, usize)>,
     /// Connections detached during the open group: their outboxes until it ends.
     retired: HashMap<ConnId, OutboxTx<Outbound>>,
-    /// The open group's requests: (connection, frame kind, message id).
-    requests: Vec<(ConnId, &'static str, Option<String>)>,
+    /// The open group's requests: (connection, frame kind, message id, cost).
+    requests: Vec<(ConnId, &'static str, Option<String>, u32)>,
     /// The connection whose request is being handled and not yet answered: its next
     /// frame is the answer.
     answering: Option<ConnId>,
+    /// The cost of the request being handled, given back with its answer.
+    answer_cost: u32,
 }
 
 fn now_ms() -> i64 {
@@ -253,6 +273,7 @@ impl State {
             watchers: HashMap::new(),
             typing: BTreeSet::new(),
             owed: BTreeSet::new(),
+            starved: BTreeSet::new(),
             next_pace: None,
             grouping: false,
             held: Vec::new(),
@@ -260,6 +281,7 @@ impl State {
             retired: HashMap::new(),
             requests: Vec::new(),
             answering: None,
+            answer_cost: 0,
         }
     }
 
@@ -269,7 +291,7 @@ impl State {
             if let Some(&(first, _)) = self.typing.first() {
                 deadline = deadline.min(first);
             }
-            if self.owed.is_empty() {
+            if self.owed.is_empty() && self.starved.is_empty() {
                 self.next_pace = None;
             } else {
                 let pace = *self
@@ -341,7 +363,7 @@ impl State {
                     },
                 );
             }
-            HubCmd::Frame { conn, frame } => self.frame(conn, frame),
+            HubCmd::Frame { conn, frame, cost } => self.frame(conn, frame, cost),
             HubCmd::Closed { conn } => self.detach(conn),
             HubCmd::SmsDone {
                 conn,
@@ -402,7 +424,7 @@ impl State {
         // must not overtake what the group held for them.
         let mut overflowed = Vec::new();
         for (conn, item) in held.drain(..) {
-            if overflowed.contains(&conn) {
+            if overflowed.iter().any(|&(c, _)| c == conn) {
                 continue;
             }
             let pushed = match self.conns.get(&conn) {
@@ -412,13 +434,14 @@ impl State {
                     None => continue,
                 },
             };
-            if pushed.is_err() && self.conns.contains_key(&conn) {
-                overflowed.push(conn);
+            if let Err(why) = pushed
+                && self.conns.contains_key(&conn)
+            {
+                overflowed.push((conn, why));
             }
         }
-        for conn in overflowed {
-            warn!(conn, "client does not read its frames, dropping it");
-            self.detach(conn);
+        for (conn, why) in overflowed {
+            self.drop_conn(conn, why);
         }
         // Keep the buffer for the next group (unless one group made it huge).
         if held.capacity() <= 4 * MAX_GROUP {
@@ -436,12 +459,15 @@ impl State {
         let mut touched: Vec<ConnId> = self.held.drain(..).map(|(conn, _)| conn).collect();
         touched.extend(self.retired.keys().copied());
         let requests = std::mem::take(&mut self.requests);
-        for (conn, kind, id) in &requests {
+        for (conn, kind, id, cost) in &requests {
             touched.push(*conn);
-            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
-            error.id.clone_from(id);
+            let error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            let error = match id {
+                Some(id) => with_id(error, id),
+                None => error,
+            };
             let frame = Utf8Bytes::from(encode(&ServerFrame::Error(error)));
-            self.push(*conn, Outbound::Answer(frame));
+            self.push(*conn, Outbound::Answer(frame, *cost));
         }
         touched.sort_unstable();
         touched.dedup();
@@ -471,7 +497,7 @@ impl State {
         let text = Utf8Bytes::from(encode(frame));
         let item = if self.answering == Some(conn) {
             self.answering = None;
-            Outbound::Answer(text)
+            Outbound::Answer(text, self.answer_cost)
         } else {
             Outbound::Frame(text)
         };
@@ -485,12 +511,30 @@ impl State {
             return;
         };
         if self.grouping {
+            let held = self.held_for.entry(conn).or_default();
+            held.0 += 1;
+            held.1 += item.weight();
             self.held.push((conn, item));
-            *self.held_for.entry(conn).or_default() += 1;
-        } else if c.tx.push(item).is_err() {
-            warn!(conn, "client does not read its frames, dropping it");
-            self.detach(conn);
+        } else if let Err(why) = c.tx.push(item) {
+            self.drop_conn(conn, why);
         }
+    }
+
+    /// Forgets a connection whose outbox refused a frame: one that does not read (its
+    /// task is alive, its queue full), or one that is gone (its task ended, and its
+    /// `Closed` is on the way).
+    fn drop_conn(&mut self, conn: ConnId, why: PushError) {
+        match why {
+            PushError::Full => {
+                let (items, bytes) = self.conns.get(&conn).map_or((0, 0), |c| c.tx.queued());
+                warn!(
+                    conn,
+                    items, bytes, "client does not read its frames, dropping it"
+                );
+            }
+            PushError::Closed => debug!(conn, "connection already gone"),
+        }
+        self.detach(conn);
     }
 
     /// Answers a request with an error; a fatal one also ends the connection.
@@ -513,6 +557,7 @@ impl State {
             self.answering = None;
         }
         self.owed.remove(&conn);
+        self.starved.remove(&conn);
         for number in &c.subs {
             if let Some(set) = self.watchers.get_mut(number) {
                 set.remove(&conn);
@@ -622,6 +667,12 @@ impl State {
             return;
         }
         self.next_pace = None;
+        let starved: Vec<ConnId> = self.starved.iter().copied().collect();
+        for conn in starved {
+            if let Err(err) = self.fill_window(conn) {
+                error!(conn, cause = %err, "cannot deliver waiting messages");
+            }
+        }
         let owed: Vec<ConnId> = self.owed.iter().copied().collect();
         for conn in owed {
             if let Err(err) = self.send_owed(conn) {
@@ -636,12 +687,15 @@ impl State {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        !self.owed.contains(&conn) && self.queued(conn, c) < RECEIPT_BATCH
+        !self.owed.contains(&conn) && self.queued(conn, c).0 < RECEIPT_BATCH
     }
 
-    /// Frames waiting for `conn`: in its outbox, and held back by the open group.
-    fn queued(&self, conn: ConnId, c: &Conn) -> usize {
-        c.tx.len() + self.held_for.get(&conn).copied().unwrap_or(0)
+    /// Frames and bytes waiting for `conn`: in its outbox, and held back by the open
+    /// group.
+    fn queued(&self, conn: ConnId, c: &Conn) -> (usize, usize) {
+        let (items, bytes) = c.tx.queued();
+        let (held_items, held_bytes) = self.held_for.get(&conn).copied().unwrap_or((0, 0));
+        (items + held_items, bytes + held_bytes)
     }
 
     /// Sends `conn` the next batch of the receipts owed to its number, if its outbox
@@ -655,7 +709,7 @@ impl State {
             self.owed.remove(&conn);
             return Ok(());
         };
-        if self.queued(conn, c) > RECEIPT_BATCH {
+        if self.queued(conn, c).0 > RECEIPT_BATCH {
             // Still writing earlier frames: try again at the next pace.
             self.owed.insert(conn);
             return Ok(());
@@ -709,7 +763,7 @@ impl State {
 
     // Requests.
 
-    fn frame(&mut self, conn: ConnId, frame: ClientFrame) {
+    fn frame(&mut self, conn: ConnId, frame: ClientFrame, cost: u32) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -719,8 +773,9 @@ impl State {
             ClientFrame::Send { id, .. } | ClientFrame::Revoke { id } => Some(id.clone()),
             _ => None,
         };
-        self.requests.push((conn, kind, id.clone()));
+        self.requests.push((conn, kind, id.clone(), cost));
         self.answering = Some(conn);
+        self.answer_cost = cost;
         let result = match (logged_in, frame) {
             (false, ClientFrame::Register { number }) => self.register(conn, number),
             (false, ClientFrame::Verify { number, code }) => self.verify(conn, number, code),
@@ -739,12 +794,15 @@ impl State {
         };
         if let Err(cause) = result {
             error!(conn, frame = kind, %cause, "request failed");
-            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
-            error.id = id;
+            let error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            let error = match &id {
+                Some(id) => with_id(error, id),
+                None => error,
+            };
             self.fail(conn, error);
         }
         if self.answering.take() == Some(conn) {
-            self.push(conn, Outbound::Done);
+            self.push(conn, Outbound::Done(cost));
         }
     }
 
@@ -960,10 +1018,27 @@ impl State {
         };
         let room = window.saturating_sub(c.inflight.len());
         if room == 0 {
+            self.starved.remove(&conn);
+            return Ok(());
+        }
+        // Deliveries are paced by bytes too: no more while a quarter of the outbox's
+        // bound is queued (then at the next pace, or the next ack), so that large
+        // messages never overflow a client that reads.
+        let paced = self.config.max_outbox_bytes / 4;
+        if self.queued(conn, c).1 >= paced {
+            self.starved.insert(conn);
             return Ok(());
         }
         let batch = self.db.pending_after(number, c.cursor, room as u32)?;
+        let mut starved = false;
         for queued in batch {
+            let Some(c) = self.conns.get(&conn) else {
+                break;
+            };
+            if self.queued(conn, c).1 >= paced {
+                starved = true;
+                break;
+            }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.cursor = queued.seq;
                 c.inflight.push(queued.seq);
@@ -976,6 +1051,11 @@ impl State {
                 relay_ts: queued.accepted_ms,
             };
             self.send(conn, &frame);
+        }
+        if starved {
+            self.starved.insert(conn);
+        } else {
+            self.starved.remove(&conn);
         }
         Ok(())
     }
@@ -1256,5 +1336,79 @@ impl State {
             self.push_to_number(&to, &me);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::relay::server::outbox::outbox;
+
+    /// A log sink for one test: what the hub logs, as text.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_gone_connection_is_not_logged_as_a_slow_reader() {
+        let log = Log::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let (hub_tx, _hub_rx) = mpsc::channel(1);
+            let config = Arc::new(RelayConfig::default());
+            let mut state = State::new(config, Db::open(None).expect("db"), hub_tx);
+            // Connection 1 has ended (its task dropped its outbox) but its `Closed` has
+            // not reached the hub; connection 2 is alive and has not read its 2 frames.
+            let (gone_tx, gone_rx) = outbox(16, 1 << 20);
+            let (slow_tx, _slow_rx) = outbox(2, 1 << 20);
+            state.handle(HubCmd::Open {
+                conn: 1,
+                tx: gone_tx,
+            });
+            state.handle(HubCmd::Open {
+                conn: 2,
+                tx: slow_tx,
+            });
+            drop(gone_rx);
+            let began = state.begin();
+            for conn in [1, 2, 2, 2] {
+                state.send(conn, &ServerFrame::Pong { n: 1 });
+            }
+            state.end(began);
+            assert!(state.conns.is_empty(), "both are forgotten");
+        });
+        let log = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf-8");
+        let slow: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("does not read"))
+            .collect();
+        let gone: Vec<&str> = log.lines().filter(|l| l.contains("already gone")).collect();
+        assert_eq!(slow.len(), 1, "{log}");
+        assert!(
+            slow[0].contains("conn=2") && slow[0].contains("WARN"),
+            "{log}"
+        );
+        assert_eq!(gone.len(), 1, "{log}");
+        assert!(
+            gone[0].contains("conn=1") && gone[0].contains("DEBUG"),
+            "{log}"
+        );
     }
 }

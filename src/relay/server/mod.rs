@@ -36,6 +36,10 @@ pub use db::DbError;
 
 use crate::relay::protocol::{Limits, VerifyMode};
 
+/// Bytes one entry of a `snapshot` takes at most (a 16-byte number and the JSON
+/// around it): how the relay estimates the answer to a `subscribe`.
+pub(crate) const SNAPSHOT_ENTRY_BYTES: usize = 80;
+
 /// Characters of a client-supplied string that a log line or an error frame shows.
 const EXCERPT_CHARS: usize = 32;
 
@@ -115,6 +119,11 @@ pub struct RelayConfig {
     pub max_text_bytes: usize,
     /// Most numbers in one `subscribe`: bounds the fan-out one client can cause.
     pub max_subscriptions: usize,
+    /// Most bytes of frames queued for one connection: a client that does not read is
+    /// dropped (`overloaded`) when its queue would exceed it. Deliveries are paced to a
+    /// quarter of it, and a connection reads requests ahead of their answers for at most
+    /// another quarter, so a client that reads is never dropped.
+    pub max_outbox_bytes: usize,
     /// Most undelivered messages kept for one recipient (store-and-forward bound).
     pub queue_per_recipient: u32,
     /// How long an undelivered message waits before it expires.
@@ -154,6 +163,7 @@ impl Default for RelayConfig {
             max_frame_bytes: 256 * 1024,
             max_text_bytes: 64 * 1024,
             max_subscriptions: 1000,
+            max_outbox_bytes: 1536 * 1024,
             queue_per_recipient: 1000,
             max_age: Duration::from_secs(7 * 24 * 3600),
             dedupe_retention: Duration::from_secs(30 * 24 * 3600),
@@ -192,6 +202,17 @@ impl RelayConfig {
         let bad = |reason: &str| Err(RelayError::Config(reason.to_owned()));
         if self.max_text_bytes == 0 || self.max_frame_bytes < self.max_text_bytes + 512 {
             return bad("max_frame_bytes must exceed max_text_bytes by at least 512");
+        }
+        // The largest single frame a connection may have to queue: a delivery, or the
+        // snapshot of a full `subscribe`.
+        let largest = self
+            .max_frame_bytes
+            .max(SNAPSHOT_ENTRY_BYTES.saturating_mul(self.max_subscriptions));
+        if self.max_outbox_bytes < (5 * largest).max(1024 * 1024) {
+            return bad(
+                "max_outbox_bytes must be at least 1 MiB and 5 times the largest frame \
+                 (max_frame_bytes, or 80 bytes per subscription)",
+            );
         }
         if self.deliver_window == 0 || self.queue_per_recipient == 0 {
             return bad("deliver_window and queue_per_recipient must be at least 1");
