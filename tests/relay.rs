@@ -606,6 +606,155 @@ async fn a_failing_sms_command_is_reported() {
     relay.stop().await;
 }
 
+/// An SMS command that appends `start NS` and `end NS` (nanoseconds) to `dir/runs`
+/// around `seconds` of sleep, and stores the code as `sms_script` does.
+fn timed_sms_script(dir: &Path, seconds: &str) -> String {
+    let script = dir.join("timed-send-code.sh");
+    let runs = dir.join("runs");
+    let body = format!(
+        "#!/bin/sh\necho \"start $(date +%s%N)\" >> '{runs}'\nsleep {seconds}\n\
+         printf '%s' \"$2\" > '{dir}/code'\"$1\"\necho \"end $(date +%s%N)\" >> '{runs}'\n",
+        runs = runs.display(),
+        dir = dir.display(),
+    );
+    std::fs::write(&script, body).expect("write script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    script.display().to_string()
+}
+
+/// The most SMS commands that ran at the same time, from `dir/runs`; and how many ran.
+fn most_at_once(dir: &Path) -> (usize, usize) {
+    let runs = std::fs::read_to_string(dir.join("runs")).unwrap_or_default();
+    let mut events: Vec<(u128, i32)> = runs
+        .lines()
+        .map(|line| {
+            let (what, at) = line.split_once(' ').expect("a run line");
+            let at: u128 = at.parse().expect("a time");
+            // An end before a start at the same time.
+            (at, if what == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in &events {
+        now += step;
+        most = most.max(now);
+    }
+    (most as usize, events.len() / 2)
+}
+
+/// A client from `ip` (any 127.0.0.0/8 address is loopback), that said `hello`.
+async fn client_from(relay: &Relay, ip: [u8; 4]) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((ip, 0)))
+        .expect("bind a loopback address");
+    let stream = socket.connect(relay.addr).await.expect("connect");
+    let mut client = Client::handshake(stream, &format!("ws://{}/", relay.addr)).await;
+    client.hello().await;
+    client
+}
+
+async fn register(client: &mut Client, number: &str) {
+    client
+        .put(&ClientFrame::Register {
+            number: number.to_owned(),
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn sms_commands_run_a_few_at_a_time_and_wait_in_a_bounded_queue() {
+    // Twelve connections ask for codes at once: two commands run at a time, eight wait,
+    // and the last two are refused at once with a time to come back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig {
+        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0.3")),
+        sms_concurrency: 2,
+        sms_queue: 8,
+        codes_per_address_per_hour: 0,
+        codes_per_hour: 0,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    let mut clients = Vec::new();
+    for n in 0..12 {
+        let mut client = relay.client().await;
+        register(&mut client, &format!("+1555200{n:04}")).await;
+        clients.push(client);
+    }
+    let mut sent = 0;
+    let mut refused = Vec::new();
+    for (n, client) in clients.iter_mut().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(10), client.recv()).await {
+            Ok(ServerFrame::CodeSent { .. }) => sent += 1,
+            Ok(ServerFrame::Error(error)) if error.code == ErrorCode::RateLimited => {
+                assert!(error.retry_after_ms.is_some_and(|ms| ms > 0), "{error:?}");
+                refused.push(n);
+            }
+            other => panic!("expected code-sent or rate-limited, got {other:?}"),
+        }
+    }
+    assert_eq!((sent, refused.len()), (10, 2));
+    let (most, runs) = most_at_once(dir.path());
+    println!("{runs} SMS commands, at most {most} at once");
+    assert_eq!((most, runs), (2, 10));
+    // Once the queue is empty, codes are sent again.
+    let n = refused[0];
+    request_code_from(&mut clients[n], dir.path(), &format!("+1555200{n:04}")).await;
+    relay.stop().await;
+}
+
+/// `register`, then the code the timed script stored.
+async fn request_code_from(client: &mut Client, dir: &Path, number: &str) {
+    register(client, number).await;
+    match client.recv().await {
+        ServerFrame::CodeSent { number: n, .. } if n == number => {}
+        other => panic!("expected code-sent, got {other:?}"),
+    }
+    assert!(code_file(dir, number).exists());
+}
+
+#[tokio::test]
+async fn codes_are_limited_per_address_and_in_total() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig {
+        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0")),
+        codes_per_address_per_hour: 3,
+        codes_per_hour: 5,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    // Three codes from 127.0.0.1, for three numbers, then no more from that address,
+    // whatever the number or the connection.
+    let mut client = relay.client().await;
+    for n in 0..3 {
+        request_code_from(&mut client, dir.path(), &format!("+1555300{n:04}")).await;
+    }
+    let mut other = relay.client().await;
+    register(&mut other, "+15553000099").await;
+    let error = other.error(ErrorCode::RateLimited).await;
+    assert!(!error.fatal);
+    // One code comes back every 20 minutes.
+    let wait = error.retry_after_ms.expect("retry_after_ms");
+    assert!((1_100_000..=1_200_000).contains(&wait), "{wait} ms");
+    // Another address is not held by it, up to the total of five.
+    let mut second = client_from(&relay, [127, 0, 0, 2]).await;
+    request_code_from(&mut second, dir.path(), "+15553000100").await;
+    let mut third = client_from(&relay, [127, 0, 0, 3]).await;
+    request_code_from(&mut third, dir.path(), "+15553000101").await;
+    let mut fourth = client_from(&relay, [127, 0, 0, 4]).await;
+    register(&mut fourth, "+15553000102").await;
+    let error = fourth.error(ErrorCode::RateLimited).await;
+    assert!(
+        error.retry_after_ms.is_some_and(|ms| ms > 600_000),
+        "{error:?}"
+    );
+    assert_eq!(most_at_once(dir.path()).1, 5, "five codes sent in all");
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn verify_none_never_hands_a_taken_number_to_another_device() {
     let relay = Relay::start(RelayConfig::default()).await;

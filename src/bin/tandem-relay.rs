@@ -80,6 +80,20 @@ struct Args {
     /// Minimum seconds between two code SMS to one number.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     code_resend_s: u64,
+    /// Most SMS commands running at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    sms_concurrency: usize,
+    /// Code requests that may wait for a free SMS command; more are refused
+    /// (rate-limited) until one is free.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    sms_queue: usize,
+    /// Most codes per hour for requests from one address (IPv4 address or IPv6 /64),
+    /// whatever the numbers; 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    codes_per_address_per_hour: u32,
+    /// Most codes per hour in all (what codes may cost); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    codes_per_hour: u32,
     /// Seconds between keepalive pings.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     ping_interval_s: u64,
@@ -163,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
         code_ttl: Duration::from_secs(args.code_ttl_s),
         code_attempts: args.code_attempts,
         code_resend: Duration::from_secs(args.code_resend_s),
+        sms_concurrency: args.sms_concurrency,
+        sms_queue: args.sms_queue,
+        codes_per_address_per_hour: args.codes_per_address_per_hour,
+        codes_per_hour: args.codes_per_hour,
         ping_interval: Duration::from_secs(args.ping_interval_s),
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         ..RelayConfig::default()

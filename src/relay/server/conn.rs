@@ -358,6 +358,7 @@ where
                 let open = HubCmd::Open {
                     conn: self.ctx.id,
                     tx,
+                    peer: self.ctx.peer.ip(),
                 };
                 if self.ctx.hub.send(open).await.is_err() {
                     return Some(fatal(ErrorCode::ShuttingDown, "the relay is stopping"));

@@ -31,17 +31,19 @@
 //! Must not: touch sockets, parse JSON, or block on anything but SQLite.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, error, info, warn};
 
 use super::db::{Db, DbError, MsgState};
 use super::outbox::{OutboxTx, PushError, Weigh};
+use super::quota::{Bucket, Rate, address_key};
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
 use super::{RelayConfig, RelayError, Verify, excerpt};
@@ -59,6 +61,8 @@ pub enum HubCmd {
     Open {
         conn: ConnId,
         tx: OutboxTx<Outbound>,
+        /// The client's address, for the limits per address.
+        peer: IpAddr,
     },
     /// A decoded frame other than `hello` and `ping`; `cost` comes back with its answer.
     Frame {
@@ -72,6 +76,8 @@ pub enum HubCmd {
     SmsDone {
         conn: ConnId,
         number: String,
+        /// When the code expires (ms since the epoch).
+        expires_ms: i64,
         result: Result<(), SmsError>,
     },
     /// End the hub (sent by `run` once every connection has ended).
@@ -122,6 +128,13 @@ const RECEIPT_BATCH: usize = 32;
 
 /// How soon the hub sends the next batch of owed receipts.
 const RECEIPT_PACE: Duration = Duration::from_millis(50);
+
+/// `retry_after_ms` of a code request refused because every SMS command slot and
+/// queue place is taken.
+const SMS_BUSY_RETRY: Duration = Duration::from_secs(10);
+
+/// How often, at most, the hub warns that the codes' total limit refuses requests.
+const LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The handle `run` keeps: the request channel and the thread's completion.
 pub struct Hub {
@@ -191,11 +204,29 @@ struct Conn {
     inflight: Vec<i64>,
     /// Its SMS command is running: one code request at a time per connection.
     sms_running: bool,
+    /// Its address as the limits per address count it ([`address_key`]).
+    addr: IpAddr,
+}
+
+/// The limits on registration codes beyond those of each number: SMS commands at once,
+/// codes per address and in total.
+struct CodeLimits {
+    /// Running and waiting SMS commands.
+    pending: usize,
+    /// Permits to run one: `sms_concurrency`.
+    slots: Arc<Semaphore>,
+    per_address: Option<Rate>,
+    by_address: HashMap<IpAddr, Bucket>,
+    /// The total limit and its bucket.
+    total: Option<(Rate, Bucket)>,
+    /// When the total limit last made the hub warn.
+    warned: Option<Instant>,
 }
 
 struct State {
     config: Arc<RelayConfig>,
     db: Db,
+    codes: CodeLimits,
     /// For the SMS tasks to report back.
     tx: mpsc::Sender<HubCmd>,
     conns: HashMap<ConnId, Conn>,
@@ -263,7 +294,19 @@ fn with_id(error: ErrorFrame, id: &str) -> ErrorFrame {
 
 impl State {
     fn new(config: Arc<RelayConfig>, db: Db, tx: mpsc::Sender<HubCmd>) -> State {
+        let hour = Duration::from_secs(3600);
+        let now = Instant::now();
+        let codes = CodeLimits {
+            pending: 0,
+            slots: Arc::new(Semaphore::new(config.sms_concurrency)),
+            per_address: Rate::per(config.codes_per_address_per_hour.into(), hour),
+            by_address: HashMap::new(),
+            total: Rate::per(config.codes_per_hour.into(), hour)
+                .map(|rate| (rate, Bucket::full(rate, now))),
+            warned: None,
+        };
         State {
+            codes,
             next_sweep: Instant::now(),
             config,
             db,
@@ -349,7 +392,7 @@ impl State {
     fn handle(&mut self, cmd: HubCmd) {
         match cmd {
             HubCmd::Stop => {}
-            HubCmd::Open { conn, tx } => {
+            HubCmd::Open { conn, tx, peer } => {
                 self.conns.insert(
                     conn,
                     Conn {
@@ -360,6 +403,7 @@ impl State {
                         cursor: 0,
                         inflight: Vec::new(),
                         sms_running: false,
+                        addr: address_key(peer),
                     },
                 );
             }
@@ -368,8 +412,9 @@ impl State {
             HubCmd::SmsDone {
                 conn,
                 number,
+                expires_ms,
                 result,
-            } => self.sms_done(conn, number, result),
+            } => self.sms_done(conn, number, expires_ms, result),
         }
     }
 
@@ -751,6 +796,13 @@ impl State {
                 self.owed.insert(conn);
             }
         }
+        // A full bucket says nothing a new one would not: forget it.
+        let instant = Instant::now();
+        if let Some(rate) = self.codes.per_address {
+            self.codes
+                .by_address
+                .retain(|_, bucket| !bucket.is_full(rate, instant));
+        }
         let forgotten = self.db.purge(
             now - ms(self.config.dedupe_retention),
             now - ms(self.config.code_resend),
@@ -854,22 +906,33 @@ impl State {
                 return Ok(());
             }
         }
+        if let Some(error) = self.code_refusal(conn) {
+            self.fail(conn, error);
+            return Ok(());
+        }
         let code = secret::new_code()?;
-        let expires = now + ms(self.config.code_ttl);
+        let expires_ms = now + ms(self.config.code_ttl);
         self.db
-            .put_code(&number, &secret::code_hash(&number, &code), now, expires)?;
+            .put_code(&number, &secret::code_hash(&number, &code), now, expires_ms)?;
+        self.charge_code(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sms_running = true;
         }
-        info!(%number, conn, "sending a registration code");
+        self.codes.pending += 1;
+        info!(%number, conn, pending = self.codes.pending, "sending a registration code");
         let tx = self.tx.clone();
         let timeout = self.config.sms_timeout;
+        let slots = self.codes.slots.clone();
         tokio::spawn(async move {
+            // At most `sms_concurrency` commands run; the others wait here, in order. The
+            // semaphore is never closed.
+            let _slot = slots.acquire_owned().await.ok();
             let result = sms::send_code(&command, &number, &code, timeout).await;
             let _ = tx
                 .send(HubCmd::SmsDone {
                     conn,
                     number,
+                    expires_ms,
                     result,
                 })
                 .await;
@@ -877,13 +940,88 @@ impl State {
         Ok(())
     }
 
-    fn sms_done(&mut self, conn: ConnId, number: String, result: Result<(), SmsError>) {
+    /// Why a code may not be sent now for `conn`, beyond its number's limits: every SMS
+    /// command slot and queue place taken, or the limit of its address or the total one
+    /// reached. Checks only; [`State::charge_code`] counts a code that is sent.
+    fn code_refusal(&mut self, conn: ConnId) -> Option<ErrorFrame> {
+        let limited = |message: &str, wait: Duration| {
+            let mut error = err(ErrorCode::RateLimited, message, "register");
+            error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            error
+        };
+        let room = self.config.sms_concurrency + self.config.sms_queue;
+        if self.codes.pending >= room {
+            debug!(
+                conn,
+                pending = self.codes.pending,
+                "code request refused: SMS commands busy"
+            );
+            let message = "the relay is sending many codes; try again shortly";
+            return Some(limited(message, SMS_BUSY_RETRY));
+        }
+        let now = Instant::now();
+        let addr = self.conns.get(&conn)?.addr;
+        if let Some(rate) = self.codes.per_address
+            && let Some(bucket) = self.codes.by_address.get_mut(&addr)
+        {
+            let wait = bucket.wait(rate, now, 1);
+            if !wait.is_zero() {
+                info!(%addr, conn, "code request refused: too many from this address");
+                let message = "too many codes were requested from this address";
+                return Some(limited(message, wait));
+            }
+        }
+        if let Some((rate, bucket)) = &mut self.codes.total {
+            let wait = bucket.wait(*rate, now, 1);
+            if !wait.is_zero() {
+                let quiet = self
+                    .codes
+                    .warned
+                    .is_some_and(|at| now.duration_since(at) < LIMIT_WARN_EVERY);
+                if !quiet {
+                    self.codes.warned = Some(now);
+                    warn!(
+                        per_hour = self.config.codes_per_hour,
+                        "the relay's limit of codes per hour refuses code requests"
+                    );
+                }
+                let message = "the relay has sent as many codes as it may for now";
+                return Some(limited(message, wait));
+            }
+        }
+        None
+    }
+
+    /// Counts a code about to be sent for `conn` against its address and the total.
+    fn charge_code(&mut self, conn: ConnId) {
+        let now = Instant::now();
+        if let (Some(rate), Some(c)) = (self.codes.per_address, self.conns.get(&conn)) {
+            self.codes
+                .by_address
+                .entry(c.addr)
+                .or_insert_with(|| Bucket::full(rate, now))
+                .take(rate, now, 1);
+        }
+        if let Some((rate, bucket)) = &mut self.codes.total {
+            bucket.take(*rate, now, 1);
+        }
+    }
+
+    fn sms_done(
+        &mut self,
+        conn: ConnId,
+        number: String,
+        expires_ms: i64,
+        result: Result<(), SmsError>,
+    ) {
+        self.codes.pending = self.codes.pending.saturating_sub(1);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sms_running = false;
         }
         match result {
             Ok(()) => {
-                let expires_in_ms = u64::try_from(ms(self.config.code_ttl)).unwrap_or(0);
+                // The code's life began when it was made; it may have waited for a slot.
+                let expires_in_ms = u64::try_from(expires_ms - now_ms()).unwrap_or(0);
                 let frame = ServerFrame::CodeSent {
                     number,
                     expires_in_ms,
@@ -1378,13 +1516,16 @@ mod tests {
             // not reached the hub; connection 2 is alive and has not read its 2 frames.
             let (gone_tx, gone_rx) = outbox(16, 1 << 20);
             let (slow_tx, _slow_rx) = outbox(2, 1 << 20);
+            let peer = IpAddr::from([127, 0, 0, 1]);
             state.handle(HubCmd::Open {
                 conn: 1,
                 tx: gone_tx,
+                peer,
             });
             state.handle(HubCmd::Open {
                 conn: 2,
                 tx: slow_tx,
+                peer,
             });
             drop(gone_rx);
             let began = state.begin();

@@ -10,6 +10,7 @@
 //!   the single owner is what makes `revoke` and the recipient's `ack` atomic, without a
 //!   lock;
 //! - [`sms`]: runs the operator's SMS command for registration codes;
+//! - [`quota`]: the token buckets of the rate limits (codes, senders);
 //! - [`secret`]: tokens, codes and their hashes.
 //!
 //! Must not: share state between connections other than through the hub's channel, or
@@ -19,6 +20,7 @@ mod conn;
 mod db;
 mod hub;
 mod outbox;
+mod quota;
 mod secret;
 mod sms;
 
@@ -139,6 +141,22 @@ pub struct RelayConfig {
     pub code_resend: Duration,
     /// How long the SMS command may run before it counts as failed and is killed.
     pub sms_timeout: Duration,
+    /// Most SMS commands running at once (each is a process, and may cost money).
+    pub sms_concurrency: usize,
+    /// Code requests that may wait for a free SMS command beyond those running; more
+    /// are refused (`rate-limited`).
+    pub sms_queue: usize,
+    /// Most codes sent per hour for requests from one address (an IPv4 address or an
+    /// IPv6 /64), whatever the numbers; 0: no limit.
+    pub codes_per_address_per_hour: u32,
+    /// Most codes sent per hour in all: the bound of what codes can cost; 0: no limit.
+    pub codes_per_hour: u32,
+    /// Most new messages one sender may have accepted per minute (a minute's worth at
+    /// once at most), so that one sender cannot take the relay from the others;
+    /// 0: no limit.
+    pub sender_messages_per_min: u32,
+    /// Most bytes of text one sender may have accepted per minute; 0: no limit.
+    pub sender_bytes_per_min: u64,
     /// A connection must log in within this time after it opens.
     pub auth_timeout: Duration,
     /// Silence after which the relay pings a client.
@@ -171,6 +189,12 @@ impl Default for RelayConfig {
             code_attempts: 5,
             code_resend: Duration::from_secs(60),
             sms_timeout: Duration::from_secs(30),
+            sms_concurrency: 4,
+            sms_queue: 32,
+            codes_per_address_per_hour: 10,
+            codes_per_hour: 200,
+            sender_messages_per_min: 120,
+            sender_bytes_per_min: 1024 * 1024,
             auth_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
@@ -219,6 +243,13 @@ impl RelayConfig {
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("idle_timeout must be longer than ping_interval");
+        }
+        if self.sms_concurrency == 0 {
+            return bad("sms_concurrency must be at least 1");
+        }
+        if self.sender_bytes_per_min != 0 && self.sender_bytes_per_min < self.max_text_bytes as u64
+        {
+            return bad("sender_bytes_per_min must be 0 (no limit) or at least max_text_bytes");
         }
         if self.sweep_interval.is_zero() || self.code_attempts == 0 {
             return bad("sweep_interval and code_attempts must be non-zero");
