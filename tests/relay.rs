@@ -400,6 +400,16 @@ async fn verify(client: &mut Client, number: &str, code: &str) {
         .await;
 }
 
+/// The default relay without the senders' quotas: for tests of throughput and
+/// backlogs, where one sender stands for many.
+fn no_quotas() -> RelayConfig {
+    RelayConfig {
+        sender_messages_per_min: 0,
+        sender_bytes_per_min: 0,
+        ..RelayConfig::default()
+    }
+}
+
 fn sms_config(dir: &Path) -> RelayConfig {
     RelayConfig {
         verify: Verify::SmsCommand(sms_script(dir)),
@@ -1201,7 +1211,7 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
     // Answers to a client's own requests (acks, confirms) share its outbound queue with
     // deliveries and receipts; a client that reads everything must never overflow it,
     // however many requests it pipelines.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let (alice, _) = relay.account(ALICE).await;
     let (bob, _) = relay.account(BOB).await;
     let count = 600;
@@ -1254,7 +1264,7 @@ async fn owe_receipts_to_alice(relay: &Relay, count: usize) -> String {
 async fn a_long_backlog_of_receipts_reaches_its_sender() {
     // Receipts owed to an offline sender go out at its login; more of them than its
     // outbound queue holds must neither overflow it nor be lost.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let count = 400;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
@@ -1273,7 +1283,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
     // Forty recipients ack 32 messages each from one sender, all at once: the relay
     // commits such acks in large groups, and the receipts one group releases must
     // neither overflow the sender's outbound queue (it reads everything) nor be lost.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let (mut alice, _) = relay.account(ALICE).await;
     let per = 32;
     let mut recipients = Vec::new();
@@ -1335,7 +1345,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
 async fn owed_receipts_keep_flowing_on_a_busy_relay() {
     // A sender owed a backlog logs in while another client keeps the relay busy
     // (a request every 10 ms): the paced batches must not wait for a quiet moment.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let count = 200;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     // Dave asks for a presence nobody changes, every 10 ms: hub traffic and nothing else.
@@ -1354,6 +1364,98 @@ async fn owed_receipts_keep_flowing_on_a_busy_relay() {
         assert!(seen.insert(id), "each receipt once");
     }
     busy.abort();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
+    let config = RelayConfig {
+        sender_messages_per_min: 60,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let (mut bob, _) = relay.account(BOB).await;
+    let (mut carol, _) = relay.account(CAROL).await;
+    // A minute's worth at once...
+    for n in 0..60 {
+        alice.send_text(&format!("q{n}"), BOB, "hi").await;
+    }
+    for _ in 0..60 {
+        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
+    }
+    // ...then a clean refusal naming the message and when to come back; nothing stored.
+    alice.send_text("q60", BOB, "one too many").await;
+    let error = alice.error(ErrorCode::RateLimited).await;
+    assert_eq!(
+        (error.re.as_deref(), error.id.as_deref()),
+        (Some("send"), Some("q60"))
+    );
+    assert!(!error.fatal);
+    let wait = error.retry_after_ms.expect("retry_after_ms");
+    assert!((1..=1000).contains(&wait), "{wait} ms");
+    // Resends of accepted messages are answered as ever.
+    assert_eq!(
+        alice.send_ok("q0", BOB, "hi").await,
+        (SendState::Online, true)
+    );
+    // Another sender is not held by Alice's quota.
+    assert_eq!(carol.send_ok("c1", BOB, "hello").await.0, SendState::Online);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert_eq!(
+        alice.send_ok("q60", BOB, "one too many").await,
+        (SendState::Online, false)
+    );
+    // Bob gets Alice's 61 messages once each, in order, and Carol's.
+    let mut from_alice = Vec::new();
+    let mut confirmed = 0;
+    while confirmed < 62 {
+        match bob.recv().await {
+            ServerFrame::Deliver { from, id, .. } => {
+                if from == ALICE {
+                    from_alice.push(id.clone());
+                }
+                bob.ack(&from, &id).await;
+            }
+            ServerFrame::Confirm { .. } => confirmed += 1,
+            _ => panic!("expected deliver or confirm"),
+        }
+    }
+    let expected: Vec<String> = (0..61).map(|n| format!("q{n}")).collect();
+    assert_eq!(from_alice, expected);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_over_its_quota_of_bytes_waits_and_keeps_its_order() {
+    let config = RelayConfig {
+        max_frame_bytes: 32 * 1024,
+        max_text_bytes: 16 * 1024,
+        sender_bytes_per_min: 64 * 1024,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let (_bob, _) = relay.account(BOB).await;
+    let big = "x".repeat(15 * 1024);
+    for n in 0..4 {
+        alice.send_ok(&format!("b{n}"), BOB, &big).await;
+    }
+    // 60 KiB of 64 used: 16 KiB more must wait, and a small message after it waits
+    // too, though it would fit: it must not overtake the one refused.
+    alice.send_text("b4", BOB, &"y".repeat(16 * 1024)).await;
+    let error = alice.error(ErrorCode::RateLimited).await;
+    assert_eq!(error.id.as_deref(), Some("b4"));
+    let wait = error.retry_after_ms.expect("retry_after_ms");
+    // 12 KiB at 64 KiB a minute: 11.25 s.
+    assert!((11_000..=11_300).contains(&wait), "{wait} ms");
+    alice.send_text("b5", BOB, "small").await;
+    let error = alice.error(ErrorCode::RateLimited).await;
+    assert_eq!(error.id.as_deref(), Some("b5"));
+    assert!(
+        error.retry_after_ms.is_some_and(|ms| ms <= wait),
+        "{error:?}"
+    );
     relay.stop().await;
 }
 
@@ -2170,6 +2272,10 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
         "900000",
         "--max-outbox-bytes",
         "5242880",
+        "--sender-messages-per-min",
+        "0",
+        "--sender-bytes-per-min",
+        "0",
     ];
     let limits: Vec<&std::ffi::OsStr> = limits.iter().map(|a| a.as_ref()).collect();
     let (child, addr) = spawn_relay_bin(dir.path(), &limits);

@@ -94,6 +94,15 @@ struct Args {
     /// Most codes per hour in all (what codes may cost); 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 200)]
     codes_per_hour: u32,
+    /// Most new messages one sender may have accepted per minute (a minute's worth at
+    /// once at most); past it, its sends are refused rate-limited for a while; 0: no
+    /// limit.
+    #[arg(long, value_name = "N", default_value_t = 120)]
+    sender_messages_per_min: u32,
+    /// Most bytes of text one sender may have accepted per minute; 0: no limit, else at
+    /// least --max-text-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    sender_bytes_per_min: u64,
     /// Seconds between keepalive pings.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     ping_interval_s: u64,
@@ -181,6 +190,8 @@ async fn main() -> anyhow::Result<()> {
         sms_queue: args.sms_queue,
         codes_per_address_per_hour: args.codes_per_address_per_hour,
         codes_per_hour: args.codes_per_hour,
+        sender_messages_per_min: args.sender_messages_per_min,
+        sender_bytes_per_min: args.sender_bytes_per_min,
         ping_interval: Duration::from_secs(args.ping_interval_s),
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         ..RelayConfig::default()

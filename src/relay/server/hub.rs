@@ -133,7 +133,8 @@ const RECEIPT_PACE: Duration = Duration::from_millis(50);
 /// queue place is taken.
 const SMS_BUSY_RETRY: Duration = Duration::from_secs(10);
 
-/// How often, at most, the hub warns that the codes' total limit refuses requests.
+/// How often, at most, the hub warns that the codes' total limit refuses requests, or
+/// logs that one sender is over its quota.
 const LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The handle `run` keeps: the request channel and the thread's completion.
@@ -208,6 +209,25 @@ struct Conn {
     addr: IpAddr,
 }
 
+/// Each sender's quotas of new messages and bytes of text per minute.
+struct SenderLimits {
+    messages: Option<Rate>,
+    bytes: Option<Rate>,
+    /// Senders whose buckets are not full (the others are forgotten at the sweep).
+    by_sender: HashMap<String, SenderQuota>,
+}
+
+struct SenderQuota {
+    /// `None` where that kind has no limit.
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+    /// A send was refused: every send before this is refused too, so that a later,
+    /// smaller message cannot overtake the refused one (the client resends in order).
+    blocked_until: Option<Instant>,
+    /// When being over the quota was last logged.
+    logged: Option<Instant>,
+}
+
 /// The limits on registration codes beyond those of each number: SMS commands at once,
 /// codes per address and in total.
 struct CodeLimits {
@@ -227,6 +247,7 @@ struct State {
     config: Arc<RelayConfig>,
     db: Db,
     codes: CodeLimits,
+    senders: SenderLimits,
     /// For the SMS tasks to report back.
     tx: mpsc::Sender<HubCmd>,
     conns: HashMap<ConnId, Conn>,
@@ -305,8 +326,15 @@ impl State {
                 .map(|rate| (rate, Bucket::full(rate, now))),
             warned: None,
         };
+        let minute = Duration::from_secs(60);
+        let senders = SenderLimits {
+            messages: Rate::per(config.sender_messages_per_min.into(), minute),
+            bytes: Rate::per(config.sender_bytes_per_min, minute),
+            by_sender: HashMap::new(),
+        };
         State {
             codes,
+            senders,
             next_sweep: Instant::now(),
             config,
             db,
@@ -803,6 +831,20 @@ impl State {
                 .by_address
                 .retain(|_, bucket| !bucket.is_full(rate, instant));
         }
+        let SenderLimits {
+            messages,
+            bytes,
+            by_sender,
+        } = &mut self.senders;
+        let full = |bucket: &mut Option<Bucket>, rate: Option<Rate>| match (bucket, rate) {
+            (Some(bucket), Some(rate)) => bucket.is_full(rate, instant),
+            _ => true,
+        };
+        by_sender.retain(|_, quota| {
+            quota.blocked_until.is_some_and(|until| until > instant)
+                || !full(&mut quota.messages, *messages)
+                || !full(&mut quota.bytes, *bytes)
+        });
         let forgotten = self.db.purge(
             now - ms(self.config.dedupe_retention),
             now - ms(self.config.code_resend),
@@ -1004,6 +1046,77 @@ impl State {
         }
         if let Some((rate, bucket)) = &mut self.codes.total {
             bucket.take(*rate, now, 1);
+        }
+    }
+
+    /// How long `sender` must wait before a new message of `bytes` bytes of text is
+    /// accepted, if it is over its quota now. O(1): one map lookup.
+    fn over_quota(&mut self, sender: &str, bytes: usize) -> Option<Duration> {
+        let SenderLimits {
+            messages: message_rate,
+            bytes: byte_rate,
+            by_sender,
+        } = &mut self.senders;
+        if message_rate.is_none() && byte_rate.is_none() {
+            return None;
+        }
+        let quota = by_sender.get_mut(sender)?;
+        let now = Instant::now();
+        let blocked = quota.blocked_until.filter(|&until| until > now);
+        let wait = match blocked {
+            Some(until) => until - now,
+            None => {
+                let mut wait = Duration::ZERO;
+                if let (Some(rate), Some(bucket)) = (*message_rate, &mut quota.messages) {
+                    wait = wait.max(bucket.wait(rate, now, 1));
+                }
+                if let (Some(rate), Some(bucket)) = (*byte_rate, &mut quota.bytes) {
+                    wait = wait.max(bucket.wait(rate, now, bytes as u64));
+                }
+                if wait.is_zero() {
+                    quota.blocked_until = None;
+                    return None;
+                }
+                quota.blocked_until = Some(now + wait);
+                if quota
+                    .logged
+                    .is_none_or(|at| now.duration_since(at) >= LIMIT_WARN_EVERY)
+                {
+                    quota.logged = Some(now);
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    info!(%sender, wait_ms, "sender over its quota: its sends are refused for now");
+                }
+                wait
+            }
+        };
+        Some(wait)
+    }
+
+    /// Counts an accepted message of `bytes` bytes of text against `sender`'s quotas.
+    fn charge_sender(&mut self, sender: &str, bytes: usize) {
+        let SenderLimits {
+            messages: message_rate,
+            bytes: byte_rate,
+            by_sender,
+        } = &mut self.senders;
+        if message_rate.is_none() && byte_rate.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let quota = match by_sender.get_mut(sender) {
+            Some(quota) => quota,
+            None => by_sender.entry(sender.to_owned()).or_insert(SenderQuota {
+                messages: message_rate.map(|rate| Bucket::full(rate, now)),
+                bytes: byte_rate.map(|rate| Bucket::full(rate, now)),
+                blocked_until: None,
+                logged: None,
+            }),
+        };
+        if let (Some(rate), Some(bucket)) = (*message_rate, &mut quota.messages) {
+            bucket.take(rate, now, 1);
+        }
+        if let (Some(rate), Some(bucket)) = (*byte_rate, &mut quota.bytes) {
+            bucket.take(rate, now, bytes as u64);
         }
     }
 
@@ -1246,6 +1359,15 @@ impl State {
             self.send(conn, &frame);
             return Ok(());
         }
+        // A resend of an accepted message is answered above, whatever the quota: only new
+        // messages count.
+        if let Some(wait) = self.over_quota(&me, text.len()) {
+            let message = "this sender's quota (messages or bytes per minute) is used up";
+            let mut error = refuse(ErrorCode::RateLimited, message.to_owned());
+            error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            self.fail(conn, error);
+            return Ok(());
+        }
         if !self.db.is_registered(&to)? {
             let message = format!("{to} is not registered on this relay");
             self.fail(conn, refuse(ErrorCode::RecipientUnregistered, message));
@@ -1258,6 +1380,7 @@ impl State {
             return Ok(());
         }
         self.db.insert_message(&me, &id, &to, &text, ts, now_ms())?;
+        self.charge_sender(&me, text.len());
         let recipient = self.online.get(&to).copied();
         let state = match recipient {
             Some(_) => SendState::Online,
