@@ -282,12 +282,13 @@ pub struct ErrorFrame {
     /// The `type` of the client frame this answers, when it answers one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub re: Option<String>,
-    /// The message id of the `send` or `revoke` this answers.
+    /// The message id of the `send`, `revoke` or `ack` this answers (the relay omits an
+    /// id longer than 64 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// True when the relay closes the connection right after this frame.
     pub fatal: bool,
-    /// For `rate-limited`: when a retry may succeed.
+    /// For `rate-limited`: in how many ms a retry may succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
     /// For `code-invalid`: how many more tries this code allows.
@@ -354,11 +355,15 @@ pub enum ErrorCode {
     // Not fatal: the request failed, the connection stays.
     /// A number that is not E.164 (`+` and 2 to 15 digits, no leading zero).
     InvalidNumber,
-    /// A message id that is empty, longer than 64 bytes or not `[A-Za-z0-9._:-]`.
+    /// A message id (of a `send` or an `ack`) that is empty, longer than 64 bytes or not
+    /// `[A-Za-z0-9._:-]`.
     InvalidId,
     /// The relay could not send the code SMS.
     SmsFailed,
-    /// Too soon after the last code for this number; see `retry_after_ms`.
+    /// A limit of the relay says "not now": for `register`, a limit on codes (per
+    /// number, per address, in total, SMS commands busy); for `send`, the sender's
+    /// quota. Nothing was done; send the same request again after `retry_after_ms` (for
+    /// a `send`, this is no reason to fall back to SMS).
     RateLimited,
     /// No code is pending for this number (never asked, already used, or `--verify
     /// none`).
