@@ -2112,6 +2112,44 @@ fn the_binary_refuses_unsafe_setups() {
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
 
+#[test]
+fn the_binary_documents_and_checks_its_limits() {
+    let help = relay_bin()
+        .arg("--help")
+        .output()
+        .expect("run tandem-relay");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--max-outbox-bytes",
+        "--sms-concurrency",
+        "--sms-queue",
+        "--codes-per-address-per-hour",
+        "--codes-per-hour",
+        "--sender-messages-per-min",
+        "--sender-bytes-per-min",
+    ] {
+        assert!(help.contains(option), "{option} is not in --help:\n{help}");
+    }
+    // Limits that cannot work are refused at start, with the reason.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, reason) in [
+        (["--sender-bytes-per-min", "1000"], "sender_bytes_per_min"),
+        (["--max-outbox-bytes", "100000"], "max_outbox_bytes"),
+        (["--sms-concurrency", "0"], "sms_concurrency"),
+    ] {
+        let output = relay_bin()
+            .args(["--listen", "127.0.0.1:0", "--verify", "none", "--db"])
+            .arg(dir.path().join("r.db"))
+            .args(args)
+            .output()
+            .expect("run tandem-relay");
+        assert!(!output.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
