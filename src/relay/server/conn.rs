@@ -221,7 +221,8 @@ where
                             return fatal(ErrorCode::Malformed, "a text message that is not UTF-8");
                         }
                         Some(Err(err)) => {
-                            debug!(conn = self.ctx.id, cause = %err, "read failed");
+                            let cause = clip(&err.to_string(), 200);
+                            debug!(conn = self.ctx.id, %cause, "read failed");
                             return End::Gone("read failed");
                         }
                     };

@@ -46,7 +46,7 @@ use super::outbox::{OutboxTx, PushError, Weigh};
 use super::quota::{Bucket, Rate, address_key};
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
-use super::{RelayConfig, RelayError, Verify, excerpt};
+use super::{RelayConfig, RelayError, Verify, clip, excerpt};
 use crate::relay::protocol::{
     ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, MAX_ID_BYTES, PresenceEntry, PresenceState,
     ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, encode, is_e164, is_message_id,
@@ -1142,6 +1142,8 @@ impl State {
                 self.send(conn, &frame);
             }
             Err(cause) => {
+                // The command's stderr is kept whole in the error: one escaped line.
+                let cause = clip(&cause.to_string(), 800);
                 error!(%number, %cause, "cannot send the registration code");
                 // A code nobody received must not hold the number's rate limit.
                 if let Err(err) = self.db.delete_code(&number) {

@@ -398,7 +398,10 @@ async fn accept_tls(
     // Boxed: the TLS handshake's future would otherwise stay in the task for life.
     match Box::pin(ctx.handshake(acceptor.accept(stream))).await {
         Some(Ok(stream)) => conn::serve(stream, ctx).await,
-        Some(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        Some(Err(err)) => {
+            let cause = clip(&err.to_string(), 200);
+            debug!(%peer, %cause, "TLS handshake failed");
+        }
         None => debug!(%peer, "TLS handshake timed out or the relay stops"),
     }
 }
