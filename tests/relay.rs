@@ -142,6 +142,22 @@ where
         }
     }
 
+    /// The text of the next frame, undecoded (skipping WebSocket pings and pongs).
+    async fn recv_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open")
+                .expect("a readable frame");
+            match message {
+                Message::Text(text) => return text.as_str().to_owned(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
     /// Asserts that no frame arrives within `wait`.
     async fn quiet(&mut self, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
@@ -384,6 +400,16 @@ async fn verify(client: &mut Client, number: &str, code: &str) {
         .await;
 }
 
+/// The default relay without the senders' quotas: for tests of throughput and
+/// backlogs, where one sender stands for many.
+fn no_quotas() -> RelayConfig {
+    RelayConfig {
+        sender_messages_per_min: 0,
+        sender_bytes_per_min: 0,
+        ..RelayConfig::default()
+    }
+}
+
 fn sms_config(dir: &Path) -> RelayConfig {
     RelayConfig {
         verify: Verify::SmsCommand(sms_script(dir)),
@@ -587,6 +613,155 @@ async fn a_failing_sms_command_is_reported() {
         })
         .await;
     client.error(ErrorCode::SmsFailed).await;
+    relay.stop().await;
+}
+
+/// An SMS command that appends `start NS` and `end NS` (nanoseconds) to `dir/runs`
+/// around `seconds` of sleep, and stores the code as `sms_script` does.
+fn timed_sms_script(dir: &Path, seconds: &str) -> String {
+    let script = dir.join("timed-send-code.sh");
+    let runs = dir.join("runs");
+    let body = format!(
+        "#!/bin/sh\necho \"start $(date +%s%N)\" >> '{runs}'\nsleep {seconds}\n\
+         printf '%s' \"$2\" > '{dir}/code'\"$1\"\necho \"end $(date +%s%N)\" >> '{runs}'\n",
+        runs = runs.display(),
+        dir = dir.display(),
+    );
+    std::fs::write(&script, body).expect("write script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    script.display().to_string()
+}
+
+/// The most SMS commands that ran at the same time, from `dir/runs`; and how many ran.
+fn most_at_once(dir: &Path) -> (usize, usize) {
+    let runs = std::fs::read_to_string(dir.join("runs")).unwrap_or_default();
+    let mut events: Vec<(u128, i32)> = runs
+        .lines()
+        .map(|line| {
+            let (what, at) = line.split_once(' ').expect("a run line");
+            let at: u128 = at.parse().expect("a time");
+            // An end before a start at the same time.
+            (at, if what == "start" { 1 } else { -1 })
+        })
+        .collect();
+    events.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in &events {
+        now += step;
+        most = most.max(now);
+    }
+    (most as usize, events.len() / 2)
+}
+
+/// A client from `ip` (any 127.0.0.0/8 address is loopback), that said `hello`.
+async fn client_from(relay: &Relay, ip: [u8; 4]) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from((ip, 0)))
+        .expect("bind a loopback address");
+    let stream = socket.connect(relay.addr).await.expect("connect");
+    let mut client = Client::handshake(stream, &format!("ws://{}/", relay.addr)).await;
+    client.hello().await;
+    client
+}
+
+async fn register(client: &mut Client, number: &str) {
+    client
+        .put(&ClientFrame::Register {
+            number: number.to_owned(),
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn sms_commands_run_a_few_at_a_time_and_wait_in_a_bounded_queue() {
+    // Twelve connections ask for codes at once: two commands run at a time, eight wait,
+    // and the last two are refused at once with a time to come back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig {
+        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0.3")),
+        sms_concurrency: 2,
+        sms_queue: 8,
+        codes_per_address_per_hour: 0,
+        codes_per_hour: 0,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    let mut clients = Vec::new();
+    for n in 0..12 {
+        let mut client = relay.client().await;
+        register(&mut client, &format!("+1555200{n:04}")).await;
+        clients.push(client);
+    }
+    let mut sent = 0;
+    let mut refused = Vec::new();
+    for (n, client) in clients.iter_mut().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(10), client.recv()).await {
+            Ok(ServerFrame::CodeSent { .. }) => sent += 1,
+            Ok(ServerFrame::Error(error)) if error.code == ErrorCode::RateLimited => {
+                assert!(error.retry_after_ms.is_some_and(|ms| ms > 0), "{error:?}");
+                refused.push(n);
+            }
+            other => panic!("expected code-sent or rate-limited, got {other:?}"),
+        }
+    }
+    assert_eq!((sent, refused.len()), (10, 2));
+    let (most, runs) = most_at_once(dir.path());
+    println!("{runs} SMS commands, at most {most} at once");
+    assert_eq!((most, runs), (2, 10));
+    // Once the queue is empty, codes are sent again.
+    let n = refused[0];
+    request_code_from(&mut clients[n], dir.path(), &format!("+1555200{n:04}")).await;
+    relay.stop().await;
+}
+
+/// `register`, then the code the timed script stored.
+async fn request_code_from(client: &mut Client, dir: &Path, number: &str) {
+    register(client, number).await;
+    match client.recv().await {
+        ServerFrame::CodeSent { number: n, .. } if n == number => {}
+        other => panic!("expected code-sent, got {other:?}"),
+    }
+    assert!(code_file(dir, number).exists());
+}
+
+#[tokio::test]
+async fn codes_are_limited_per_address_and_in_total() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = RelayConfig {
+        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0")),
+        codes_per_address_per_hour: 3,
+        codes_per_hour: 5,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    // Three codes from 127.0.0.1, for three numbers, then no more from that address,
+    // whatever the number or the connection.
+    let mut client = relay.client().await;
+    for n in 0..3 {
+        request_code_from(&mut client, dir.path(), &format!("+1555300{n:04}")).await;
+    }
+    let mut other = relay.client().await;
+    register(&mut other, "+15553000099").await;
+    let error = other.error(ErrorCode::RateLimited).await;
+    assert!(!error.fatal);
+    // One code comes back every 20 minutes.
+    let wait = error.retry_after_ms.expect("retry_after_ms");
+    assert!((1_100_000..=1_200_000).contains(&wait), "{wait} ms");
+    // Another address is not held by it, up to the total of five.
+    let mut second = client_from(&relay, [127, 0, 0, 2]).await;
+    request_code_from(&mut second, dir.path(), "+15553000100").await;
+    let mut third = client_from(&relay, [127, 0, 0, 3]).await;
+    request_code_from(&mut third, dir.path(), "+15553000101").await;
+    let mut fourth = client_from(&relay, [127, 0, 0, 4]).await;
+    register(&mut fourth, "+15553000102").await;
+    let error = fourth.error(ErrorCode::RateLimited).await;
+    assert!(
+        error.retry_after_ms.is_some_and(|ms| ms > 600_000),
+        "{error:?}"
+    );
+    assert_eq!(most_at_once(dir.path()).1, 5, "five codes sent in all");
     relay.stop().await;
 }
 
@@ -1036,7 +1211,7 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
     // Answers to a client's own requests (acks, confirms) share its outbound queue with
     // deliveries and receipts; a client that reads everything must never overflow it,
     // however many requests it pipelines.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let (alice, _) = relay.account(ALICE).await;
     let (bob, _) = relay.account(BOB).await;
     let count = 600;
@@ -1089,7 +1264,7 @@ async fn owe_receipts_to_alice(relay: &Relay, count: usize) -> String {
 async fn a_long_backlog_of_receipts_reaches_its_sender() {
     // Receipts owed to an offline sender go out at its login; more of them than its
     // outbound queue holds must neither overflow it nor be lost.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let count = 400;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
@@ -1108,7 +1283,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
     // Forty recipients ack 32 messages each from one sender, all at once: the relay
     // commits such acks in large groups, and the receipts one group releases must
     // neither overflow the sender's outbound queue (it reads everything) nor be lost.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let (mut alice, _) = relay.account(ALICE).await;
     let per = 32;
     let mut recipients = Vec::new();
@@ -1170,7 +1345,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
 async fn owed_receipts_keep_flowing_on_a_busy_relay() {
     // A sender owed a backlog logs in while another client keeps the relay busy
     // (a request every 10 ms): the paced batches must not wait for a quiet moment.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = Relay::start(no_quotas()).await;
     let count = 200;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     // Dave asks for a presence nobody changes, every 10 ms: hub traffic and nothing else.
@@ -1189,6 +1364,98 @@ async fn owed_receipts_keep_flowing_on_a_busy_relay() {
         assert!(seen.insert(id), "each receipt once");
     }
     busy.abort();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
+    let config = RelayConfig {
+        sender_messages_per_min: 60,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let (mut bob, _) = relay.account(BOB).await;
+    let (mut carol, _) = relay.account(CAROL).await;
+    // A minute's worth at once...
+    for n in 0..60 {
+        alice.send_text(&format!("q{n}"), BOB, "hi").await;
+    }
+    for _ in 0..60 {
+        assert!(matches!(alice.recv().await, ServerFrame::Ack { .. }));
+    }
+    // ...then a clean refusal naming the message and when to come back; nothing stored.
+    alice.send_text("q60", BOB, "one too many").await;
+    let error = alice.error(ErrorCode::RateLimited).await;
+    assert_eq!(
+        (error.re.as_deref(), error.id.as_deref()),
+        (Some("send"), Some("q60"))
+    );
+    assert!(!error.fatal);
+    let wait = error.retry_after_ms.expect("retry_after_ms");
+    assert!((1..=1000).contains(&wait), "{wait} ms");
+    // Resends of accepted messages are answered as ever.
+    assert_eq!(
+        alice.send_ok("q0", BOB, "hi").await,
+        (SendState::Online, true)
+    );
+    // Another sender is not held by Alice's quota.
+    assert_eq!(carol.send_ok("c1", BOB, "hello").await.0, SendState::Online);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert_eq!(
+        alice.send_ok("q60", BOB, "one too many").await,
+        (SendState::Online, false)
+    );
+    // Bob gets Alice's 61 messages once each, in order, and Carol's.
+    let mut from_alice = Vec::new();
+    let mut confirmed = 0;
+    while confirmed < 62 {
+        match bob.recv().await {
+            ServerFrame::Deliver { from, id, .. } => {
+                if from == ALICE {
+                    from_alice.push(id.clone());
+                }
+                bob.ack(&from, &id).await;
+            }
+            ServerFrame::Confirm { .. } => confirmed += 1,
+            _ => panic!("expected deliver or confirm"),
+        }
+    }
+    let expected: Vec<String> = (0..61).map(|n| format!("q{n}")).collect();
+    assert_eq!(from_alice, expected);
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_over_its_quota_of_bytes_waits_and_keeps_its_order() {
+    let config = RelayConfig {
+        max_frame_bytes: 32 * 1024,
+        max_text_bytes: 16 * 1024,
+        sender_bytes_per_min: 64 * 1024,
+        ..RelayConfig::default()
+    };
+    let relay = Relay::start(config).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let (_bob, _) = relay.account(BOB).await;
+    let big = "x".repeat(15 * 1024);
+    for n in 0..4 {
+        alice.send_ok(&format!("b{n}"), BOB, &big).await;
+    }
+    // 60 KiB of 64 used: 16 KiB more must wait, and a small message after it waits
+    // too, though it would fit: it must not overtake the one refused.
+    alice.send_text("b4", BOB, &"y".repeat(16 * 1024)).await;
+    let error = alice.error(ErrorCode::RateLimited).await;
+    assert_eq!(error.id.as_deref(), Some("b4"));
+    let wait = error.retry_after_ms.expect("retry_after_ms");
+    // 12 KiB at 64 KiB a minute: 11.25 s.
+    assert!((11_000..=11_300).contains(&wait), "{wait} ms");
+    alice.send_text("b5", BOB, "small").await;
+    let error = alice.error(ErrorCode::RateLimited).await;
+    assert_eq!(error.id.as_deref(), Some("b5"));
+    assert!(
+        error.retry_after_ms.is_some_and(|ms| ms <= wait),
+        "{error:?}"
+    );
     relay.stop().await;
 }
 
@@ -1504,6 +1771,19 @@ async fn oversized_and_malformed_frames_close_only_that_connection() {
             ErrorCode::UnsupportedVersion,
         ),
         (false, Message::text("[]"), ErrorCode::Malformed),
+        // serde's tagged enums also take an array: a frame is an object only.
+        (false, Message::text(r#"["hello",1]"#), ErrorCode::Malformed),
+        (true, Message::text(r#"["ping"]"#), ErrorCode::Malformed),
+        (true, Message::text(r#" ["ping",7]"#), ErrorCode::Malformed),
+        // A text message that is not UTF-8 is answered, not just hung up on.
+        (true, invalid_utf8_text(), ErrorCode::Malformed),
+        (false, invalid_utf8_text(), ErrorCode::Malformed),
+        // serde's error quotes the input: the error frame shows only a short part of it.
+        (
+            true,
+            Message::text(format!(r#"{{"type":"x\n{}"}}"#, "y".repeat(3000))),
+            ErrorCode::Malformed,
+        ),
     ];
     for (n, (greet, message, code)) in cases.into_iter().enumerate() {
         let mut client = if greet {
@@ -1514,8 +1794,126 @@ async fn oversized_and_malformed_frames_close_only_that_connection() {
         client.put_raw(message).await;
         let error = client.fatal(code).await;
         assert!(!error.message.is_empty());
+        assert!(error.message.len() < 300, "{}", error.message);
         still_serving(&mut alice, &mut bob, &format!("s{}", n + 1)).await;
     }
+    relay.stop().await;
+}
+
+/// A WebSocket text message whose payload is not UTF-8.
+fn invalid_utf8_text() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let payload = b"{\"type\":\"ping\",\"x\":\"\xff\xfe\"}".to_vec();
+    Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true))
+}
+
+#[tokio::test]
+async fn error_frames_never_echo_long_input() {
+    // Every request with a long invalid field is refused with a short error frame: a
+    // client cannot make the relay hold or send back what it sent.
+    let relay = Relay::start(RelayConfig::default()).await;
+    let (mut alice, _) = relay.account(ALICE).await;
+    let long = format!("+1\n{}", "9".repeat(200_000));
+    let long_id = "x".repeat(200_000);
+    let requests = [
+        (
+            ClientFrame::Send {
+                id: long_id.clone(),
+                to: BOB.to_owned(),
+                text: "hi".to_owned(),
+                ts: 0,
+            },
+            ErrorCode::InvalidId,
+            None,
+        ),
+        (
+            ClientFrame::Send {
+                id: "m1".to_owned(),
+                to: long.clone(),
+                text: "hi".to_owned(),
+                ts: 0,
+            },
+            ErrorCode::InvalidNumber,
+            Some("m1"),
+        ),
+        (
+            ClientFrame::Revoke {
+                id: long_id.clone(),
+            },
+            ErrorCode::UnknownMessage,
+            None,
+        ),
+        (
+            ClientFrame::Ack {
+                from: long.clone(),
+                id: "m1".to_owned(),
+            },
+            ErrorCode::InvalidNumber,
+            None,
+        ),
+        (
+            ClientFrame::Ack {
+                from: BOB.to_owned(),
+                id: long_id.clone(),
+            },
+            ErrorCode::InvalidId,
+            None,
+        ),
+        (
+            ClientFrame::Subscribe {
+                numbers: vec![BOB.to_owned(), long.clone()],
+            },
+            ErrorCode::InvalidNumber,
+            None,
+        ),
+        (
+            ClientFrame::Typing {
+                to: long.clone(),
+                active: true,
+            },
+            ErrorCode::InvalidNumber,
+            None,
+        ),
+    ];
+    for (request, code, id) in requests {
+        let kind = request.kind();
+        alice.put(&request).await;
+        let text = alice.recv_text().await;
+        assert!(text.len() < 400, "{kind}: {} bytes of answer", text.len());
+        match decode_server(&text).expect("a frame") {
+            ServerFrame::Error(error) => {
+                assert_eq!((error.code, error.re.as_deref()), (code, Some(kind)));
+                assert!(!error.fatal);
+                assert_eq!(error.id.as_deref(), id, "{kind}");
+            }
+            other => panic!("{kind}: expected an error, got {other:?}"),
+        }
+    }
+    // Short invalid ids are still named, so a client can tell which request failed.
+    alice.send_text("a b", BOB, "hi").await;
+    let error = alice.error(ErrorCode::InvalidId).await;
+    assert_eq!(error.id.as_deref(), Some("a b"));
+    // Before login, too.
+    let mut client = relay.client().await;
+    for request in [
+        ClientFrame::Register {
+            number: long.clone(),
+        },
+        ClientFrame::Verify {
+            number: long.clone(),
+            code: "1".repeat(10_000),
+        },
+    ] {
+        client.put(&request).await;
+        let text = client.recv_text().await;
+        assert!(text.len() < 400, "{} bytes of answer", text.len());
+        match decode_server(&text).expect("a frame") {
+            ServerFrame::Error(error) => assert_eq!(error.code, ErrorCode::InvalidNumber),
+            other => panic!("expected invalid-number, got {other:?}"),
+        }
+    }
+    alice.sync().await;
     relay.stop().await;
 }
 
@@ -1714,6 +2112,44 @@ fn the_binary_refuses_unsafe_setups() {
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
 
+#[test]
+fn the_binary_documents_and_checks_its_limits() {
+    let help = relay_bin()
+        .arg("--help")
+        .output()
+        .expect("run tandem-relay");
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--max-outbox-bytes",
+        "--sms-concurrency",
+        "--sms-queue",
+        "--codes-per-address-per-hour",
+        "--codes-per-hour",
+        "--sender-messages-per-min",
+        "--sender-bytes-per-min",
+    ] {
+        assert!(help.contains(option), "{option} is not in --help:\n{help}");
+    }
+    // Limits that cannot work are refused at start, with the reason.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (args, reason) in [
+        (["--sender-bytes-per-min", "1000"], "sender_bytes_per_min"),
+        (["--max-outbox-bytes", "100000"], "max_outbox_bytes"),
+        (["--sms-concurrency", "0"], "sms_concurrency"),
+    ] {
+        let output = relay_bin()
+            .args(["--listen", "127.0.0.1:0", "--verify", "none", "--db"])
+            .arg(dir.path().join("r.db"))
+            .args(args)
+            .output()
+            .expect("run tandem-relay");
+        assert!(!output.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -1727,14 +2163,24 @@ fn rss_kib(pid: u32) -> u64 {
 /// Starts the `tandem-relay` binary on 127.0.0.1:0 (`--verify none`, a database in
 /// `dir`); returns it and its address.
 fn spawn_relay_bin(dir: &Path, extra: &[&std::ffi::OsStr]) -> (Reaped, SocketAddr) {
+    spawn_relay_bin_with(dir, extra, std::process::Stdio::null())
+}
+
+/// [`spawn_relay_bin`] with its log (stderr) going to `stderr`.
+fn spawn_relay_bin_with(
+    dir: &Path,
+    extra: &[&std::ffi::OsStr],
+    stderr: std::process::Stdio,
+) -> (Reaped, SocketAddr) {
     use std::io::BufRead as _;
 
     let mut child = relay_bin()
         .args(["--listen", "127.0.0.1:0", "--verify", "none", "--db"])
         .arg(dir.join("relay.db"))
         .args(extra)
+        .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start tandem-relay");
     let stdout = child.stdout.take().expect("stdout");
@@ -1758,6 +2204,261 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The relay's log (stderr, `-v`) in `dir/relay.log`, once `relay` has been killed.
+fn relay_log(dir: &Path) -> String {
+    let bytes = std::fs::read(dir.join("relay.log")).expect("the relay's log");
+    String::from_utf8(bytes).expect("the log is UTF-8")
+}
+
+#[tokio::test]
+async fn clients_cannot_write_into_the_log() {
+    // What a client sends reaches the relay's log only checked, or as a short escaped
+    // excerpt: no forged line, no terminal escape, no long line.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log file");
+    let (child, addr) = spawn_relay_bin_with(dir.path(), &["-v".as_ref()], log.into());
+    let relay = Relay {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    let forged = "\n2030-01-01T00:00:00.000000Z  INFO tandem::relay: FORGED \u{1b}[2J\u{1b}[31m";
+    let long = |head: &str| format!("{head}{forged}{}", "9".repeat(200_000));
+
+    // hello's client name (logged at debug), login's number (logged when refused).
+    let mut client = relay.raw().await;
+    client
+        .put(&ClientFrame::Hello {
+            v: 1,
+            client: Some(long("tandemd")),
+        })
+        .await;
+    assert!(matches!(client.recv().await, ServerFrame::Welcome { .. }));
+    client
+        .put(&ClientFrame::Login {
+            number: long("+1"),
+            token: "0".repeat(64),
+        })
+        .await;
+    client.fatal(ErrorCode::AuthFailed).await;
+    // Requests refused for their input, and malformed frames (whose reason is logged).
+    let (mut alice, _) = relay.account(ALICE).await;
+    alice.send_text("m1", &long("+1"), "hi").await;
+    alice.error(ErrorCode::InvalidNumber).await;
+    alice.put(&ClientFrame::Revoke { id: long("m") }).await;
+    alice.error(ErrorCode::UnknownMessage).await;
+    for message in [
+        // serde's error quotes the unknown type, newline and escapes included.
+        Message::text(serde_json::json!({ "type": long("x") }).to_string()),
+        Message::text(format!(
+            "{{\"type\":\"ping\",\"n\":\"{}\"}}",
+            "x".repeat(1000)
+        )),
+        invalid_utf8_text(),
+    ] {
+        let mut client = relay.client().await;
+        client.put_raw(message).await;
+        client.fatal(ErrorCode::Malformed).await;
+    }
+    alice.sync().await;
+    drop(child);
+
+    let log = relay_log(dir.path());
+    assert!(log.contains("login refused"), "{log}");
+    for line in log.lines() {
+        assert!(!line.starts_with("2030-"), "a forged log line: {line:?}");
+        assert!(!line.contains('\u{1b}'), "a terminal escape: {line:?}");
+        assert!(line.len() < 1000, "a line of {} bytes", line.len());
+    }
+}
+
+/// A client connected to `addr` with a small socket receive buffer (so that what it
+/// does not read stays in the relay rather than in the kernel), that said `hello`.
+async fn small_reader(addr: SocketAddr) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(addr).await.expect("connect");
+    let mut client = Client::handshake(stream, &format!("ws://{addr}/")).await;
+    client.hello().await;
+    client
+}
+
+/// Writes `frame` over and over on `client` without ever reading, until the relay stops
+/// reading (or the task is aborted).
+fn flood(client: Client, frame: ClientFrame) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut sink, _stream) = client.ws.split();
+        let text = Utf8Bytes::from(encode(&frame));
+        while sink.send(Message::Text(text.clone())).await.is_ok() {}
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_a_bounded_amount() {
+    // Clients that never read, with more than their delivery window of large messages
+    // for them and flooding requests whose answers used to echo 200 KB ids: the relay
+    // holds a bounded number of bytes for each (its outbox and what it reads ahead), not
+    // ~60 frames' worth. Frames are large here (800 KB texts) so that the deliveries
+    // are more than the kernel's socket buffers take (4 MiB here).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = [
+        "--max-frame-bytes",
+        "1048576",
+        "--max-text-bytes",
+        "900000",
+        "--max-outbox-bytes",
+        "5242880",
+        "--sender-messages-per-min",
+        "0",
+        "--sender-bytes-per-min",
+        "0",
+    ];
+    let limits: Vec<&std::ffi::OsStr> = limits.iter().map(|a| a.as_ref()).collect();
+    let (child, addr) = spawn_relay_bin(dir.path(), &limits);
+    let relay = Relay {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    let text = "x".repeat(800_000);
+    let (mut sender, _) = relay.account(ALICE).await;
+    // Warm up with the same traffic to a client that reads (database pages, buffers).
+    let (mut reader, _) = relay.account(BOB).await;
+    let warm = 4;
+    for n in 0..warm {
+        sender.send_ok(&format!("w{n}"), BOB, &text).await;
+    }
+    let mut confirmed = 0;
+    while confirmed < warm {
+        match reader.recv().await {
+            ServerFrame::Deliver { from, id, .. } => reader.ack(&from, &id).await,
+            ServerFrame::Confirm { .. } => confirmed += 1,
+            _ => panic!("expected deliver or confirm"),
+        }
+    }
+    for _ in 0..warm {
+        sender.receipt().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib(child.0.id());
+
+    let victims = 4;
+    let mut floods = Vec::new();
+    for v in 0..victims {
+        let number = format!("+1666000{v:04}");
+        let client = enroll(small_reader(addr).await, &number).await;
+        // More than its delivery window (32) of large messages: pushed, never read.
+        for n in 0..36 {
+            sender.send_ok(&format!("{v}-{n}"), &number, &text).await;
+        }
+        let bad_send = ClientFrame::Send {
+            id: "i".repeat(200_000),
+            to: BOB.to_owned(),
+            text: "hi".to_owned(),
+            ts: 0,
+        };
+        floods.push(flood(client, bad_send));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(child.0.id());
+    let per_client = after.saturating_sub(before) as f64 / f64::from(victims) / 1024.0;
+    println!(
+        "relay RSS: {before} KiB before, {after} KiB with {victims} clients that do not read: \
+         {per_client:.2} MiB each (max_frame_bytes 1 MiB, max_outbox_bytes 5 MiB)"
+    );
+    assert!(
+        per_client < 10.0,
+        "{per_client:.2} MiB held for each client that does not read"
+    );
+    // Everyone else is still served.
+    sender.send_ok("after", BOB, "still there?").await;
+    assert_eq!(reader.delivered().await.1, "after");
+    for flood in floods {
+        flood.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_logged_once() {
+    // A live client that stops reading while presence pushes pile up for it is dropped
+    // (its watchers see it offline) and logged as not reading, once; nobody else is.
+    // (A connection that is gone is told apart in the hub's unit test.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log file");
+    let (child, addr) = spawn_relay_bin_with(dir.path(), &["-v".as_ref()], log.into());
+    let relay = Relay {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    // Clients that hang up at once after a request: gone, not slow.
+    for n in 0..20 {
+        let (mut client, _) = relay.account(&format!("+1555100{n:04}")).await;
+        client.subscribe(&[CAROL]).await;
+        client
+            .put(&ClientFrame::Subscribe {
+                numbers: vec![CAROL.to_owned()],
+            })
+            .await;
+        drop(client);
+    }
+    // A live client that stops reading while its presence pushes pile up.
+    let (mut typist, _) = relay.account(CAROL).await;
+    let mut victim = enroll(small_reader(addr).await, DAVE).await;
+    victim.subscribe(&[CAROL]).await;
+    typist.subscribe(&[DAVE]).await;
+    // The relay's socket buffer takes a few MB before its queue fills: keep typing until
+    // the victim is dropped (Carol sees Dave go offline).
+    let (mut sink, mut stream) = typist.ws.split();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = sent.clone();
+    let pushes = tokio::spawn(async move {
+        for n in 0..2_000_000 {
+            let typing = ClientFrame::Typing {
+                to: DAVE.to_owned(),
+                active: n % 2 == 0,
+            };
+            let text = Message::Text(Utf8Bytes::from(encode(&typing)));
+            if sink.send(text).await.is_err() {
+                break;
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let dropped = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Text(text) = message
+                && let Ok(ServerFrame::Presence(entry)) = decode_server(&text)
+                && entry.number == DAVE
+                && entry.state == PresenceState::Offline
+            {
+                return;
+            }
+        }
+        panic!("the typist's connection ended");
+    });
+    dropped.await.expect("the victim is dropped");
+    pushes.abort();
+    println!(
+        "the victim was dropped after {} typing frames",
+        sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    drop(victim);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(child);
+
+    let log = relay_log(dir.path());
+    let slow: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("does not read"))
+        .collect();
+    assert_eq!(slow.len(), 1, "{log}");
+    assert!(
+        slow[0].contains("WARN") && slow[0].contains("bytes="),
+        "{log}"
+    );
 }
 
 /// How many idle logged-in clients the memory figure is measured with.

@@ -812,6 +812,65 @@ async fn messages_receipts_and_revokes() {
 }
 
 #[tokio::test]
+async fn sends_over_the_relays_quota_wait_and_keep_their_order() {
+    // The relay accepts 60 messages a minute from one sender (a minute's worth at once):
+    // the client sends 63 at once. The ones rate-limited are not refused to the engine
+    // (that would send them by SMS): they go again when the relay says, in order.
+    let relay = Relay::start(RelayConfig {
+        sender_messages_per_min: 60,
+        ..open_relay()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut alice = online("alice", &relay.url(), &dir.path().join("a"), ALICE).await;
+    let mut bob = online("bob", &relay.url(), &dir.path().join("b"), BOB).await;
+    let count = 63;
+    let ids: Vec<String> = (0..count).map(|n| format!("m{n:02}")).collect();
+    for id in &ids {
+        alice.send(id, BOB, "quick").await;
+    }
+    let mut answered = 0;
+    while answered < count {
+        let answer = alice
+            .expect("a send answer", |e| match e {
+                RelayEvent::SendAnswer { answer, .. } => Some(answer.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(
+            matches!(
+                answer,
+                SendAnswer::Accepted {
+                    duplicate: false,
+                    ..
+                }
+            ),
+            "{answer:?}"
+        );
+        answered += 1;
+    }
+    let mut delivered = Vec::new();
+    while delivered.len() < count {
+        let (from, id) = bob
+            .expect("Deliver", |e| match e {
+                RelayEvent::Deliver { from, id, .. } => Some((from.clone(), id.clone())),
+                _ => None,
+            })
+            .await;
+        bob.cmd(RelayCommand::Ack {
+            from: from.clone(),
+            id: id.clone(),
+        })
+        .await;
+        delivered.push(id);
+    }
+    assert_eq!(delivered, ids);
+    alice.stop().await;
+    bob.stop().await;
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn not_logged_in_answers_at_once_and_subscribes_later() {
     let relay = Relay::start(open_relay()).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,11 +3,13 @@
 //! `tandem-bench` re-runs itself in two hidden modes: `--daemon DB --daemon-config CFG`
 //! ([`daemon_mode`], what `tandemd --db DB --config CFG` does) and `--relay-server
 //! ADDR_FILE` ([`relay_server_mode`], what `tandem-relay --listen 127.0.0.1:0 --verify
-//! none` does, writing the address it got to a file instead of stdout). [`Daemon`] and
-//! [`RelayServer`] start those children and kill them on drop.
+//! none` does without the per-sender quotas, writing the address it got to a file
+//! instead of stdout). [`Daemon`] and [`RelayServer`] start those children and kill them
+//! on drop.
 //!
 //! Must not: configure the daemon or the relay otherwise than their binaries would
-//! (beyond the file the daemon is given), or leave a child running.
+//! (beyond the file the daemon is given and the relay's quotas), or leave a child
+//! running.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,9 +43,10 @@ pub fn daemon_mode(db: &Path, config: &Path) -> Result<(), BenchError> {
 }
 
 /// Relay-server mode: what `tandem-relay --listen 127.0.0.1:0 --verify none --db
-/// DIR/relay.db` does, with every other setting at its default, until SIGTERM or
-/// SIGINT. The database is `relay.db` next to `addr_file`; once it listens, the
-/// address is written to `addr_file` (whole, by a rename).
+/// DIR/relay.db --sender-messages-per-min 0 --sender-bytes-per-min 0` does, with every
+/// other setting at its default, until SIGTERM or SIGINT. The database is `relay.db`
+/// next to `addr_file`; once it listens, the address is written to `addr_file` (whole,
+/// by a rename).
 pub fn relay_server_mode(addr_file: &Path) -> Result<(), BenchError> {
     let runtime = current_thread()?;
     runtime.block_on(async {
@@ -56,6 +59,10 @@ pub fn relay_server_mode(addr_file: &Path) -> Result<(), BenchError> {
         let config = RelayConfig {
             db_path: Some(addr_file.with_file_name("relay.db")),
             verify: Verify::None,
+            // The scenarios measure what the relay can carry: each of their senders
+            // stands for many users, so the per-sender quotas are off.
+            sender_messages_per_min: 0,
+            sender_bytes_per_min: 0,
             ..RelayConfig::default()
         };
         let partial = addr_file.with_extension("partial");

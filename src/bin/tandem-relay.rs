@@ -67,6 +67,10 @@ struct Args {
     /// Most numbers one client may subscribe to.
     #[arg(long, value_name = "N", default_value_t = 1000)]
     max_subscriptions: usize,
+    /// Most bytes of frames queued for one connection; a client that does not read is
+    /// dropped past it. At least 1 MiB and 5 times --max-frame-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1536 * 1024)]
+    max_outbox_bytes: usize,
     /// How long a registration code is valid, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     code_ttl_s: u64,
@@ -76,6 +80,29 @@ struct Args {
     /// Minimum seconds between two code SMS to one number.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     code_resend_s: u64,
+    /// Most SMS commands running at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    sms_concurrency: usize,
+    /// Code requests that may wait for a free SMS command; more are refused
+    /// (rate-limited) until one is free.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    sms_queue: usize,
+    /// Most codes per hour for requests from one address (IPv4 address or IPv6 /64),
+    /// whatever the numbers; 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    codes_per_address_per_hour: u32,
+    /// Most codes per hour in all (what codes may cost); 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    codes_per_hour: u32,
+    /// Most new messages one sender may have accepted per minute (a minute's worth at
+    /// once at most); past it, its sends are refused rate-limited for a while; 0: no
+    /// limit.
+    #[arg(long, value_name = "N", default_value_t = 120)]
+    sender_messages_per_min: u32,
+    /// Most bytes of text one sender may have accepted per minute; 0: no limit, else at
+    /// least --max-text-bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024)]
+    sender_bytes_per_min: u64,
     /// Seconds between keepalive pings.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     ping_interval_s: u64,
@@ -155,9 +182,16 @@ async fn main() -> anyhow::Result<()> {
         queue_per_recipient: args.queue_per_recipient,
         max_age: Duration::from_secs(args.max_age_hours * 3600),
         max_subscriptions: args.max_subscriptions,
+        max_outbox_bytes: args.max_outbox_bytes,
         code_ttl: Duration::from_secs(args.code_ttl_s),
         code_attempts: args.code_attempts,
         code_resend: Duration::from_secs(args.code_resend_s),
+        sms_concurrency: args.sms_concurrency,
+        sms_queue: args.sms_queue,
+        codes_per_address_per_hour: args.codes_per_address_per_hour,
+        codes_per_hour: args.codes_per_hour,
+        sender_messages_per_min: args.sender_messages_per_min,
+        sender_bytes_per_min: args.sender_bytes_per_min,
         ping_interval: Duration::from_secs(args.ping_interval_s),
         idle_timeout: Duration::from_secs(args.idle_timeout_s),
         ..RelayConfig::default()

@@ -282,12 +282,13 @@ pub struct ErrorFrame {
     /// The `type` of the client frame this answers, when it answers one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub re: Option<String>,
-    /// The message id of the `send` or `revoke` this answers.
+    /// The message id of the `send`, `revoke` or `ack` this answers (the relay omits an
+    /// id longer than 64 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// True when the relay closes the connection right after this frame.
     pub fatal: bool,
-    /// For `rate-limited`: when a retry may succeed.
+    /// For `rate-limited`: in how many ms a retry may succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
     /// For `code-invalid`: how many more tries this code allows.
@@ -354,11 +355,15 @@ pub enum ErrorCode {
     // Not fatal: the request failed, the connection stays.
     /// A number that is not E.164 (`+` and 2 to 15 digits, no leading zero).
     InvalidNumber,
-    /// A message id that is empty, longer than 64 bytes or not `[A-Za-z0-9._:-]`.
+    /// A message id (of a `send` or an `ack`) that is empty, longer than 64 bytes or not
+    /// `[A-Za-z0-9._:-]`.
     InvalidId,
     /// The relay could not send the code SMS.
     SmsFailed,
-    /// Too soon after the last code for this number; see `retry_after_ms`.
+    /// A limit of the relay says "not now": for `register`, a limit on codes (per
+    /// number, per address, in total, SMS commands busy); for `send`, the sender's
+    /// quota. Nothing was done; send the same request again after `retry_after_ms` (for
+    /// a `send`, this is no reason to fall back to SMS).
     RateLimited,
     /// No code is pending for this number (never asked, already used, or `--verify
     /// none`).
@@ -460,13 +465,35 @@ impl ErrorCode {
 #[error("{0}")]
 pub struct DecodeError(#[from] serde_json::Error);
 
+impl DecodeError {
+    /// The frame is JSON, but not an object.
+    fn not_an_object() -> DecodeError {
+        DecodeError(serde::de::Error::custom("a frame must be a JSON object"))
+    }
+}
+
+/// Whether `text` can only be a JSON object: its first non-blank character is `{`.
+/// serde's tagged enums also take an array (`["ping"]` would be a `ping`), which the
+/// protocol does not allow; the rest of the text is checked by the decoder, which takes
+/// exactly one value.
+fn is_object(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+}
+
 /// Reads one client frame from the text of a WebSocket message.
 pub fn decode_client(text: &str) -> Result<ClientFrame, DecodeError> {
+    if !is_object(text) {
+        return Err(DecodeError::not_an_object());
+    }
     Ok(serde_json::from_str(text)?)
 }
 
 /// Reads one server frame from the text of a WebSocket message.
 pub fn decode_server(text: &str) -> Result<ServerFrame, DecodeError> {
+    if !is_object(text) {
+        return Err(DecodeError::not_an_object());
+    }
     Ok(serde_json::from_str(text)?)
 }
 
@@ -622,8 +649,25 @@ mod tests {
             r#"{"type":"subscribe","numbers":"+1555"}"#,
             r#"{"type":"ping","n":1.5}"#,
             r#"{"type":"hello","v":1} trailing"#,
+            // serde's tagged enums take a sequence too; a frame is an object only.
+            r#"["ping"]"#,
+            r#"["ping",7]"#,
+            r#" ["hello",1,"x"]"#,
+            r#"["send","m","+15550001111","hi",0]"#,
+            r#"["subscribe",[]]"#,
         ] {
             assert!(decode_client(json).is_err(), "accepted {json:?}");
+        }
+        // Blanks before the object are still JSON.
+        assert_eq!(
+            decode_client(" \r\n\t{\"type\":\"ping\"}").expect("decode"),
+            ClientFrame::Ping { n: 0 }
+        );
+        for json in [
+            r#"["pong",7]"#,
+            r#"["error",["internal","m",null,null,true]]"#,
+        ] {
+            assert!(decode_server(json).is_err(), "accepted {json:?}");
         }
     }
 

@@ -26,6 +26,9 @@
 //!   A send whose text or frame exceeds the relay's announced limits is `Refused` here
 //!   (`text-too-large` / `frame-too-large`) without being sent: an oversized frame would
 //!   make the relay close the connection, again after every resend.
+//! - A send the relay answers `rate-limited` (the sender's quota) is no answer yet: the
+//!   client writes it again after `retry_after_ms`, with the sends after it held
+//!   behind it in order, and the engine hears only the final answer (or `Lost`).
 //! - A revoke answered `unknown-message` is reported as `Some(RevokeOutcome::Revoked)`:
 //!   the relay never accepted that id, so it will never deliver it and the SMS may go.
 //!   Other errors on a revoke (`internal`) give `None` (unknown).

@@ -4,9 +4,14 @@
 //! the answers owed to the engine (every `Send` and `Revoke` gets exactly one), the
 //! reconnect schedule and the `RelayState` it shows. Everything happens in one
 //! `select!`: commands, the WebSocket, the dial in progress, NetworkManager's changes and
-//! at most three timers (the next dial, the dead-connection check, the code's expiry),
-//! each armed only when it means something, so an idle logged-in client wakes only for
-//! the relay's pings.
+//! at most four timers (the next dial, the dead-connection check, the code's expiry, the
+//! resend of sends the relay rate-limited), each armed only when it means something, so
+//! an idle logged-in client wakes only for the relay's pings.
+//!
+//! A `send` the relay answers `rate-limited` (its sender's quota) is not refused to the
+//! engine: it is a wait, not a verdict. The client keeps the frame of every unanswered
+//! send, holds a rate-limited one (and every later one, so that the order stays) and
+//! writes them again, in order, after `retry_after_ms`.
 //! Must not: interpret messages (the engine does), spawn tasks, or block the loop on
 //! anything unbounded: every write and every dial has a timeout.
 
@@ -48,6 +53,8 @@ const STABLE_LOGIN: Duration = Duration::from_secs(60);
 /// Events waiting for the engine beyond which the client stops reading the relay
 /// (TCP then slows the relay down; its own limits apply).
 const OUTBOX_HIGH: usize = 256;
+/// How long a send the relay rate-limited waits when the relay did not say.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs the client until `commands` closes.
 pub(super) async fn run(
@@ -67,6 +74,7 @@ pub(super) async fn run(
         let dial_at = client.dial_deadline();
         let idle_at = client.idle_deadline();
         let code_at = client.code_deadline();
+        let resend_at = client.resend_deadline();
         tokio::select! {
             command = commands.recv() => match command {
                 Some(command) => {
@@ -105,6 +113,10 @@ pub(super) async fn run(
             }
             () = at(code_at) => {
                 let result = client.on_code_expired().await;
+                client.check(result).await;
+            }
+            () = at(resend_at) => {
+                let result = client.resend_deferred().await;
                 client.check(result).await;
             }
         }
@@ -202,8 +214,14 @@ struct Session {
     logged_in_at: Option<Instant>,
     /// The code of the `verify` in flight (a newer one may have come meanwhile).
     verifying: Option<String>,
-    /// Ids of `send`s not answered yet, oldest first.
-    sends: VecDeque<String>,
+    /// `send`s written and not answered yet, oldest first.
+    sends: VecDeque<PendingSend>,
+    /// `send`s the relay rate-limited, and any written after, in order: written again
+    /// at `resend_at`.
+    deferred: VecDeque<PendingSend>,
+    resend_at: Option<Instant>,
+    /// The order of the next `send` on this connection.
+    next_seq: u64,
     /// Ids of `revoke`s not answered yet, oldest first.
     revokes: VecDeque<String>,
 }
@@ -221,8 +239,34 @@ impl Session {
             logged_in_at: None,
             verifying: None,
             sends: VecDeque::new(),
+            deferred: VecDeque::new(),
+            resend_at: None,
+            next_seq: 0,
             revokes: VecDeque::new(),
         }
+    }
+
+    /// Writes a `send` (or holds it behind ones waiting for the relay's quota).
+    async fn send(&mut self, id: String, frame: Utf8Bytes) -> Result<(), End> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let pending = PendingSend { id, seq, frame };
+        if !self.deferred.is_empty() {
+            self.deferred.push_back(pending);
+            return Ok(());
+        }
+        let message = Message::Text(pending.frame.clone());
+        self.sends.push_back(pending);
+        self.write_message(message).await
+    }
+
+    /// Holds a rate-limited send until `after` from now, in its place among the others
+    /// held.
+    fn defer(&mut self, pending: PendingSend, after: Duration) {
+        let place = self.deferred.partition_point(|held| held.seq < pending.seq);
+        self.deferred.insert(place, pending);
+        let at = later(Instant::now(), after);
+        self.resend_at = Some(self.resend_at.map_or(at, |current| current.max(at)));
     }
 
     /// Sends `verify` with `code` for this connection's number.
@@ -238,8 +282,12 @@ impl Session {
     }
 
     async fn write_text(&mut self, text: String) -> Result<(), End> {
+        self.write_message(Message::Text(Utf8Bytes::from(text)))
+            .await
+    }
+
+    async fn write_message(&mut self, message: Message) -> Result<(), End> {
         // `send` flushes: with no write buffer the frame leaves at once.
-        let message = Message::Text(Utf8Bytes::from(text));
         match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
@@ -251,11 +299,31 @@ impl Session {
     }
 }
 
+/// A `send` written to the relay and not answered yet.
+struct PendingSend {
+    id: String,
+    /// Its order among this connection's sends.
+    seq: u64,
+    /// The frame, to write again if the relay rate-limits it.
+    frame: Utf8Bytes,
+}
+
 /// Removes `id` (or, for an answer without id, the oldest) from the unanswered requests.
 fn take_pending(queue: &mut VecDeque<String>, id: Option<&str>) -> Option<String> {
     match id {
         Some(id) => {
             let index = queue.iter().position(|pending| pending == id)?;
+            queue.remove(index)
+        }
+        None => queue.pop_front(),
+    }
+}
+
+/// [`take_pending`] for sends.
+fn take_send(queue: &mut VecDeque<PendingSend>, id: Option<&str>) -> Option<PendingSend> {
+    match id {
+        Some(id) => {
+            let index = queue.iter().position(|pending| pending.id == id)?;
             queue.remove(index)
         }
         None => queue.pop_front(),
@@ -452,6 +520,31 @@ impl Client {
         self.registration.as_ref().and_then(|r| r.code_expires)
     }
 
+    fn resend_deadline(&self) -> Option<Instant> {
+        match &self.link {
+            Link::Up(session) => session.resend_at,
+            _ => None,
+        }
+    }
+
+    /// Writes again, in order, the sends held for the relay's quota.
+    async fn resend_deferred(&mut self) -> Result<(), End> {
+        let Link::Up(session) = &mut self.link else {
+            return Ok(());
+        };
+        session.resend_at = None;
+        debug!(
+            count = session.deferred.len(),
+            "sending rate-limited messages again"
+        );
+        while let Some(pending) = session.deferred.pop_front() {
+            let message = Message::Text(pending.frame.clone());
+            session.sends.push_back(pending);
+            session.write_message(message).await?;
+        }
+        Ok(())
+    }
+
     fn online_session(&mut self) -> Option<&mut Session> {
         match &mut self.link {
             Link::Up(session) if session.phase == Phase::Online => Some(session),
@@ -578,8 +671,12 @@ impl Client {
         let link = std::mem::replace(&mut self.link, Link::Down);
         let mut lasted = None;
         if let Link::Up(mut session) = link {
-            for id in session.sends.drain(..) {
+            // Held ones were refused by the relay, so not stored; but a Lost one is sent
+            // again after the next login anyway, which is what they wait for.
+            let held = session.deferred.drain(..);
+            for pending in session.sends.drain(..).chain(held) {
                 let answer = SendAnswer::Lost;
+                let id = pending.id;
                 self.out.push(RelayEvent::SendAnswer { id, answer });
             }
             for id in session.revokes.drain(..) {
@@ -733,8 +830,7 @@ impl Client {
                     self.out.push(RelayEvent::SendAnswer { id, answer });
                     return Ok(());
                 }
-                session.sends.push_back(id);
-                session.write_text(encoded).await
+                session.send(id, Utf8Bytes::from(encoded)).await
             }
             RelayCommand::Revoke { id } => {
                 let Some(session) = self.online_session() else {
@@ -986,8 +1082,8 @@ impl Client {
                 duplicate,
                 ..
             } => {
-                match take_pending(&mut session.sends, Some(&id)) {
-                    Some(id) => {
+                match take_send(&mut session.sends, Some(&id)) {
+                    Some(PendingSend { id, .. }) => {
                         let answer = SendAnswer::Accepted { state, duplicate };
                         self.out.push(RelayEvent::SendAnswer { id, answer });
                     }
@@ -1044,8 +1140,20 @@ impl Client {
         }
         match error.re.as_deref() {
             Some("send") => {
-                match take_pending(&mut session.sends, error.id.as_deref()) {
-                    Some(id) => {
+                match take_send(&mut session.sends, error.id.as_deref()) {
+                    // The sender's quota: nothing was stored; the same frame goes again
+                    // when the relay says (the engine is not told: no SMS for a wait).
+                    Some(pending) if error.code == ErrorCode::RateLimited => {
+                        let after = error
+                            .retry_after_ms
+                            .map_or(DEFAULT_RETRY_AFTER, Duration::from_millis);
+                        if session.deferred.is_empty() {
+                            info!(id = %pending.id, retry_after_ms = after.as_millis() as u64,
+                                  "the relay rate-limits this number's sends: sending again later");
+                        }
+                        session.defer(pending, after);
+                    }
+                    Some(PendingSend { id, .. }) => {
                         debug!(%id, code, reason = %error.message, "send refused");
                         let answer = SendAnswer::Refused {
                             code: error.code,

@@ -7,13 +7,16 @@
 //! answered here.
 //!
 //! Flow control: the outbox the hub fills holds at most `deliver_window` deliveries
-//! (the hub's window), [`REQUEST_BUDGET`] answers to this client's own requests, and
-//! [`OUTBOUND_SLACK`] other frames (receipts, presence). The connection forwards a new
-//! request only while fewer than `REQUEST_BUDGET` of its requests are unanswered (the
-//! hub answers each with exactly one `Answer` or `Done`); beyond that it stops reading
-//! the socket until answers have been written. So a client's own requests can never
-//! overflow its outbox: only a client that does not read its frames is dropped
-//! (`overloaded`).
+//! (the hub's window, paced to a quarter of `max_outbox_bytes`), [`REQUEST_BUDGET`]
+//! answers to this client's own requests, and [`OUTBOUND_SLACK`] other frames (receipts,
+//! presence), and at most `max_outbox_bytes` in all. The connection forwards a new
+//! request only while fewer than `REQUEST_BUDGET` of its requests are unanswered and
+//! their cost (their own bytes and an estimate of their answers', see [`cost`]) is below
+//! a quarter of `max_outbox_bytes` (the hub answers each with exactly one `Answer` or
+//! `Done`, which gives its cost back); beyond that it stops reading the socket until
+//! answers have been written. So neither a client's requests nor their answers can make
+//! the relay hold more than that, or overflow its outbox: only a client that does not
+//! read its frames is dropped (`overloaded`).
 //!
 //! Must not: keep any state about other connections or decide anything about
 //! accounts, messages or presence. Every write has a timeout, so a client that stops
@@ -35,9 +38,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::{debug, info};
 
-use super::RelayConfig;
 use super::hub::{ConnId, HubCmd, Outbound};
 use super::outbox::{OutboxRx, TryRecvError, outbox};
+use super::{RelayConfig, clip, excerpt};
 use crate::relay::protocol::{
     ClientFrame, ErrorCode, ErrorFrame, PROTOCOL_VERSION, ServerFrame, decode_client, encode,
 };
@@ -58,6 +61,10 @@ const OUTBOUND_SLACK: usize = 64 + super::hub::MAX_GROUP;
 /// Requests one connection may have at the hub, unanswered: past this it stops reading
 /// its socket until answers are written.
 const REQUEST_BUDGET: usize = 64;
+
+/// What the relay counts for an answer that is not a snapshot: an `ack`, a `confirm`
+/// or an error frame (whose client-supplied parts are short excerpts) is smaller.
+const ANSWER_BYTES: usize = 512;
 
 /// Bytes of frames the WebSocket gathers before writing them to the socket; a batch of
 /// frames from the hub is written with one flush.
@@ -117,7 +124,8 @@ where
     let ws = match Box::pin(ctx.handshake(handshake)).await {
         Some(Ok(ws)) => ws,
         Some(Err(err)) => {
-            debug!(peer = %ctx.peer, cause = %err, "WebSocket handshake failed");
+            let cause = clip(&err.to_string(), 200);
+            debug!(peer = %ctx.peer, %cause, "WebSocket handshake failed");
             return;
         }
         None => {
@@ -182,7 +190,11 @@ where
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outbound: Option<OutboxRx<Outbound>> = None;
         // This client's requests forwarded to the hub and not yet answered.
-        let mut unanswered = 0;
+        let mut unanswered = InFlight {
+            requests: 0,
+            bytes: 0,
+            budget: config.max_outbox_bytes / 4,
+        };
         let mut stop = self.ctx.stop.clone();
         if *stop.borrow() {
             return fatal(ErrorCode::ShuttingDown, "the relay is stopping");
@@ -195,7 +207,7 @@ where
                         return fatal(ErrorCode::ShuttingDown, "the relay is stopping");
                     }
                 }
-                message = self.ws.next(), if unanswered < REQUEST_BUDGET => {
+                message = self.ws.next(), if unanswered.has_room() => {
                     let message = match message {
                         None => return End::Gone("closed by the client"),
                         Some(Ok(message)) => message,
@@ -203,8 +215,14 @@ where
                             let message = format!("a message of {size} bytes, more than this relay's {max_size}");
                             return fatal(ErrorCode::FrameTooLarge, message);
                         }
+                        // A text message that is not UTF-8: the connection still works,
+                        // so the client hears why it is closed.
+                        Some(Err(WsError::Utf8(_))) => {
+                            return fatal(ErrorCode::Malformed, "a text message that is not UTF-8");
+                        }
                         Some(Err(err)) => {
-                            debug!(conn = self.ctx.id, cause = %err, "read failed");
+                            let cause = clip(&err.to_string(), 200);
+                            debug!(conn = self.ctx.id, %cause, "read failed");
                             return End::Gone("read failed");
                         }
                     };
@@ -264,12 +282,12 @@ where
         loop {
             let text = match item {
                 Some(Outbound::Frame(text)) => Some(text),
-                Some(Outbound::Answer(text)) => {
-                    *batch.unanswered = batch.unanswered.saturating_sub(1);
+                Some(Outbound::Answer(text, cost)) => {
+                    batch.unanswered.answered(cost);
                     Some(text)
                 }
-                Some(Outbound::Done) => {
-                    *batch.unanswered = batch.unanswered.saturating_sub(1);
+                Some(Outbound::Done(cost)) => {
+                    batch.unanswered.answered(cost);
                     None
                 }
                 Some(Outbound::LoggedIn) => {
@@ -317,11 +335,15 @@ where
         &mut self,
         text: &str,
         outbound: &mut Option<OutboxRx<Outbound>>,
-        unanswered: &mut usize,
+        unanswered: &mut InFlight,
     ) -> Option<End> {
         let frame = match decode_client(text) {
             Ok(frame) => frame,
-            Err(err) => return Some(fatal(ErrorCode::Malformed, err.to_string())),
+            Err(err) => {
+                // serde's message may quote the input: only a short, escaped part of it.
+                let message = format!("not a valid frame: {}", clip(&err.to_string(), 120));
+                return Some(fatal(ErrorCode::Malformed, message));
+            }
         };
         match (self.opened, frame) {
             (false, ClientFrame::Hello { v, client }) => {
@@ -329,13 +351,15 @@ where
                     let message = format!("this relay speaks version {PROTOCOL_VERSION} only");
                     return Some(fatal(ErrorCode::UnsupportedVersion, message));
                 }
-                debug!(conn = self.ctx.id, peer = %self.ctx.peer, client = client.as_deref().unwrap_or(""), "hello");
+                let client = excerpt(client.as_deref().unwrap_or(""));
+                debug!(conn = self.ctx.id, peer = %self.ctx.peer, %client, "hello");
                 let capacity =
                     self.ctx.config.deliver_window as usize + REQUEST_BUDGET + OUTBOUND_SLACK;
-                let (tx, rx) = outbox(capacity);
+                let (tx, rx) = outbox(capacity, self.ctx.config.max_outbox_bytes);
                 let open = HubCmd::Open {
                     conn: self.ctx.id,
                     tx,
+                    peer: self.ctx.peer.ip(),
                 };
                 if self.ctx.hub.send(open).await.is_err() {
                     return Some(fatal(ErrorCode::ShuttingDown, "the relay is stopping"));
@@ -363,14 +387,16 @@ where
                 self.write(Message::Text(Utf8Bytes::from(pong))).await
             }
             (true, frame) => {
+                let cost = cost(text, &frame);
                 let request = HubCmd::Frame {
                     conn: self.ctx.id,
                     frame,
+                    cost,
                 };
                 if self.ctx.hub.send(request).await.is_err() {
                     return Some(fatal(ErrorCode::ShuttingDown, "the relay is stopping"));
                 }
-                *unanswered += 1;
+                unanswered.sent(cost);
                 None
             }
         }
@@ -396,7 +422,45 @@ fn fatal(code: ErrorCode, message: impl Into<String>) -> End {
 /// What a batch of hub items changes in the connection's loop.
 struct Batch<'a> {
     authenticated: &'a mut bool,
-    unanswered: &'a mut usize,
+    unanswered: &'a mut InFlight,
+}
+
+/// This client's requests at the hub, not yet answered.
+struct InFlight {
+    requests: usize,
+    /// The sum of their [`cost`]s.
+    bytes: usize,
+    /// Most bytes of cost in flight (more only for a single request).
+    budget: usize,
+}
+
+impl InFlight {
+    /// Whether the connection may read (and forward) another request.
+    fn has_room(&self) -> bool {
+        self.requests < REQUEST_BUDGET && self.bytes < self.budget
+    }
+
+    fn sent(&mut self, cost: u32) {
+        self.requests += 1;
+        self.bytes += cost as usize;
+    }
+
+    fn answered(&mut self, cost: u32) {
+        self.requests = self.requests.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(cost as usize);
+    }
+}
+
+/// What a request costs while it is unanswered: its own bytes (it waits at the hub in
+/// about that much memory) and what its answer will hold in the outbox.
+fn cost(text: &str, frame: &ClientFrame) -> u32 {
+    let answer = match frame {
+        ClientFrame::Subscribe { numbers } => {
+            64 + super::SNAPSHOT_ENTRY_BYTES.saturating_mul(numbers.len())
+        }
+        _ => ANSWER_BYTES,
+    };
+    u32::try_from(text.len().saturating_add(answer)).unwrap_or(u32::MAX)
 }
 
 /// The next item for the connection, or never before `hello`.

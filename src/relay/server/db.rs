@@ -9,9 +9,13 @@
 //! called from async code: only the hub's thread owns a [`Db`]. Times are ms since the
 //! Unix epoch, passed in by the caller so the rules stay testable.
 
-use std::path::Path;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use tracing::warn;
 
 /// The schema, version by version; `user_version` counts the ones applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -74,6 +78,8 @@ pub enum DbError {
     TooNew { found: i64, known: i64 },
     #[error("the relay database has a transaction open that was never committed")]
     NotCommitted,
+    #[error("cannot create or open {path:?}: {source}")]
+    Io { path: PathBuf, source: io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
@@ -137,6 +143,38 @@ pub struct Queued {
     pub accepted_ms: i64,
 }
 
+/// Creates `path` mode 0600 if it is missing, and makes it and its -wal and -shm 0600
+/// if they exist with a wider mode.
+fn private_files(path: &Path) -> Result<()> {
+    let io_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DbError::Io { path, source }
+    };
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error(path))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let mode = match fs::metadata(&file) {
+            Ok(meta) => meta.permissions().mode(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(io_error(&file)(err)),
+        };
+        if mode & 0o077 != 0 {
+            warn!(path = %file.display(), mode = format_args!("{:o}", mode & 0o777), "making the relay database private (0600)");
+            fs::set_permissions(&file, fs::Permissions::from_mode(0o600))
+                .map_err(io_error(&file))?;
+        }
+    }
+    Ok(())
+}
+
 /// A receipt owed to a sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwedReceipt {
@@ -161,10 +199,16 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database at `path`, or an in-memory one.
+    /// Opens (creating if needed) the database at `path`, or an in-memory one. The file
+    /// holds message texts until they settle: it is created mode 0600 (SQLite gives
+    /// -wal and -shm the mode of the database file), and an existing one, or its -wal
+    /// or -shm, readable by others is made 0600.
     pub fn open(path: Option<&Path>) -> Result<Db> {
         let conn = match path {
-            Some(path) => Connection::open(path)?,
+            Some(path) => {
+                private_files(path)?;
+                Connection::open(path)?
+            }
             None => Connection::open_in_memory()?,
         };
         // WAL + FULL: an `ack` says a message is stored, so the commit must be durable
@@ -466,6 +510,42 @@ mod tests {
 
     fn db() -> Db {
         Db::open(None).expect("open")
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_files_are_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Whatever the umask lets SQLite create, the database and its WAL are 0600.
+        let new = dir.path().join("new.db");
+        let db = Db::open(Some(&new)).expect("open");
+        db.begin().unwrap();
+        db.conn
+            .execute("INSERT INTO accounts VALUES ('+1555', x'00', 1)", [])
+            .unwrap();
+        db.commit().unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", new.display()));
+            assert_eq!(mode(&file), 0o600, "{file:?}");
+        }
+        drop(db);
+
+        // Files found readable by others are made private at start.
+        let old = dir.path().join("old.db");
+        drop(Db::open(Some(&old)).expect("create"));
+        let wal = dir.path().join("old.db-wal");
+        fs::write(&wal, b"").expect("write");
+        for file in [&old, &wal] {
+            fs::set_permissions(file, fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        let db = Db::open(Some(&old)).expect("reopen");
+        assert!(!db.is_registered("+1555").unwrap());
+        for file in [&old, &wal] {
+            assert_eq!(mode(file), 0o600, "{file:?}");
+        }
     }
 
     #[test]

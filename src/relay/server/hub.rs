@@ -31,22 +31,24 @@
 //! Must not: touch sockets, parse JSON, or block on anything but SQLite.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, error, info, warn};
 
 use super::db::{Db, DbError, MsgState};
-use super::outbox::OutboxTx;
+use super::outbox::{OutboxTx, PushError, Weigh};
+use super::quota::{Bucket, Rate, address_key};
 use super::secret::{self, RandomError};
 use super::sms::{self, SmsError};
-use super::{RelayConfig, RelayError, Verify};
+use super::{RelayConfig, RelayError, Verify, clip, excerpt};
 use crate::relay::protocol::{
-    ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, PresenceEntry, PresenceState,
+    ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, MAX_ID_BYTES, PresenceEntry, PresenceState,
     ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, encode, is_e164, is_message_id,
 };
 
@@ -59,15 +61,23 @@ pub enum HubCmd {
     Open {
         conn: ConnId,
         tx: OutboxTx<Outbound>,
+        /// The client's address, for the limits per address.
+        peer: IpAddr,
     },
-    /// A decoded frame other than `hello` and `ping`.
-    Frame { conn: ConnId, frame: ClientFrame },
+    /// A decoded frame other than `hello` and `ping`; `cost` comes back with its answer.
+    Frame {
+        conn: ConnId,
+        frame: ClientFrame,
+        cost: u32,
+    },
     /// The connection ended.
     Closed { conn: ConnId },
     /// The SMS command for a `register` finished.
     SmsDone {
         conn: ConnId,
         number: String,
+        /// When the code expires (ms since the epoch).
+        expires_ms: i64,
         result: Result<(), SmsError>,
     },
     /// End the hub (sent by `run` once every connection has ended).
@@ -79,15 +89,26 @@ pub enum HubCmd {
 pub enum Outbound {
     /// A frame to write.
     Frame(Utf8Bytes),
-    /// A frame to write, answering one of the connection's requests.
-    Answer(Utf8Bytes),
+    /// A frame to write, answering one of the connection's requests (with the cost the
+    /// connection gave it).
+    Answer(Utf8Bytes, u32),
     /// One of the connection's requests was handled and needs no frame.
-    Done,
+    Done(u32),
     /// The connection is logged in: its auth timer stops.
     LoggedIn,
     /// Write this error and close the connection. Boxed: it is rare, and every slot of
     /// every connection's channel is as large as the largest variant.
     Fatal(Box<ErrorFrame>),
+}
+
+impl Weigh for Outbound {
+    fn weight(&self) -> usize {
+        match self {
+            Outbound::Frame(text) | Outbound::Answer(text, _) => text.len(),
+            Outbound::Fatal(error) => error.message.len(),
+            Outbound::Done(_) | Outbound::LoggedIn => 0,
+        }
+    }
 }
 
 /// Capacity of the hub's request channel: connections wait (and stop reading their
@@ -107,6 +128,14 @@ const RECEIPT_BATCH: usize = 32;
 
 /// How soon the hub sends the next batch of owed receipts.
 const RECEIPT_PACE: Duration = Duration::from_millis(50);
+
+/// `retry_after_ms` of a code request refused because every SMS command slot and
+/// queue place is taken.
+const SMS_BUSY_RETRY: Duration = Duration::from_secs(10);
+
+/// How often, at most, the hub warns that the codes' total limit refuses requests, or
+/// logs that one sender is over its quota.
+const LIMIT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The handle `run` keeps: the request channel and the thread's completion.
 pub struct Hub {
@@ -176,11 +205,49 @@ struct Conn {
     inflight: Vec<i64>,
     /// Its SMS command is running: one code request at a time per connection.
     sms_running: bool,
+    /// Its address as the limits per address count it ([`address_key`]).
+    addr: IpAddr,
+}
+
+/// Each sender's quotas of new messages and bytes of text per minute.
+struct SenderLimits {
+    messages: Option<Rate>,
+    bytes: Option<Rate>,
+    /// Senders whose buckets are not full (the others are forgotten at the sweep).
+    by_sender: HashMap<String, SenderQuota>,
+}
+
+struct SenderQuota {
+    /// `None` where that kind has no limit.
+    messages: Option<Bucket>,
+    bytes: Option<Bucket>,
+    /// A send was refused: every send before this is refused too, so that a later,
+    /// smaller message cannot overtake the refused one (the client resends in order).
+    blocked_until: Option<Instant>,
+    /// When being over the quota was last logged.
+    logged: Option<Instant>,
+}
+
+/// The limits on registration codes beyond those of each number: SMS commands at once,
+/// codes per address and in total.
+struct CodeLimits {
+    /// Running and waiting SMS commands.
+    pending: usize,
+    /// Permits to run one: `sms_concurrency`.
+    slots: Arc<Semaphore>,
+    per_address: Option<Rate>,
+    by_address: HashMap<IpAddr, Bucket>,
+    /// The total limit and its bucket.
+    total: Option<(Rate, Bucket)>,
+    /// When the total limit last made the hub warn.
+    warned: Option<Instant>,
 }
 
 struct State {
     config: Arc<RelayConfig>,
     db: Db,
+    codes: CodeLimits,
+    senders: SenderLimits,
     /// For the SMS tasks to report back.
     tx: mpsc::Sender<HubCmd>,
     conns: HashMap<ConnId, Conn>,
@@ -193,6 +260,9 @@ struct State {
     next_sweep: Instant,
     /// Connections that may still be owed receipts beyond the batches sent so far.
     owed: BTreeSet<ConnId>,
+    /// Connections whose delivery window has room while messages may wait for them, but
+    /// whose outbox holds too many bytes to push more now (paced like `owed`).
+    starved: BTreeSet<ConnId>,
     /// When the next batch of owed receipts goes out; set while some are owed, and not
     /// pushed back by traffic (a busy relay would otherwise never send them).
     next_pace: Option<Instant>,
@@ -200,15 +270,17 @@ struct State {
     grouping: bool,
     /// What the open group sends, in order, released after its COMMIT.
     held: Vec<(ConnId, Outbound)>,
-    /// How many items `held` has for each connection.
-    held_for: HashMap<ConnId, usize>,
+    /// How many items, and how many bytes, `held` has for each connection.
+    held_for: HashMap<ConnId, (usize, usize)>,
     /// Connections detached during the open group: their outboxes until it ends.
     retired: HashMap<ConnId, OutboxTx<Outbound>>,
-    /// The open group's requests: (connection, frame kind, message id).
-    requests: Vec<(ConnId, &'static str, Option<String>)>,
+    /// The open group's requests: (connection, frame kind, message id, cost).
+    requests: Vec<(ConnId, &'static str, Option<String>, u32)>,
     /// The connection whose request is being handled and not yet answered: its next
     /// frame is the answer.
     answering: Option<ConnId>,
+    /// The cost of the request being handled, given back with its answer.
+    answer_cost: u32,
 }
 
 fn now_ms() -> i64 {
@@ -226,9 +298,43 @@ fn err(code: ErrorCode, message: impl Into<String>, re: &str) -> ErrorFrame {
     ErrorFrame::new(code, message).re(re)
 }
 
+/// The message of an `invalid-number` error: the number only as a short excerpt.
+fn not_e164(number: &str) -> String {
+    format!("{} is not an E.164 number", excerpt(number))
+}
+
+/// `error` with `id`: the id this answers, if it is short enough to echo (an invalid id
+/// of any length may reach the relay; what it sends back stays small).
+fn with_id(error: ErrorFrame, id: &str) -> ErrorFrame {
+    if id.len() <= MAX_ID_BYTES {
+        error.id(id)
+    } else {
+        error
+    }
+}
+
 impl State {
     fn new(config: Arc<RelayConfig>, db: Db, tx: mpsc::Sender<HubCmd>) -> State {
+        let hour = Duration::from_secs(3600);
+        let now = Instant::now();
+        let codes = CodeLimits {
+            pending: 0,
+            slots: Arc::new(Semaphore::new(config.sms_concurrency)),
+            per_address: Rate::per(config.codes_per_address_per_hour.into(), hour),
+            by_address: HashMap::new(),
+            total: Rate::per(config.codes_per_hour.into(), hour)
+                .map(|rate| (rate, Bucket::full(rate, now))),
+            warned: None,
+        };
+        let minute = Duration::from_secs(60);
+        let senders = SenderLimits {
+            messages: Rate::per(config.sender_messages_per_min.into(), minute),
+            bytes: Rate::per(config.sender_bytes_per_min, minute),
+            by_sender: HashMap::new(),
+        };
         State {
+            codes,
+            senders,
             next_sweep: Instant::now(),
             config,
             db,
@@ -238,6 +344,7 @@ impl State {
             watchers: HashMap::new(),
             typing: BTreeSet::new(),
             owed: BTreeSet::new(),
+            starved: BTreeSet::new(),
             next_pace: None,
             grouping: false,
             held: Vec::new(),
@@ -245,6 +352,7 @@ impl State {
             retired: HashMap::new(),
             requests: Vec::new(),
             answering: None,
+            answer_cost: 0,
         }
     }
 
@@ -254,7 +362,7 @@ impl State {
             if let Some(&(first, _)) = self.typing.first() {
                 deadline = deadline.min(first);
             }
-            if self.owed.is_empty() {
+            if self.owed.is_empty() && self.starved.is_empty() {
                 self.next_pace = None;
             } else {
                 let pace = *self
@@ -312,7 +420,7 @@ impl State {
     fn handle(&mut self, cmd: HubCmd) {
         match cmd {
             HubCmd::Stop => {}
-            HubCmd::Open { conn, tx } => {
+            HubCmd::Open { conn, tx, peer } => {
                 self.conns.insert(
                     conn,
                     Conn {
@@ -323,16 +431,18 @@ impl State {
                         cursor: 0,
                         inflight: Vec::new(),
                         sms_running: false,
+                        addr: address_key(peer),
                     },
                 );
             }
-            HubCmd::Frame { conn, frame } => self.frame(conn, frame),
+            HubCmd::Frame { conn, frame, cost } => self.frame(conn, frame, cost),
             HubCmd::Closed { conn } => self.detach(conn),
             HubCmd::SmsDone {
                 conn,
                 number,
+                expires_ms,
                 result,
-            } => self.sms_done(conn, number, result),
+            } => self.sms_done(conn, number, expires_ms, result),
         }
     }
 
@@ -387,7 +497,7 @@ impl State {
         // must not overtake what the group held for them.
         let mut overflowed = Vec::new();
         for (conn, item) in held.drain(..) {
-            if overflowed.contains(&conn) {
+            if overflowed.iter().any(|&(c, _)| c == conn) {
                 continue;
             }
             let pushed = match self.conns.get(&conn) {
@@ -397,13 +507,14 @@ impl State {
                     None => continue,
                 },
             };
-            if pushed.is_err() && self.conns.contains_key(&conn) {
-                overflowed.push(conn);
+            if let Err(why) = pushed
+                && self.conns.contains_key(&conn)
+            {
+                overflowed.push((conn, why));
             }
         }
-        for conn in overflowed {
-            warn!(conn, "client does not read its frames, dropping it");
-            self.detach(conn);
+        for (conn, why) in overflowed {
+            self.drop_conn(conn, why);
         }
         // Keep the buffer for the next group (unless one group made it huge).
         if held.capacity() <= 4 * MAX_GROUP {
@@ -421,12 +532,15 @@ impl State {
         let mut touched: Vec<ConnId> = self.held.drain(..).map(|(conn, _)| conn).collect();
         touched.extend(self.retired.keys().copied());
         let requests = std::mem::take(&mut self.requests);
-        for (conn, kind, id) in &requests {
+        for (conn, kind, id, cost) in &requests {
             touched.push(*conn);
-            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
-            error.id.clone_from(id);
+            let error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            let error = match id {
+                Some(id) => with_id(error, id),
+                None => error,
+            };
             let frame = Utf8Bytes::from(encode(&ServerFrame::Error(error)));
-            self.push(*conn, Outbound::Answer(frame));
+            self.push(*conn, Outbound::Answer(frame, *cost));
         }
         touched.sort_unstable();
         touched.dedup();
@@ -456,7 +570,7 @@ impl State {
         let text = Utf8Bytes::from(encode(frame));
         let item = if self.answering == Some(conn) {
             self.answering = None;
-            Outbound::Answer(text)
+            Outbound::Answer(text, self.answer_cost)
         } else {
             Outbound::Frame(text)
         };
@@ -470,12 +584,30 @@ impl State {
             return;
         };
         if self.grouping {
+            let held = self.held_for.entry(conn).or_default();
+            held.0 += 1;
+            held.1 += item.weight();
             self.held.push((conn, item));
-            *self.held_for.entry(conn).or_default() += 1;
-        } else if c.tx.push(item).is_err() {
-            warn!(conn, "client does not read its frames, dropping it");
-            self.detach(conn);
+        } else if let Err(why) = c.tx.push(item) {
+            self.drop_conn(conn, why);
         }
+    }
+
+    /// Forgets a connection whose outbox refused a frame: one that does not read (its
+    /// task is alive, its queue full), or one that is gone (its task ended, and its
+    /// `Closed` is on the way).
+    fn drop_conn(&mut self, conn: ConnId, why: PushError) {
+        match why {
+            PushError::Full => {
+                let (items, bytes) = self.conns.get(&conn).map_or((0, 0), |c| c.tx.queued());
+                warn!(
+                    conn,
+                    items, bytes, "client does not read its frames, dropping it"
+                );
+            }
+            PushError::Closed => debug!(conn, "connection already gone"),
+        }
+        self.detach(conn);
     }
 
     /// Answers a request with an error; a fatal one also ends the connection.
@@ -498,6 +630,7 @@ impl State {
             self.answering = None;
         }
         self.owed.remove(&conn);
+        self.starved.remove(&conn);
         for number in &c.subs {
             if let Some(set) = self.watchers.get_mut(number) {
                 set.remove(&conn);
@@ -607,6 +740,12 @@ impl State {
             return;
         }
         self.next_pace = None;
+        let starved: Vec<ConnId> = self.starved.iter().copied().collect();
+        for conn in starved {
+            if let Err(err) = self.fill_window(conn) {
+                error!(conn, cause = %err, "cannot deliver waiting messages");
+            }
+        }
         let owed: Vec<ConnId> = self.owed.iter().copied().collect();
         for conn in owed {
             if let Err(err) = self.send_owed(conn) {
@@ -621,12 +760,15 @@ impl State {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        !self.owed.contains(&conn) && self.queued(conn, c) < RECEIPT_BATCH
+        !self.owed.contains(&conn) && self.queued(conn, c).0 < RECEIPT_BATCH
     }
 
-    /// Frames waiting for `conn`: in its outbox, and held back by the open group.
-    fn queued(&self, conn: ConnId, c: &Conn) -> usize {
-        c.tx.len() + self.held_for.get(&conn).copied().unwrap_or(0)
+    /// Frames and bytes waiting for `conn`: in its outbox, and held back by the open
+    /// group.
+    fn queued(&self, conn: ConnId, c: &Conn) -> (usize, usize) {
+        let (items, bytes) = c.tx.queued();
+        let (held_items, held_bytes) = self.held_for.get(&conn).copied().unwrap_or((0, 0));
+        (items + held_items, bytes + held_bytes)
     }
 
     /// Sends `conn` the next batch of the receipts owed to its number, if its outbox
@@ -640,7 +782,7 @@ impl State {
             self.owed.remove(&conn);
             return Ok(());
         };
-        if self.queued(conn, c) > RECEIPT_BATCH {
+        if self.queued(conn, c).0 > RECEIPT_BATCH {
             // Still writing earlier frames: try again at the next pace.
             self.owed.insert(conn);
             return Ok(());
@@ -682,6 +824,27 @@ impl State {
                 self.owed.insert(conn);
             }
         }
+        // A full bucket says nothing a new one would not: forget it.
+        let instant = Instant::now();
+        if let Some(rate) = self.codes.per_address {
+            self.codes
+                .by_address
+                .retain(|_, bucket| !bucket.is_full(rate, instant));
+        }
+        let SenderLimits {
+            messages,
+            bytes,
+            by_sender,
+        } = &mut self.senders;
+        let full = |bucket: &mut Option<Bucket>, rate: Option<Rate>| match (bucket, rate) {
+            (Some(bucket), Some(rate)) => bucket.is_full(rate, instant),
+            _ => true,
+        };
+        by_sender.retain(|_, quota| {
+            quota.blocked_until.is_some_and(|until| until > instant)
+                || !full(&mut quota.messages, *messages)
+                || !full(&mut quota.bytes, *bytes)
+        });
         let forgotten = self.db.purge(
             now - ms(self.config.dedupe_retention),
             now - ms(self.config.code_resend),
@@ -694,7 +857,7 @@ impl State {
 
     // Requests.
 
-    fn frame(&mut self, conn: ConnId, frame: ClientFrame) {
+    fn frame(&mut self, conn: ConnId, frame: ClientFrame, cost: u32) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -704,8 +867,9 @@ impl State {
             ClientFrame::Send { id, .. } | ClientFrame::Revoke { id } => Some(id.clone()),
             _ => None,
         };
-        self.requests.push((conn, kind, id.clone()));
+        self.requests.push((conn, kind, id.clone(), cost));
         self.answering = Some(conn);
+        self.answer_cost = cost;
         let result = match (logged_in, frame) {
             (false, ClientFrame::Register { number }) => self.register(conn, number),
             (false, ClientFrame::Verify { number, code }) => self.verify(conn, number, code),
@@ -724,18 +888,21 @@ impl State {
         };
         if let Err(cause) = result {
             error!(conn, frame = kind, %cause, "request failed");
-            let mut error = err(ErrorCode::Internal, "the relay failed; try again", kind);
-            error.id = id;
+            let error = err(ErrorCode::Internal, "the relay failed; try again", kind);
+            let error = match &id {
+                Some(id) => with_id(error, id),
+                None => error,
+            };
             self.fail(conn, error);
         }
         if self.answering.take() == Some(conn) {
-            self.push(conn, Outbound::Done);
+            self.push(conn, Outbound::Done(cost));
         }
     }
 
     fn register(&mut self, conn: ConnId, number: String) -> Res {
         if !is_e164(&number) {
-            let message = format!("{number:?} is not an E.164 number");
+            let message = not_e164(&number);
             self.fail(conn, err(ErrorCode::InvalidNumber, message, "register"));
             return Ok(());
         }
@@ -781,22 +948,33 @@ impl State {
                 return Ok(());
             }
         }
+        if let Some(error) = self.code_refusal(conn) {
+            self.fail(conn, error);
+            return Ok(());
+        }
         let code = secret::new_code()?;
-        let expires = now + ms(self.config.code_ttl);
+        let expires_ms = now + ms(self.config.code_ttl);
         self.db
-            .put_code(&number, &secret::code_hash(&number, &code), now, expires)?;
+            .put_code(&number, &secret::code_hash(&number, &code), now, expires_ms)?;
+        self.charge_code(conn);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sms_running = true;
         }
-        info!(%number, conn, "sending a registration code");
+        self.codes.pending += 1;
+        info!(%number, conn, pending = self.codes.pending, "sending a registration code");
         let tx = self.tx.clone();
         let timeout = self.config.sms_timeout;
+        let slots = self.codes.slots.clone();
         tokio::spawn(async move {
+            // At most `sms_concurrency` commands run; the others wait here, in order. The
+            // semaphore is never closed.
+            let _slot = slots.acquire_owned().await.ok();
             let result = sms::send_code(&command, &number, &code, timeout).await;
             let _ = tx
                 .send(HubCmd::SmsDone {
                     conn,
                     number,
+                    expires_ms,
                     result,
                 })
                 .await;
@@ -804,13 +982,159 @@ impl State {
         Ok(())
     }
 
-    fn sms_done(&mut self, conn: ConnId, number: String, result: Result<(), SmsError>) {
+    /// Why a code may not be sent now for `conn`, beyond its number's limits: every SMS
+    /// command slot and queue place taken, or the limit of its address or the total one
+    /// reached. Checks only; [`State::charge_code`] counts a code that is sent.
+    fn code_refusal(&mut self, conn: ConnId) -> Option<ErrorFrame> {
+        let limited = |message: &str, wait: Duration| {
+            let mut error = err(ErrorCode::RateLimited, message, "register");
+            error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            error
+        };
+        let room = self.config.sms_concurrency + self.config.sms_queue;
+        if self.codes.pending >= room {
+            debug!(
+                conn,
+                pending = self.codes.pending,
+                "code request refused: SMS commands busy"
+            );
+            let message = "the relay is sending many codes; try again shortly";
+            return Some(limited(message, SMS_BUSY_RETRY));
+        }
+        let now = Instant::now();
+        let addr = self.conns.get(&conn)?.addr;
+        if let Some(rate) = self.codes.per_address
+            && let Some(bucket) = self.codes.by_address.get_mut(&addr)
+        {
+            let wait = bucket.wait(rate, now, 1);
+            if !wait.is_zero() {
+                info!(%addr, conn, "code request refused: too many from this address");
+                let message = "too many codes were requested from this address";
+                return Some(limited(message, wait));
+            }
+        }
+        if let Some((rate, bucket)) = &mut self.codes.total {
+            let wait = bucket.wait(*rate, now, 1);
+            if !wait.is_zero() {
+                let quiet = self
+                    .codes
+                    .warned
+                    .is_some_and(|at| now.duration_since(at) < LIMIT_WARN_EVERY);
+                if !quiet {
+                    self.codes.warned = Some(now);
+                    warn!(
+                        per_hour = self.config.codes_per_hour,
+                        "the relay's limit of codes per hour refuses code requests"
+                    );
+                }
+                let message = "the relay has sent as many codes as it may for now";
+                return Some(limited(message, wait));
+            }
+        }
+        None
+    }
+
+    /// Counts a code about to be sent for `conn` against its address and the total.
+    fn charge_code(&mut self, conn: ConnId) {
+        let now = Instant::now();
+        if let (Some(rate), Some(c)) = (self.codes.per_address, self.conns.get(&conn)) {
+            self.codes
+                .by_address
+                .entry(c.addr)
+                .or_insert_with(|| Bucket::full(rate, now))
+                .take(rate, now, 1);
+        }
+        if let Some((rate, bucket)) = &mut self.codes.total {
+            bucket.take(*rate, now, 1);
+        }
+    }
+
+    /// How long `sender` must wait before a new message of `bytes` bytes of text is
+    /// accepted, if it is over its quota now. O(1): one map lookup.
+    fn over_quota(&mut self, sender: &str, bytes: usize) -> Option<Duration> {
+        let SenderLimits {
+            messages: message_rate,
+            bytes: byte_rate,
+            by_sender,
+        } = &mut self.senders;
+        if message_rate.is_none() && byte_rate.is_none() {
+            return None;
+        }
+        let quota = by_sender.get_mut(sender)?;
+        let now = Instant::now();
+        let blocked = quota.blocked_until.filter(|&until| until > now);
+        let wait = match blocked {
+            Some(until) => until - now,
+            None => {
+                let mut wait = Duration::ZERO;
+                if let (Some(rate), Some(bucket)) = (*message_rate, &mut quota.messages) {
+                    wait = wait.max(bucket.wait(rate, now, 1));
+                }
+                if let (Some(rate), Some(bucket)) = (*byte_rate, &mut quota.bytes) {
+                    wait = wait.max(bucket.wait(rate, now, bytes as u64));
+                }
+                if wait.is_zero() {
+                    quota.blocked_until = None;
+                    return None;
+                }
+                quota.blocked_until = Some(now + wait);
+                if quota
+                    .logged
+                    .is_none_or(|at| now.duration_since(at) >= LIMIT_WARN_EVERY)
+                {
+                    quota.logged = Some(now);
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    info!(%sender, wait_ms, "sender over its quota: its sends are refused for now");
+                }
+                wait
+            }
+        };
+        Some(wait)
+    }
+
+    /// Counts an accepted message of `bytes` bytes of text against `sender`'s quotas.
+    fn charge_sender(&mut self, sender: &str, bytes: usize) {
+        let SenderLimits {
+            messages: message_rate,
+            bytes: byte_rate,
+            by_sender,
+        } = &mut self.senders;
+        if message_rate.is_none() && byte_rate.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let quota = match by_sender.get_mut(sender) {
+            Some(quota) => quota,
+            None => by_sender.entry(sender.to_owned()).or_insert(SenderQuota {
+                messages: message_rate.map(|rate| Bucket::full(rate, now)),
+                bytes: byte_rate.map(|rate| Bucket::full(rate, now)),
+                blocked_until: None,
+                logged: None,
+            }),
+        };
+        if let (Some(rate), Some(bucket)) = (*message_rate, &mut quota.messages) {
+            bucket.take(rate, now, 1);
+        }
+        if let (Some(rate), Some(bucket)) = (*byte_rate, &mut quota.bytes) {
+            bucket.take(rate, now, bytes as u64);
+        }
+    }
+
+    fn sms_done(
+        &mut self,
+        conn: ConnId,
+        number: String,
+        expires_ms: i64,
+        result: Result<(), SmsError>,
+    ) {
+        self.codes.pending = self.codes.pending.saturating_sub(1);
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sms_running = false;
         }
         match result {
             Ok(()) => {
-                let expires_in_ms = u64::try_from(ms(self.config.code_ttl)).unwrap_or(0);
+                // The code's life began when it was made; it may have waited for a slot.
+                let expires_in_ms = u64::try_from(expires_ms - now_ms()).unwrap_or(0);
                 let frame = ServerFrame::CodeSent {
                     number,
                     expires_in_ms,
@@ -818,6 +1142,8 @@ impl State {
                 self.send(conn, &frame);
             }
             Err(cause) => {
+                // The command's stderr is kept whole in the error: one escaped line.
+                let cause = clip(&cause.to_string(), 800);
                 error!(%number, %cause, "cannot send the registration code");
                 // A code nobody received must not hold the number's rate limit.
                 if let Err(err) = self.db.delete_code(&number) {
@@ -832,7 +1158,7 @@ impl State {
     fn verify(&mut self, conn: ConnId, number: String, code: String) -> Res {
         let refuse = |code, message: &str| err(code, message, "verify");
         if !is_e164(&number) {
-            let message = format!("{number:?} is not an E.164 number");
+            let message = not_e164(&number);
             self.fail(conn, refuse(ErrorCode::InvalidNumber, &message));
             return Ok(());
         }
@@ -891,6 +1217,8 @@ impl State {
         };
         let valid = known.is_some_and(|hash| secret::same(&hash, &secret::token_hash(&token)));
         if !valid {
+            // Logged before it is known to be a number: only as an excerpt.
+            let number = excerpt(&number);
             warn!(%number, conn, "login refused");
             let message = "unknown number or wrong token";
             self.fail(conn, err(ErrorCode::AuthFailed, message, "login"));
@@ -943,10 +1271,27 @@ impl State {
         };
         let room = window.saturating_sub(c.inflight.len());
         if room == 0 {
+            self.starved.remove(&conn);
+            return Ok(());
+        }
+        // Deliveries are paced by bytes too: no more while a quarter of the outbox's
+        // bound is queued (then at the next pace, or the next ack), so that large
+        // messages never overflow a client that reads.
+        let paced = self.config.max_outbox_bytes / 4;
+        if self.queued(conn, c).1 >= paced {
+            self.starved.insert(conn);
             return Ok(());
         }
         let batch = self.db.pending_after(number, c.cursor, room as u32)?;
+        let mut starved = false;
         for queued in batch {
+            let Some(c) = self.conns.get(&conn) else {
+                break;
+            };
+            if self.queued(conn, c).1 >= paced {
+                starved = true;
+                break;
+            }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.cursor = queued.seq;
                 c.inflight.push(queued.seq);
@@ -960,18 +1305,24 @@ impl State {
             };
             self.send(conn, &frame);
         }
+        if starved {
+            self.starved.insert(conn);
+        } else {
+            self.starved.remove(&conn);
+        }
         Ok(())
     }
 
     fn send_msg(&mut self, conn: ConnId, id: String, to: String, text: String, ts: i64) -> Res {
-        let refuse = |code, message: String| ErrorFrame::new(code, message).re("send").id(&id);
+        let refuse =
+            |code, message: String| with_id(ErrorFrame::new(code, message).re("send"), &id);
         if !is_message_id(&id) {
             let message = "message ids are 1 to 64 bytes of [A-Za-z0-9._:-]".to_owned();
             self.fail(conn, refuse(ErrorCode::InvalidId, message));
             return Ok(());
         }
         if !is_e164(&to) {
-            let message = format!("{to:?} is not an E.164 number");
+            let message = not_e164(&to);
             self.fail(conn, refuse(ErrorCode::InvalidNumber, message));
             return Ok(());
         }
@@ -1010,6 +1361,15 @@ impl State {
             self.send(conn, &frame);
             return Ok(());
         }
+        // A resend of an accepted message is answered above, whatever the quota: only new
+        // messages count.
+        if let Some(wait) = self.over_quota(&me, text.len()) {
+            let message = "this sender's quota (messages or bytes per minute) is used up";
+            let mut error = refuse(ErrorCode::RateLimited, message.to_owned());
+            error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            self.fail(conn, error);
+            return Ok(());
+        }
         if !self.db.is_registered(&to)? {
             let message = format!("{to} is not registered on this relay");
             self.fail(conn, refuse(ErrorCode::RecipientUnregistered, message));
@@ -1022,6 +1382,7 @@ impl State {
             return Ok(());
         }
         self.db.insert_message(&me, &id, &to, &text, ts, now_ms())?;
+        self.charge_sender(&me, text.len());
         let recipient = self.online.get(&to).copied();
         let state = match recipient {
             Some(_) => SendState::Online,
@@ -1050,6 +1411,18 @@ impl State {
     }
 
     fn ack(&mut self, conn: ConnId, from: String, id: String) -> Res {
+        // `confirm` repeats `from` and `id`: only well-formed ones, never echoed input of
+        // any size.
+        if !is_e164(&from) {
+            self.fail(conn, err(ErrorCode::InvalidNumber, not_e164(&from), "ack"));
+            return Ok(());
+        }
+        if !is_message_id(&id) {
+            let message = "message ids are 1 to 64 bytes of [A-Za-z0-9._:-]";
+            let error = err(ErrorCode::InvalidId, message, "ack");
+            self.fail(conn, with_id(error, &id));
+            return Ok(());
+        }
         let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
             return Ok(());
         };
@@ -1111,12 +1484,15 @@ impl State {
         let Some(me) = self.conns.get(&conn).and_then(|c| c.number.clone()) else {
             return Ok(());
         };
-        let Some(row) = self.db.message(&me, &id)? else {
-            let message = format!("no message {id:?} from this number");
-            let error = ErrorFrame::new(ErrorCode::UnknownMessage, message)
-                .re("revoke")
-                .id(&id);
-            self.fail(conn, error);
+        // An id that is not one was never accepted: no need to look it up.
+        let row = match is_message_id(&id) {
+            true => self.db.message(&me, &id)?,
+            false => None,
+        };
+        let Some(row) = row else {
+            let message = "no message with this id from this number";
+            let error = ErrorFrame::new(ErrorCode::UnknownMessage, message).re("revoke");
+            self.fail(conn, with_id(error, &id));
             return Ok(());
         };
         let outcome = match row.state {
@@ -1149,7 +1525,7 @@ impl State {
             return Ok(());
         }
         if let Some(bad) = numbers.iter().find(|n| !is_e164(n)) {
-            let message = format!("{bad:?} is not an E.164 number");
+            let message = not_e164(bad);
             self.fail(conn, err(ErrorCode::InvalidNumber, message, "subscribe"));
             return Ok(());
         }
@@ -1192,7 +1568,7 @@ impl State {
 
     fn typing(&mut self, conn: ConnId, to: String, active: bool) -> Res {
         if !is_e164(&to) {
-            let message = format!("{to:?} is not an E.164 number");
+            let message = not_e164(&to);
             self.fail(conn, err(ErrorCode::InvalidNumber, message, "typing"));
             return Ok(());
         }
@@ -1223,5 +1599,82 @@ impl State {
             self.push_to_number(&to, &me);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::relay::server::outbox::outbox;
+
+    /// A log sink for one test: what the hub logs, as text.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_gone_connection_is_not_logged_as_a_slow_reader() {
+        let log = Log::default();
+        let sink = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let (hub_tx, _hub_rx) = mpsc::channel(1);
+            let config = Arc::new(RelayConfig::default());
+            let mut state = State::new(config, Db::open(None).expect("db"), hub_tx);
+            // Connection 1 has ended (its task dropped its outbox) but its `Closed` has
+            // not reached the hub; connection 2 is alive and has not read its 2 frames.
+            let (gone_tx, gone_rx) = outbox(16, 1 << 20);
+            let (slow_tx, _slow_rx) = outbox(2, 1 << 20);
+            let peer = IpAddr::from([127, 0, 0, 1]);
+            state.handle(HubCmd::Open {
+                conn: 1,
+                tx: gone_tx,
+                peer,
+            });
+            state.handle(HubCmd::Open {
+                conn: 2,
+                tx: slow_tx,
+                peer,
+            });
+            drop(gone_rx);
+            let began = state.begin();
+            for conn in [1, 2, 2, 2] {
+                state.send(conn, &ServerFrame::Pong { n: 1 });
+            }
+            state.end(began);
+            assert!(state.conns.is_empty(), "both are forgotten");
+        });
+        let log = String::from_utf8(log.0.lock().expect("log").clone()).expect("utf-8");
+        let slow: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("does not read"))
+            .collect();
+        let gone: Vec<&str> = log.lines().filter(|l| l.contains("already gone")).collect();
+        assert_eq!(slow.len(), 1, "{log}");
+        assert!(
+            slow[0].contains("conn=2") && slow[0].contains("WARN"),
+            "{log}"
+        );
+        assert_eq!(gone.len(), 1, "{log}");
+        assert!(
+            gone[0].contains("conn=1") && gone[0].contains("DEBUG"),
+            "{log}"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //!   the single owner is what makes `revoke` and the recipient's `ack` atomic, without a
 //!   lock;
 //! - [`sms`]: runs the operator's SMS command for registration codes;
+//! - [`quota`]: the token buckets of the rate limits (codes, senders);
 //! - [`secret`]: tokens, codes and their hashes.
 //!
 //! Must not: share state between connections other than through the hub's channel, or
@@ -19,6 +20,7 @@ mod conn;
 mod db;
 mod hub;
 mod outbox;
+mod quota;
 mod secret;
 mod sms;
 
@@ -35,6 +37,51 @@ use tracing::{debug, info, warn};
 pub use db::DbError;
 
 use crate::relay::protocol::{Limits, VerifyMode};
+
+/// Bytes one entry of a `snapshot` takes at most (a 16-byte number and the JSON
+/// around it): how the relay estimates the answer to a `subscribe`.
+pub(crate) const SNAPSHOT_ENTRY_BYTES: usize = 80;
+
+/// Characters of a client-supplied string that a log line or an error frame shows.
+const EXCERPT_CHARS: usize = 32;
+
+/// A client-supplied string as a log line or an error frame may show it: quoted, at
+/// most [`EXCERPT_CHARS`] characters, escaped as [`clip`] does, and its whole length
+/// when it is cut. Whatever a client sends, it cannot start a log line, reach a
+/// terminal as an escape sequence, or make a line long.
+pub(crate) fn excerpt(text: &str) -> String {
+    let cut = clip(text, EXCERPT_CHARS);
+    if text.chars().nth(EXCERPT_CHARS).is_some() {
+        format!("\"{cut}\" ({} bytes)", text.len())
+    } else {
+        format!("\"{cut}\"")
+    }
+}
+
+/// `text` with at most `max` characters kept (then `...`), and every character outside
+/// printable ASCII escaped (`\n`, `\u{1b}`, `\u{e9}`), as is `\`.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    use std::fmt::Write as _;
+
+    let mut out = String::with_capacity(text.len().min(max) + 8);
+    let mut chars = text.chars();
+    for c in chars.by_ref().take(max) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            _ => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    if chars.next().is_some() {
+        out.push_str("...");
+    }
+    out
+}
 
 /// How the relay checks that a number belongs to the one who registers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +121,11 @@ pub struct RelayConfig {
     pub max_text_bytes: usize,
     /// Most numbers in one `subscribe`: bounds the fan-out one client can cause.
     pub max_subscriptions: usize,
+    /// Most bytes of frames queued for one connection: a client that does not read is
+    /// dropped (`overloaded`) when its queue would exceed it. Deliveries are paced to a
+    /// quarter of it, and a connection reads requests ahead of their answers for at most
+    /// another quarter, so a client that reads is never dropped.
+    pub max_outbox_bytes: usize,
     /// Most undelivered messages kept for one recipient (store-and-forward bound).
     pub queue_per_recipient: u32,
     /// How long an undelivered message waits before it expires.
@@ -89,6 +141,22 @@ pub struct RelayConfig {
     pub code_resend: Duration,
     /// How long the SMS command may run before it counts as failed and is killed.
     pub sms_timeout: Duration,
+    /// Most SMS commands running at once (each is a process, and may cost money).
+    pub sms_concurrency: usize,
+    /// Code requests that may wait for a free SMS command beyond those running; more
+    /// are refused (`rate-limited`).
+    pub sms_queue: usize,
+    /// Most codes sent per hour for requests from one address (an IPv4 address or an
+    /// IPv6 /64), whatever the numbers; 0: no limit.
+    pub codes_per_address_per_hour: u32,
+    /// Most codes sent per hour in all: the bound of what codes can cost; 0: no limit.
+    pub codes_per_hour: u32,
+    /// Most new messages one sender may have accepted per minute (a minute's worth at
+    /// once at most), so that one sender cannot take the relay from the others;
+    /// 0: no limit.
+    pub sender_messages_per_min: u32,
+    /// Most bytes of text one sender may have accepted per minute; 0: no limit.
+    pub sender_bytes_per_min: u64,
     /// A connection must log in within this time after it opens.
     pub auth_timeout: Duration,
     /// Silence after which the relay pings a client.
@@ -113,6 +181,7 @@ impl Default for RelayConfig {
             max_frame_bytes: 256 * 1024,
             max_text_bytes: 64 * 1024,
             max_subscriptions: 1000,
+            max_outbox_bytes: 1536 * 1024,
             queue_per_recipient: 1000,
             max_age: Duration::from_secs(7 * 24 * 3600),
             dedupe_retention: Duration::from_secs(30 * 24 * 3600),
@@ -120,6 +189,12 @@ impl Default for RelayConfig {
             code_attempts: 5,
             code_resend: Duration::from_secs(60),
             sms_timeout: Duration::from_secs(30),
+            sms_concurrency: 4,
+            sms_queue: 32,
+            codes_per_address_per_hour: 10,
+            codes_per_hour: 200,
+            sender_messages_per_min: 120,
+            sender_bytes_per_min: 1024 * 1024,
             auth_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
@@ -152,11 +227,29 @@ impl RelayConfig {
         if self.max_text_bytes == 0 || self.max_frame_bytes < self.max_text_bytes + 512 {
             return bad("max_frame_bytes must exceed max_text_bytes by at least 512");
         }
+        // The largest single frame a connection may have to queue: a delivery, or the
+        // snapshot of a full `subscribe`.
+        let largest = self
+            .max_frame_bytes
+            .max(SNAPSHOT_ENTRY_BYTES.saturating_mul(self.max_subscriptions));
+        if self.max_outbox_bytes < (5 * largest).max(1024 * 1024) {
+            return bad(
+                "max_outbox_bytes must be at least 1 MiB and 5 times the largest frame \
+                 (max_frame_bytes, or 80 bytes per subscription)",
+            );
+        }
         if self.deliver_window == 0 || self.queue_per_recipient == 0 {
             return bad("deliver_window and queue_per_recipient must be at least 1");
         }
         if self.ping_interval.is_zero() || self.idle_timeout <= self.ping_interval {
             return bad("idle_timeout must be longer than ping_interval");
+        }
+        if self.sms_concurrency == 0 {
+            return bad("sms_concurrency must be at least 1");
+        }
+        if self.sender_bytes_per_min != 0 && self.sender_bytes_per_min < self.max_text_bytes as u64
+        {
+            return bad("sender_bytes_per_min must be 0 (no limit) or at least max_text_bytes");
         }
         if self.sweep_interval.is_zero() || self.code_attempts == 0 {
             return bad("sweep_interval and code_attempts must be non-zero");
@@ -305,7 +398,37 @@ async fn accept_tls(
     // Boxed: the TLS handshake's future would otherwise stay in the task for life.
     match Box::pin(ctx.handshake(acceptor.accept(stream))).await {
         Some(Ok(stream)) => conn::serve(stream, ctx).await,
-        Some(Err(err)) => debug!(%peer, cause = %err, "TLS handshake failed"),
+        Some(Err(err)) => {
+            let cause = clip(&err.to_string(), 200);
+            debug!(%peer, %cause, "TLS handshake failed");
+        }
         None => debug!(%peer, "TLS handshake timed out or the relay stops"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_short_escaped_and_one_line() {
+        assert_eq!(excerpt("+15550001111"), r#""+15550001111""#);
+        assert_eq!(
+            excerpt("+1\n2024 FORGED\u{1b}[31m\\é\t"),
+            r#""+1\n2024 FORGED\u{1b}[31m\\\u{e9}\t""#
+        );
+        let long = format!("+1\n{}", "9".repeat(200_000));
+        let shown = excerpt(&long);
+        assert_eq!(
+            shown,
+            format!("\"+1\\n{}...\" (200003 bytes)", "9".repeat(29))
+        );
+        for text in ["\u{202e}evil", "a\rb", "\u{0}", &"é".repeat(1000)] {
+            let shown = excerpt(text);
+            assert!(shown.len() < 32 * 10 + 32, "{shown}");
+            assert!(shown.bytes().all(|b| (b' '..=b'~').contains(&b)), "{shown}");
+        }
+        assert_eq!(clip("abc", 2), "ab...");
+        assert_eq!(clip("ab", 2), "ab");
     }
 }

@@ -6,6 +6,9 @@
 //! allocates a block of 32 slots up front, about 1.8 KB per idle connection); the buffer
 //! is allocated when items arrive and freed when the consumer has taken the last one.
 //!
+//! It is bounded twice: in items, and in bytes ([`Weigh`]), so what one connection that
+//! does not read can make the relay hold is bounded whatever its frames' sizes.
+//!
 //! Must not: block or wait on either side (a push to a full outbox fails at once; the
 //! hub decides what that means), or hold its lock while waking the consumer.
 
@@ -13,12 +16,20 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-/// Creates an outbox that holds at most `capacity` items.
-pub fn outbox<T>(capacity: usize) -> (OutboxTx<T>, OutboxRx<T>) {
+/// What an item costs in an outbox's byte bound.
+pub trait Weigh {
+    /// The bytes the item holds (its frame's text), as counted against the bound.
+    fn weight(&self) -> usize;
+}
+
+/// Creates an outbox that holds at most `capacity` items and `max_bytes` bytes of them.
+pub fn outbox<T: Weigh>(capacity: usize, max_bytes: usize) -> (OutboxTx<T>, OutboxRx<T>) {
     let shared = Arc::new(Shared {
         capacity,
+        max_bytes,
         inner: Mutex::new(Inner {
             queue: VecDeque::new(),
+            bytes: 0,
             waker: None,
             tx_gone: false,
             rx_gone: false,
@@ -29,11 +40,14 @@ pub fn outbox<T>(capacity: usize) -> (OutboxTx<T>, OutboxRx<T>) {
 
 struct Shared<T> {
     capacity: usize,
+    max_bytes: usize,
     inner: Mutex<Inner<T>>,
 }
 
 struct Inner<T> {
     queue: VecDeque<T>,
+    /// The weight of everything in `queue`.
+    bytes: usize,
     /// The consumer waiting for an item.
     waker: Option<Waker>,
     tx_gone: bool,
@@ -51,8 +65,11 @@ impl<T> Shared<T> {
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PushError {
+    /// The consumer is there but has not taken what is queued: a client that does not
+    /// read (or whose network cannot carry its frames).
     #[error("the outbox is full")]
     Full,
+    /// The consumer is gone: the connection ended.
     #[error("the connection is gone")]
     Closed,
 }
@@ -70,22 +87,28 @@ pub enum TryRecvError {
 /// taken what is queued.
 pub struct OutboxTx<T>(Arc<Shared<T>>);
 
-impl<T> OutboxTx<T> {
-    /// Items queued and not yet taken.
-    pub fn len(&self) -> usize {
-        self.0.lock().queue.len()
+impl<T: Weigh> OutboxTx<T> {
+    /// Items and bytes queued and not yet taken.
+    pub fn queued(&self) -> (usize, usize) {
+        let inner = self.0.lock();
+        (inner.queue.len(), inner.bytes)
     }
 
-    /// Queues `item`, or fails at once if the outbox is full or its consumer gone.
+    /// Queues `item`, or fails at once if it does not fit (in items or in bytes) or the
+    /// consumer is gone.
     pub fn push(&self, item: T) -> Result<(), PushError> {
+        let weight = item.weight();
         let waker = {
             let mut inner = self.0.lock();
             if inner.rx_gone {
                 return Err(PushError::Closed);
             }
-            if inner.queue.len() >= self.0.capacity {
+            if inner.queue.len() >= self.0.capacity
+                || inner.bytes.saturating_add(weight) > self.0.max_bytes
+            {
                 return Err(PushError::Full);
             }
+            inner.bytes += weight;
             inner.queue.push_back(item);
             inner.waker.take()
         };
@@ -112,7 +135,7 @@ impl<T> Drop for OutboxTx<T> {
 /// The consumer's end (the connection task's).
 pub struct OutboxRx<T>(Arc<Shared<T>>);
 
-impl<T> OutboxRx<T> {
+impl<T: Weigh> OutboxRx<T> {
     /// The next item; `None` once the producer is gone and everything was taken.
     pub async fn recv(&mut self) -> Option<T> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -159,8 +182,9 @@ impl<T> Drop for OutboxRx<T> {
 
 /// Takes the first item; frees the buffer when that empties the queue, so an idle
 /// connection holds none.
-fn pop<T>(inner: &mut Inner<T>) -> Option<T> {
+fn pop<T: Weigh>(inner: &mut Inner<T>) -> Option<T> {
     let item = inner.queue.pop_front()?;
+    inner.bytes -= item.weight();
     if inner.queue.is_empty() {
         inner.queue = VecDeque::new();
     }
@@ -171,9 +195,21 @@ fn pop<T>(inner: &mut Inner<T>) -> Option<T> {
 mod tests {
     use super::*;
 
+    impl Weigh for i32 {
+        fn weight(&self) -> usize {
+            0
+        }
+    }
+
+    impl Weigh for &str {
+        fn weight(&self) -> usize {
+            self.len()
+        }
+    }
+
     #[tokio::test]
     async fn bounded_fifo_that_ends_after_its_producer() {
-        let (tx, mut rx) = outbox(2);
+        let (tx, mut rx) = outbox(2, 0);
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         tx.push(1).unwrap();
         tx.push(2).unwrap();
@@ -189,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_push_wakes_the_waiting_consumer_and_fails_once_it_is_gone() {
-        let (tx, mut rx) = outbox(4);
+        let (tx, mut rx) = outbox(4, 100);
         let waiter = tokio::spawn(async move {
             let first = rx.recv().await;
             (first, rx)
@@ -200,5 +236,23 @@ mod tests {
         assert_eq!(first, Some("x"));
         drop(rx);
         assert_eq!(tx.push("y"), Err(PushError::Closed));
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_too() {
+        let (tx, mut rx) = outbox(100, 10);
+        tx.push("abcd").unwrap();
+        tx.push("efgh").unwrap();
+        assert_eq!(tx.queued(), (2, 8));
+        // One more item fits the count but not the bytes.
+        assert_eq!(tx.push("ijk"), Err(PushError::Full));
+        tx.push("ij").unwrap();
+        assert_eq!(rx.recv().await, Some("abcd"));
+        assert_eq!(tx.queued(), (2, 6));
+        tx.push("klmn").unwrap();
+        assert_eq!(tx.push(""), Ok(()));
+        assert_eq!(tx.push("x"), Err(PushError::Full));
+        drop(rx);
+        assert_eq!(tx.push("x"), Err(PushError::Closed));
     }
 }
