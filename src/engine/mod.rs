@@ -8,7 +8,7 @@
 //! only writer of [`DaemonStatus`]. It knows no SQL and no D-Bus: it talks to the store
 //! through [`StoreHandle`] and to everything else through channels.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -156,6 +156,9 @@ pub struct Engine {
     next_refresh: Option<Instant>,
     /// The numbers last subscribed to on the relay.
     subscribed: HashSet<String>,
+    /// When a number was first subscribed to, until its presence came: messages to it
+    /// wait that long ([`NEW_CONTACT_WAIT`]) for it rather than go by SMS at once.
+    presence_asked: HashMap<String, Instant>,
     /// When the earliest IP message waiting for its receipt is due to be revoked.
     next_deadline: Option<Instant>,
     /// Work not done because the store failed (a full disk, an I/O error), done again
@@ -223,6 +226,7 @@ impl Engine {
             early_code: None,
             next_refresh: None,
             subscribed: HashSet::new(),
+            presence_asked: HashMap::new(),
             next_deadline: None,
             deferred: Vec::new(),
             deferred_at: None,
@@ -817,19 +821,30 @@ impl Engine {
         let presence = self.presence.borrow().clone();
         let relay_online = status.relay == RelayState::Online;
         let mut follow_new = false;
+        let mut presence_due: Option<Instant> = None;
         for entry in outbox {
             let message = entry.message;
             if !held_peers.insert(message.peer.clone()) {
                 continue;
             }
             // A new contact: learn its presence first (one relay round trip), so that the
-            // first message to it can go over IP too.
+            // first message to it can go over IP too; one just subscribed to waits for the
+            // answer, a little.
             if relay_online
-                && !self.subscribed.contains(&message.peer)
+                && presence.get(&message.peer).is_none()
                 && crate::relay::protocol::is_e164(&message.peer)
             {
-                follow_new = true;
-                continue;
+                if !self.subscribed.contains(&message.peer) {
+                    follow_new = true;
+                    continue;
+                }
+                if let Some(asked) = self.presence_asked.get(&message.peer) {
+                    let until = *asked + NEW_CONTACT_WAIT;
+                    if until > Instant::now() {
+                        presence_due = Some(presence_due.map_or(until, |d: Instant| d.min(until)));
+                        continue;
+                    }
+                }
             }
             // On its way (an SMS in flight, or on the relay): the peer's later messages
             // wait behind it.
@@ -884,6 +899,9 @@ impl Engine {
             // Should the snapshot not come, route them anyway (by SMS if need be).
             let soon = Instant::now() + NEW_CONTACT_WAIT;
             self.next_retry = Some(self.next_retry.map_or(soon, |at| at.min(soon)));
+        }
+        if let Some(due) = presence_due {
+            self.next_retry = Some(self.next_retry.map_or(due, |at| at.min(due)));
         }
     }
 
@@ -2068,6 +2086,33 @@ mod tests {
             }
         }
 
+        /// Our relay connection is up and logged in (its first Subscribe taken).
+        async fn logged_in(&mut self) {
+            self.relay(RelayEvent::State(RelayState::Online)).await;
+            self.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+            assert!(matches!(
+                self.relay_command().await,
+                RelayCommand::Subscribe { .. }
+            ));
+        }
+
+        /// `number` becomes a followed contact (Watch), subscribed to on the relay.
+        async fn follow(&mut self, number: &str) {
+            let n = number.to_owned();
+            self.store
+                .call(move |s| s.watch(&[n]))
+                .await
+                .expect("watch");
+            self.commands.send(EngineCmd::Followed).await.expect("send");
+            loop {
+                if let RelayCommand::Subscribe { numbers } = self.relay_command().await
+                    && numbers.iter().any(|n| n == number)
+                {
+                    break;
+                }
+            }
+        }
+
         async fn ip_send(&mut self) -> String {
             match self.relay_command().await {
                 RelayCommand::Send { id, .. } => id,
@@ -2091,6 +2136,81 @@ mod tests {
             state: SendState::Online,
             duplicate: false,
         }
+    }
+
+    #[tokio::test]
+    async fn a_message_to_a_contact_just_followed_waits_for_its_presence() {
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        registered(&rig).await;
+        rig.logged_in().await;
+        // Bob becomes a contact (Watch): subscribed, his presence not come yet.
+        rig.follow(BOB).await;
+        let id = rig
+            .store
+            .call(|s| {
+                Ok(s.insert_outgoing(&NewOutgoing {
+                    peer: BOB,
+                    text: "quick reply",
+                    requested: ChannelRequest::Auto,
+                    delivery_report: true,
+                    client_token: None,
+                    timestamp_ms: 1,
+                })?
+                .0
+                .id)
+            })
+            .await
+            .expect("queue");
+        rig.commands.send(EngineCmd::Outbox).await.expect("send");
+        // Not by SMS at once because his presence is still unknown.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(cmd) = rig.modem_commands.try_recv() {
+            panic!("went by SMS: {cmd:?}");
+        }
+        // His presence comes: online, so over IP.
+        rig.relay(RelayEvent::Snapshot(vec![PresenceEntry {
+            number: BOB.into(),
+            registered: true,
+            state: PresenceState::Online,
+        }]))
+        .await;
+        assert_eq!(rig.ip_send().await, id);
+        assert!(rig.modem_commands.try_recv().is_err());
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_contact_whose_presence_never_comes_gets_sms_after_a_short_wait() {
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        registered(&rig).await;
+        rig.logged_in().await;
+        rig.follow(BOB).await;
+        let id = rig
+            .store
+            .call(|s| {
+                Ok(s.insert_outgoing(&NewOutgoing {
+                    peer: BOB,
+                    text: "anyone?",
+                    requested: ChannelRequest::Auto,
+                    delivery_report: true,
+                    client_token: None,
+                    timestamp_ms: 1,
+                })?
+                .0
+                .id)
+            })
+            .await
+            .expect("queue");
+        let asked = Instant::now();
+        rig.commands.send(EngineCmd::Outbox).await.expect("send");
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Create { id: got, .. } if got == id)
+        );
+        assert!(
+            asked.elapsed() >= NEW_CONTACT_WAIT - Duration::from_millis(100),
+            "it waited for the presence first"
+        );
+        rig.stop().await;
     }
 
     #[tokio::test]

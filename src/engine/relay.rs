@@ -140,7 +140,15 @@ impl Engine {
             .into_iter()
             .filter(|n| crate::relay::protocol::is_e164(n))
             .collect();
+        let now = tokio::time::Instant::now();
+        for number in &numbers {
+            if !self.subscribed.contains(number) {
+                self.presence_asked.insert(number.clone(), now);
+            }
+        }
         self.subscribed = numbers.iter().cloned().collect();
+        self.presence_asked
+            .retain(|n, _| self.subscribed.contains(n));
         self.relay_command(RelayCommand::Subscribe { numbers })
             .await;
     }
@@ -232,6 +240,9 @@ impl Engine {
             // The relay answers for these: they are followed.
             self.subscribed
                 .extend(entries.iter().map(|e| e.number.clone()));
+        }
+        for e in &entries {
+            self.presence_asked.remove(&e.number);
         }
         let before = self.presence.borrow().clone();
         let mut view: HashMap<String, PeerPresence> = if snapshot {
