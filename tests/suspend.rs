@@ -14,7 +14,8 @@
 //!   taken again after resume and when logind restarts; logind gone while asleep counts as
 //!   awake.
 //! - The relay client alone: asleep, nothing makes it dial (not even the network coming
-//!   back); resumed, it logs in at once.
+//!   back); resumed, it logs in at once; a close the relay does not answer (a proxy that
+//!   holds every byte back) holds the sleep back for the client's 1 s, not more.
 
 mod common;
 
@@ -29,7 +30,9 @@ use tandem::api::MessagesProxy;
 use tandem::domain::RelayState;
 use tandem::logind::{CLOSE_BOUND, Sleep};
 use tandem::relay::client::{ClientConfig, RelayCommand, RelayEvent, SendAnswer};
-use tokio::sync::{mpsc, oneshot};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use zbus::message::Header;
 use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
@@ -347,6 +350,10 @@ async fn sleep_closes_the_session_first_and_resume_catches_up() {
         noticed < RELAY_IDLE_TIMEOUT / 5,
         "Bob saw Alice offline after {noticed:?}"
     );
+    eprintln!(
+        "sleep: lock released {:?} after PrepareForSleep(true); Bob saw Alice offline after {noticed:?}",
+        released - slept
+    );
     bob.signals
         .wait_until("Bob gets Alice's message", |s| {
             s.received().iter().any(|m| m.text == "good night (ip)")
@@ -372,7 +379,12 @@ async fn sleep_closes_the_session_first_and_resume_catches_up() {
     );
     signal(alice.pid(), "-CONT");
     logind.prepare_for_sleep(&alice_lock.holder, false).await;
+    let resumed = Instant::now();
     alice.relay_is("online").await;
+    eprintln!(
+        "resume: Alice online {:?} after PrepareForSleep(false)",
+        resumed.elapsed()
+    );
     bob.sees(ALICE, "online").await;
     alice.sees(BOB, "online").await;
     let alice_relock = logind.held(alice.pid(), 2).await;
@@ -401,6 +413,13 @@ async fn sleep_closes_the_session_first_and_resume_catches_up() {
         alice.api.modem_state().await.expect("ModemState"),
         "registered",
         "the modem is not the relay client's business"
+    );
+    // The relay answered the close before the lock went (the closing handshake, not
+    // just our frame written into a socket the sleep may never flush).
+    let log = alice.daemon.log_text();
+    assert!(
+        log.contains("relay session closed") && !log.contains("did not answer the close"),
+        "no closing handshake before sleep:\n{log}"
     );
     // Bob never slept: his one lock is still held.
     assert_eq!(logind.locks_of(bob.pid()).len(), 1);
@@ -688,6 +707,114 @@ async fn asleep_the_client_stays_offline_until_resumed() {
     client.sleep = None;
     client.expect("login without logind", logged_in).await;
 
+    drop(client);
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the client stops")
+        .expect("no panic");
+}
+
+/// A TCP proxy in front of the relay that can hold every byte back (a relay, or a
+/// network, that stops answering), without closing anything.
+async fn valve(target: String) -> (String, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (open, _) = watch::channel(true);
+    let opened = open.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(&target).await else {
+                continue;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(flow(in_read, out_write, opened.subscribe()));
+            tokio::spawn(flow(out_read, in_write, opened.subscribe()));
+        }
+    });
+    (format!("ws://{addr}"), open)
+}
+
+async fn flow(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if open.wait_for(|open| *open).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_close_the_relay_does_not_answer_holds_the_sleep_back_briefly() {
+    let dir = temp_dir();
+    let relay = Relay::start(dir.path());
+    let (url, open) = valve(relay.addr.clone()).await;
+    let (commands, commands_rx) = mpsc::channel(16);
+    let (events_tx, events) = mpsc::channel(16);
+    let (sleep, sleep_rx) = mpsc::channel(4);
+    let config = ClientConfig {
+        url,
+        token_path: dir.path().join("token"),
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+    };
+    let task = tokio::spawn(tandem::relay::client::run_with_sleep(
+        config,
+        commands_rx,
+        events_tx,
+        None,
+        sleep_rx,
+    ));
+    let mut client = Client {
+        commands,
+        events,
+        sleep: Some(sleep),
+        seen: Vec::new(),
+    };
+    let logged_in = |e: &RelayEvent| matches!(e, RelayEvent::LoggedIn { .. });
+    client
+        .commands
+        .send(RelayCommand::OwnNumber(Some(ALICE.into())))
+        .await
+        .expect("command");
+    client.expect("login", logged_in).await;
+
+    // Nothing gets through any more: our close frame is written, no answer comes.
+    open.send_replace(false);
+    let asked = Instant::now();
+    client.sleep().await;
+    let held = asked.elapsed();
+    eprintln!("an unanswered close held the sleep back {held:?}");
+    assert!(
+        held >= Duration::from_millis(900),
+        "answered after {held:?}: it did not wait for the relay's close"
+    );
+    assert!(
+        held < CLOSE_BOUND,
+        "held {held:?}, longer than logind's task waits"
+    );
+    client
+        .expect("offline", |e| *e == RelayEvent::State(RelayState::Offline))
+        .await;
+
+    // Awake, with the relay reachable again: logged in again.
+    open.send_replace(true);
+    client
+        .sleep
+        .as_ref()
+        .expect("sleep channel")
+        .send(Sleep::Resumed)
+        .await
+        .expect("the client runs");
+    client.expect("login after resume", logged_in).await;
     drop(client);
     tokio::time::timeout(WAIT, task)
         .await
