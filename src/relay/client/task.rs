@@ -4,9 +4,9 @@
 //! the answers owed to the engine (every `Send` and `Revoke` gets exactly one), the
 //! reconnect schedule and the `RelayState` it shows. Everything happens in one
 //! `select!`: commands, the WebSocket, the dial in progress, NetworkManager's changes,
-//! logind's sleep notices and at most three timers (the next dial, the dead-connection check, the code's expiry),
-//! each armed only when it means something, so an idle logged-in client wakes only for
-//! the relay's pings.
+//! logind's sleep notices and at most three timers (the next dial, the dead-connection
+//! check, the code's expiry), each armed only when it means something, so an idle
+//! logged-in client wakes only for the relay's pings.
 //! Must not: interpret messages (the engine does), spawn tasks, or block the loop on
 //! anything unbounded: every write and every dial has a timeout.
 
