@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
+use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
 use crate::notifier::Notifier;
 use crate::relay::{
@@ -223,15 +224,22 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the relay client, following NetworkManager on the system bus when it can.
+/// Runs the relay client, following NetworkManager and logind on the system bus when it
+/// can: the session is closed before the system sleeps and opened again when it wakes.
 async fn run_relay(
     config: ClientConfig,
     system: Option<String>,
     commands: mpsc::Receiver<RelayCommand>,
     events: mpsc::Sender<RelayEvent>,
 ) {
-    let connectivity = builder(system.as_deref(), true).build().await.ok();
-    relay::client::run(config, commands, events, connectivity).await;
+    let Ok(system) = builder(system.as_deref(), true).build().await else {
+        return relay::client::run(config, commands, events, None).await;
+    };
+    let (sleep_tx, sleep_rx) = mpsc::channel(4);
+    let logind = tokio::spawn(logind::run(system.clone(), sleep_tx));
+    relay::client::run_with_sleep(config, commands, events, Some(system), sleep_rx).await;
+    // Its lock goes with it.
+    logind.abort();
 }
 
 /// Connects to the system bus (retrying while it is not there) and runs the adapter.

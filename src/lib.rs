@@ -8,6 +8,7 @@
 //! - [`router`]: the channel rule and outbox decisions; pure logic, no I/O, never fails.
 //! - [`store`]: SQLite; the only module that knows SQL. Runs as an actor on its own thread.
 //! - [`modem`]: the ModemManager adapter (system bus), a task behind two channels.
+//! - [`logind`]: the system's sleep (logind, system bus): closes the relay session before.
 //! - [`notifier`]: desktop notifications, a task that can never block a message.
 //! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod devbus;
 pub mod domain;
 pub mod engine;
+pub mod logind;
 pub mod mmsim;
 pub mod modem;
 pub mod notifier;

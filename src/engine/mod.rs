@@ -167,6 +167,10 @@ pub struct Engine {
     /// When the deferred work is tried next, and the pause after that.
     deferred_at: Option<Instant>,
     deferred_pause: Duration,
+    /// Messages sent to the relay again after a login, because an earlier send's fate is
+    /// unknown: a `NotConnected` answer says only that the resend did not go, not that
+    /// the relay does not hold the message (it waits for the next login, not for SMS).
+    resent: HashSet<String>,
 }
 
 /// Work the engine could not finish because the store failed. It is kept and done again,
@@ -231,6 +235,7 @@ impl Engine {
             deferred: Vec::new(),
             deferred_at: None,
             deferred_pause: DEFERRED_FIRST_PAUSE,
+            resent: HashSet::new(),
         }
     }
 
@@ -847,8 +852,13 @@ impl Engine {
                 }
             }
             // On its way (an SMS in flight, or on the relay): the peer's later messages
-            // wait behind it.
-            if message.status == Status::Sending {
+            // wait behind it. That includes the message whose SMS object the modem is
+            // making: still `queued` in the store until `on_created` records it, but no
+            // longer free to take another channel (a presence change meanwhile would send
+            // it over IP as well).
+            if message.status == Status::Sending
+                || self.in_flight.as_deref() == Some(message.id.as_str())
+            {
                 continue;
             }
             if entry.next_attempt_ms > now {
@@ -2402,6 +2412,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_resend_that_finds_the_relay_gone_does_not_fall_back_to_sms() {
+        // Found by tests/net_flap.rs: the first send's answer is still on its way when a
+        // login makes the engine send it again; the connection is gone by the time the
+        // client takes the resend, so that one is answered `NotConnected`. The relay may
+        // well hold the first one (here it did, and delivered it): no SMS for it.
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "flapping");
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        registered(&rig).await;
+        assert_eq!(rig.ip_send().await, id);
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe { .. }
+        ));
+        assert_eq!(rig.ip_send().await, id, "sent again after the login");
+        rig.answer(&id, SendAnswer::Lost).await;
+        rig.answer(&id, SendAnswer::NotConnected).await;
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            rig.modem_commands.try_recv().is_err(),
+            "sent by SMS while it may be on the relay"
+        );
+        assert_eq!(message(&rig, &id).await.status, Status::Sending);
+        // The next login asks again, and the relay's answer decides.
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe { .. }
+        ));
+        assert_eq!(rig.ip_send().await, id);
+        rig.answer(
+            &id,
+            SendAnswer::Accepted {
+                state: SendState::Delivered,
+                duplicate: true,
+            },
+        )
+        .await;
+        until_status(&rig, &id, Status::Delivered).await;
+        assert_eq!(message(&rig, &id).await.channel, Some(Channel::Ip));
+        assert!(rig.modem_commands.try_recv().is_err());
+        rig.stop().await;
+    }
+
+    #[tokio::test]
     async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue(&mut store, BOB, "ack, then silence");
@@ -2447,6 +2506,58 @@ mod tests {
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_message_whose_sms_is_being_made_does_not_also_go_over_ip() {
+        // Found by tests/net_flap.rs: routed by SMS while the peer was not known online
+        // (just logged in, snapshot not there yet), then the snapshot came before the
+        // modem had made the SMS object, while the message was still `queued`.
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "one channel only");
+        let mut rig = Rig::start(store);
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe { .. }
+        ));
+        registered(&rig).await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Create { id: got, .. } if got == id)
+        );
+        rig.peer_online(BOB).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(cmd) = rig.relay_commands.try_recv() {
+            assert!(
+                !matches!(cmd, RelayCommand::Send { .. }),
+                "sent over IP while its SMS is being made: {cmd:?}"
+            );
+        }
+        rig.modem_events
+            .send(ModemEvent::Created {
+                id: id.clone(),
+                object: object(5),
+            })
+            .await
+            .expect("send");
+        assert!(matches!(
+            rig.modem_command().await,
+            ModemCommand::Send { .. }
+        ));
+        rig.modem_events
+            .send(ModemEvent::SendResult {
+                id: id.clone(),
+                outcome: SendOutcome::Sent { reference: Some(3) },
+            })
+            .await
+            .expect("send");
+        until_status(&rig, &id, Status::Sent).await;
+        assert_eq!(message(&rig, &id).await.channel, Some(Channel::Sms));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(cmd) = rig.relay_commands.try_recv() {
+            assert!(!matches!(cmd, RelayCommand::Send { .. }), "{cmd:?}");
+        }
         rig.stop().await;
     }
 

@@ -341,8 +341,20 @@ impl Engine {
 
     async fn on_send_answer(&mut self, id: String, answer: SendAnswer) {
         let Some(entry) = self.on_relay_entry(&id).await else {
+            self.resent.remove(&id);
             return debug!(%id, ?answer, "answer for a message no longer on the relay");
         };
+        match answer {
+            // A resend that did not go: the earlier send may be on the relay.
+            SendAnswer::NotConnected if self.resent.contains(&id) => {
+                info!(%id, "the relay is not reachable; asked again after the next login");
+                return;
+            }
+            SendAnswer::Lost => {}
+            _ => {
+                self.resent.remove(&id);
+            }
+        }
         match answer {
             SendAnswer::Accepted {
                 state: SendState::Online | SendState::Queued,
@@ -417,6 +429,7 @@ impl Engine {
     }
 
     async fn delivered_ip(&mut self, id: &str) {
+        self.resent.remove(id);
         let key = id.to_owned();
         if let Err(e) = self
             .store
@@ -435,6 +448,7 @@ impl Engine {
     /// choose, failed when the sender asked for IP.
     async fn leave_relay(&mut self, entry: RelayPending, why: &str) {
         let id = entry.message.id;
+        self.resent.remove(&id);
         let key = id.clone();
         if entry.requested == ChannelRequest::Ip {
             if let Err(e) = self
@@ -471,6 +485,7 @@ impl Engine {
         for p in pending {
             match p.stage {
                 RelayStage::Sent => {
+                    self.resent.insert(p.message.id.clone());
                     self.relay_command(RelayCommand::Send {
                         id: p.message.id,
                         to: p.message.peer,

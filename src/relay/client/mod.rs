@@ -11,7 +11,8 @@
 //! Layout:
 //! - `task`: the one task: the connection's state machine, commands, events, timers;
 //! - `dial`: the relay URL, TCP, TLS (system roots) and the WebSocket handshake;
-//! - `net`: NetworkManager's `Connectivity` on the system bus, as a stream;
+//! - `net`: NetworkManager's `Connectivity` on the system bus, as a stream (logind's
+//!   sleep comes from [`crate::logind`], a task of its own, over a channel);
 //! - `token`: the token file (0600, written atomically);
 //! - `backoff`: reconnect delays with jitter.
 //!
@@ -36,6 +37,11 @@
 //!   again after every login (its answer is a [`RelayEvent::Snapshot`]; a set the relay
 //!   refuses, `invalid-number` or `too-many-subscriptions`, is only logged).
 //! - An own number that is not E.164 counts as none (logged): the relay would refuse it.
+//! - Told that the system is going to sleep ([`Sleep::Preparing`]), it closes the session
+//!   with the closing handshake (bounded: 1 s), handling what the relay still sends until
+//!   its close, answers `closed`, shows `Offline` and dials no more until
+//!   [`Sleep::Resumed`] (or the notices' channel closes); then it dials at once, backoff
+//!   reset, and the login brings what the relay kept meanwhile.
 //! - After `replaced` followed by a failing token (the number was verified on another
 //!   device), the client stays `Offline` until the own number changes or the daemon
 //!   restarts, instead of taking the number back in a loop of code SMS.
@@ -53,6 +59,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::domain::RelayState;
+pub use crate::logind::Sleep;
 pub use crate::relay::protocol::{
     ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, ReceiptOutcome, RevokeOutcome,
     SendState,
@@ -168,7 +175,20 @@ pub async fn run(
     events: mpsc::Sender<RelayEvent>,
     connectivity: Option<zbus::Connection>,
 ) {
-    task::run(config, None, commands, events, connectivity).await;
+    task::run(config, None, commands, events, connectivity, None).await;
+}
+
+/// [`run`], following the system's sleep too: `sleep` carries logind's notices (see
+/// [`crate::logind::run`]). The session is closed before the system sleeps, and opened
+/// again at once when it wakes.
+pub async fn run_with_sleep(
+    config: ClientConfig,
+    commands: mpsc::Receiver<RelayCommand>,
+    events: mpsc::Sender<RelayEvent>,
+    connectivity: Option<zbus::Connection>,
+    sleep: mpsc::Receiver<Sleep>,
+) {
+    task::run(config, None, commands, events, connectivity, Some(sleep)).await;
 }
 
 /// [`run`], with this TLS configuration for `wss://` instead of the system's roots
@@ -180,5 +200,5 @@ pub async fn run_with_tls(
     events: mpsc::Sender<RelayEvent>,
     connectivity: Option<zbus::Connection>,
 ) {
-    task::run(config, Some(tls), commands, events, connectivity).await;
+    task::run(config, Some(tls), commands, events, connectivity, None).await;
 }

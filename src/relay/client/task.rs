@@ -3,10 +3,10 @@
 //! Owns the connection's life (dial, `hello`, register/verify, `login`, logged in, gone),
 //! the answers owed to the engine (every `Send` and `Revoke` gets exactly one), the
 //! reconnect schedule and the `RelayState` it shows. Everything happens in one
-//! `select!`: commands, the WebSocket, the dial in progress, NetworkManager's changes and
-//! at most four timers (the next dial, the dead-connection check, the code's expiry, the
-//! resend of sends the relay rate-limited), each armed only when it means something, so
-//! an idle logged-in client wakes only for the relay's pings.
+//! `select!`: commands, the WebSocket, the dial in progress, NetworkManager's changes,
+//! logind's sleep notices and at most four timers (the next dial, the dead-connection
+//! check, the code's expiry, the resend of sends the relay rate-limited), each armed only
+//! when it means something, so an idle logged-in client wakes only for the relay's pings.
 //!
 //! A `send` the relay answers `rate-limited` (its sender's quota) is not refused to the
 //! engine: it is a wait, not a verdict. The client keeps the frame of every unanswered
@@ -35,6 +35,7 @@ use super::net::{self, Connectivity};
 use super::token::{self, StoredToken};
 use super::{ClientConfig, RelayCommand, RelayEvent, SendAnswer};
 use crate::domain::RelayState;
+use crate::logind::Sleep;
 use crate::relay::protocol::{
     ClientFrame, ErrorCode, ErrorFrame, PROTOCOL_VERSION, RevokeOutcome, ServerFrame,
     decode_server, encode, is_e164,
@@ -44,7 +45,8 @@ use crate::relay::protocol::{
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of one write: a relay that stops reading does not hold the loop longer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a closing handshake may take when the client hangs up itself.
+/// How long a closing handshake may take when the client hangs up itself (before sleep:
+/// until the relay's answering close frame, the proof that the relay has read ours).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Dead-connection timeout until `welcome` tells the relay's (the protocol's default).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
@@ -63,6 +65,7 @@ pub(super) async fn run(
     mut commands: mpsc::Receiver<RelayCommand>,
     events: mpsc::Sender<RelayEvent>,
     connectivity: Option<zbus::Connection>,
+    mut sleep: Option<mpsc::Receiver<Sleep>>,
 ) {
     let mut net_changes = connectivity.map(net::watch);
     let mut client = Client::new(config, tls, net_changes.is_some());
@@ -104,6 +107,19 @@ pub(super) async fn run(
                 None => {
                     net_changes = None;
                     client.on_connectivity(Connectivity::Unknown).await;
+                }
+            },
+            notice = next_notice(&mut sleep) => match notice {
+                Some(Sleep::Preparing { closed }) => {
+                    client.on_sleep().await;
+                    client.update_state();
+                    let _ = closed.send(());
+                }
+                Some(Sleep::Resumed) => client.on_resume(),
+                None => {
+                    // Nobody tells us about sleep any more: we run, so we are awake.
+                    sleep = None;
+                    client.on_resume();
                 }
             },
             () = at(dial_at) => client.start_dial(),
@@ -154,6 +170,13 @@ async fn link_event(link: &mut Link, reading: bool) -> LinkEvent {
         Link::Up(session) if reading => LinkEvent::Message(session.ws.next().await),
         Link::Dialing(dialing) => LinkEvent::Dialed(dialing.as_mut().await),
         _ => pending().await,
+    }
+}
+
+async fn next_notice(sleep: &mut Option<mpsc::Receiver<Sleep>>) -> Option<Sleep> {
+    match sleep {
+        Some(sleep) => sleep.recv().await,
+        None => pending().await,
     }
 }
 
@@ -341,6 +364,8 @@ enum End {
     Pause(Duration, &'static str),
     /// The client hangs up itself; the caller decides what next.
     Local,
+    /// The system is going to sleep: hung up already, with the closing handshake.
+    Sleep,
 }
 
 /// A registration under way for one number.
@@ -399,6 +424,8 @@ struct Client {
     subscription: Option<Vec<String>>,
     /// NetworkManager's view; `None` until its first answer (no dialing before).
     net: Option<Connectivity>,
+    /// logind said the system is going to sleep, and not yet that it resumed.
+    asleep: bool,
     backoff: Backoff,
     /// When to dial next (while down); `None`: not until something changes.
     retry_at: Option<Instant>,
@@ -442,6 +469,7 @@ impl Client {
             } else {
                 Some(Connectivity::Unknown)
             },
+            asleep: false,
             backoff,
             retry_at: None,
             replaced: false,
@@ -457,6 +485,7 @@ impl Client {
     fn may_dial(&self) -> bool {
         self.number.is_some()
             && self.net.is_some_and(Connectivity::allows_dialing)
+            && !self.asleep
             && !self.parked
             && self.endpoint.is_ok()
     }
@@ -684,9 +713,13 @@ impl Client {
                     .push(RelayEvent::RevokeAnswer { id, outcome: None });
             }
             lasted = session.logged_in_at.map(|at| at.elapsed());
-            if matches!(end, End::Local | End::Pause(..)) {
-                // We hang up on a working connection: say so (briefly).
-                let _ = timeout(CLOSE_TIMEOUT, session.ws.close(None)).await;
+            match end {
+                End::Local | End::Pause(..) => {
+                    // We hang up on a working connection: say so (briefly).
+                    let _ = timeout(CLOSE_TIMEOUT, session.ws.close(None)).await;
+                }
+                // Closed already (`on_sleep`); the others are gone anyway.
+                End::Sleep | End::Lost(_) | End::Fatal(..) => {}
             }
         }
         if lasted.is_some_and(|lasted| lasted >= STABLE_LOGIN) {
@@ -694,7 +727,7 @@ impl Client {
         }
         let now = Instant::now();
         match end {
-            End::Local => {}
+            End::Local | End::Sleep => {}
             End::Lost(why) => {
                 let delay = self.backoff.next_delay();
                 info!(
@@ -938,6 +971,70 @@ impl Client {
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// logind's `PrepareForSleep(true)`: close the session now, dial no more until resumed.
+    async fn on_sleep(&mut self) {
+        if self.asleep {
+            return;
+        }
+        self.asleep = true;
+        self.retry_at = None;
+        if matches!(self.link, Link::Down) {
+            info!("the system is going to sleep");
+            return;
+        }
+        info!("the system is going to sleep: closing the relay session");
+        self.close_handshake().await;
+        self.end_link(End::Sleep).await;
+    }
+
+    /// Hangs up cleanly, within [`CLOSE_TIMEOUT`]: our close frame, then the relay's
+    /// frames until its answering close, the proof that it has read ours (and so shows
+    /// us offline at once). Frames that come meanwhile are handled as usual, so no
+    /// answer, receipt or message the relay pushed is dropped; what cannot be answered any
+    /// more (an `ack` of a delivered message) the relay asks again after the next login.
+    async fn close_handshake(&mut self) {
+        let deadline = later(Instant::now(), CLOSE_TIMEOUT);
+        let Link::Up(session) = &mut self.link else {
+            return;
+        };
+        match timeout(CLOSE_TIMEOUT, session.ws.close(None)).await {
+            Ok(Ok(())) => {}
+            _ => return debug!("the relay connection was already gone"),
+        }
+        loop {
+            let Link::Up(session) = &mut self.link else {
+                return;
+            };
+            let message = match tokio::time::timeout_at(deadline, session.ws.next()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) => {
+                    return info!("relay session closed");
+                }
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(WsError::ConnectionClosed))) => return info!("relay session closed"),
+                Ok(Some(Err(err))) => {
+                    return debug!(cause = %err, "the relay connection failed while closing");
+                }
+                Err(_) => return warn!("the relay did not answer the close in time"),
+            };
+            // Writes fail after our close frame; the session ends anyway.
+            let _ = self.on_message(Some(Ok(message))).await;
+        }
+    }
+
+    /// logind's `PrepareForSleep(false)`: connect at once, the backoff starts over. The
+    /// login then brings what the relay kept meanwhile (messages, receipts, presence).
+    fn on_resume(&mut self) {
+        if !self.asleep {
+            return;
+        }
+        self.asleep = false;
+        info!("the system resumed: reconnecting to the relay");
+        if matches!(self.link, Link::Down) && !self.waiting_for_code() {
+            self.backoff.reset();
+            self.retry_at = self.number.is_some().then(Instant::now);
         }
     }
 
