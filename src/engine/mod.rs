@@ -20,7 +20,7 @@ use crate::modem::{
     IncomingSms, ModemCommand, ModemEvent, SendFailure, SendOutcome, SmsObject, StatusReport,
 };
 use crate::notifier::{Notice, Notifier};
-use crate::relay::client::{RelayCommand, RelayEvent};
+use crate::relay::client::{ConfirmOutcome, RelayCommand, RelayEvent};
 use crate::router::{self, Delivery, Facts, Retry, Route, Waiting};
 use crate::store::{NewIncoming, OutboxEntry, SmsAttempt, StoreError, StoreHandle};
 use crate::{number, sms_text};
@@ -184,6 +184,19 @@ enum Deferred {
     Report(StatusReport),
     /// How a send ended, not stored yet.
     Outcome { id: String, outcome: SendOutcome },
+    /// An IP message the relay delivered, not held yet (so not acked).
+    IpDeliver {
+        from: String,
+        id: String,
+        text: String,
+        ts: i64,
+    },
+    /// The relay's `confirm` of an IP message, not applied yet.
+    IpConfirm {
+        from: String,
+        id: String,
+        outcome: ConfirmOutcome,
+    },
     /// An incoming message announced but not marked so: marked before anything else
     /// (and only then deleted from the modem), or it would be announced again at start.
     Announced {
@@ -1028,6 +1041,12 @@ impl Engine {
                 Deferred::Incoming(sms) => self.on_incoming(sms).await,
                 Deferred::Report(report) => self.on_report(report).await,
                 Deferred::Outcome { id, outcome } => self.on_send_result(id, outcome).await,
+                Deferred::IpDeliver { from, id, text, ts } => {
+                    self.on_deliver(from, id, text, ts).await
+                }
+                Deferred::IpConfirm { from, id, outcome } => {
+                    self.on_confirm(from, id, outcome).await
+                }
                 Deferred::Announced { id, delete } => {
                     if !self.mark_announced(&id).await {
                         self.defer(Deferred::Announced { id, delete });
@@ -2220,6 +2239,47 @@ mod tests {
             asked.elapsed() >= NEW_CONTACT_WAIT - Duration::from_millis(100),
             "it waited for the presence first"
         );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_ip_message_the_full_store_refused_is_held_and_acked_once_room_is_made() {
+        let mut store = Store::open_in_memory().expect("store");
+        store.set_full(true).expect("full");
+        let mut rig = Rig::start(store);
+        rig.logged_in().await;
+        let long = "an IP message too long for the pages left. ".repeat(200);
+        rig.relay(RelayEvent::Deliver {
+            from: BOB.into(),
+            id: "m-1".into(),
+            text: long.clone(),
+            ts: 5,
+        })
+        .await;
+        // Not held: not acked (the relay keeps it).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(cmd) = rig.relay_commands.try_recv() {
+            assert!(!matches!(cmd, RelayCommand::Ack { .. }), "acked unstored");
+        }
+        rig.store.call(|s| s.set_full(false)).await.expect("room");
+        loop {
+            if let RelayCommand::Ack { from, id } = rig.relay_command().await {
+                assert_eq!((from.as_str(), id.as_str()), (BOB, "m-1"));
+                break;
+            }
+        }
+        rig.relay(RelayEvent::Confirm {
+            from: BOB.into(),
+            id: "m-1".into(),
+            outcome: ConfirmOutcome::Delivered,
+        })
+        .await;
+        loop {
+            if let Event::Received(m) = rig.announced().await {
+                assert_eq!(m.text, long);
+                break;
+            }
+        }
         rig.stop().await;
     }
 

@@ -168,21 +168,25 @@ impl Engine {
     }
 
     /// Store hidden, then ack: the relay's `confirm` decides whether it is shown.
-    async fn on_deliver(&mut self, from: String, id: String, text: String, ts: i64) {
-        let (sender, key) = (from.clone(), id.clone());
+    pub(super) async fn on_deliver(&mut self, from: String, id: String, text: String, ts: i64) {
+        let (sender, key, body) = (from.clone(), id.clone(), text.clone());
         let held = self
             .store
-            .call(move |s| s.hold_incoming_ip(&sender, &key, &text, ts))
+            .call(move |s| s.hold_incoming_ip(&sender, &key, &body, ts))
             .await;
         match held {
             // New, or held already (delivered again): ack either way; the confirm decides.
             Ok(_) => self.relay_command(RelayCommand::Ack { from, id }).await,
-            // Not stored: no ack, so the relay delivers it again after the next login.
-            Err(e) => warn!(%from, %id, cause = %e, "cannot store an IP message"),
+            // Not stored: no ack (the relay keeps it and delivers it again at the next
+            // login), and tried again meanwhile, so that freeing the disk is enough.
+            Err(e) => {
+                warn!(%from, %id, cause = %e, "cannot store an IP message; will try again");
+                self.defer(Deferred::IpDeliver { from, id, text, ts });
+            }
         }
     }
 
-    async fn on_confirm(&mut self, from: String, id: String, outcome: ConfirmOutcome) {
+    pub(super) async fn on_confirm(&mut self, from: String, id: String, outcome: ConfirmOutcome) {
         let (sender, key) = (from.clone(), id.clone());
         if outcome != ConfirmOutcome::Delivered {
             // Revoked (it comes by SMS) or unknown: never shown.
@@ -192,7 +196,8 @@ impl Engine {
                 .call(move |s| s.drop_incoming_ip(&sender, &key))
                 .await
             {
-                warn!(%from, %id, cause = %e, "cannot drop a revoked IP message");
+                warn!(%from, %id, cause = %e, "cannot drop a revoked IP message; will try again");
+                self.defer(Deferred::IpConfirm { from, id, outcome });
             }
             return;
         }
@@ -214,7 +219,10 @@ impl Engine {
                 }
             }
             Ok(None) => debug!(%from, %id, "confirmed IP message already shown"),
-            Err(e) => warn!(%from, %id, cause = %e, "cannot store a confirmed IP message"),
+            Err(e) => {
+                warn!(%from, %id, cause = %e, "cannot store a confirmed IP message; will try again");
+                self.defer(Deferred::IpConfirm { from, id, outcome });
+            }
         }
     }
 
