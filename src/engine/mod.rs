@@ -1689,6 +1689,96 @@ mod tests {
         rig.stop().await;
     }
 
+    /// Nothing of the code SMS `from` was stored or announced.
+    async fn code_never_shown(rig: &mut Rig, from: &'static str) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(a) = rig.announcements.try_recv() {
+            assert!(
+                !matches!(a.event, Event::Received(_)),
+                "shown: {:?}",
+                a.event
+            );
+        }
+        let stored = rig
+            .store
+            .call(move |s| s.get_messages(from, None, 10))
+            .await
+            .unwrap_or_default();
+        assert!(stored.is_empty(), "stored: {stored:?}");
+    }
+
+    #[tokio::test]
+    async fn of_two_early_code_sms_the_newer_is_used_and_the_older_deleted_unseen() {
+        // A daemon killed after its code was sent left code 1 on the modem; its restart
+        // asked for code 2 (which voids code 1), and both came before `code-sent`.
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let gateway = "+15559990000";
+        let old = sms(
+            gateway,
+            "2024-05-01T12:00:00+00",
+            "Tandem code: 111111",
+            "/sms/1",
+        );
+        let new = sms(
+            gateway,
+            "2024-05-01T12:00:05+00",
+            "Tandem code: 222222",
+            "/sms/2",
+        );
+        for code in [old.clone(), new.clone()] {
+            rig.modem_events
+                .send(ModemEvent::Incoming(code))
+                .await
+                .expect("send");
+        }
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: old.path }
+        );
+        rig.relay(RelayEvent::AwaitingCode {
+            number: "+15550001111".into(),
+        })
+        .await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Code("222222".into())
+        );
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: new.path }
+        );
+        code_never_shown(&mut rig, gateway).await;
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_code_sms_still_kept_aside_at_login_is_deleted_unseen() {
+        // Killed after the token was stored and before the modem deleted the code SMS:
+        // the next start finds it, then logs in with the token.
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let gateway = "+15559990000";
+        let code = sms(
+            gateway,
+            "2024-05-01T12:00:00+00",
+            "Tandem code: 482913",
+            "/sms/1",
+        );
+        rig.modem_events
+            .send(ModemEvent::Incoming(code.clone()))
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.modem_commands.try_recv().is_err(), "deleted too early");
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: code.path }
+        );
+        code_never_shown(&mut rig, gateway).await;
+        rig.stop().await;
+    }
+
     #[tokio::test]
     async fn an_ip_message_is_shown_only_when_the_relay_confirms_it() {
         let mut rig = Rig::start(Store::open_in_memory().expect("store"));

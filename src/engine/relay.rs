@@ -46,6 +46,15 @@ pub fn code_in(pattern: &str, text: &str) -> Option<String> {
         .then(|| code.to_owned())
 }
 
+/// Whether code SMS `a` is newer than `b`: by the SMS centre's clock when both have it
+/// and it tells them apart, else `b`, the one that came later.
+fn newer(a: &IncomingSms, b: &IncomingSms) -> bool {
+    match (a.timestamp_ms, b.timestamp_ms) {
+        (Some(ta), Some(tb)) if ta != tb => ta > tb,
+        _ => false,
+    }
+}
+
 fn presence_of(state: PresenceState) -> Presence {
     match state {
         PresenceState::Online => Presence::Online,
@@ -69,8 +78,12 @@ impl Engine {
                 info!(queued, "logged in to the relay");
                 self.awaiting_code = false;
                 if let Some((sms, _)) = self.early_code.take() {
-                    // Logged in without it: an ordinary message after all.
-                    Box::pin(self.on_incoming(sms)).await;
+                    // Logged in without it: a code that came while we registered or logged
+                    // in, void now. Most often the very code of our token, left on the
+                    // modem by a daemon killed after storing the token and before the
+                    // deletion. Codes are never shown (protocol §5.1): deleted, unseen.
+                    info!("a registration code SMS left from before the login: deleted");
+                    self.command(ModemCommand::Delete { path: sms.path }).await;
                 }
                 self.subscribe_followed().await;
                 self.reack_held().await;
@@ -103,8 +116,10 @@ impl Engine {
     /// Takes the relay's registration-code SMS out of the SMS path: while a registration
     /// waits for it, the code goes to the relay client and the SMS is deleted, never
     /// stored. One that comes while we are not logged in but before the registration
-    /// asked (the SMS can beat the relay's answer) is kept aside, still on the modem, for
-    /// a while. Anything else is given back, to be handled as an ordinary SMS.
+    /// asked (the SMS can beat the relay's answer, or a killed daemon left it) is kept
+    /// aside, still on the modem: the newest only (each new code voids the one before;
+    /// older ones are deleted), used when the registration asks, deleted unseen when we
+    /// log in without it. Anything else is given back, to be handled as an ordinary SMS.
     pub(super) async fn take_code_sms(&mut self, sms: IncomingSms) -> Option<IncomingSms> {
         if self.relay.is_none() {
             return Some(sms);
@@ -119,11 +134,24 @@ impl Engine {
             return None;
         }
         let logged_in = self.status.borrow().relay == RelayState::Online;
-        if logged_in || self.early_code.is_some() {
+        if logged_in {
             return Some(sms);
         }
+        // Two code SMS before the registration asked: a daemon killed after its code was
+        // sent left one, and its restart asked for another. Each `register` voids the
+        // code before it, so the newer one is kept and the older deleted, unseen.
+        let (keep, void) = match self.early_code.take() {
+            Some((held, _)) if held.path == sms.path => (sms, None),
+            Some((held, _)) if newer(&held, &sms) => (held, Some(sms)),
+            Some((held, _)) => (sms, Some(held)),
+            None => (sms, None),
+        };
+        if let Some(void) = void {
+            debug!("a newer code SMS than the one kept aside: the older is void, deleted");
+            self.command(ModemCommand::Delete { path: void.path }).await;
+        }
         debug!("a code SMS before the registration asked for it: kept aside");
-        self.early_code = Some((sms, tokio::time::Instant::now() + EARLY_CODE_WAIT));
+        self.early_code = Some((keep, tokio::time::Instant::now() + EARLY_CODE_WAIT));
         None
     }
 
