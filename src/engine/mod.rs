@@ -2226,6 +2226,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_whose_sms_is_being_made_does_not_also_go_over_ip() {
+        // Just after a start: the modem is there before the relay, so the router picks
+        // SMS; the relay and the recipient come online before the object exists.
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, BOB, "one channel only");
+        let mut rig = Rig::start(store);
+        registered(&rig).await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
+        );
+        rig.peer_online(BOB).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        while let Ok(cmd) = rig.relay_commands.try_recv() {
+            assert!(
+                !matches!(cmd, RelayCommand::Send { .. }),
+                "sent over IP as well: {cmd:?}"
+            );
+        }
+        rig.modem_events
+            .send(ModemEvent::Created {
+                id: id.clone(),
+                object: object(6),
+            })
+            .await
+            .expect("send");
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Send { id: sms, .. } if sms == id)
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_recipient_coming_online_during_the_fallback_does_not_pull_it_back_to_ip() {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue(&mut store, BOB, "falling back");

@@ -311,6 +311,12 @@ impl Engine {
 
     /// Hands an outgoing message to the relay (the router chose IP).
     pub(super) async fn send_ip(&mut self, message: Message, requested: ChannelRequest) {
+        // Its SMS object is being made: the router chose SMS a moment ago (the relay was
+        // not online yet, e.g. just after a start) and the message stays `queued` until
+        // the object is recorded. It goes by SMS; over IP too, it would arrive twice.
+        if self.in_flight.as_deref() == Some(message.id.as_str()) {
+            return debug!(id = %message.id, "on its way by SMS already: not over IP");
+        }
         debug!(id = %message.id, ?requested, "sending over IP");
         // Both marks in one trip to the store (the stage's commit makes both durable),
         // before the relay; the signal after it, so that the send does not wait for it.
