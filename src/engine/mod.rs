@@ -2177,6 +2177,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_receipt_lost_with_the_connection_is_asked_for_after_the_login() {
+        // Asked for IP, so no deadline: only its receipt ends it, and the relay sends a
+        // receipt once; this one went into the connection that died.
+        let mut store = Store::open_in_memory().expect("store");
+        let (forced, _) = store
+            .insert_outgoing(&NewOutgoing {
+                peer: BOB,
+                text: "ip only",
+                requested: ChannelRequest::Ip,
+                delivery_report: false,
+                client_token: None,
+                timestamp_ms: 1,
+            })
+            .expect("queue");
+        let id = forced.id;
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.answer(&id, accepted()).await;
+        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe { .. }
+        ));
+        // The same send again: its answer says where the message is.
+        assert_eq!(rig.ip_send().await, id);
+        rig.answer(
+            &id,
+            SendAnswer::Accepted {
+                state: SendState::Delivered,
+                duplicate: true,
+            },
+        )
+        .await;
+        loop {
+            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
+                break;
+            }
+        }
+        let pending = rig
+            .store
+            .call(|s| s.relay_pending())
+            .await
+            .expect("pending");
+        assert!(pending.is_empty(), "{pending:?}");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
     async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue(&mut store, BOB, "ack, then silence");

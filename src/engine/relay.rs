@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use std::time::Duration;
 
 use super::{Engine, Event};
-use crate::domain::{Channel, ChannelRequest, Message, Presence, RelayState, Status, now_ms};
+use crate::domain::{ChannelRequest, Message, Presence, RelayState, Status, now_ms};
 use crate::modem::{IncomingSms, ModemCommand};
 use crate::relay::client::{
     ConfirmOutcome, PresenceEntry, PresenceState, ReceiptOutcome, RelayCommand, RelayEvent,
@@ -370,9 +370,13 @@ impl Engine {
             } => {
                 // Waiting for the receipt; for `auto` only as long as the fallback allows
                 // (a text too long for SMS waits on the relay's store-and-forward).
-                let deadline = (entry.requested == ChannelRequest::Auto
-                    && self.fits_sms(&entry.message))
-                .then(|| now_ms() + self.config.fallback_timeout.as_millis() as i64);
+                // Asked again after a login (see `resume_on_relay`): its deadline stands.
+                let deadline = if entry.stage == RelayStage::Accepted {
+                    entry.deadline_ms
+                } else {
+                    (entry.requested == ChannelRequest::Auto && self.fits_sms(&entry.message))
+                        .then(|| now_ms() + self.config.fallback_timeout.as_millis() as i64)
+                };
                 let key = id.clone();
                 match self
                     .store
@@ -438,15 +442,10 @@ impl Engine {
 
     async fn delivered_ip(&mut self, id: &str) {
         let key = id.to_owned();
-        if let Err(e) = self
-            .store
-            .call(move |s| s.set_relay_stage(&key, None, None))
-            .await
-        {
-            warn!(%id, cause = %e, "cannot take a message off the relay");
+        match self.store.call(move |s| s.mark_delivered_ip(&key)).await {
+            Ok(m) => self.announce(Event::status_of(m)).await,
+            Err(e) => warn!(%id, cause = %e, "cannot record an IP message delivered"),
         }
-        self.set_status(id, Status::Delivered, Some(Channel::Ip), None)
-            .await;
         self.schedule_deadlines().await;
         self.pump().await;
     }
@@ -457,20 +456,15 @@ impl Engine {
         let id = entry.message.id;
         let key = id.clone();
         if entry.requested == ChannelRequest::Ip {
-            if let Err(e) = self
+            let error = format!("not sent over IP: {why}");
+            match self
                 .store
-                .call(move |s| s.set_relay_stage(&key, None, None))
+                .call(move |s| s.fail_off_relay(&key, &error))
                 .await
             {
-                warn!(%id, cause = %e, "cannot take a message off the relay");
+                Ok(m) => self.announce(Event::status_of(m)).await,
+                Err(e) => warn!(%id, cause = %e, "cannot record an IP message failed"),
             }
-            self.set_status(
-                &id,
-                Status::Failed,
-                None,
-                Some(format!("not sent over IP: {why}")),
-            )
-            .await;
         } else {
             match self.store.call(move |s| s.requeue_for_sms(&key)).await {
                 Ok(m) => self.announce(Event::status_of(m)).await,
@@ -502,6 +496,19 @@ impl Engine {
                 RelayStage::Revoking => {
                     self.relay_command(RelayCommand::Revoke { id: p.message.id })
                         .await
+                }
+                // Its receipt may have been pushed into the connection that died (the
+                // relay sends a receipt once, protocol §9). With a deadline, the revoke
+                // at the deadline tells; without one (asked for IP, or too long for SMS)
+                // nothing else would: ask with the same id, the answer says where it is.
+                RelayStage::Accepted if p.deadline_ms.is_none() => {
+                    self.relay_command(RelayCommand::Send {
+                        id: p.message.id,
+                        to: p.message.peer,
+                        text: p.message.text,
+                        ts: p.message.timestamp_ms,
+                    })
+                    .await
                 }
                 RelayStage::Accepted => {}
             }
