@@ -2230,6 +2230,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_asked_for_ip_waits_for_the_relay_when_the_connection_just_dropped() {
+        // The router chose IP while the relay was online; the connection dropped before
+        // the client could send it: not failed, queued until the relay is back.
+        let mut store = Store::open_in_memory().expect("store");
+        let (forced, _) = store
+            .insert_outgoing(&NewOutgoing {
+                peer: BOB,
+                text: "ip only, later",
+                requested: ChannelRequest::Ip,
+                delivery_report: false,
+                client_token: None,
+                timestamp_ms: 1,
+            })
+            .expect("queue");
+        let id = forced.id;
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        rig.answer(&id, SendAnswer::NotConnected).await;
+        assert_eq!(rig.status_of(&id).await, (Status::Queued, None));
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        rig.stop().await;
+    }
+
+    #[tokio::test]
     async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue(&mut store, BOB, "ack, then silence");

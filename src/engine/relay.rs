@@ -404,6 +404,18 @@ impl Engine {
                 self.leave_relay(entry, &format!("the relay refused it: {message}"))
                     .await
             }
+            // Asked for IP: it waits for the relay (as the router has it wait), rather than
+            // fail because the connection dropped between the router's choice and the send.
+            SendAnswer::NotConnected if entry.requested == ChannelRequest::Ip => {
+                info!(%id, "the relay is not reachable: waiting for it");
+                let key = id.clone();
+                match self.store.call(move |s| s.requeue_off_relay(&key)).await {
+                    Ok(m) => self.announce(Event::status_of(m)).await,
+                    Err(e) => warn!(%id, cause = %e, "cannot put a message back in the outbox"),
+                }
+                self.schedule_deadlines().await;
+                self.pump().await;
+            }
             SendAnswer::NotConnected => {
                 info!(%id, "the relay is not reachable");
                 self.leave_relay(entry, "the relay is not reachable").await

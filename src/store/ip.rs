@@ -298,6 +298,18 @@ impl Store {
         self.get_message(id)
     }
 
+    /// An outgoing message never reached the relay (not connected): back to the outbox as
+    /// it was asked, `queued`, off the relay, in one statement.
+    pub fn requeue_off_relay(&mut self, id: &str) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, channel = NULL, error = NULL, relay_stage = NULL, \
+             deadline_ms = NULL, next_attempt_ms = NULL WHERE uuid = ?1",
+            params![parse_id(id)?, status_code(Status::Queued)],
+        )?;
+        self.get_message(id)
+    }
+
     /// The IP channel gave up on an outgoing message (refused, revoked in time, expired):
     /// it goes back to the outbox to go by SMS, with no channel yet, in one transaction.
     pub fn requeue_for_sms(&mut self, id: &str) -> Result<Message> {
@@ -376,6 +388,15 @@ mod tests {
             (m.status, m.error.as_deref()),
             (Status::Failed, Some("not sent over IP: refused"))
         );
+        assert!(store.relay_pending().expect("pending").is_empty());
+
+        // Never reached the relay: queued again, still asked for IP.
+        let waiting = accepted(&mut store, ChannelRequest::Ip);
+        let m = store.requeue_off_relay(&waiting).expect("requeued");
+        assert_eq!((m.status, m.channel), (Status::Queued, None));
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].requested, ChannelRequest::Ip);
         assert!(store.relay_pending().expect("pending").is_empty());
 
         let unknown = "6f1c2b1e-4e0e-4c39-9f3e-0a1b2c3d4e5f";
