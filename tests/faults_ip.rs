@@ -716,7 +716,7 @@ async fn kill_9_during_relay_registration() {
     let session = Bus::start();
     let signals = SignalLog::start(&session).await;
     let api = client(&session).await;
-    let (mut registrations, mut token_refused, mut left_on_modem) = (0, 0, 0);
+    let (mut registrations, mut token_refused, mut left_on_modem, mut killed) = (0, 0, 0, 0);
     let mut login_ms = Vec::new();
     for point in 0..kills {
         // A first start: no token, an empty store.
@@ -731,6 +731,7 @@ async fn kill_9_during_relay_registration() {
             // Registering and logging in take some 40-80 ms from the bus name on.
             tokio::time::sleep(rng.millis(100)).await;
             daemon.kill9();
+            killed += 1;
             daemon.restart().await;
         }
         let since = Instant::now();
@@ -783,7 +784,7 @@ async fn kill_9_during_relay_registration() {
         .unwrap_or(0);
     login_ms.sort_unstable();
     println!(
-        "{{\"test\":\"kill_9_registration\",\"points\":{kills},\"seed\":{},\"codes_sent\":{codes_sent},\
+        "{{\"test\":\"kill_9_registration\",\"points\":{kills},\"kills\":{killed},\"seed\":{},\"codes_sent\":{codes_sent},\
          \"registrations\":{registrations},\"token_refused\":{token_refused},\
          \"code_sms_shown\":{},\"left_on_modem\":{left_on_modem},\
          \"login_after_restart_ms_max\":{},\"seconds\":{:.1}}}",
