@@ -2661,4 +2661,175 @@ mod tests {
         );
         rig.stop().await;
     }
+
+    /// Nothing of the code SMS `from` was stored or announced.
+    async fn code_never_shown(rig: &mut Rig, from: &'static str) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(a) = rig.announcements.try_recv() {
+            assert!(
+                !matches!(a.event, Event::Received(_)),
+                "shown: {:?}",
+                a.event
+            );
+        }
+        let stored = rig
+            .store
+            .call(move |s| s.get_messages(from, None, 10))
+            .await
+            .unwrap_or_default();
+        assert!(stored.is_empty(), "stored: {stored:?}");
+    }
+
+    #[tokio::test]
+    async fn of_two_early_code_sms_the_newer_is_used_and_the_older_deleted_unseen() {
+        // A daemon killed after its code was sent left code 1 on the modem; its restart
+        // asked for code 2 (which voids code 1), and both came before `code-sent`.
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let gateway = "+15559990000";
+        let old = sms(
+            gateway,
+            "2024-05-01T12:00:00+00",
+            "Tandem code: 111111",
+            "/sms/1",
+        );
+        let new = sms(
+            gateway,
+            "2024-05-01T12:00:05+00",
+            "Tandem code: 222222",
+            "/sms/2",
+        );
+        for code in [old.clone(), new.clone()] {
+            rig.modem_events
+                .send(ModemEvent::Incoming(code))
+                .await
+                .expect("send");
+        }
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: old.path }
+        );
+        rig.relay(RelayEvent::AwaitingCode {
+            number: "+15550001111".into(),
+        })
+        .await;
+        assert_eq!(
+            rig.relay_command().await,
+            RelayCommand::Code("222222".into())
+        );
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: new.path }
+        );
+        code_never_shown(&mut rig, gateway).await;
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_code_sms_still_kept_aside_at_login_is_deleted_unseen() {
+        // Killed after the token was stored and before the modem deleted the code SMS:
+        // the next start finds it, then logs in with the token.
+        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let gateway = "+15559990000";
+        let code = sms(
+            gateway,
+            "2024-05-01T12:00:00+00",
+            "Tandem code: 482913",
+            "/sms/1",
+        );
+        rig.modem_events
+            .send(ModemEvent::Incoming(code.clone()))
+            .await
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(rig.modem_commands.try_recv().is_err(), "deleted too early");
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert_eq!(
+            rig.modem_command().await,
+            ModemCommand::Delete { path: code.path }
+        );
+        code_never_shown(&mut rig, gateway).await;
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_receipt_lost_with_the_connection_is_asked_for_after_the_login() {
+        // Asked for IP, so no deadline: only its receipt ends it, and the relay sends a
+        // receipt once; this one went into the connection that died.
+        let mut store = Store::open_in_memory().expect("store");
+        let (forced, _) = store
+            .insert_outgoing(&NewOutgoing {
+                peer: BOB,
+                text: "ip only",
+                requested: ChannelRequest::Ip,
+                delivery_report: false,
+                client_token: None,
+                timestamp_ms: 1,
+            })
+            .expect("queue");
+        let id = forced.id;
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.answer(&id, accepted()).await;
+        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        rig.relay(RelayEvent::State(RelayState::Online)).await;
+        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        assert!(matches!(
+            rig.relay_command().await,
+            RelayCommand::Subscribe { .. }
+        ));
+        // The same send again: its answer says where the message is.
+        assert_eq!(rig.ip_send().await, id);
+        rig.answer(
+            &id,
+            SendAnswer::Accepted {
+                state: SendState::Delivered,
+                duplicate: true,
+            },
+        )
+        .await;
+        loop {
+            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
+                break;
+            }
+        }
+        let pending = rig
+            .store
+            .call(|s| s.relay_pending())
+            .await
+            .expect("pending");
+        assert!(pending.is_empty(), "{pending:?}");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_message_asked_for_ip_waits_for_the_relay_when_the_connection_just_dropped() {
+        // The router chose IP while the relay was online; the connection dropped before
+        // the client could send it: not failed, queued until the relay is back.
+        let mut store = Store::open_in_memory().expect("store");
+        let (forced, _) = store
+            .insert_outgoing(&NewOutgoing {
+                peer: BOB,
+                text: "ip only, later",
+                requested: ChannelRequest::Ip,
+                delivery_report: false,
+                client_token: None,
+                timestamp_ms: 1,
+            })
+            .expect("queue");
+        let id = forced.id;
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
+        rig.answer(&id, SendAnswer::NotConnected).await;
+        assert_eq!(rig.status_of(&id).await, (Status::Queued, None));
+        rig.peer_online(BOB).await;
+        assert_eq!(rig.ip_send().await, id);
+        rig.stop().await;
+    }
 }

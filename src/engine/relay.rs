@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use std::time::Duration;
 
 use super::{Deferred, Engine, Event};
-use crate::domain::{Channel, ChannelRequest, Message, Presence, RelayState, Status, now_ms};
+use crate::domain::{ChannelRequest, Message, Presence, RelayState, Status, now_ms};
 use crate::modem::{IncomingSms, ModemCommand};
 use crate::relay::client::{
     ConfirmOutcome, PresenceEntry, PresenceState, ReceiptOutcome, RelayCommand, RelayEvent,
@@ -46,6 +46,15 @@ pub fn code_in(pattern: &str, text: &str) -> Option<String> {
         .then(|| code.to_owned())
 }
 
+/// Whether code SMS `a` is newer than `b`: by the SMS centre's clock when both have it
+/// and it tells them apart, else `b`, the one that came later.
+fn newer(a: &IncomingSms, b: &IncomingSms) -> bool {
+    match (a.timestamp_ms, b.timestamp_ms) {
+        (Some(ta), Some(tb)) if ta != tb => ta > tb,
+        _ => false,
+    }
+}
+
 fn presence_of(state: PresenceState) -> Presence {
     match state {
         PresenceState::Online => Presence::Online,
@@ -69,8 +78,12 @@ impl Engine {
                 info!(queued, "logged in to the relay");
                 self.awaiting_code = false;
                 if let Some((sms, _)) = self.early_code.take() {
-                    // Logged in without it: an ordinary message after all.
-                    Box::pin(self.on_incoming(sms)).await;
+                    // Logged in without it: a code that came while we registered or logged
+                    // in, void now. Most often the very code of our token, left on the
+                    // modem by a daemon killed after storing the token and before the
+                    // deletion. Codes are never shown (protocol §5.1): deleted, unseen.
+                    info!("a registration code SMS left from before the login: deleted");
+                    self.command(ModemCommand::Delete { path: sms.path }).await;
                 }
                 self.subscribe_followed().await;
                 self.reack_held().await;
@@ -103,8 +116,10 @@ impl Engine {
     /// Takes the relay's registration-code SMS out of the SMS path: while a registration
     /// waits for it, the code goes to the relay client and the SMS is deleted, never
     /// stored. One that comes while we are not logged in but before the registration
-    /// asked (the SMS can beat the relay's answer) is kept aside, still on the modem, for
-    /// a while. Anything else is given back, to be handled as an ordinary SMS.
+    /// asked (the SMS can beat the relay's answer, or a killed daemon left it) is kept
+    /// aside, still on the modem: the newest only (each new code voids the one before;
+    /// older ones are deleted), used when the registration asks, deleted unseen when we
+    /// log in without it. Anything else is given back, to be handled as an ordinary SMS.
     pub(super) async fn take_code_sms(&mut self, sms: IncomingSms) -> Option<IncomingSms> {
         if self.relay.is_none() {
             return Some(sms);
@@ -119,11 +134,24 @@ impl Engine {
             return None;
         }
         let logged_in = self.status.borrow().relay == RelayState::Online;
-        if logged_in || self.early_code.is_some() {
+        if logged_in {
             return Some(sms);
         }
+        // Two code SMS before the registration asked: a daemon killed after its code was
+        // sent left one, and its restart asked for another. Each `register` voids the
+        // code before it, so the newer one is kept and the older deleted, unseen.
+        let (keep, void) = match self.early_code.take() {
+            Some((held, _)) if held.path == sms.path => (sms, None),
+            Some((held, _)) if newer(&held, &sms) => (held, Some(sms)),
+            Some((held, _)) => (sms, Some(held)),
+            None => (sms, None),
+        };
+        if let Some(void) = void {
+            debug!("a newer code SMS than the one kept aside: the older is void, deleted");
+            self.command(ModemCommand::Delete { path: void.path }).await;
+        }
         debug!("a code SMS before the registration asked for it: kept aside");
-        self.early_code = Some((sms, tokio::time::Instant::now() + EARLY_CODE_WAIT));
+        self.early_code = Some((keep, tokio::time::Instant::now() + EARLY_CODE_WAIT));
         None
     }
 
@@ -305,6 +333,12 @@ impl Engine {
 
     /// Hands an outgoing message to the relay (the router chose IP).
     pub(super) async fn send_ip(&mut self, message: Message, requested: ChannelRequest) {
+        // Its SMS object is being made: the router chose SMS a moment ago (the relay was
+        // not online yet, e.g. just after a start) and the message stays `queued` until
+        // the object is recorded. It goes by SMS; over IP too, it would arrive twice.
+        if self.in_flight.as_deref() == Some(message.id.as_str()) {
+            return debug!(id = %message.id, "on its way by SMS already: not over IP");
+        }
         debug!(id = %message.id, ?requested, "sending over IP");
         // Both marks in one trip to the store (the stage's commit makes both durable),
         // before the relay; the signal after it, so that the send does not wait for it.
@@ -370,9 +404,13 @@ impl Engine {
             } => {
                 // Waiting for the receipt; for `auto` only as long as the fallback allows
                 // (a text too long for SMS waits on the relay's store-and-forward).
-                let deadline = (entry.requested == ChannelRequest::Auto
-                    && self.fits_sms(&entry.message))
-                .then(|| now_ms() + self.config.fallback_timeout.as_millis() as i64);
+                // Asked again after a login (see `resume_on_relay`): its deadline stands.
+                let deadline = if entry.stage == RelayStage::Accepted {
+                    entry.deadline_ms
+                } else {
+                    (entry.requested == ChannelRequest::Auto && self.fits_sms(&entry.message))
+                        .then(|| now_ms() + self.config.fallback_timeout.as_millis() as i64)
+                };
                 let key = id.clone();
                 match self
                     .store
@@ -399,6 +437,18 @@ impl Engine {
                 info!(%id, ?code, %message, "the relay refused an IP message");
                 self.leave_relay(entry, &format!("the relay refused it: {message}"))
                     .await
+            }
+            // Asked for IP: it waits for the relay (as the router has it wait), rather than
+            // fail because the connection dropped between the router's choice and the send.
+            SendAnswer::NotConnected if entry.requested == ChannelRequest::Ip => {
+                info!(%id, "the relay is not reachable: waiting for it");
+                let key = id.clone();
+                match self.store.call(move |s| s.requeue_off_relay(&key)).await {
+                    Ok(m) => self.announce(Event::status_of(m)).await,
+                    Err(e) => warn!(%id, cause = %e, "cannot put a message back in the outbox"),
+                }
+                self.schedule_deadlines().await;
+                self.pump().await;
             }
             SendAnswer::NotConnected => {
                 info!(%id, "the relay is not reachable");
@@ -439,15 +489,10 @@ impl Engine {
     async fn delivered_ip(&mut self, id: &str) {
         self.resent.remove(id);
         let key = id.to_owned();
-        if let Err(e) = self
-            .store
-            .call(move |s| s.set_relay_stage(&key, None, None))
-            .await
-        {
-            warn!(%id, cause = %e, "cannot take a message off the relay");
+        match self.store.call(move |s| s.mark_delivered_ip(&key)).await {
+            Ok(m) => self.announce(Event::status_of(m)).await,
+            Err(e) => warn!(%id, cause = %e, "cannot record an IP message delivered"),
         }
-        self.set_status(id, Status::Delivered, Some(Channel::Ip), None)
-            .await;
         self.schedule_deadlines().await;
         self.pump().await;
     }
@@ -459,20 +504,15 @@ impl Engine {
         self.resent.remove(&id);
         let key = id.clone();
         if entry.requested == ChannelRequest::Ip {
-            if let Err(e) = self
+            let error = format!("not sent over IP: {why}");
+            match self
                 .store
-                .call(move |s| s.set_relay_stage(&key, None, None))
+                .call(move |s| s.fail_off_relay(&key, &error))
                 .await
             {
-                warn!(%id, cause = %e, "cannot take a message off the relay");
+                Ok(m) => self.announce(Event::status_of(m)).await,
+                Err(e) => warn!(%id, cause = %e, "cannot record an IP message failed"),
             }
-            self.set_status(
-                &id,
-                Status::Failed,
-                None,
-                Some(format!("not sent over IP: {why}")),
-            )
-            .await;
         } else {
             match self.store.call(move |s| s.requeue_for_sms(&key)).await {
                 Ok(m) => self.announce(Event::status_of(m)).await,
@@ -505,6 +545,19 @@ impl Engine {
                 RelayStage::Revoking => {
                     self.relay_command(RelayCommand::Revoke { id: p.message.id })
                         .await
+                }
+                // Its receipt may have been pushed into the connection that died (the
+                // relay sends a receipt once, protocol §9). With a deadline, the revoke
+                // at the deadline tells; without one (asked for IP, or too long for SMS)
+                // nothing else would: ask with the same id, the answer says where it is.
+                RelayStage::Accepted if p.deadline_ms.is_none() => {
+                    self.relay_command(RelayCommand::Send {
+                        id: p.message.id,
+                        to: p.message.peer,
+                        text: p.message.text,
+                        ts: p.message.timestamp_ms,
+                    })
+                    .await
                 }
                 RelayStage::Accepted => {}
             }

@@ -273,6 +273,43 @@ impl Store {
         self.get_message(id)
     }
 
+    /// An outgoing message is delivered over IP: off the relay and `delivered`, in one
+    /// statement. (Two steps would let a crash between them leave it off the relay but
+    /// `sent`, where nothing would ever end it.)
+    pub fn mark_delivered_ip(&mut self, id: &str) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, channel = 1, error = NULL, relay_stage = NULL, \
+             deadline_ms = NULL WHERE uuid = ?1",
+            params![parse_id(id)?, status_code(Status::Delivered)],
+        )?;
+        self.get_message(id)
+    }
+
+    /// The IP channel will not carry a message that may only go over IP: off the relay
+    /// and `failed` with `error`, in one statement (as [`Store::mark_delivered_ip`]).
+    pub fn fail_off_relay(&mut self, id: &str, error: &str) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, error = ?3, relay_stage = NULL, \
+             deadline_ms = NULL WHERE uuid = ?1",
+            params![parse_id(id)?, status_code(Status::Failed), error],
+        )?;
+        self.get_message(id)
+    }
+
+    /// An outgoing message never reached the relay (not connected): back to the outbox as
+    /// it was asked, `queued`, off the relay, in one statement.
+    pub fn requeue_off_relay(&mut self, id: &str) -> Result<Message> {
+        self.update_one(
+            id,
+            "UPDATE messages SET status = ?2, channel = NULL, error = NULL, relay_stage = NULL, \
+             deadline_ms = NULL, next_attempt_ms = NULL WHERE uuid = ?1",
+            params![parse_id(id)?, status_code(Status::Queued)],
+        )?;
+        self.get_message(id)
+    }
+
     /// The IP channel gave up on an outgoing message (refused, revoked in time, expired):
     /// it goes back to the outbox to go by SMS, with no channel yet, in one transaction.
     pub fn requeue_for_sms(&mut self, id: &str) -> Result<Message> {
@@ -305,5 +342,71 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewOutgoing, StoreError};
+
+    /// An outgoing message accepted by the relay, waiting for its receipt.
+    fn accepted(store: &mut Store, requested: ChannelRequest) -> String {
+        let (m, _) = store
+            .insert_outgoing(&NewOutgoing {
+                peer: "+15550002222",
+                text: "on the relay",
+                requested,
+                delivery_report: false,
+                client_token: None,
+                timestamp_ms: 1,
+            })
+            .expect("queue");
+        store
+            .set_relay_stage(&m.id, Some(RelayStage::Sent), None)
+            .expect("sent");
+        store.mark_sent_ip(&m.id, None).expect("accepted");
+        m.id
+    }
+
+    #[test]
+    fn a_message_leaves_the_relay_together_with_its_outcome() {
+        let mut store = Store::open_in_memory().expect("store");
+        let delivered = accepted(&mut store, ChannelRequest::Auto);
+        let failed = accepted(&mut store, ChannelRequest::Ip);
+        assert_eq!(store.relay_pending().expect("pending").len(), 2);
+
+        let m = store.mark_delivered_ip(&delivered).expect("delivered");
+        assert_eq!(
+            (m.status, m.channel, m.error),
+            (Status::Delivered, Some(Channel::Ip), None)
+        );
+        let m = store
+            .fail_off_relay(&failed, "not sent over IP: refused")
+            .expect("failed");
+        assert_eq!(
+            (m.status, m.error.as_deref()),
+            (Status::Failed, Some("not sent over IP: refused"))
+        );
+        assert!(store.relay_pending().expect("pending").is_empty());
+
+        // Never reached the relay: queued again, still asked for IP.
+        let waiting = accepted(&mut store, ChannelRequest::Ip);
+        let m = store.requeue_off_relay(&waiting).expect("requeued");
+        assert_eq!((m.status, m.channel), (Status::Queued, None));
+        let outbox = store.outbox().expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].requested, ChannelRequest::Ip);
+        assert!(store.relay_pending().expect("pending").is_empty());
+
+        let unknown = "6f1c2b1e-4e0e-4c39-9f3e-0a1b2c3d4e5f";
+        assert!(matches!(
+            store.mark_delivered_ip(unknown),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.fail_off_relay(unknown, "x"),
+            Err(StoreError::NotFound(_))
+        ));
     }
 }
