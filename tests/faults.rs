@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Bus, Daemon, Sim, SimCtl, client, dict_str, temp_dir};
+use common::{Bus, Daemon, FaultRng, Sim, SimCtl, client, dict_str, fault_points, temp_dir};
 use tandem::api::MessagesProxy;
 
 const A: &str = "+15550001111";
@@ -32,45 +32,6 @@ const PEERS: [&str; 4] = [
 /// send a kill cut short waits out the outbox's retry backoff (at most 5 minutes) and
 /// holds its peer's later messages meanwhile. A passing run returns long before.
 const SETTLE: Duration = Duration::from_secs(360);
-
-/// Kill points of one test, from `TANDEM_FAULT_POINTS`.
-fn points(default: u32) -> u32 {
-    std::env::var("TANDEM_FAULT_POINTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A small deterministic generator (xorshift64*), seeded from `TANDEM_FAULT_SEED` or the
-/// clock, so that a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("TANDEM_FAULT_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
-            | 1;
-        eprintln!("fault seed: {seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
-
-    fn millis(&mut self, max: u64) -> Duration {
-        Duration::from_millis(self.below(max + 1))
-    }
-}
 
 fn config(extra_sms: &str) -> String {
     format!(
@@ -147,8 +108,8 @@ async fn settle(api: &MessagesProxy<'_>, accepted: &[(String, String)]) -> Vec<(
 /// started again, the simulated modem taking 0-30 ms per send.
 #[tokio::test]
 async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
-    let kills = points(16);
-    let mut rng = Rng::new();
+    let kills = fault_points(16);
+    let mut rng = FaultRng::new();
     let (session, system) = (Bus::start(), Bus::start());
     let _sim = Sim::start(&system, &[A]);
     let sim = SimCtl::new(&system.connect().await).await;
@@ -445,8 +406,8 @@ async fn count_sent(bus: &Bus) -> std::sync::Arc<std::sync::Mutex<HashMap<String
 /// unknown outcome (counted); none is sent twice or lost.
 #[tokio::test]
 async fn modem_manager_killed_mid_send_never_doubles() {
-    let kills = points(8);
-    let mut rng = Rng::new();
+    let kills = fault_points(8);
+    let mut rng = FaultRng::new();
     let (session, system) = (Bus::start(), Bus::start());
     let sent = count_sent(&system).await;
     let mut sim_proc = Sim::start(&system, &[A]);

@@ -1266,18 +1266,34 @@ mod tests {
     }
 
     fn queue(store: &mut Store, peer: &str, text: &str) -> String {
+        queue_as(store, peer, text, ChannelRequest::Auto)
+    }
+
+    /// A message accepted for `peer` with the channel the sender asked for.
+    fn queue_as(store: &mut Store, peer: &str, text: &str, requested: ChannelRequest) -> String {
         store
             .insert_outgoing(&NewOutgoing {
                 peer,
                 text,
-                requested: ChannelRequest::Auto,
-                delivery_report: true,
+                requested,
+                delivery_report: requested != ChannelRequest::Ip,
                 client_token: None,
                 timestamp_ms: 1,
             })
             .expect("queue")
             .0
             .id
+    }
+
+    /// A message accepted while the engine runs, as SendMessage does.
+    async fn send_now(rig: &Rig, peer: &'static str, text: &'static str) -> String {
+        let id = rig
+            .store
+            .call(move |s| Ok(queue(s, peer, text)))
+            .await
+            .expect("queue");
+        rig.commands.send(EngineCmd::Outbox).await.expect("send");
+        id
     }
 
     #[tokio::test]
@@ -2174,23 +2190,7 @@ mod tests {
         rig.logged_in().await;
         // Bob becomes a contact (Watch): subscribed, his presence not come yet.
         rig.follow(BOB).await;
-        let id = rig
-            .store
-            .call(|s| {
-                Ok(s.insert_outgoing(&NewOutgoing {
-                    peer: BOB,
-                    text: "quick reply",
-                    requested: ChannelRequest::Auto,
-                    delivery_report: true,
-                    client_token: None,
-                    timestamp_ms: 1,
-                })?
-                .0
-                .id)
-            })
-            .await
-            .expect("queue");
-        rig.commands.send(EngineCmd::Outbox).await.expect("send");
+        let id = send_now(&rig, BOB, "quick reply").await;
         // Not by SMS at once because his presence is still unknown.
         tokio::time::sleep(Duration::from_millis(300)).await;
         if let Ok(cmd) = rig.modem_commands.try_recv() {
@@ -2214,24 +2214,8 @@ mod tests {
         registered(&rig).await;
         rig.logged_in().await;
         rig.follow(BOB).await;
-        let id = rig
-            .store
-            .call(|s| {
-                Ok(s.insert_outgoing(&NewOutgoing {
-                    peer: BOB,
-                    text: "anyone?",
-                    requested: ChannelRequest::Auto,
-                    delivery_report: true,
-                    client_token: None,
-                    timestamp_ms: 1,
-                })?
-                .0
-                .id)
-            })
-            .await
-            .expect("queue");
         let asked = Instant::now();
-        rig.commands.send(EngineCmd::Outbox).await.expect("send");
+        let id = send_now(&rig, BOB, "anyone?").await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: got, .. } if got == id)
         );
@@ -2757,17 +2741,7 @@ mod tests {
         // Asked for IP, so no deadline: only its receipt ends it, and the relay sends a
         // receipt once; this one went into the connection that died.
         let mut store = Store::open_in_memory().expect("store");
-        let (forced, _) = store
-            .insert_outgoing(&NewOutgoing {
-                peer: BOB,
-                text: "ip only",
-                requested: ChannelRequest::Ip,
-                delivery_report: false,
-                client_token: None,
-                timestamp_ms: 1,
-            })
-            .expect("queue");
-        let id = forced.id;
+        let id = queue_as(&mut store, BOB, "ip only", ChannelRequest::Ip);
         let mut rig = Rig::start(store);
         rig.peer_online(BOB).await;
         assert_eq!(rig.ip_send().await, id);
@@ -2810,17 +2784,7 @@ mod tests {
         // The router chose IP while the relay was online; the connection dropped before
         // the client could send it: not failed, queued until the relay is back.
         let mut store = Store::open_in_memory().expect("store");
-        let (forced, _) = store
-            .insert_outgoing(&NewOutgoing {
-                peer: BOB,
-                text: "ip only, later",
-                requested: ChannelRequest::Ip,
-                delivery_report: false,
-                client_token: None,
-                timestamp_ms: 1,
-            })
-            .expect("queue");
-        let id = forced.id;
+        let id = queue_as(&mut store, BOB, "ip only, later", ChannelRequest::Ip);
         let mut rig = Rig::start(store);
         rig.peer_online(BOB).await;
         assert_eq!(rig.ip_send().await, id);
