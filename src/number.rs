@@ -24,6 +24,8 @@ use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 
 /// Longest alphanumeric sender ID GSM allows (TP-OA, 11 characters).
 const MAX_SENDER_CHARS: usize = 11;
+/// Most digits of an E.164 number, country code included (ITU-T E.164).
+const MAX_E164_DIGITS: usize = 15;
 /// Longest digit string treated as a short code.
 const MAX_SHORT_CODE_DIGITS: usize = 6;
 /// Longest input looked at, in bytes: an E.164 number has at most 16 characters, and a
@@ -212,8 +214,9 @@ fn strip_international_prefix<'a>(meta: &Metadata, digits: &'a str) -> Option<&'
 }
 
 /// Refuses a national significant number whose length no number type of the country
-/// code has.
+/// code has, or that is too long for E.164 with its country code.
 fn check_length(input: &str, code: u16, nsn_len: usize) -> Result<(), NumberError> {
+    let code_digits = code.to_string().len();
     // The main region of the code decides, as in libphonenumber's isPossibleNumber.
     let mut lengths: Vec<u16> = DATABASE
         .by_code(&code)
@@ -243,6 +246,10 @@ fn check_length(input: &str, code: u16, nsn_len: usize) -> Result<(), NumberErro
         .collect();
     lengths.sort_unstable();
     lengths.dedup();
+    // The metadata allows national numbers that E.164 cannot hold with their country
+    // code (German fixed lines of 14 and 15 digits): such a result would not be E.164,
+    // and the relay would refuse it.
+    lengths.retain(|&len| usize::from(len) + code_digits <= MAX_E164_DIGITS);
     if lengths.iter().any(|&len| usize::from(len) == nsn_len) {
         return Ok(());
     }
@@ -432,6 +439,30 @@ mod tests {
         check("0049 12", Some("DE"), Err("+49"));
         check("+999 1234567", None, Err("invalid country code"));
         check("+12345", None, Err("4 digits after country code +1"));
+    }
+
+    #[test]
+    fn results_fit_in_e164() {
+        // Found by fuzzing (fuzz/corpus/number/de-16-digits): the metadata's German fixed
+        // lines go up to 15 national digits, 17 with +49, which E.164 cannot hold.
+        check(
+            "102/91353/918508",
+            Some("DE"),
+            Err("14 digits after country code +49, expected"),
+        );
+        check(
+            "+49 10291353918508",
+            None,
+            Err("14 digits after country code +49"),
+        );
+        check(
+            "+49 102913539185089",
+            None,
+            Err("15 digits after country code +49"),
+        );
+        // 13 national digits, 15 in all: the longest a German number can be.
+        check("+49 30 12345678901", None, Ok("+493012345678901"));
+        check("030 12345678901", Some("DE"), Ok("+493012345678901"));
     }
 
     #[test]
