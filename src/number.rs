@@ -7,11 +7,15 @@
 //! numbers such as +15551234567 must pass. No I/O, no state.
 //!
 //! The `phonenumber` crate (0.3.10) does the country-code and national-prefix work, with
-//! two things done here instead, because the crate gets them wrong:
+//! three things done here instead, because the crate gets them wrong:
 //! - A number that carries its own country code ("+49 …", or an international call
 //!   prefix such as "00" or "011") is parsed *without* the default region: given a
 //!   region, the crate strips that region's national prefix from the foreign number
 //!   ("+49 1512345678" with region US becomes +49512345678).
+//! - The digits written after a country code are kept, less a national prefix written
+//!   there ("+49 (0)151 …"): the crate also drops carrier-selection codes and national
+//!   prefixes that are part of the number ("+86 114191256356" became +861256356, "+7 812
+//!   …" lost its 8), so that a number in E.164 was not always its own normal form.
 //! - The "possible number" length check: the crate has no public one, and its general
 //!   descriptors carry no lengths. We take the union of the per-type possible lengths of
 //!   the main region of the country code, as libphonenumber does when it builds its
@@ -122,10 +126,75 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
     })?;
 
     let code = parsed.code().value();
-    let e164 = parsed.format().mode(Mode::E164).to_string();
-    let nsn_len = e164.len().saturating_sub(1 + code.to_string().len());
-    check_length(trimmed, code, nsn_len)?;
+    let nsn_len = |e164: &str| e164.len().saturating_sub(1 + code.to_string().len());
+    let e164 = match international.and_then(|rest| rest.strip_prefix(&code.to_string())) {
+        Some(written) => format!("+{code}{}", national_significant(code, written)),
+        None => {
+            // A national number: the crate may take off a national prefix that is part
+            // of the number too ("8 812 …" in RU lost both 8s). When what it left is
+            // impossible, the digits less a national prefix by the rule below.
+            let e164 = parsed.format().mode(Mode::E164).to_string();
+            let ours = format!("+{code}{}", national_significant(code, &digits));
+            if check_length(trimmed, code, nsn_len(&e164)).is_err()
+                && check_length(trimmed, code, nsn_len(&ours)).is_ok()
+            {
+                ours
+            } else {
+                e164
+            }
+        }
+    };
+    check_length(trimmed, code, nsn_len(&e164))?;
     Ok(e164)
+}
+
+/// The national significant number of a number written with its country code `code`,
+/// from the digits written after the code.
+///
+/// A national prefix written there ("+49 (0)151 …", "+44 (0) 7912 …") is dropped, as
+/// libphonenumber does it: unless the digits are a possible number with it and not
+/// without (St Petersburg's "+7 812 …", 8 being also Russia's national prefix). Nothing
+/// else is: the crate also takes what it reads as a carrier-selection code off such a
+/// number (it checks the rest on the unstripped digits), which made "+86 114191256356"
+/// into +861256356, another number. Dropping repeats until it stops, so the result,
+/// given again in E.164, is its own normal form.
+fn national_significant(code: u16, written: &str) -> &str {
+    let metas = DATABASE.by_code(&code).unwrap_or_default();
+    let possible = |nsn: &str| {
+        metas
+            .iter()
+            .any(|meta| type_descriptors(meta).any(|desc| desc.is_match(nsn)))
+    };
+    let mut nsn = written;
+    loop {
+        let without_prefix = metas
+            .iter()
+            .filter_map(|meta| meta.national_prefix())
+            .find_map(|prefix| nsn.strip_prefix(prefix).filter(|rest| !rest.is_empty()));
+        match without_prefix {
+            Some(rest) if !possible(nsn) || possible(rest) => nsn = rest,
+            _ => return nsn,
+        }
+    }
+}
+
+/// The descriptors of each number type of a region (fixed line, mobile, ...).
+fn type_descriptors(meta: &Metadata) -> impl Iterator<Item = &Descriptor> {
+    let d = meta.descriptors();
+    [
+        d.fixed_line(),
+        d.mobile(),
+        d.toll_free(),
+        d.premium_rate(),
+        d.shared_cost(),
+        d.personal_number(),
+        d.voip(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Like [`normalize`], for a number to send to: E.164 or a short code. A sender name
@@ -224,22 +293,7 @@ fn check_length(input: &str, code: u16, nsn_len: usize) -> Result<(), NumberErro
         .into_iter()
         .take(1)
         .flat_map(|meta| {
-            let d = meta.descriptors();
-            let types: [Option<&Descriptor>; 10] = [
-                d.fixed_line(),
-                d.mobile(),
-                d.toll_free(),
-                d.premium_rate(),
-                d.shared_cost(),
-                d.personal_number(),
-                d.voip(),
-                d.pager(),
-                d.uan(),
-                d.voicemail(),
-            ];
-            types
-                .into_iter()
-                .flatten()
+            type_descriptors(meta)
                 .flat_map(|desc| desc.possible_length().iter().copied())
                 .collect::<Vec<_>>()
         })
@@ -439,6 +493,49 @@ mod tests {
         check("0049 12", Some("DE"), Err("+49"));
         check("+999 1234567", None, Err("invalid country code"));
         check("+12345", None, Err("4 digits after country code +1"));
+    }
+
+    #[test]
+    fn a_number_with_its_country_code_keeps_its_digits() {
+        // Found by fuzzing (fuzz/corpus/number/cn-carrier-code): the crate took "11419"
+        // for a carrier-selection code and dropped it, so the E.164 form of this number
+        // normalised to another one.
+        check("011 4 191256356", Some("CN"), Ok("+86114191256356"));
+        check("+86114191256356", None, Ok("+86114191256356"));
+        check("+86 114191256356", Some("CN"), Ok("+86114191256356"));
+        check("0086114191256356", Some("DE"), Ok("+86114191256356"));
+        // A national prefix written after the country code still goes.
+        check("+49 (0)151 2345678", None, Ok("+491512345678"));
+        check("+44 (0) 7912 345678", Some("US"), Ok("+447912345678"));
+        check("+1 1 555 123 4567", None, Ok("+15551234567"));
+        // ... but not when it is part of the number: St Petersburg is +7 812 (8 is
+        // Russia's national prefix), which the crate shortened to 9 digits and refused.
+        check("+7 812 123 45 67", None, Ok("+78121234567"));
+        check("8 812 123 45 67", Some("RU"), Ok("+78121234567"));
+        // A result is its own normal form (the fuzzer's cases, fuzz/corpus/number/).
+        for input in [
+            "+8200003244  1638",
+            "+35 3000 2345678",
+            "011 4 191256356",
+            "+49 0 0151 2345678",
+        ] {
+            for region in [None, Some("CN"), Some("DE")] {
+                if let Ok(number) = normalize(input, region) {
+                    check(&number, None, Ok(&number));
+                    check(&number, region, Ok(&number));
+                }
+            }
+        }
+        // E.164 in, the same out.
+        for input in [
+            "+86114191256356",
+            "+78121234567",
+            "+491512345678",
+            "+390236618300",
+        ] {
+            check(input, None, Ok(input));
+            check(input, Some("RU"), Ok(input));
+        }
     }
 
     #[test]
