@@ -40,6 +40,10 @@ if [ $# -gt 0 ]; then
 else
     mapfile -t targets < <(cargo fuzz list)
 fi
+if [ ${#targets[@]} -eq 0 ]; then
+    echo "fuzz/run.sh: no fuzz targets found" >&2
+    exit 1
+fi
 
 echo "== building ${#targets[@]} fuzz targets"
 start=$(date +%s)
