@@ -7,15 +7,16 @@
 //! numbers such as +15551234567 must pass. No I/O, no state.
 //!
 //! The `phonenumber` crate (0.3.10) does the country-code and national-prefix work, with
-//! three things done here instead, because the crate gets them wrong:
+//! two things done here instead, because the crate gets them wrong:
 //! - A number that carries its own country code ("+49 …", or an international call
-//!   prefix such as "00" or "011") is parsed *without* the default region: given a
-//!   region, the crate strips that region's national prefix from the foreign number
-//!   ("+49 1512345678" with region US becomes +49512345678).
-//! - The digits written after a country code are kept, less a national prefix written
-//!   there ("+49 (0)151 …"): the crate also drops carrier-selection codes and national
-//!   prefixes that are part of the number ("+86 114191256356" became +861256356, "+7 812
-//!   …" lost its 8), so that a number in E.164 was not always its own normal form.
+//!   prefix such as "00" or "011") is read here, not by the crate: given a region, the
+//!   crate strips that region's national prefix from the foreign number ("+49
+//!   1512345678" with region US becomes +49512345678), and even without one it drops
+//!   what it takes for a carrier-selection code ("+86 114191256356" became +861256356)
+//!   or a national prefix that is part of the number ("+7 812 …" lost its 8). Here the
+//!   digits after the country code are kept, less a national prefix written there ("+49
+//!   (0)151 …") by libphonenumber's rule, so that a number in E.164 is its own normal
+//!   form.
 //! - The "possible number" length check: the crate has no public one, and its general
 //!   descriptors carry no lengths. We take the union of the per-type possible lengths of
 //!   the main region of the country code, as libphonenumber does when it builds its
@@ -101,8 +102,8 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
     let (plus, digits) = dialled_digits(trimmed)?;
     let region = default_region.map(region_metadata).transpose()?;
 
-    // Numbers that carry their own country code are parsed without the region (see the
-    // module doc); only national numbers get it.
+    // Numbers that carry their own country code are read here, without the region or
+    // the crate (see the module doc); only national numbers go to the crate.
     let international = if plus {
         Some(digits.as_str())
     } else {
@@ -111,56 +112,69 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
             None => digits.strip_prefix("00"),
         }
     };
-    let parsed = match (international, region) {
-        (Some(rest), _) => phonenumber::parse(None, format!("+{rest}")),
-        (None, Some((id, _))) => phonenumber::parse(Some(id), &digits),
+    let unparsable = |reason: String| NumberError::Unparsable {
+        input: trimmed.to_owned(),
+        reason,
+    };
+    let (code, nsn) = match (international, region) {
+        (Some(rest), _) => {
+            let (code, written) = split_country_code(rest)
+                .ok_or_else(|| unparsable("invalid country code".to_owned()))?;
+            (code, national_significant(code, written).to_owned())
+        }
+        (None, Some((id, _))) => {
+            let parsed =
+                phonenumber::parse(Some(id), &digits).map_err(|err| unparsable(err.to_string()))?;
+            let code = parsed.code().value();
+            // The crate may take off a national prefix that is part of the number too
+            // ("8 812 …" in RU lost both 8s). When what it left is impossible, the
+            // digits less a national prefix by the rule below.
+            let e164 = parsed.format().mode(Mode::E164).to_string();
+            let read = e164.get(1 + code.to_string().len()..).unwrap_or_default();
+            let read = national_significant(code, read);
+            let ours = national_significant(code, &digits);
+            if !is_possible_length(code, read.len()) && is_possible_length(code, ours.len()) {
+                (code, ours.to_owned())
+            } else {
+                (code, read.to_owned())
+            }
+        }
         (None, None) => {
             return Err(NumberError::NoRegion {
                 input: trimmed.to_owned(),
             });
         }
-    }
-    .map_err(|err| NumberError::Unparsable {
-        input: trimmed.to_owned(),
-        reason: err.to_string(),
-    })?;
-
-    let code = parsed.code().value();
-    let nsn_len = |e164: &str| e164.len().saturating_sub(1 + code.to_string().len());
-    let e164 = match international.and_then(|rest| rest.strip_prefix(&code.to_string())) {
-        Some(written) => format!("+{code}{}", national_significant(code, written)),
-        None => {
-            // A national number: the crate may take off a national prefix that is part
-            // of the number too ("8 812 …" in RU lost both 8s). When what it left is
-            // impossible, the digits less a national prefix by the rule below.
-            let e164 = parsed.format().mode(Mode::E164).to_string();
-            let ours = format!("+{code}{}", national_significant(code, &digits));
-            if check_length(trimmed, code, nsn_len(&e164)).is_err()
-                && check_length(trimmed, code, nsn_len(&ours)).is_ok()
-            {
-                ours
-            } else {
-                e164
-            }
-        }
     };
-    check_length(trimmed, code, nsn_len(&e164))?;
-    Ok(e164)
+    check_length(trimmed, code, nsn.len())?;
+    Ok(format!("+{code}{nsn}"))
+}
+
+/// The country code `digits` start with, and the digits after it. Country codes are a
+/// prefix code (no code starts another), of 1 to 3 digits.
+fn split_country_code(digits: &str) -> Option<(u16, &str)> {
+    (1..=3).find_map(|n| {
+        let (code, rest) = digits.split_at_checked(n)?;
+        let code: u16 = code.parse().ok()?;
+        DATABASE
+            .by_code(&code)
+            .is_some_and(|metas| !metas.is_empty())
+            .then_some((code, rest))
+    })
 }
 
 /// The national significant number of a number written with its country code `code`,
 /// from the digits written after the code.
 ///
 /// A national prefix written there ("+49 (0)151 …", "+44 (0) 7912 …") is dropped, as
-/// libphonenumber does it: unless the digits are a possible number with it and not
-/// without (St Petersburg's "+7 812 …", 8 being also Russia's national prefix). Nothing
-/// else is: the crate also takes what it reads as a carrier-selection code off such a
-/// number (it checks the rest on the unstripped digits), which made "+86 114191256356"
-/// into +861256356, another number. Dropping repeats until it stops, so the result,
-/// given again in E.164, is its own normal form.
+/// libphonenumber does it: when what is left has a possible length, unless the digits
+/// match a number type with it and not without (St Petersburg's "+7 812 …", 8 being also
+/// Russia's national prefix). Nothing else is: the crate also takes what it reads as a
+/// carrier-selection code off such a number (it checks the rest on the unstripped
+/// digits), which made "+86 114191256356" into +861256356, another number. Dropping
+/// repeats until it stops, so that the result, given again, is its own normal form.
 fn national_significant(code: u16, written: &str) -> &str {
     let metas = DATABASE.by_code(&code).unwrap_or_default();
-    let possible = |nsn: &str| {
+    let matches_a_type = |nsn: &str| {
         metas
             .iter()
             .any(|meta| type_descriptors(meta).any(|desc| desc.is_match(nsn)))
@@ -172,10 +186,46 @@ fn national_significant(code: u16, written: &str) -> &str {
             .filter_map(|meta| meta.national_prefix())
             .find_map(|prefix| nsn.strip_prefix(prefix).filter(|rest| !rest.is_empty()));
         match without_prefix {
-            Some(rest) if !possible(nsn) || possible(rest) => nsn = rest,
+            Some(rest)
+                if is_possible_length(code, rest.len())
+                    && (!matches_a_type(nsn) || matches_a_type(rest)) =>
+            {
+                nsn = rest
+            }
             _ => return nsn,
         }
     }
+}
+
+/// Whether a national significant number of `nsn_len` digits is possible after `code`.
+fn is_possible_length(code: u16, nsn_len: usize) -> bool {
+    possible_lengths(code)
+        .iter()
+        .any(|&len| usize::from(len) == nsn_len)
+}
+
+/// The lengths a national significant number may have after `code`, ascending: those of
+/// the code's main region (as in libphonenumber's isPossibleNumber) that fit in E.164.
+fn possible_lengths(code: u16) -> Vec<u16> {
+    let mut lengths: Vec<u16> = DATABASE
+        .by_code(&code)
+        .unwrap_or_default()
+        .into_iter()
+        .take(1)
+        .flat_map(|meta| {
+            type_descriptors(meta)
+                .flat_map(|desc| desc.possible_length().iter().copied())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    // The metadata allows national numbers that E.164 cannot hold with their country
+    // code (German fixed lines of 14 and 15 digits): such a result would not be E.164,
+    // and the relay would refuse it.
+    let code_digits = code.to_string().len();
+    lengths.retain(|&len| usize::from(len) + code_digits <= MAX_E164_DIGITS);
+    lengths
 }
 
 /// The descriptors of each number type of a region (fixed line, mobile, ...).
@@ -285,25 +335,7 @@ fn strip_international_prefix<'a>(meta: &Metadata, digits: &'a str) -> Option<&'
 /// Refuses a national significant number whose length no number type of the country
 /// code has, or that is too long for E.164 with its country code.
 fn check_length(input: &str, code: u16, nsn_len: usize) -> Result<(), NumberError> {
-    let code_digits = code.to_string().len();
-    // The main region of the code decides, as in libphonenumber's isPossibleNumber.
-    let mut lengths: Vec<u16> = DATABASE
-        .by_code(&code)
-        .unwrap_or_default()
-        .into_iter()
-        .take(1)
-        .flat_map(|meta| {
-            type_descriptors(meta)
-                .flat_map(|desc| desc.possible_length().iter().copied())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    // The metadata allows national numbers that E.164 cannot hold with their country
-    // code (German fixed lines of 14 and 15 digits): such a result would not be E.164,
-    // and the relay would refuse it.
-    lengths.retain(|&len| usize::from(len) + code_digits <= MAX_E164_DIGITS);
+    let lengths = possible_lengths(code);
     if lengths.iter().any(|&len| usize::from(len) == nsn_len) {
         return Ok(());
     }
@@ -518,8 +550,10 @@ mod tests {
             "+35 3000 2345678",
             "011 4 191256356",
             "+49 0 0151 2345678",
+            "8 888 22222228",
+            " 11 4 191256506",
         ] {
-            for region in [None, Some("CN"), Some("DE")] {
+            for region in [None, Some("CN"), Some("DE"), Some("RU")] {
                 if let Ok(number) = normalize(input, region) {
                     check(&number, None, Ok(&number));
                     check(&number, region, Ok(&number));
