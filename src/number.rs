@@ -6,8 +6,9 @@
 //! not decide whether a number is *valid* (assigned by a numbering plan): fictional
 //! numbers such as +15551234567 must pass. No I/O, no state.
 //!
-//! The `phonenumber` crate (0.3.10) does the country-code and national-prefix work, with
-//! two things done here instead, because the crate gets them wrong:
+//! The `phonenumber` crate (0.3.10) reads national numbers (national prefixes, carrier
+//! codes, a region's rules) and gives the metadata, with two things done here instead,
+//! because the crate gets them wrong:
 //! - A number that carries its own country code ("+49 …", or an international call
 //!   prefix such as "00" or "011") is read here, not by the crate: given a region, the
 //!   crate strips that region's national prefix from the foreign number ("+49
@@ -21,7 +22,8 @@
 //!   descriptors carry no lengths. We take the union of the per-type possible lengths of
 //!   the main region of the country code, as libphonenumber does when it builds its
 //!   metadata. Lengths that are only dialable locally (US 7-digit numbers) are refused,
-//!   since they cannot be written in E.164.
+//!   since they cannot be written in E.164, and so are those too long for E.164's 15
+//!   digits with the country code (German fixed lines of 14 and 15 digits).
 
 use phonenumber::Mode;
 use phonenumber::country::Id;
