@@ -6,17 +6,24 @@
 //! not decide whether a number is *valid* (assigned by a numbering plan): fictional
 //! numbers such as +15551234567 must pass. No I/O, no state.
 //!
-//! The `phonenumber` crate (0.3.10) does the country-code and national-prefix work, with
-//! two things done here instead, because the crate gets them wrong:
+//! The `phonenumber` crate (0.3.10) reads national numbers (national prefixes, carrier
+//! codes, a region's rules) and gives the metadata, with two things done here instead,
+//! because the crate gets them wrong:
 //! - A number that carries its own country code ("+49 …", or an international call
-//!   prefix such as "00" or "011") is parsed *without* the default region: given a
-//!   region, the crate strips that region's national prefix from the foreign number
-//!   ("+49 1512345678" with region US becomes +49512345678).
+//!   prefix such as "00" or "011") is read here, not by the crate: given a region, the
+//!   crate strips that region's national prefix from the foreign number ("+49
+//!   1512345678" with region US becomes +49512345678), and even without one it drops
+//!   what it takes for a carrier-selection code ("+86 114191256356" became +861256356)
+//!   or a national prefix that is part of the number ("+7 812 …" lost its 8). Here the
+//!   digits after the country code are kept, less a national prefix written there ("+49
+//!   (0)151 …") by libphonenumber's rule, so that a number in E.164 is its own normal
+//!   form.
 //! - The "possible number" length check: the crate has no public one, and its general
 //!   descriptors carry no lengths. We take the union of the per-type possible lengths of
 //!   the main region of the country code, as libphonenumber does when it builds its
 //!   metadata. Lengths that are only dialable locally (US 7-digit numbers) are refused,
-//!   since they cannot be written in E.164.
+//!   since they cannot be written in E.164, and so are those too long for E.164's 15
+//!   digits with the country code (German fixed lines of 14 and 15 digits).
 
 use phonenumber::Mode;
 use phonenumber::country::Id;
@@ -24,6 +31,8 @@ use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 
 /// Longest alphanumeric sender ID GSM allows (TP-OA, 11 characters).
 const MAX_SENDER_CHARS: usize = 11;
+/// Most digits of an E.164 number, country code included (ITU-T E.164).
+const MAX_E164_DIGITS: usize = 15;
 /// Longest digit string treated as a short code.
 const MAX_SHORT_CODE_DIGITS: usize = 6;
 /// Longest input looked at, in bytes: an E.164 number has at most 16 characters, and a
@@ -95,8 +104,8 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
     let (plus, digits) = dialled_digits(trimmed)?;
     let region = default_region.map(region_metadata).transpose()?;
 
-    // Numbers that carry their own country code are parsed without the region (see the
-    // module doc); only national numbers get it.
+    // Numbers that carry their own country code are read here, without the region or
+    // the crate (see the module doc); only national numbers go to the crate.
     let international = if plus {
         Some(digits.as_str())
     } else {
@@ -105,25 +114,139 @@ pub fn normalize(input: &str, default_region: Option<&str>) -> Result<String, Nu
             None => digits.strip_prefix("00"),
         }
     };
-    let parsed = match (international, region) {
-        (Some(rest), _) => phonenumber::parse(None, format!("+{rest}")),
-        (None, Some((id, _))) => phonenumber::parse(Some(id), &digits),
+    let unparsable = |reason: String| NumberError::Unparsable {
+        input: trimmed.to_owned(),
+        reason,
+    };
+    let (code, nsn) = match (international, region) {
+        (Some(rest), _) => {
+            let (code, written) = split_country_code(rest)
+                .ok_or_else(|| unparsable("invalid country code".to_owned()))?;
+            (code, national_significant(code, written).to_owned())
+        }
+        (None, Some((id, _))) => {
+            let parsed =
+                phonenumber::parse(Some(id), &digits).map_err(|err| unparsable(err.to_string()))?;
+            let code = parsed.code().value();
+            // The crate may take off a national prefix that is part of the number too
+            // ("8 812 …" in RU lost both 8s). When what it left is impossible, the
+            // digits less a national prefix by the rule below.
+            let e164 = parsed.format().mode(Mode::E164).to_string();
+            let read = e164.get(1 + code.to_string().len()..).unwrap_or_default();
+            let read = national_significant(code, read);
+            let ours = national_significant(code, &digits);
+            if !is_possible_length(code, read.len()) && is_possible_length(code, ours.len()) {
+                (code, ours.to_owned())
+            } else {
+                (code, read.to_owned())
+            }
+        }
         (None, None) => {
             return Err(NumberError::NoRegion {
                 input: trimmed.to_owned(),
             });
         }
-    }
-    .map_err(|err| NumberError::Unparsable {
-        input: trimmed.to_owned(),
-        reason: err.to_string(),
-    })?;
+    };
+    check_length(trimmed, code, nsn.len())?;
+    Ok(format!("+{code}{nsn}"))
+}
 
-    let code = parsed.code().value();
-    let e164 = parsed.format().mode(Mode::E164).to_string();
-    let nsn_len = e164.len().saturating_sub(1 + code.to_string().len());
-    check_length(trimmed, code, nsn_len)?;
-    Ok(e164)
+/// The country code `digits` start with, and the digits after it. Country codes are a
+/// prefix code (no code starts another), of 1 to 3 digits.
+fn split_country_code(digits: &str) -> Option<(u16, &str)> {
+    (1..=3).find_map(|n| {
+        let (code, rest) = digits.split_at_checked(n)?;
+        let code: u16 = code.parse().ok()?;
+        DATABASE
+            .by_code(&code)
+            .is_some_and(|metas| !metas.is_empty())
+            .then_some((code, rest))
+    })
+}
+
+/// The national significant number of a number written with its country code `code`,
+/// from the digits written after the code.
+///
+/// A national prefix written there ("+49 (0)151 …", "+44 (0) 7912 …") is dropped, as
+/// libphonenumber does it: when what is left has a possible length, unless the digits
+/// match a number type with it and not without (St Petersburg's "+7 812 …", 8 being also
+/// Russia's national prefix). Nothing else is: the crate also takes what it reads as a
+/// carrier-selection code off such a number (it checks the rest on the unstripped
+/// digits), which made "+86 114191256356" into +861256356, another number. Dropping
+/// repeats until it stops, so that the result, given again, is its own normal form.
+fn national_significant(code: u16, written: &str) -> &str {
+    let metas = DATABASE.by_code(&code).unwrap_or_default();
+    let matches_a_type = |nsn: &str| {
+        metas
+            .iter()
+            .any(|meta| type_descriptors(meta).any(|desc| desc.is_match(nsn)))
+    };
+    let mut nsn = written;
+    loop {
+        let without_prefix = metas
+            .iter()
+            .filter_map(|meta| meta.national_prefix())
+            .find_map(|prefix| nsn.strip_prefix(prefix).filter(|rest| !rest.is_empty()));
+        match without_prefix {
+            Some(rest)
+                if is_possible_length(code, rest.len())
+                    && (!matches_a_type(nsn) || matches_a_type(rest)) =>
+            {
+                nsn = rest
+            }
+            _ => return nsn,
+        }
+    }
+}
+
+/// Whether a national significant number of `nsn_len` digits is possible after `code`.
+fn is_possible_length(code: u16, nsn_len: usize) -> bool {
+    possible_lengths(code)
+        .iter()
+        .any(|&len| usize::from(len) == nsn_len)
+}
+
+/// The lengths a national significant number may have after `code`, ascending: those of
+/// the code's main region (as in libphonenumber's isPossibleNumber) that fit in E.164.
+fn possible_lengths(code: u16) -> Vec<u16> {
+    let mut lengths: Vec<u16> = DATABASE
+        .by_code(&code)
+        .unwrap_or_default()
+        .into_iter()
+        .take(1)
+        .flat_map(|meta| {
+            type_descriptors(meta)
+                .flat_map(|desc| desc.possible_length().iter().copied())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    // The metadata allows national numbers that E.164 cannot hold with their country
+    // code (German fixed lines of 14 and 15 digits): such a result would not be E.164,
+    // and the relay would refuse it.
+    let code_digits = code.to_string().len();
+    lengths.retain(|&len| usize::from(len) + code_digits <= MAX_E164_DIGITS);
+    lengths
+}
+
+/// The descriptors of each number type of a region (fixed line, mobile, ...).
+fn type_descriptors(meta: &Metadata) -> impl Iterator<Item = &Descriptor> {
+    let d = meta.descriptors();
+    [
+        d.fixed_line(),
+        d.mobile(),
+        d.toll_free(),
+        d.premium_rate(),
+        d.shared_cost(),
+        d.personal_number(),
+        d.voip(),
+        d.pager(),
+        d.uan(),
+        d.voicemail(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Like [`normalize`], for a number to send to: E.164 or a short code. A sender name
@@ -212,37 +335,9 @@ fn strip_international_prefix<'a>(meta: &Metadata, digits: &'a str) -> Option<&'
 }
 
 /// Refuses a national significant number whose length no number type of the country
-/// code has.
+/// code has, or that is too long for E.164 with its country code.
 fn check_length(input: &str, code: u16, nsn_len: usize) -> Result<(), NumberError> {
-    // The main region of the code decides, as in libphonenumber's isPossibleNumber.
-    let mut lengths: Vec<u16> = DATABASE
-        .by_code(&code)
-        .unwrap_or_default()
-        .into_iter()
-        .take(1)
-        .flat_map(|meta| {
-            let d = meta.descriptors();
-            let types: [Option<&Descriptor>; 10] = [
-                d.fixed_line(),
-                d.mobile(),
-                d.toll_free(),
-                d.premium_rate(),
-                d.shared_cost(),
-                d.personal_number(),
-                d.voip(),
-                d.pager(),
-                d.uan(),
-                d.voicemail(),
-            ];
-            types
-                .into_iter()
-                .flatten()
-                .flat_map(|desc| desc.possible_length().iter().copied())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    lengths.sort_unstable();
-    lengths.dedup();
+    let lengths = possible_lengths(code);
     if lengths.iter().any(|&len| usize::from(len) == nsn_len) {
         return Ok(());
     }
@@ -432,6 +527,75 @@ mod tests {
         check("0049 12", Some("DE"), Err("+49"));
         check("+999 1234567", None, Err("invalid country code"));
         check("+12345", None, Err("4 digits after country code +1"));
+    }
+
+    #[test]
+    fn a_number_with_its_country_code_keeps_its_digits() {
+        // Found by fuzzing (fuzz/corpus/number/cn-carrier-code): the crate took "11419"
+        // for a carrier-selection code and dropped it, so the E.164 form of this number
+        // normalised to another one.
+        check("011 4 191256356", Some("CN"), Ok("+86114191256356"));
+        check("+86114191256356", None, Ok("+86114191256356"));
+        check("+86 114191256356", Some("CN"), Ok("+86114191256356"));
+        check("0086114191256356", Some("DE"), Ok("+86114191256356"));
+        // A national prefix written after the country code still goes.
+        check("+49 (0)151 2345678", None, Ok("+491512345678"));
+        check("+44 (0) 7912 345678", Some("US"), Ok("+447912345678"));
+        check("+1 1 555 123 4567", None, Ok("+15551234567"));
+        // ... but not when it is part of the number: St Petersburg is +7 812 (8 is
+        // Russia's national prefix), which the crate shortened to 9 digits and refused.
+        check("+7 812 123 45 67", None, Ok("+78121234567"));
+        check("8 812 123 45 67", Some("RU"), Ok("+78121234567"));
+        // A result is its own normal form (the fuzzer's cases, fuzz/corpus/number/).
+        for input in [
+            "+8200003244  1638",
+            "+35 3000 2345678",
+            "011 4 191256356",
+            "+49 0 0151 2345678",
+            "8 888 22222228",
+            " 11 4 191256506",
+        ] {
+            for region in [None, Some("CN"), Some("DE"), Some("RU")] {
+                if let Ok(number) = normalize(input, region) {
+                    check(&number, None, Ok(&number));
+                    check(&number, region, Ok(&number));
+                }
+            }
+        }
+        // E.164 in, the same out.
+        for input in [
+            "+86114191256356",
+            "+78121234567",
+            "+491512345678",
+            "+390236618300",
+        ] {
+            check(input, None, Ok(input));
+            check(input, Some("RU"), Ok(input));
+        }
+    }
+
+    #[test]
+    fn results_fit_in_e164() {
+        // Found by fuzzing (fuzz/corpus/number/de-16-digits): the metadata's German fixed
+        // lines go up to 15 national digits, 17 with +49, which E.164 cannot hold.
+        check(
+            "102/91353/918508",
+            Some("DE"),
+            Err("14 digits after country code +49, expected"),
+        );
+        check(
+            "+49 10291353918508",
+            None,
+            Err("14 digits after country code +49"),
+        );
+        check(
+            "+49 102913539185089",
+            None,
+            Err("15 digits after country code +49"),
+        );
+        // 13 national digits, 15 in all: the longest a German number can be.
+        check("+49 30 12345678901", None, Ok("+493012345678901"));
+        check("030 12345678901", Some("DE"), Ok("+493012345678901"));
     }
 
     #[test]
