@@ -18,7 +18,7 @@ use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, Re
 use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView};
 use crate::relay::protocol::is_e164;
 use crate::router::{self, Facts, Refusal};
-use crate::store::{MAX_SEARCH_BYTES, NewOutgoing, StoreError, StoreHandle};
+use crate::store::{DELETE_BATCH, MAX_SEARCH_BYTES, NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
 /// The well-known name the daemon owns on the session bus.
@@ -482,11 +482,20 @@ impl Messages {
     /// Bounds: `peer` at most 256 bytes.
     async fn delete_conversation(&self, peer: &str) -> Result<()> {
         let peer = self.conversation_peer(peer).await?;
-        let key = peer.clone();
-        let deleted = self
-            .store
-            .call(move |s| s.delete_conversation(&key))
-            .await?;
+        // In parts, each its own store call, so that a long conversation never holds the
+        // store (a send, an incoming SMS) for more than one part.
+        let mut deleted = 0u32;
+        loop {
+            let key = peer.clone();
+            let (part, done) = self
+                .store
+                .call(move |s| s.delete_conversation_part(&key, DELETE_BATCH))
+                .await?;
+            deleted = deleted.saturating_add(part);
+            if done {
+                break;
+            }
+        }
         if deleted == 0 {
             return Err(ApiError::NotFound(format!(
                 "no conversation with {}",

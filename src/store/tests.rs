@@ -1591,3 +1591,58 @@ fn counters_count() {
         vec![("a".to_owned(), 1), ("b".to_owned(), 2)]
     );
 }
+
+#[test]
+fn a_long_conversation_is_deleted_in_parts_that_keep_it_whole() {
+    let mut store = store();
+    for i in 0..7 {
+        let key = format!("in-{i}");
+        store
+            .insert_incoming(&NewIncoming {
+                peer: ALICE,
+                text: "unread",
+                channel: Channel::Sms,
+                timestamp_ms: i,
+                dedupe_key: &key,
+            })
+            .expect("insert");
+        outgoing(&mut store, ALICE, "out", 100 + i);
+    }
+    let newest = outgoing(&mut store, ALICE, "newest", 1000).id;
+    assert_eq!(store.unread_count().expect("unread"), 7);
+    // 15 messages, 4 a part: the oldest go first, the conversation shows its newest
+    // message and the unread that are left in between.
+    let (first, done) = store.delete_conversation_part(ALICE, 4).expect("part");
+    assert_eq!((first, done), (4, false));
+    let convs = store.list_conversations(0, 10).expect("list");
+    assert_eq!(
+        (convs[0].last_id.as_str(), convs[0].unread),
+        (newest.as_str(), 5)
+    );
+    assert_eq!(store.unread_count().expect("unread"), 5);
+    let mut parts = 1;
+    loop {
+        let (n, done) = store.delete_conversation_part(ALICE, 4).expect("part");
+        parts += 1;
+        assert!(n <= 4);
+        let unread = store.unread_count().expect("unread");
+        let listed = store.list_conversations(0, 10).expect("list");
+        if done {
+            assert!(listed.is_empty());
+            assert_eq!(unread, 0);
+            break;
+        }
+        assert_eq!(listed[0].unread, unread);
+    }
+    assert_eq!(parts, 4);
+    assert_eq!(
+        store.delete_conversation_part(ALICE, 4).expect("none"),
+        (0, true)
+    );
+    // The whole-conversation call deletes everything, part by part.
+    for i in 0..1200 {
+        outgoing(&mut store, BOB, "many", i);
+    }
+    assert_eq!(store.delete_conversation(BOB).expect("delete"), 1200);
+    assert!(store.get_messages(BOB, None, 10).expect("page").is_empty());
+}
