@@ -16,7 +16,6 @@ use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
 use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView};
-use crate::relay::protocol::is_e164;
 use crate::router::{self, Facts, Refusal};
 use crate::store::{DELETE_BATCH, MAX_SEARCH_BYTES, NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
@@ -543,8 +542,9 @@ impl Messages {
     /// Adds numbers to the contacts whose presence is followed.
     ///
     /// Bounds: at most 256 numbers per call, each a phone number or short code (not a
-    /// sender name) of at most 64 bytes, and at most 1000 numbers followed in all,
-    /// conversation peers included.
+    /// sender name) of at most 64 bytes, and at most 1000 numbers watched in all. The
+    /// relay follows as many as it allows (1000 by default): the watched numbers first,
+    /// then the conversation peers, most recent first.
     async fn watch(&self, numbers: Vec<String>) -> Result<()> {
         if numbers.len() > MAX_WATCH_NUMBERS {
             return Err(ApiError::InvalidArgument(format!(
@@ -560,11 +560,10 @@ impl Messages {
         let refused = self
             .store
             .call(move |s| {
-                let mut followed: HashSet<String> =
-                    s.followed()?.into_iter().filter(|n| is_e164(n)).collect();
-                followed.extend(numbers.iter().filter(|n| is_e164(n)).cloned());
-                if followed.len() > MAX_FOLLOWED {
-                    return Ok(Some(followed.len()));
+                let mut watched: HashSet<String> = s.watched()?.into_iter().collect();
+                watched.extend(numbers.iter().cloned());
+                if watched.len() > MAX_FOLLOWED {
+                    return Ok(Some(watched.len()));
                 }
                 s.watch(&numbers)?;
                 Ok(None)
@@ -572,7 +571,7 @@ impl Messages {
             .await?;
         if let Some(total) = refused {
             return Err(ApiError::InvalidArgument(format!(
-                "that would follow {total} numbers, more than the limit of {MAX_FOLLOWED}"
+                "that would watch {total} numbers, more than the limit of {MAX_FOLLOWED}"
             )));
         }
         self.tell_engine(EngineCmd::Followed).await;

@@ -2041,7 +2041,8 @@ mod tests {
         assert_eq!(
             rig.relay_command().await,
             RelayCommand::Subscribe {
-                numbers: vec!["+15550002222".into(), "+15550003333".into()]
+                // The watched number first, then the conversations.
+                numbers: vec!["+15550003333".into(), "+15550002222".into()]
             }
         );
         rig.relay(RelayEvent::State(RelayState::Online)).await;

@@ -150,13 +150,32 @@ impl Store {
         Ok(())
     }
 
-    /// Every number whose presence is followed: conversation peers and watched numbers,
-    /// sorted, each once. Peers kept verbatim (names, short codes) are included; the
-    /// caller filters what the relay can know.
+    /// Every number whose presence is followed, each once, in the order they matter when
+    /// the relay cannot follow them all: the watched numbers (sorted), then conversation
+    /// peers by activity, most recent first. Peers kept verbatim (names, short codes) are
+    /// included; the caller filters what the relay can know.
     pub fn followed(&self) -> Result<Vec<String>> {
+        let mut followed = self.watched()?;
+        let mut seen: std::collections::HashSet<String> = followed.iter().cloned().collect();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT peer FROM conversations UNION SELECT number FROM watched ORDER BY 1",
+            "SELECT peer FROM conversations INDEXED BY conversations_by_activity \
+             ORDER BY last_seq DESC",
         )?;
+        let peers = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        for peer in peers {
+            let peer = peer?;
+            if seen.insert(peer.clone()) {
+                followed.push(peer);
+            }
+        }
+        Ok(followed)
+    }
+
+    /// The numbers added with `Watch`, sorted.
+    pub fn watched(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT number FROM watched ORDER BY number")?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

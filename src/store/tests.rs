@@ -1374,7 +1374,15 @@ fn followed_numbers_are_peers_and_watched_ones() {
     store
         .watch(&[CAROL.to_owned(), ALICE.to_owned(), CAROL.to_owned()])
         .expect("watch");
-    assert_eq!(store.followed().expect("followed"), [ALICE, BOB, CAROL]);
+    // Watched first, then the conversations, most recent first.
+    assert_eq!(store.followed().expect("followed"), [ALICE, CAROL, BOB]);
+    let dave = "+15550004444";
+    incoming(&mut store, dave, "new", 3);
+    assert_eq!(
+        store.followed().expect("followed"),
+        [ALICE, CAROL, dave, BOB]
+    );
+    assert_eq!(store.watched().expect("watched"), [ALICE, CAROL]);
 }
 
 #[test]

@@ -234,6 +234,9 @@ struct Session {
     /// (an oversized frame would make the relay close the connection).
     max_text_bytes: u64,
     max_frame_bytes: u64,
+    /// How many numbers one `subscribe` may name (the daemon's list comes in order of
+    /// importance, so the first ones are kept).
+    max_subscriptions: u64,
     logged_in_at: Option<Instant>,
     /// The code of the `verify` in flight (a newer one may have come meanwhile).
     verifying: Option<String>,
@@ -259,6 +262,7 @@ impl Session {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_text_bytes: u64::MAX,
             max_frame_bytes: u64::MAX,
+            max_subscriptions: u64::MAX,
             logged_in_at: None,
             verifying: None,
             sends: VecDeque::new(),
@@ -884,9 +888,7 @@ impl Client {
             RelayCommand::Subscribe { numbers } => {
                 let result = match self.online_session() {
                     Some(session) => {
-                        let frame = ClientFrame::Subscribe {
-                            numbers: numbers.clone(),
-                        };
+                        let frame = subscribe_frame(&numbers, session.max_subscriptions);
                         session.write(&frame).await
                     }
                     None => Ok(()),
@@ -1107,6 +1109,9 @@ impl Client {
                 }
                 session.max_text_bytes = limits.max_text_bytes;
                 session.max_frame_bytes = limits.max_frame_bytes;
+                if limits.max_subscriptions > 0 {
+                    session.max_subscriptions = limits.max_subscriptions;
+                }
                 self.authenticate().await
             }
             ServerFrame::CodeSent {
@@ -1165,9 +1170,7 @@ impl Client {
                 self.out.push(RelayEvent::LoggedIn { queued });
                 match (&mut self.link, &self.subscription) {
                     (Link::Up(session), Some(numbers)) => {
-                        let frame = ClientFrame::Subscribe {
-                            numbers: numbers.clone(),
-                        };
+                        let frame = subscribe_frame(numbers, session.max_subscriptions);
                         session.write(&frame).await
                     }
                     _ => Ok(()),
@@ -1362,9 +1365,42 @@ impl Client {
     }
 }
 
+/// The `subscribe` for `numbers`, cut to the relay's limit: the daemon lists them in order
+/// of importance (watched numbers, then the most recent conversations), so those beyond
+/// the limit are the ones least likely to be written to; they simply stay without
+/// presence (offline for the channel rule).
+fn subscribe_frame(numbers: &[String], max: u64) -> ClientFrame {
+    let keep = usize::try_from(max)
+        .unwrap_or(usize::MAX)
+        .min(numbers.len());
+    if keep < numbers.len() {
+        debug!(
+            numbers = numbers.len(),
+            kept = keep,
+            "more numbers to follow than the relay allows; following the first"
+        );
+    }
+    ClientFrame::Subscribe {
+        numbers: numbers[..keep].to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscription_is_cut_to_the_relays_limit_keeping_the_first() {
+        let numbers: Vec<String> = (0..5).map(|i| format!("+1555000000{i}")).collect();
+        let ClientFrame::Subscribe { numbers: kept } = subscribe_frame(&numbers, 3) else {
+            panic!("not a subscribe");
+        };
+        assert_eq!(kept, numbers[..3]);
+        let ClientFrame::Subscribe { numbers: all } = subscribe_frame(&numbers, u64::MAX) else {
+            panic!("not a subscribe");
+        };
+        assert_eq!(all, numbers);
+    }
 
     #[test]
     fn waits_from_outside_cannot_overflow() {
