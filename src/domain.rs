@@ -80,6 +80,90 @@ pub enum Presence {
     Typing,
 }
 
+/// Gives a string newtype what every edge needs: building it from and reading it as a
+/// `str`, `Display`, and comparison with plain strings (tests and wire forms).
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $ty:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $ty(String);
+
+        impl $ty {
+            pub fn new(value: impl Into<String>) -> Self {
+                $ty(value.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $ty {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<String> for $ty {
+            fn from(value: String) -> Self {
+                $ty(value)
+            }
+        }
+        impl From<&str> for $ty {
+            fn from(value: &str) -> Self {
+                $ty(value.to_owned())
+            }
+        }
+        impl From<$ty> for String {
+            fn from(value: $ty) -> String {
+                value.0
+            }
+        }
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// The other party of a message or a conversation, as stored: an E.164 number
+    /// ("+15551234567", what [`crate::number::normalize`] gives for any phone number), or a
+    /// short code or alphanumeric sender kept verbatim ("12345", "ACME"). Only an E.164
+    /// peer can be reached over the relay ([`Peer::is_e164`]).
+    Peer
+);
+
+string_newtype!(
+    /// A message's id: a UUID for messages made here, the relay's id (the sender's UUID)
+    /// for IP messages, and a store-made id for incoming SMS. Opaque everywhere but where
+    /// it is made; the relay's rule for ids is [`crate::relay::protocol::is_message_id`].
+    MessageId
+);
+
+impl Peer {
+    /// Whether this peer is an E.164 number, the only kind the relay knows.
+    pub fn is_e164(&self) -> bool {
+        crate::number::is_e164(&self.0)
+    }
+}
+
 /// One stored message, as frontends see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -180,6 +264,19 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newtypes_read_as_their_strings() {
+        let peer = Peer::from("+15551234567");
+        assert!(peer.is_e164());
+        assert!(!Peer::new("ACME").is_e164());
+        assert_eq!(peer, "+15551234567");
+        assert_eq!(peer.to_string(), "+15551234567");
+        let mut peers = std::collections::HashSet::new();
+        peers.insert(peer.clone());
+        assert!(peers.contains("+15551234567"));
+        assert_eq!(String::from(MessageId::new("a-1")), "a-1");
+    }
 
     #[test]
     fn spellings_round_trip() {

@@ -70,6 +70,18 @@ pub enum NumberError {
     },
 }
 
+/// Whether `number` is in E.164 form: `+`, a non-zero digit, then 1 to 14 more digits.
+/// It is the form [`normalize`] gives every phone number (short codes and sender names
+/// never pass), and the only one the relay accepts.
+pub fn is_e164(number: &str) -> bool {
+    let Some(digits) = number.strip_prefix('+') else {
+        return false;
+    };
+    (2..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
 /// Normalises to E.164 ("+15551234567"). Accepts any common written form ("+1 555 123-4567",
 /// "(555) 123-4567" and "0151 2345678" with a default region, "00491512345678").
 /// Short codes (digits only, up to 6 digits, e.g. "12345") and alphanumeric senders

@@ -507,16 +507,8 @@ pub fn encode<T: Serialize>(frame: &T) -> String {
     })
 }
 
-/// Whether `number` is an E.164 number as the relay accepts it: `+`, a non-zero digit,
-/// then 1 to 14 more digits. Clients normalise numbers before they send them.
-pub fn is_e164(number: &str) -> bool {
-    let Some(digits) = number.strip_prefix('+') else {
-        return false;
-    };
-    (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-}
+/// The E.164 rule the relay applies to every number (one rule, in [`crate::number`]).
+pub use crate::number::is_e164;
 
 /// Whether `id` is a valid message id: 1 to 64 bytes of `[A-Za-z0-9._:-]` (a UUID fits).
 pub fn is_message_id(id: &str) -> bool {
