@@ -1,10 +1,12 @@
-//! The `org.tandem.Messages1` D-Bus interface on the session bus: the public contract of
-//! `../shared/design/dbus-api.md`, served at `/org/tandem/Messages1`.
+//! The `org.tandem.Messages1` D-Bus interface on the session bus, served at
+//! `/org/tandem/Messages1`: the public contract, whose normative text is
+//! `dbus/org.tandem.Messages1.xml` (checked against this definition by `tests/api.rs`).
 //!
 //! A thin layer: it converts and validates arguments, reads from the store, hands work to
 //! the engine over a channel, and converts results back. It owns no state of its own: the
 //! properties come from the engine's [`DaemonStatus`] watch, the signals from the engine's
-//! [`Event`] channel (see [`publish`]). Only this module and `modem` know zbus.
+//! [`Event`] channel (see [`publish`]). The session bus is known here only; the system bus
+//! is the adapters' (`modem`, `logind`, NetworkManager's).
 
 use std::collections::{HashMap, HashSet};
 

@@ -8,11 +8,12 @@
 //! - [`router`]: the channel rule and outbox decisions; pure logic, no I/O, never fails.
 //! - [`store`]: SQLite; the only module that knows SQL. Runs as an actor on its own thread.
 //! - [`modem`]: the ModemManager adapter (system bus), a task behind two channels.
+//! - [`logging`]: the one logging set-up of the binaries (journal under systemd, else stderr).
 //! - [`logind`]: the system's sleep (logind, system bus): closes the relay session before.
 //! - [`notifier`]: desktop notifications, a task that can never block a message.
 //! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
-//! - [`daemon`]: wires everything together: `run(config, shutdown)`.
+//! - [`daemon`]: wires everything together: `run(config, db_path, buses, shutdown)`.
 //! - [`ctl`]: `tandemctl`, the command-line client of the API (through its generated proxy).
 //! - [`devbus`]: private `dbus-daemon`s for the demo, the benchmarks and the tests.
 //! - [`mmsim`]: `tandem-mmsim`, a ModemManager simulator with a simulated carrier.
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod devbus;
 pub mod domain;
 pub mod engine;
+pub mod logging;
 pub mod logind;
 pub mod mmsim;
 pub mod modem;

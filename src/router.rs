@@ -50,7 +50,7 @@ pub enum Route {
     Fail(String),
 }
 
-/// The channel rule (method claim 1, figure 5): over IP when we and the recipient are both
+/// The channel rule (ARCHITECTURE.md, "Bird's eye view"): over IP when we and the recipient are both
 /// online on the relay, else as SMS; a forced channel waits for that channel; a text too
 /// long for SMS never gets cut, it goes over IP or fails saying why.
 pub fn route(f: &Facts) -> Route {
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn channel_rule() {
         let rows = [
-            // auto: both online → IP, else SMS (method figure 5, S303-S305)
+            // auto: both online → IP, else SMS
             (
                 facts(Req::Auto, R::Online, P::Online, M::Registered, 1),
                 "ip",

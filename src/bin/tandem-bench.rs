@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use tandem::bench::{self, BenchError, Setup};
-use tracing_subscriber::EnvFilter;
 
 /// Benchmarks of Tandem; one JSON line per scenario on stdout.
 #[derive(Debug, Parser)]
@@ -117,25 +116,6 @@ enum Scenario {
     },
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
-/// The relay logs as `tandem-relay` does by default (info); its stderr is a file.
-fn init_relay_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
-}
-
 fn json_line<T: Serialize>(figures: &T) -> Result<String, BenchError> {
     serde_json::to_string(figures)
         .map_err(|e| BenchError::Unexpected(format!("cannot write JSON: {e}")))
@@ -202,7 +182,7 @@ async fn run(setup: &Setup, scenario: Scenario, quick: bool) -> Result<String, B
 fn main() -> ExitCode {
     let args = Args::parse();
     if let (Some(db), Some(config)) = (&args.daemon, &args.daemon_config) {
-        init_logging();
+        tandem::logging::init("warn");
         return match bench::daemon_mode(db, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -212,7 +192,7 @@ fn main() -> ExitCode {
         };
     }
     if let Some(addr_file) = &args.relay_server {
-        init_relay_logging();
+        tandem::logging::init("info");
         return match bench::relay_server_mode(addr_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -221,7 +201,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging();
+    tandem::logging::init("warn");
     let scenarios = match (args.scenario.clone(), args.quick) {
         (Some(s), _) => vec![s],
         (None, true) => vec![

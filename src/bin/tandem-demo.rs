@@ -19,7 +19,6 @@ use tandem::daemon::{self, Buses};
 use tandem::devbus::PrivateBus;
 use tandem::mmsim::{self, ModemSpec, SimConfig};
 use tokio::sync::oneshot;
-use tracing_subscriber::EnvFilter;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
@@ -300,10 +299,7 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(format!("warn,tandem={level}")))
-        .with_writer(std::io::stderr)
-        .init();
+    tandem::logging::init(&format!("warn,tandem={level}"));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

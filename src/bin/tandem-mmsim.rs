@@ -12,7 +12,6 @@
 //!   InjectSms sssa{sv} +15550001111 +4915112345678 "hello" 0
 //! ```
 
-use std::io::IsTerminal;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -83,18 +82,7 @@ impl FromStr for ModemArg {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    tandem::logging::init(tandem::logging::verbosity(args.verbose));
 
     let address = match args
         .bus

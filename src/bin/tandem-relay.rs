@@ -10,7 +10,6 @@
 //!   --sms-command /usr/local/bin/send-code --tls-cert cert.pem --tls-key key.pem
 //! ```
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -123,18 +122,7 @@ enum VerifyArg {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    tandem::logging::init(tandem::logging::verbosity(args.verbose));
 
     let verify = match (args.verify, args.sms_command) {
         (VerifyArg::SmsCommand, Some(command)) => Verify::SmsCommand(command),

@@ -2,15 +2,12 @@
 //! Parses the command line, sets up logging, loads the configuration and runs
 //! [`tandem::daemon::run`] until SIGTERM or SIGINT.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tandem::config::{self, Config};
 use tracing::error;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::prelude::*;
 
 /// One inbox for SMS and IP messages: serves org.tandem.Messages1 on the session bus.
 #[derive(Debug, Parser)]
@@ -27,35 +24,10 @@ struct Args {
     verbose: u8,
 }
 
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,tandem={level},tandemd={level}")));
-    // Under systemd (JOURNAL_STREAM is set) log to the journal with structured fields.
-    let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
-    match journald {
-        Some(layer) => tracing_subscriber::registry()
-            .with(filter)
-            .with(layer)
-            .init(),
-        None => tracing_subscriber::registry()
-            .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
-            .init(),
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.verbose);
+    let level = tandem::logging::verbosity(args.verbose);
+    tandem::logging::init(&format!("warn,tandem={level},tandemd={level}"));
     let (config_path, required) = match args.config {
         Some(path) => (path, true),
         None => (config::default_config_path(), false),
