@@ -730,7 +730,7 @@ async fn hostile_searches_do_not_hold_up_sending() {
     let db = dir.path().join("data/tandem/messages.db");
     {
         let mut store = tandem::store::Store::open(&db).expect("store");
-        tandem::store::fill_synthetic(&mut store, 50_000, 200, 9).expect("fill");
+        tandem::bench::synthetic::fill(&mut store, 50_000, 200, 9).expect("fill");
     }
     let _daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
     let api = client(&session).await;

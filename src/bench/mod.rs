@@ -27,6 +27,7 @@ mod proc;
 pub mod relay;
 pub mod sms;
 pub mod store;
+pub mod synthetic;
 mod timed;
 
 use std::path::{Path, PathBuf};

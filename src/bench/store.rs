@@ -11,7 +11,7 @@ use super::proc::Daemon;
 use super::{BenchError, Setup, TempDir, median, ms, round3};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
-use crate::store::{self, Store};
+use crate::store::Store;
 
 /// What to build and how often to call.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ pub async fn run(setup: &Setup, params: &StoreParams) -> Result<StoreFigures, Be
     let t = Instant::now();
     {
         let mut store = Store::open(&db)?;
-        store::fill_synthetic(&mut store, messages, conversations, 1)?;
+        super::synthetic::fill(&mut store, messages, conversations, 1)?;
     }
     // The file was just written: flush it to the disk now, so that the kernel's
     // write-back of a quarter gigabyte cannot land in the daemon's start-up (one run saw

@@ -16,6 +16,7 @@ use zbus::OwnedVariant;
 
 use super::BenchError;
 use crate::api::MessagesProxy;
+use crate::domain::Status;
 
 /// How long one message may take before the run counts as broken.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,9 +116,9 @@ impl Series<'_> {
                 while let Some(signal) = statuses.next().await {
                     let args = signal.args()?;
                     if args.id == id {
-                        match args.status {
-                            "delivered" => return Ok(()),
-                            "failed" => {
+                        match args.status.parse::<Status>() {
+                            Ok(Status::Delivered) => return Ok(()),
+                            Ok(Status::Failed) => {
                                 return Err(BenchError::Unexpected(format!("message {i} failed")));
                             }
                             _ => {}

@@ -18,6 +18,7 @@ use super::output::{
 };
 use super::{CALL_TIMEOUT, CONNECT_TIMEOUT, CtlError, Io, docs, monitor};
 use crate::api::{MessageDict, MessageStatusChangedStream, MessagesProxy};
+use crate::domain::Status;
 
 type Result<T> = std::result::Result<T, CtlError>;
 
@@ -357,16 +358,17 @@ enum Outcome {
 impl Wanted {
     fn as_str(self) -> &'static str {
         match self {
-            Wanted::Sent => "sent",
-            Wanted::Delivered => "delivered",
+            Wanted::Sent => Status::Sent.as_str(),
+            Wanted::Delivered => Status::Delivered.as_str(),
         }
     }
 
-    /// Whether `status` ends the wait, and how.
+    /// Whether `status` ends the wait, and how. A spelling this build does not know (a
+    /// newer daemon's) ends nothing.
     fn outcome(self, status: &str) -> Option<Outcome> {
-        match (self, status) {
-            (_, "failed") => Some(Outcome::Failed),
-            (_, "delivered") | (Wanted::Sent, "sent") => Some(Outcome::Done),
+        match (self, status.parse::<Status>().ok()?) {
+            (_, Status::Failed) => Some(Outcome::Failed),
+            (_, Status::Delivered) | (Wanted::Sent, Status::Sent) => Some(Outcome::Done),
             _ => None,
         }
     }

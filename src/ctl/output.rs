@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::localtime;
 use crate::api::{ConversationDict, MessageDict};
+use crate::domain::{Direction, Status};
 
 /// Longest text a table cell shows, in characters; longer ones end with `…`.
 pub const CELL_CHARS: usize = 48;
@@ -193,19 +194,20 @@ impl Table {
 /// What the STATUS column says: read/unread for incoming, the status (and why it
 /// failed) for outgoing.
 fn status_cell(m: &MessageDict) -> String {
-    match (m.direction.as_str(), m.status.as_str(), &m.error) {
-        ("incoming", _, _) if m.read => "read".to_owned(),
-        ("incoming", _, _) => "unread".to_owned(),
-        (_, "failed", Some(why)) => shorten(&format!("failed: {why}"), 32),
-        (_, status, _) => status.to_owned(),
+    let incoming = m.direction.parse() == Ok(Direction::Incoming);
+    match (incoming, m.status.parse(), &m.error) {
+        (true, _, _) if m.read => "read".to_owned(),
+        (true, _, _) => "unread".to_owned(),
+        (_, Ok(Status::Failed), Some(why)) => shorten(&format!("failed: {why}"), 32),
+        _ => m.status.clone(),
     }
 }
 
 fn direction_cell(direction: &str) -> &str {
-    match direction {
-        "incoming" => "in",
-        "outgoing" => "out",
-        other => other,
+    match direction.parse() {
+        Ok(Direction::Incoming) => "in",
+        Ok(Direction::Outgoing) => "out",
+        Err(_) => direction,
     }
 }
 

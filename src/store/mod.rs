@@ -21,16 +21,16 @@
 
 mod codec;
 mod handle;
+mod import;
 mod ip;
 mod sms;
-pub mod synthetic;
 #[cfg(test)]
 mod tests;
 
 pub use handle::StoreHandle;
+pub use import::ImportedMessage;
 pub use ip::{HeldIp, PresenceRecord, RelayPending, RelayStage};
 pub use sms::{SmsAttempt, SmsCleanup};
-pub use synthetic::fill_synthetic;
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io;

@@ -1022,7 +1022,7 @@ fn deleted_messages_leave_the_search_index() {
 #[test]
 fn hot_queries_use_indexes_only() {
     let mut store = store();
-    fill_synthetic(&mut store, 2_000, 50, 3).expect("fill");
+    crate::bench::synthetic::fill(&mut store, 2_000, 50, 3).expect("fill");
     // As the daemon runs (no statistics), and after an ANALYZE (as `PRAGMA optimize`
     // might one day do): the plans must be right either way.
     assert_plans(&store);
@@ -1094,11 +1094,83 @@ fn assert_plans(store: &Store) {
     }
 }
 
+fn imported(peer: &str, direction: Direction, text: &str, timestamp_ms: i64) -> ImportedMessage {
+    let incoming = direction == Direction::Incoming;
+    ImportedMessage {
+        id: Uuid::new_v4(),
+        peer: peer.to_owned(),
+        direction,
+        status: if incoming {
+            Status::Received
+        } else {
+            Status::Delivered
+        },
+        channel: Channel::Sms,
+        timestamp_ms,
+        read: !incoming,
+        text: text.to_owned(),
+        dedupe_key: incoming.then(|| format!("test:{peer}:{timestamp_ms}:{text}")),
+        token: (!incoming).then(|| format!("token-{timestamp_ms}")),
+        delivery_report: false,
+        sms_ref: None,
+        error: None,
+    }
+}
+
+#[test]
+fn an_import_is_stored_as_if_it_had_arrived_and_is_all_or_nothing() {
+    let mut store = store();
+    incoming(&mut store, CAROL, "before the import", 500);
+    let history = vec![
+        imported(ALICE, Direction::Incoming, "lunch tomorrow?", 1_000),
+        imported(ALICE, Direction::Outgoing, "yes, noon", 2_000),
+        imported(BOB, Direction::Incoming, "the train is late", 3_000),
+    ];
+    assert_eq!(store.import(history.clone()).expect("import"), 3);
+    assert_eq!(store.newest_activity_ms().expect("newest"), Some(3_000));
+    let list = store.list_conversations(0, 10).expect("list");
+    let peers: Vec<&str> = list.iter().map(|c| c.peer.as_str()).collect();
+    assert_eq!(peers, [BOB, ALICE, CAROL]);
+    assert_eq!(list[1].last_text, "yes, noon");
+    // Both imported incoming messages are unread, with the one stored before.
+    assert_eq!(store.unread_count().expect("unread"), 3);
+    assert_eq!(
+        texts(&store.search("tomorrow", 10).expect("search")),
+        ["lunch tomorrow?"]
+    );
+    // The same incoming message arriving again is recognised by its key.
+    let again = &history[0];
+    let key = again.dedupe_key.clone().expect("key");
+    let found = store
+        .insert_incoming(&NewIncoming {
+            peer: ALICE,
+            text: &again.text,
+            channel: Channel::Sms,
+            timestamp_ms: again.timestamp_ms,
+            dedupe_key: &key,
+        })
+        .expect("insert");
+    assert_eq!(
+        found, None,
+        "an imported message must dedupe like a stored one"
+    );
+    // A failing import (an id already stored) leaves nothing of itself behind, and the
+    // FTS trigger it set aside is back: later messages are still found.
+    let mut bad = vec![imported(CAROL, Direction::Incoming, "halfway", 4_000)];
+    bad.push(history[1].clone());
+    store.import(bad).expect_err("duplicate id");
+    assert!(store.search("halfway", 10).expect("search").is_empty());
+    assert_eq!(store.newest_activity_ms().expect("newest"), Some(3_000));
+    incoming(&mut store, CAROL, "after the import", 5_000);
+    assert_eq!(store.search("after", 10).expect("search").len(), 1);
+    assert_consistent(&store);
+}
+
 #[test]
 fn synthetic_fill_is_deterministic_and_consistent() {
     let fill = |seed| {
         let mut store = store();
-        fill_synthetic(&mut store, 3_000, 40, seed).expect("fill");
+        crate::bench::synthetic::fill(&mut store, 3_000, 40, seed).expect("fill");
         store
     };
     let (a, b, c) = (fill(11), fill(11), fill(12));
@@ -1120,7 +1192,7 @@ fn synthetic_fill_is_deterministic_and_consistent() {
     // Growing a store continues after its newest message.
     let mut a = a;
     let newest = list(&a)[0].last_timestamp_ms;
-    fill_synthetic(&mut a, 500, 40, 99).expect("grow");
+    crate::bench::synthetic::fill(&mut a, 500, 40, 99).expect("grow");
     assert!(list(&a)[0].last_timestamp_ms > newest);
     let count: i64 = a
         .conn
@@ -1140,7 +1212,7 @@ fn synthetic_store_stays_within_the_size_budget() {
     let mut store = Store::open(&path).expect("open");
     let messages = 20_000;
     let started = Instant::now();
-    fill_synthetic(&mut store, messages, 500, 1).expect("fill");
+    crate::bench::synthetic::fill(&mut store, messages, 500, 1).expect("fill");
     let fill_time = started.elapsed();
     store
         .conn
