@@ -15,6 +15,7 @@
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
 //! - [`daemon`]: wires everything together: `run(config, db_path, buses, shutdown)`.
 //! - [`ctl`]: `tandemctl`, the command-line client of the API (through its generated proxy).
+//! - [`demo`]: `tandem-demo`'s two simulated phones (private buses, simulator, relay).
 //! - [`devbus`]: private `dbus-daemon`s for the demo, the benchmarks and the tests.
 //! - [`mmsim`]: `tandem-mmsim`, a ModemManager simulator with a simulated carrier.
 //! - [`relay`]: `tandem-relay`, the IP relay server (own SQLite), and its wire protocol.
@@ -25,6 +26,7 @@ pub mod bench;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod demo;
 pub mod devbus;
 pub mod domain;
 pub mod engine;

@@ -21,6 +21,7 @@
 //! address but loopback, or leave files behind (every temporary directory and child
 //! process is removed or killed on drop, also on failure).
 
+pub mod cli;
 pub mod idle;
 pub mod ip;
 mod proc;

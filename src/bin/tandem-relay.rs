@@ -11,6 +11,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -119,28 +120,70 @@ enum VerifyArg {
     SmsCommand,
 }
 
+impl Args {
+    /// How registration proves numbers; refuses contradictory options, warns loudly on none.
+    fn verify(&self) -> anyhow::Result<Verify> {
+        Ok(match (self.verify, &self.sms_command) {
+            (VerifyArg::SmsCommand, Some(command)) => Verify::SmsCommand(command.clone()),
+            (VerifyArg::SmsCommand, None) => {
+                bail!(
+                    "give --sms-command CMD to send registration codes, or --verify none for development"
+                )
+            }
+            (VerifyArg::None, Some(_)) => bail!("--sms-command makes no sense with --verify none"),
+            (VerifyArg::None, None) => {
+                eprintln!(
+                    "WARNING: --verify none: tandem-relay hands out device tokens WITHOUT proving \
+                     that a number belongs to the caller. Anyone can claim any unregistered \
+                     number. Use this for development only, never on a reachable network."
+                );
+                Verify::None
+            }
+        })
+    }
+
+    /// The database: --db, else `$STATE_DIRECTORY/relay.db` under systemd, else ./.
+    fn db_path(&self) -> PathBuf {
+        self.db
+            .clone()
+            .unwrap_or_else(|| match std::env::var_os("STATE_DIRECTORY") {
+                Some(dir) => PathBuf::from(dir).join("relay.db"),
+                None => PathBuf::from("tandem-relay.db"),
+            })
+    }
+
+    fn relay_config(&self, verify: Verify, tls: Option<Arc<rustls::ServerConfig>>) -> RelayConfig {
+        RelayConfig {
+            db_path: Some(self.db_path()),
+            verify,
+            tls,
+            max_frame_bytes: self.max_frame_bytes,
+            max_text_bytes: self.max_text_bytes,
+            queue_per_recipient: self.queue_per_recipient,
+            max_age: Duration::from_secs(self.max_age_hours * 3600),
+            max_subscriptions: self.max_subscriptions,
+            max_outbox_bytes: self.max_outbox_bytes,
+            code_ttl: Duration::from_secs(self.code_ttl_s),
+            code_attempts: self.code_attempts,
+            code_resend: Duration::from_secs(self.code_resend_s),
+            sms_concurrency: self.sms_concurrency,
+            sms_queue: self.sms_queue,
+            codes_per_address_per_hour: self.codes_per_address_per_hour,
+            codes_per_hour: self.codes_per_hour,
+            sender_messages_per_min: self.sender_messages_per_min,
+            sender_bytes_per_min: self.sender_bytes_per_min,
+            ping_interval: Duration::from_secs(self.ping_interval_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            ..RelayConfig::default()
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tandem::logging::init(tandem::logging::verbosity(args.verbose));
-
-    let verify = match (args.verify, args.sms_command) {
-        (VerifyArg::SmsCommand, Some(command)) => Verify::SmsCommand(command),
-        (VerifyArg::SmsCommand, None) => {
-            bail!(
-                "give --sms-command CMD to send registration codes, or --verify none for development"
-            )
-        }
-        (VerifyArg::None, Some(_)) => bail!("--sms-command makes no sense with --verify none"),
-        (VerifyArg::None, None) => {
-            eprintln!(
-                "WARNING: --verify none: tandem-relay hands out device tokens WITHOUT proving \
-                 that a number belongs to the caller. Anyone can claim any unregistered \
-                 number. Use this for development only, never on a reachable network."
-            );
-            Verify::None
-        }
-    };
+    let verify = args.verify()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(load_tls(cert, key).context("cannot set up TLS")?),
         _ => None,
@@ -155,35 +198,7 @@ async fn main() -> anyhow::Result<()> {
              --tls-cert and --tls-key, or --insecure behind a TLS-terminating proxy"
         );
     }
-    let db = args
-        .db
-        .unwrap_or_else(|| match std::env::var_os("STATE_DIRECTORY") {
-            Some(dir) => PathBuf::from(dir).join("relay.db"),
-            None => PathBuf::from("tandem-relay.db"),
-        });
-    let config = RelayConfig {
-        db_path: Some(db),
-        verify,
-        tls,
-        max_frame_bytes: args.max_frame_bytes,
-        max_text_bytes: args.max_text_bytes,
-        queue_per_recipient: args.queue_per_recipient,
-        max_age: Duration::from_secs(args.max_age_hours * 3600),
-        max_subscriptions: args.max_subscriptions,
-        max_outbox_bytes: args.max_outbox_bytes,
-        code_ttl: Duration::from_secs(args.code_ttl_s),
-        code_attempts: args.code_attempts,
-        code_resend: Duration::from_secs(args.code_resend_s),
-        sms_concurrency: args.sms_concurrency,
-        sms_queue: args.sms_queue,
-        codes_per_address_per_hour: args.codes_per_address_per_hour,
-        codes_per_hour: args.codes_per_hour,
-        sender_messages_per_min: args.sender_messages_per_min,
-        sender_bytes_per_min: args.sender_bytes_per_min,
-        ping_interval: Duration::from_secs(args.ping_interval_s),
-        idle_timeout: Duration::from_secs(args.idle_timeout_s),
-        ..RelayConfig::default()
-    };
+    let config = args.relay_config(verify, tls);
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let shutdown = async move {
         tokio::select! {
