@@ -222,85 +222,124 @@ impl Config {
 
     /// Checks values the types cannot, and brings them to their stored form.
     fn validated(mut self, origin: &Path) -> Result<Config, ConfigError> {
-        let invalid =
-            |key: &'static str, value: &dyn std::fmt::Debug, reason: String| ConfigError::Invalid {
+        self.normalize_numbers()
+            .and_then(|()| self.relay.validate())
+            .and_then(|()| self.sms.validate())
+            .map_err(|Bad { key, value, reason }| ConfigError::Invalid {
                 path: origin.to_owned(),
                 key,
-                value: format!("{value:?}"),
+                value,
                 reason,
-            };
+            })?;
+        Ok(self)
+    }
 
+    fn normalize_numbers(&mut self) -> Result<(), Bad> {
         if let Some(region) = self.default_region.take() {
             if !number::is_known_region(&region) {
-                return Err(invalid(
+                return Err(Bad::new(
                     "default_region",
                     &region,
-                    "not a known region code (expected two letters such as \"US\" or \"DE\")"
-                        .to_owned(),
+                    "not a known region code (expected two letters such as \"US\" or \"DE\")",
                 ));
             }
             self.default_region = Some(region.trim().to_ascii_uppercase());
         }
         if let Some(own) = self.own_number.take() {
             let normalized = number::normalize(&own, self.default_region.as_deref())
-                .map_err(|err| invalid("own_number", &own, err.to_string()))?;
+                .map_err(|err| Bad::new("own_number", &own, err.to_string()))?;
             if !normalized.starts_with('+') {
-                return Err(invalid(
+                return Err(Bad::new(
                     "own_number",
                     &own,
-                    "must be a full phone number such as \"+15550001111\"".to_owned(),
+                    "must be a full phone number such as \"+15550001111\"",
                 ));
             }
             self.own_number = Some(normalized);
         }
-        self.relay.url = self.relay.url.filter(|url| !url.trim().is_empty());
-        if let Some(url) = &self.relay.url {
-            check_ws_url(url).map_err(|reason| invalid("relay.url", url, reason.to_owned()))?;
+        Ok(())
+    }
+}
+
+/// A value the types accept but the configuration does not.
+struct Bad {
+    key: &'static str,
+    value: String,
+    reason: String,
+}
+
+impl Bad {
+    fn new(key: &'static str, value: &dyn std::fmt::Debug, reason: impl Into<String>) -> Bad {
+        Bad {
+            key,
+            value: format!("{value:?}"),
+            reason: reason.into(),
         }
-        if self.relay.code_pattern.matches("{code}").count() != 1 {
-            return Err(invalid(
-                "relay.code_pattern",
-                &self.relay.code_pattern,
-                "must contain {code} exactly once".to_owned(),
-            ));
+    }
+
+    /// `Err` unless `ok`.
+    fn unless(
+        ok: bool,
+        key: &'static str,
+        value: &dyn std::fmt::Debug,
+        reason: &str,
+    ) -> Result<(), Bad> {
+        if ok {
+            Ok(())
+        } else {
+            Err(Bad::new(key, value, reason))
         }
-        if self.relay.fallback_timeout_s == 0 {
-            return Err(invalid(
-                "relay.fallback_timeout_s",
-                &0,
-                "must be at least 1 second".to_owned(),
-            ));
+    }
+}
+
+impl RelayConfig {
+    fn validate(&mut self) -> Result<(), Bad> {
+        self.url = self.url.take().filter(|url| !url.trim().is_empty());
+        if let Some(url) = &self.url {
+            check_ws_url(url).map_err(|reason| Bad::new("relay.url", url, reason))?;
         }
-        self.sms.modem = self.sms.modem.filter(|modem| !modem.trim().is_empty());
-        if !(1..=255).contains(&self.sms.max_parts) {
-            return Err(invalid(
-                "sms.max_parts",
-                &self.sms.max_parts,
-                "must be 1 to 255 (a concatenated SMS has at most 255 parts)".to_owned(),
-            ));
-        }
-        if self.sms.max_attempts == 0 {
-            return Err(invalid(
-                "sms.max_attempts",
-                &0,
-                "must be at least 1".to_owned(),
-            ));
-        }
-        if !(1..=600).contains(&self.sms.send_timeout_s) {
-            return Err(invalid(
-                "sms.send_timeout_s",
-                &self.sms.send_timeout_s,
-                "must be 1 to 600 seconds".to_owned(),
-            ));
-        }
-        if self.sms.max_text_chars == 0 {
-            return Err(invalid(
-                "sms.max_text_chars",
-                &0,
-                "must be at least 1".to_owned(),
-            ));
-        }
-        Ok(self)
+        Bad::unless(
+            self.code_pattern.matches("{code}").count() == 1,
+            "relay.code_pattern",
+            &self.code_pattern,
+            "must contain {code} exactly once",
+        )?;
+        Bad::unless(
+            self.fallback_timeout_s > 0,
+            "relay.fallback_timeout_s",
+            &self.fallback_timeout_s,
+            "must be at least 1 second",
+        )
+    }
+}
+
+impl SmsConfig {
+    fn validate(&mut self) -> Result<(), Bad> {
+        self.modem = self.modem.take().filter(|modem| !modem.trim().is_empty());
+        Bad::unless(
+            (1..=255).contains(&self.max_parts),
+            "sms.max_parts",
+            &self.max_parts,
+            "must be 1 to 255 (a concatenated SMS has at most 255 parts)",
+        )?;
+        Bad::unless(
+            self.max_attempts > 0,
+            "sms.max_attempts",
+            &self.max_attempts,
+            "must be at least 1",
+        )?;
+        Bad::unless(
+            (1..=600).contains(&self.send_timeout_s),
+            "sms.send_timeout_s",
+            &self.send_timeout_s,
+            "must be 1 to 600 seconds",
+        )?;
+        Bad::unless(
+            self.max_text_chars > 0,
+            "sms.max_text_chars",
+            &self.max_text_chars,
+            "must be at least 1",
+        )
     }
 }
 

@@ -76,13 +76,10 @@ impl Client {
             Command::Send(args) => self.send(args, json, io.stdin, out, io.err).await,
             Command::Conversations { offset, limit } => {
                 let list = self.api.list_conversations(offset, limit).await?;
-                if json {
-                    let list: Vec<ConversationJson<'_>> = list.iter().map(Into::into).collect();
-                    json_line(out, &list)?;
-                } else {
-                    output::conversations_table(out, &list)?;
-                }
-                Ok(())
+                let rows: Vec<ConversationJson<'_>> = list.iter().map(Into::into).collect();
+                show(out, json, &rows, |out| {
+                    output::conversations_table(out, &list)
+                })
             }
             Command::Messages {
                 number,
@@ -97,6 +94,35 @@ impl Client {
                 let list = self.api.search(&query, limit).await?;
                 print_messages(out, json, &list, output::search_table)
             }
+            Command::Presence { number } => {
+                let presence = self.api.get_presence(&number).await?;
+                let row = PresenceJson {
+                    number: &number,
+                    presence: &presence,
+                };
+                show(out, json, &row, |out| writeln!(out, "{presence}"))
+            }
+            Command::WatchContacts { numbers } => self.watch_contacts(numbers, json, out).await,
+            Command::Status => {
+                let status = self.status().await?;
+                show(out, json, &status, |out| output::status_lines(out, &status))
+            }
+            Command::Estimate { text } => {
+                let text = text_arg(&text, io.stdin)?;
+                let (segments, encoding, remaining) = self.api.estimate_sms(&text).await?;
+                let estimate = EstimateJson {
+                    segments,
+                    encoding: &encoding,
+                    remaining,
+                };
+                show(out, json, &estimate, |out| {
+                    output::estimate_line(out, &estimate)
+                })
+            }
+            Command::Monitor => monitor::run(self, json, out, io.err).await,
+            // Handled by `run` before connecting; harmless here too.
+            Command::Completions { shell } => Ok(docs::completions(shell, out)?),
+            Command::Man => Ok(docs::man(out)?),
             Command::Read { number } => {
                 self.api.mark_read(&number).await?;
                 done(
@@ -117,50 +143,6 @@ impl Client {
                     &format!("deleted the conversation with {number}"),
                 )
             }
-            Command::Presence { number } => {
-                let presence = self.api.get_presence(&number).await?;
-                if json {
-                    json_line(
-                        out,
-                        &PresenceJson {
-                            number: &number,
-                            presence: &presence,
-                        },
-                    )?;
-                } else {
-                    writeln!(out, "{presence}")?;
-                }
-                Ok(())
-            }
-            Command::WatchContacts { numbers } => self.watch_contacts(numbers, json, out).await,
-            Command::Status => {
-                let status = self.status().await?;
-                if json {
-                    json_line(out, &status)?;
-                } else {
-                    output::status_lines(out, &status)?;
-                }
-                Ok(())
-            }
-            Command::Estimate { text } => {
-                let text = text_arg(&text, io.stdin)?;
-                let (segments, encoding, remaining) = self.api.estimate_sms(&text).await?;
-                let estimate = EstimateJson {
-                    segments,
-                    encoding: &encoding,
-                    remaining,
-                };
-                if json {
-                    json_line(out, &estimate)?;
-                } else {
-                    output::estimate_line(out, &estimate)?;
-                }
-                Ok(())
-            }
-            Command::Monitor => monitor::run(self, json, out, io.err).await,
-            // Handled by `run` before connecting; harmless here too.
-            Command::Completions { shell } => Ok(docs::completions(shell, out)?),
-            Command::Man => Ok(docs::man(out)?),
         }
     }
 
@@ -404,11 +386,21 @@ fn print_messages(
     list: &[MessageDict],
     table: fn(&mut dyn Write, &[MessageDict]) -> std::io::Result<()>,
 ) -> Result<()> {
+    let rows: Vec<MessageJson<'_>> = list.iter().map(Into::into).collect();
+    show(out, json, &rows, |out| table(out, list))
+}
+
+/// Prints `value` as one JSON line with `--json`, else as `human` writes it.
+fn show<T: Serialize>(
+    out: &mut dyn Write,
+    json: bool,
+    value: &T,
+    human: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     if json {
-        let list: Vec<MessageJson<'_>> = list.iter().map(Into::into).collect();
-        json_line(out, &list)?;
+        json_line(out, value)?;
     } else {
-        table(out, list)?;
+        human(out)?;
     }
     Ok(())
 }

@@ -32,48 +32,59 @@ pub fn man(out: &mut dyn Write) -> io::Result<()> {
     let mut roff = Roff::new();
     roff.control("SH", ["COMMANDS"]);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        roff.control("TP", []);
-        let mut synopsis = vec![bold(format!("tandemctl {}", sub.get_name()))];
-        let options: Vec<&Arg> = sub.get_arguments().filter(|a| shown_option(a)).collect();
-        if !options.is_empty() {
-            synopsis.push(roman(" [OPTIONS]"));
-        }
-        for arg in sub.get_positionals() {
-            synopsis.push(roman(" "));
-            synopsis.push(italic(positional_name(arg)));
-        }
-        roff.text(synopsis);
-        let mut about = sub
-            .get_long_about()
-            .or(sub.get_about())
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let aliases: Vec<&str> = sub.get_visible_aliases().collect();
-        if !aliases.is_empty() {
-            about.push_str(&format!(" (alias: {})", aliases.join(", ")));
-        }
-        roff.text([roman(about)]);
-        if let Some(after) = sub.get_after_help() {
-            roff.control("IP", []);
-            roff.text([roman(after.to_string())]);
-        }
-        let args: Vec<&Arg> = sub
-            .get_positionals()
-            .chain(options.iter().copied())
-            .collect();
-        if !args.is_empty() {
-            roff.control("RS", []);
-            for arg in args {
-                roff.control("TP", []);
-                roff.text(arg_header(arg));
-                if let Some(help) = arg.get_help() {
-                    roff.text([roman(help.to_string())]);
-                }
-            }
-            roff.control("RE", []);
-        }
+        render_command(&mut roff, sub);
     }
+    render_epilogue(&mut roff);
+    roff.to_writer(out)?;
+    out.flush()
+}
 
+/// One command: its synopsis, what it does, then each of its arguments and options.
+fn render_command(roff: &mut Roff, sub: &clap::Command) {
+    roff.control("TP", []);
+    let mut synopsis = vec![bold(format!("tandemctl {}", sub.get_name()))];
+    let options: Vec<&Arg> = sub.get_arguments().filter(|a| shown_option(a)).collect();
+    if !options.is_empty() {
+        synopsis.push(roman(" [OPTIONS]"));
+    }
+    for arg in sub.get_positionals() {
+        synopsis.push(roman(" "));
+        synopsis.push(italic(positional_name(arg)));
+    }
+    roff.text(synopsis);
+    let mut about = sub
+        .get_long_about()
+        .or(sub.get_about())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let aliases: Vec<&str> = sub.get_visible_aliases().collect();
+    if !aliases.is_empty() {
+        about.push_str(&format!(" (alias: {})", aliases.join(", ")));
+    }
+    roff.text([roman(about)]);
+    if let Some(after) = sub.get_after_help() {
+        roff.control("IP", []);
+        roff.text([roman(after.to_string())]);
+    }
+    let args: Vec<&Arg> = sub
+        .get_positionals()
+        .chain(options.iter().copied())
+        .collect();
+    if !args.is_empty() {
+        roff.control("RS", []);
+        for arg in args {
+            roff.control("TP", []);
+            roff.text(arg_header(arg));
+            if let Some(help) = arg.get_help() {
+                roff.text([roman(help.to_string())]);
+            }
+        }
+        roff.control("RE", []);
+    }
+}
+
+/// The sections after the commands: exit statuses, environment, examples, see also.
+fn render_epilogue(roff: &mut Roff) {
     roff.control("SH", ["EXIT STATUS"]);
     for line in EXIT_STATUS_HELP.lines().skip(1) {
         let line = line.trim();
@@ -114,8 +125,6 @@ pub fn man(out: &mut dyn Write) -> io::Result<()> {
         "tandemd(1), busctl(1); the D-Bus interface org.tandem.Messages1 \
          (share/dbus-1/interfaces/org.tandem.Messages1.xml).",
     )]);
-    roff.to_writer(out)?;
-    out.flush()
 }
 
 fn shown_option(arg: &Arg) -> bool {

@@ -840,103 +840,109 @@ impl Adapter {
                 number,
                 text,
                 delivery_report,
-            } => {
-                let (Some(picked), Some(owner), None) =
-                    (&self.picked, &self.mm_owner, self.refusal())
-                else {
-                    let reason = self.refusal().unwrap_or("no modem");
-                    debug!(id = %id, reason, "SMS not created");
-                    self.emit(ModemEvent::SendRefused {
-                        id,
-                        reason: reason.to_owned(),
-                    });
-                    return;
-                };
-                let (modem, owner) = (picked.path.clone(), owner.clone());
-                let out = Outgoing {
+            } => self.create(
+                id,
+                Outgoing {
                     number,
                     text,
                     delivery_report,
-                };
-                debug!(modem = %modem, id = %id, "creating an SMS");
-                self.spawn_send_job(id, false, move |ticket, conn, done| {
-                    Box::pin(async move {
-                        let object = sms::create(&conn, &modem, &out)
-                            .await
-                            .map(|path| SmsObject { owner, modem, path });
-                        let _ = done.send(Done::Created { ticket, object });
-                    })
-                });
-            }
-            ModemCommand::Send { id, object, budget } => {
-                if let Some(reason) = self.refusal() {
-                    debug!(id = %id, reason, "SMS not sent");
-                    self.emit(ModemEvent::SendRefused {
-                        id,
-                        reason: reason.to_owned(),
-                    });
-                    return;
-                }
-                if self.mm_owner.as_deref() != Some(object.owner.as_str()) {
-                    // Its ModemManager is gone, and the object with it: never sent.
-                    self.emit(ModemEvent::SendResult {
-                        id,
-                        outcome: SendOutcome::NotSent(SendFailure {
-                            temporary: true,
-                            reason: "ModemManager restarted".to_owned(),
-                        }),
-                    });
-                    return;
-                }
-                debug!(sms = %object.path, id = %id, "sending an SMS");
-                self.spawn_send_job(id, true, move |ticket, conn, done| {
-                    Box::pin(async move {
-                        let outcome = sms::send(&conn, &object, budget).await;
-                        let _ = done.send(Done::Sent { ticket, outcome });
-                    })
-                });
-            }
+                },
+            ),
+            ModemCommand::Send { id, object, budget } => self.send(id, object, budget),
             ModemCommand::Resolve {
                 id,
                 object,
                 settle_until,
-            } => {
-                debug!(sms = %object.path, id = %id, "finding out whether an SMS went out");
-                self.spawn_send_job(id, true, move |ticket, conn, done| {
-                    Box::pin(async move {
-                        let outcome = match sms::resolve(&conn, &object, settle_until).await {
-                            Resolved::Sent(reference) => SendOutcome::Sent { reference },
-                            Resolved::Unsent => SendOutcome::NotSent(SendFailure {
-                                temporary: true,
-                                reason: "not sent when the daemon stopped".to_owned(),
-                            }),
-                            Resolved::Gone => SendOutcome::Unknown {
-                                reason: "ModemManager restarted (or the SMS was removed) \
-                                         while it was being sent"
-                                    .to_owned(),
-                            },
-                            Resolved::Unreadable => SendOutcome::Unknown {
-                                reason: "ModemManager does not say whether it was sent".to_owned(),
-                            },
-                        };
-                        let _ = done.send(Done::Sent { ticket, outcome });
-                    })
-                });
-            }
+            } => self.resolve(id, object, settle_until),
             ModemCommand::Discard { object } => self.spawn_discard(object),
-            ModemCommand::Delete { path } => {
-                let Some(picked) = &self.picked else {
-                    debug!(sms = %path, "no modem to delete an SMS from");
-                    return;
-                };
-                let (conn, modem, done) =
-                    (self.conn.clone(), picked.path.clone(), self.done_tx.clone());
-                self.tasks.spawn(async move {
-                    let result = sms::delete(&conn, &modem, &path).await;
-                    let _ = done.send(Done::Deleted { path, result });
-                });
-            }
+            ModemCommand::Delete { path } => self.delete(path),
         }
+    }
+
+    /// Tells the engine at once that an SMS cannot be created or sent now, and why.
+    fn refuse(&mut self, id: String, reason: &str) {
+        debug!(id = %id, reason, "SMS refused");
+        self.emit(ModemEvent::SendRefused {
+            id,
+            reason: reason.to_owned(),
+        });
+    }
+
+    fn create(&mut self, id: String, out: Outgoing) {
+        let (Some(picked), Some(owner), None) = (&self.picked, &self.mm_owner, self.refusal())
+        else {
+            return self.refuse(id, self.refusal().unwrap_or("no modem"));
+        };
+        let (modem, owner) = (picked.path.clone(), owner.clone());
+        debug!(modem = %modem, id = %id, "creating an SMS");
+        self.spawn_send_job(id, false, move |ticket, conn, done| {
+            Box::pin(async move {
+                let object = sms::create(&conn, &modem, &out)
+                    .await
+                    .map(|path| SmsObject { owner, modem, path });
+                let _ = done.send(Done::Created { ticket, object });
+            })
+        });
+    }
+
+    fn send(&mut self, id: String, object: SmsObject, budget: Duration) {
+        if let Some(reason) = self.refusal() {
+            return self.refuse(id, reason);
+        }
+        if self.mm_owner.as_deref() != Some(object.owner.as_str()) {
+            // Its ModemManager is gone, and the object with it: never sent.
+            self.emit(ModemEvent::SendResult {
+                id,
+                outcome: SendOutcome::NotSent(SendFailure {
+                    temporary: true,
+                    reason: "ModemManager restarted".to_owned(),
+                }),
+            });
+            return;
+        }
+        debug!(sms = %object.path, id = %id, "sending an SMS");
+        self.spawn_send_job(id, true, move |ticket, conn, done| {
+            Box::pin(async move {
+                let outcome = sms::send(&conn, &object, budget).await;
+                let _ = done.send(Done::Sent { ticket, outcome });
+            })
+        });
+    }
+
+    fn resolve(&mut self, id: String, object: SmsObject, settle_until: Instant) {
+        debug!(sms = %object.path, id = %id, "finding out whether an SMS went out");
+        self.spawn_send_job(id, true, move |ticket, conn, done| {
+            Box::pin(async move {
+                let outcome = match sms::resolve(&conn, &object, settle_until).await {
+                    Resolved::Sent(reference) => SendOutcome::Sent { reference },
+                    Resolved::Unsent => SendOutcome::NotSent(SendFailure {
+                        temporary: true,
+                        reason: "not sent when the daemon stopped".to_owned(),
+                    }),
+                    Resolved::Gone => SendOutcome::Unknown {
+                        reason: "ModemManager restarted (or the SMS was removed) \
+                                 while it was being sent"
+                            .to_owned(),
+                    },
+                    Resolved::Unreadable => SendOutcome::Unknown {
+                        reason: "ModemManager does not say whether it was sent".to_owned(),
+                    },
+                };
+                let _ = done.send(Done::Sent { ticket, outcome });
+            })
+        });
+    }
+
+    fn delete(&mut self, path: OwnedObjectPath) {
+        let Some(picked) = &self.picked else {
+            debug!(sms = %path, "no modem to delete an SMS from");
+            return;
+        };
+        let (conn, modem, done) = (self.conn.clone(), picked.path.clone(), self.done_tx.clone());
+        self.tasks.spawn(async move {
+            let result = sms::delete(&conn, &modem, &path).await;
+            let _ = done.send(Done::Deleted { path, result });
+        });
     }
 
     fn spawn_discard(&mut self, object: SmsObject) {
