@@ -27,9 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::phones::{SimThread, wait_registered};
 use super::proc::{Daemon, RelayServer};
 use super::relay::{login, read, write};
-use super::sms::{SimThread, wait_registered};
 use super::{BenchError, Setup, TempDir, io, parse_stat_cpu, round3, status_kib, until};
 use crate::api::MessagesProxy;
 use crate::devbus::PrivateBus;
@@ -595,32 +595,8 @@ pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, Benc
     let _sim = SimThread::start(system.address())?;
     let bus = PrivateBus::start()?;
 
-    // The contacts: all registered, `online` of them staying logged in.
-    eprintln!(
-        "idle: registering {} contacts ({online} staying online)",
-        params.contacts
-    );
     let numbers: Vec<String> = (0..params.contacts).map(contact).collect();
-    let logged_in: Vec<_> = stream::iter(numbers.iter().enumerate())
-        .map(|(i, number)| {
-            let addr = relay.addr.clone();
-            async move {
-                let ws = login(&addr, number, true).await?;
-                Ok::<_, BenchError>((i < online).then_some(ws))
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let _stop = StopOnDrop(stop_tx);
-    for ws in logged_in {
-        // The others hang up here (dropped): registered, offline.
-        if let Some(ws) = ws? {
-            tokio::spawn(stay_online(ws, stop_rx.clone()));
-        }
-    }
-
+    let _stop = register_contacts(&relay.addr, &numbers, online).await?;
     let (daemon, _) = Daemon::start(
         setup,
         &bus,
@@ -629,6 +605,54 @@ pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, Benc
         &config_for(&proxy.addr),
     )
     .await?;
+    settle_daemon(&bus, &numbers, online).await?;
+    eprintln!(
+        "idle: settled; {:?} of quiet, then {} s measured",
+        params.settle, params.seconds
+    );
+    tokio::time::sleep(params.settle).await;
+
+    let window = measure_window(&daemon, &proxy, Duration::from_secs_f64(params.seconds)).await?;
+    Ok(window.figures(params, online, ping_every))
+}
+
+/// Registers every contact on the relay; the first `online` stay logged in until the
+/// returned guard is dropped, the others hang up (registered, offline).
+async fn register_contacts(
+    relay: &str,
+    numbers: &[String],
+    online: usize,
+) -> Result<StopOnDrop, BenchError> {
+    eprintln!(
+        "idle: registering {} contacts ({online} staying online)",
+        numbers.len()
+    );
+    let logged_in: Vec<_> = stream::iter(numbers.iter().enumerate())
+        .map(|(i, number)| async move {
+            let ws = login(relay, number, true).await?;
+            Ok::<_, BenchError>((i < online).then_some(ws))
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = StopOnDrop(stop_tx);
+    for ws in logged_in {
+        if let Some(ws) = ws? {
+            tokio::spawn(stay_online(ws, stop_rx.clone()));
+        }
+    }
+    Ok(stop)
+}
+
+/// Waits until the daemon on `bus` is on its modem and the relay, follows every contact
+/// and sees the first `online` of them online and the others offline; then lets go of
+/// it: from here on, nothing is asked of the daemon.
+async fn settle_daemon(
+    bus: &PrivateBus,
+    numbers: &[String],
+    online: usize,
+) -> Result<(), BenchError> {
     let conn = bus.connect().await?;
     let api = MessagesProxy::new(&conn).await?;
     wait_registered(&api, "Alice").await?;
@@ -657,17 +681,30 @@ pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, Benc
             )));
         }
     }
-    // From here on, nothing is asked of the daemon.
-    drop(api);
-    drop(conn);
-    eprintln!(
-        "idle: settled; {:?} of quiet, then {} s measured",
-        params.settle, params.seconds
-    );
-    tokio::time::sleep(params.settle).await;
+    Ok(())
+}
 
+/// What one measured window of the quiet daemon saw.
+struct Window {
+    elapsed: Duration,
+    cpu: Duration,
+    counts_before: ProxyCounts,
+    counts_after: ProxyCounts,
+    per_thread: Vec<ThreadFigures>,
+    threads: usize,
+    rss_mib: f64,
+    rss_anon_mib: f64,
+    rss_file_mib: f64,
+}
+
+/// Samples the daemon's threads through `window` and reads its CPU, memory and the
+/// proxy's frame counts at both ends.
+async fn measure_window(
+    daemon: &Daemon,
+    proxy: &Proxy,
+    window: Duration,
+) -> Result<Window, BenchError> {
     let pid = daemon.pid();
-    let window = Duration::from_secs_f64(params.seconds);
     let cpu_before = process_cpu(pid)?;
     let counts_before = proxy.counts();
     let first = sample_threads(pid)?;
@@ -687,44 +724,56 @@ pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, Benc
     let cpu_after = process_cpu(pid)?;
     let counts_after = proxy.counts();
     let elapsed = started.elapsed();
-    let threads = sample_threads(pid)?.len();
-    let rss_mib = daemon.rss_mib()?;
     let mib = |key| Ok::<_, BenchError>(round3(status_kib(pid, key)? as f64 / 1024.0));
-    let (rss_anon_mib, rss_file_mib) = (mib("RssAnon:")?, mib("RssFile:")?);
-
-    let per_min = |x: f64| round3(x * 60.0 / elapsed.as_secs_f64());
-    let per_thread = thread_deltas(&first, &last);
-    let switches: u64 = per_thread.iter().map(|t| t.switches).sum();
-    let sched_ms: f64 = per_thread.iter().map(|t| t.cpu_ms).sum();
-    let up = counts_after.up_frames.minus(counts_before.up_frames);
-    let down = counts_after.down_frames.minus(counts_before.down_frames);
-    let frames = up.plus(down);
-    let bytes_sent = counts_after.up_bytes - counts_before.up_bytes;
-    let bytes_received = counts_after.down_bytes - counts_before.down_bytes;
-    Ok(IdleFigures {
-        scenario: "idle",
-        seconds: round3(elapsed.as_secs_f64()),
-        settle_s: round3(params.settle.as_secs_f64()),
-        contacts: params.contacts,
-        online_contacts: online,
-        cpu_ms_per_min: per_min((cpu_after.saturating_sub(cpu_before)).as_secs_f64() * 1000.0),
-        sched_cpu_ms_per_min: per_min(sched_ms),
-        wakeups_per_min: per_min(switches as f64),
-        rss_mib: round3(rss_mib),
-        rss_anon_mib,
-        rss_file_mib,
-        bytes_per_min: per_min((bytes_sent + bytes_received) as f64),
-        bytes_sent,
-        bytes_received,
-        data_frames: frames.data + frames.other,
-        keepalive_frames: frames.ping + frames.pong,
-        close_frames: frames.close,
-        ping_interval_s: round3(ping_every.as_secs_f64()),
-        connections_opened: counts_after.connections - counts_before.connections,
-        threads,
-        per_thread,
-        note: NOTE,
+    Ok(Window {
+        elapsed,
+        cpu: cpu_after.saturating_sub(cpu_before),
+        counts_before,
+        counts_after,
+        per_thread: thread_deltas(&first, &last),
+        threads: sample_threads(pid)?.len(),
+        rss_mib: daemon.rss_mib()?,
+        rss_anon_mib: mib("RssAnon:")?,
+        rss_file_mib: mib("RssFile:")?,
     })
+}
+
+impl Window {
+    fn figures(self, params: &IdleParams, online: usize, ping_every: Duration) -> IdleFigures {
+        let per_min = |x: f64| round3(x * 60.0 / self.elapsed.as_secs_f64());
+        let switches: u64 = self.per_thread.iter().map(|t| t.switches).sum();
+        let sched_ms: f64 = self.per_thread.iter().map(|t| t.cpu_ms).sum();
+        let (before, after) = (&self.counts_before, &self.counts_after);
+        let up = after.up_frames.minus(before.up_frames);
+        let down = after.down_frames.minus(before.down_frames);
+        let frames = up.plus(down);
+        let bytes_sent = after.up_bytes - before.up_bytes;
+        let bytes_received = after.down_bytes - before.down_bytes;
+        IdleFigures {
+            scenario: "idle",
+            seconds: round3(self.elapsed.as_secs_f64()),
+            settle_s: round3(params.settle.as_secs_f64()),
+            contacts: params.contacts,
+            online_contacts: online,
+            cpu_ms_per_min: per_min(self.cpu.as_secs_f64() * 1000.0),
+            sched_cpu_ms_per_min: per_min(sched_ms),
+            wakeups_per_min: per_min(switches as f64),
+            rss_mib: round3(self.rss_mib),
+            rss_anon_mib: self.rss_anon_mib,
+            rss_file_mib: self.rss_file_mib,
+            bytes_per_min: per_min((bytes_sent + bytes_received) as f64),
+            bytes_sent,
+            bytes_received,
+            data_frames: frames.data + frames.other,
+            keepalive_frames: frames.ping + frames.pong,
+            close_frames: frames.close,
+            ping_interval_s: round3(ping_every.as_secs_f64()),
+            connections_opened: after.connections - before.connections,
+            threads: self.threads,
+            per_thread: self.per_thread,
+            note: NOTE,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,20 +11,19 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::proc::{Daemon, RelayServer};
-use super::relay::{login, read, write};
-use super::sms::{SimThread, wait_registered};
+use super::phones::{ALICE, BOB, Phones};
+use super::proc::RelayServer;
+use super::relay::{Ws as WebSocket, login, read, write};
 use super::timed::{LatencyParams, Series};
 use super::{BenchError, Setup, TempDir, median, ms, quantile, round3, until};
-use crate::api::MessagesProxy;
-use crate::devbus::PrivateBus;
 use crate::domain::Channel;
 use crate::relay::protocol::{ClientFrame, ServerFrame};
 use crate::store::{NewIncoming, Store};
 
-const ALICE: &str = "+15550001111";
-const BOB: &str = "+15550002222";
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The floor probe's two raw relay clients.
+const PROBE_FROM: &str = "+15559000001";
+const PROBE_TO: &str = "+15559000002";
 
 /// How the floor is made (the JSON line carries it).
 pub const FLOOR_NOTE: &str = "floor = session_rtt_ms + ws_hop_ms + 2 x commit_ms, each the \
@@ -51,69 +50,23 @@ pub struct IpFigures {
     pub floor_note: &'static str,
 }
 
-fn config_for(number: &str, relay: &str) -> String {
-    format!(
-        "default_region = \"US\"\n\n[relay]\nurl = \"ws://{relay}\"\n\n[sms]\nmodem = \"{number}\"\n\n[notifications]\nenabled = false\n"
-    )
-}
-
 pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "ip")?;
     let relay = RelayServer::start(setup, dir.path()).await?;
-    let system = PrivateBus::start()?;
-    let _sim = SimThread::start(system.address())?;
-    let alice_bus = PrivateBus::start()?;
-    let bob_bus = PrivateBus::start()?;
     eprintln!("ip-latency: starting the relay, the simulator and two daemons");
-    let (_alice, _) = Daemon::start(
-        setup,
-        &alice_bus,
-        &system,
-        &dir.path().join("alice"),
-        &config_for(ALICE, &relay.addr),
-    )
-    .await?;
-    let (_bob, _) = Daemon::start(
-        setup,
-        &bob_bus,
-        &system,
-        &dir.path().join("bob"),
-        &config_for(BOB, &relay.addr),
-    )
-    .await?;
-    let alice_conn = alice_bus.connect().await?;
-    let bob_conn = bob_bus.connect().await?;
-    let alice = MessagesProxy::new(&alice_conn).await?;
-    let bob = MessagesProxy::new(&bob_conn).await?;
-    wait_registered(&alice, "Alice").await?;
-    wait_registered(&bob, "Bob").await?;
-    for (api, who) in [(&alice, "Alice"), (&bob, "Bob")] {
-        until(
-            &format!("{who} to log in to the relay"),
-            MESSAGE_TIMEOUT,
-            async || api.relay_state().await.ok().as_deref() == Some("online"),
-        )
-        .await?;
-    }
+    let phones = Phones::start(setup, dir.path(), Some(&relay.addr)).await?;
+    let (alice, bob, alice_conn) = (&phones.alice, &phones.bob, &phones.alice_conn);
     alice.watch(vec![BOB.into()]).await?;
     until("Alice to see Bob online", MESSAGE_TIMEOUT, async || {
         alice.get_presence(BOB).await.ok().as_deref() == Some("online")
     })
     .await?;
 
-    // The floor's probes: a ping to Alice's daemon, a raw hop through the relay, a commit.
-    let peer =
-        zbus::fdo::PeerProxy::new(&alice_conn, "org.tandem.Messages1", "/org/tandem/Messages1")
-            .await?;
-    let mut from = login(&relay.addr, "+15559000001", false).await?;
-    let mut to = login(&relay.addr, "+15559000002", false).await?;
-    let mut probe_store = Store::open(&dir.path().join("commit-probe.db"))?;
-    let (mut session_rtt, mut ws_hop, mut commit) = (Vec::new(), Vec::new(), Vec::new());
-
+    let mut probe = FloorProbe::new(alice_conn, &relay.addr, dir.path()).await?;
     let series = Series {
         scenario: "ip-latency",
-        sender: &alice,
-        receiver: &bob,
+        sender: alice,
+        receiver: bob,
         from: ALICE,
         to: BOB,
         options: HashMap::new(),
@@ -121,60 +74,14 @@ pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, Ben
         params,
     };
     let mut samples = series
-        .run(async |i, text| {
-            let t = Instant::now();
-            peer.ping().await?;
-            let rtt = t.elapsed();
-            let t = Instant::now();
-            let probe_id = format!("probe-{i}");
-            write(
-                &mut from,
-                &ClientFrame::Send {
-                    id: probe_id.clone(),
-                    to: "+15559000002".into(),
-                    text: text.to_owned(),
-                    ts: 0,
-                },
-            )
-            .await?;
-            let hop = loop {
-                if let ServerFrame::Deliver {
-                    id: got,
-                    from: sender,
-                    ..
-                } = read(&mut to).await?
-                    && got == probe_id
-                {
-                    let hop = t.elapsed();
-                    write(
-                        &mut to,
-                        &ClientFrame::Ack {
-                            from: sender,
-                            id: got,
-                        },
-                    )
-                    .await?;
-                    break hop;
-                }
-            };
-            let key = format!("bench:{i}");
-            let t = Instant::now();
-            probe_store.insert_incoming(&NewIncoming {
-                peer: ALICE,
-                text,
-                channel: Channel::Ip,
-                timestamp_ms: 1_700_000_000_000 + i as i64,
-                dedupe_key: &key,
-            })?;
-            let one_commit = t.elapsed();
-            if i >= params.warmup {
-                session_rtt.push(rtt);
-                ws_hop.push(hop);
-                commit.push(one_commit);
-            }
-            Ok(())
-        })
+        .run(async |i, text| probe.measure(i, text, i >= params.warmup).await)
         .await?;
+    let FloorProbe {
+        session_rtt,
+        ws_hop,
+        commit,
+        ..
+    } = probe;
     let (session_rtt, ws_hop, commit) = (median(session_rtt), median(ws_hop), median(commit));
     samples.sort_unstable();
     let p50 = quantile(&samples, 0.5);
@@ -197,4 +104,81 @@ pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, Ben
         commit_ms: ms(commit),
         floor_note: FLOOR_NOTE,
     })
+}
+
+/// The floor's probes: a ping to Alice's daemon, a raw hop through the relay between two
+/// clients of its own, a durable commit on the same disk.
+struct FloorProbe {
+    peer: zbus::fdo::PeerProxy<'static>,
+    from: WebSocket,
+    to: WebSocket,
+    store: Store,
+    session_rtt: Vec<Duration>,
+    ws_hop: Vec<Duration>,
+    commit: Vec<Duration>,
+}
+
+impl FloorProbe {
+    async fn new(
+        alice: &zbus::Connection,
+        relay: &str,
+        dir: &std::path::Path,
+    ) -> Result<FloorProbe, BenchError> {
+        Ok(FloorProbe {
+            peer: zbus::fdo::PeerProxy::new(alice, "org.tandem.Messages1", "/org/tandem/Messages1")
+                .await?,
+            from: login(relay, PROBE_FROM, false).await?,
+            to: login(relay, PROBE_TO, false).await?,
+            store: Store::open(&dir.join("commit-probe.db"))?,
+            session_rtt: Vec::new(),
+            ws_hop: Vec::new(),
+            commit: Vec::new(),
+        })
+    }
+
+    /// Takes one of each probe, with the text of message `i`; keeps them if `counted`.
+    async fn measure(&mut self, i: usize, text: &str, counted: bool) -> Result<(), BenchError> {
+        let t = Instant::now();
+        self.peer.ping().await?;
+        let rtt = t.elapsed();
+        let hop = self.hop(i, text).await?;
+        let key = format!("bench:{i}");
+        let t = Instant::now();
+        self.store.insert_incoming(&NewIncoming {
+            peer: ALICE,
+            text,
+            channel: Channel::Ip,
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+            dedupe_key: &key,
+        })?;
+        let one_commit = t.elapsed();
+        if counted {
+            self.session_rtt.push(rtt);
+            self.ws_hop.push(hop);
+            self.commit.push(one_commit);
+        }
+        Ok(())
+    }
+
+    /// One message from one raw client to the other through the relay: send to deliver.
+    async fn hop(&mut self, i: usize, text: &str) -> Result<Duration, BenchError> {
+        let t = Instant::now();
+        let probe_id = format!("probe-{i}");
+        let send = ClientFrame::Send {
+            id: probe_id.clone(),
+            to: PROBE_TO.into(),
+            text: text.to_owned(),
+            ts: 0,
+        };
+        write(&mut self.from, &send).await?;
+        loop {
+            if let ServerFrame::Deliver { id, from, .. } = read(&mut self.to).await?
+                && id == probe_id
+            {
+                let hop = t.elapsed();
+                write(&mut self.to, &ClientFrame::Ack { from, id }).await?;
+                return Ok(hop);
+            }
+        }
+    }
 }

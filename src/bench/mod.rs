@@ -24,6 +24,7 @@
 pub mod cli;
 pub mod idle;
 pub mod ip;
+mod phones;
 mod proc;
 pub mod relay;
 pub mod sms;

@@ -32,7 +32,7 @@ use crate::relay::protocol::{
     ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame, decode_server, encode,
 };
 
-type Ws = WebSocketStream<TcpStream>;
+pub(super) type Ws = WebSocketStream<TcpStream>;
 
 /// How long one client may take to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -415,6 +415,79 @@ fn cpu_now(relay_pid: u32) -> Result<(Duration, Duration, Duration), BenchError>
 
 pub async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, BenchError> {
     let mut notes = Vec::new();
+    let (clients, fd_limit) = clients_within_fd_limit(params, &mut notes);
+    let dir = TempDir::new(setup.dir.as_deref(), "relay")?;
+    let mut relay = RelayServer::start(setup, dir.path()).await?;
+    let addr: Arc<str> = Arc::from(relay.addr.as_str());
+    tokio::time::sleep(SETTLE).await;
+    let rss_base = rss_kib(relay.pid())?;
+
+    // 1. Idle clients.
+    let (stop_tx, mut idle_tasks) = log_in_idle_clients(&addr, clients, params.concurrency).await?;
+    tokio::time::sleep(SETTLE).await;
+    relay.check_running("the clients logged in")?;
+    let rss_idle = rss_kib(relay.pid())?;
+    let kib_per_connection = if clients == 0 {
+        0.0
+    } else {
+        (rss_idle as f64 - rss_base as f64) / clients as f64
+    };
+
+    // 2. Pairs.
+    let seconds = params.seconds.max(0.1);
+    let exchange = exchange(&addr, params, seconds, relay.pid(), dir.path()).await?;
+    relay.check_running("the pairs exchanged messages")?;
+    let _ = stop_tx.send(true);
+    while idle_tasks.join_next().await.is_some() {}
+    drop(relay);
+
+    let pct =
+        |a: Duration, b: Duration| round3(b.saturating_sub(a).as_secs_f64() / seconds * 100.0);
+    let (cpu_start, cpu_end) = (exchange.cpu_start, exchange.cpu_end);
+    let relay_cpu_pct = pct(cpu_start.0, cpu_end.0);
+    let relay_hub_cpu_pct = pct(cpu_start.1, cpu_end.1);
+    let client_cpu_pct = pct(cpu_start.2, cpu_end.2);
+    notes.push(format!(
+        "one machine, {} cores, shared: the relay (its connections on one thread, its SQLite \
+         hub on another) and all clients (one thread of this process) compete for them; \
+         during the exchange the relay used {relay_cpu_pct}% of a core (hub \
+         {relay_hub_cpu_pct}%), the clients {client_cpu_pct}%. The hub runs every request \
+         waiting for it in one durable SQLite transaction (WAL, synchronous=FULL) on {} and \
+         answers none of them before its COMMIT returned (group commit): an fsync of {:.3} \
+         ms now paces the groups, not each message. The {clients} idle clients stay \
+         connected during the exchange",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        dir.path().parent().unwrap_or(dir.path()).display(),
+        exchange.fsync.as_secs_f64() * 1000.0,
+    ));
+
+    let latencies = &exchange.latencies;
+    Ok(RelayFigures {
+        scenario: "relay",
+        clients,
+        rss_base_mib: round3(rss_base as f64 / 1024.0),
+        rss_idle_mib: round3(rss_idle as f64 / 1024.0),
+        kib_per_connection: round3(kib_per_connection),
+        pairs: params.pairs,
+        window: params.window,
+        seconds,
+        messages: exchange.delivered,
+        messages_per_s: (exchange.delivered as f64 / seconds).round(),
+        p50_ms: ms(quantile(latencies, 0.5)),
+        p99_ms: ms(quantile(latencies, 0.99)),
+        refused: exchange.refused,
+        relay_cpu_pct,
+        relay_hub_cpu_pct,
+        client_cpu_pct,
+        fsync_ms: ms(exchange.fsync),
+        fd_limit,
+        note: notes.join("; "),
+    })
+}
+
+/// How many idle clients the descriptor limit allows (after raising it as far as it
+/// goes), and that limit; a cut is noted.
+fn clients_within_fd_limit(params: &RelayParams, notes: &mut Vec<String>) -> (usize, u64) {
     let wanted = (params.clients + 2 * params.pairs) as u64 + FD_SPARE;
     let (fd_limit, fd_problem) = raise_fd_limit(wanted);
     let mut clients = params.clients;
@@ -428,19 +501,21 @@ pub async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, Be
             params.clients
         ));
     }
+    (clients, fd_limit)
+}
 
-    let dir = TempDir::new(setup.dir.as_deref(), "relay")?;
-    let mut relay = RelayServer::start(setup, dir.path()).await?;
-    let addr: Arc<str> = Arc::from(relay.addr.as_str());
-    tokio::time::sleep(SETTLE).await;
-    let rss_base = rss_kib(relay.pid())?;
-
-    // 1. Idle clients.
+/// Logs `clients` idle clients in, `concurrency` at a time; they stay connected,
+/// answering pings, until the returned sender says stop.
+async fn log_in_idle_clients(
+    addr: &Arc<str>,
+    clients: usize,
+    concurrency: usize,
+) -> Result<(watch::Sender<bool>, JoinSet<()>), BenchError> {
     eprintln!("relay: {clients} clients log in to {addr}");
     let t = Instant::now();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), BenchError>>();
-    let gate = Arc::new(Semaphore::new(params.concurrency.max(1)));
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
     for n in 0..clients {
         let permit = gate
@@ -475,26 +550,37 @@ pub async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, Be
         "relay: {clients} logged in in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    tokio::time::sleep(SETTLE).await;
-    relay.check_running("the clients logged in")?;
-    let rss_idle = rss_kib(relay.pid())?;
-    let kib_per_connection = if clients == 0 {
-        0.0
-    } else {
-        (rss_idle as f64 - rss_base as f64) / clients as f64
-    };
+    Ok((stop_tx, tasks))
+}
 
-    // 2. Pairs.
-    let seconds = params.seconds.max(0.1);
+/// What the pairs' exchange measured.
+struct Exchange {
+    delivered: u64,
+    refused: u64,
+    latencies: Vec<Duration>,
+    /// CPU of (relay, its hub, this process) at the start and the end of the window.
+    cpu_start: (Duration, Duration, Duration),
+    cpu_end: (Duration, Duration, Duration),
+    fsync: Duration,
+}
+
+/// `params.pairs` senders and receivers exchanging messages for `seconds`.
+async fn exchange(
+    addr: &str,
+    params: &RelayParams,
+    seconds: f64,
+    relay_pid: u32,
+    dir: &std::path::Path,
+) -> Result<Exchange, BenchError> {
     eprintln!(
         "relay: {} pairs exchange messages for {seconds} s (window {})",
         params.pairs, params.window
     );
     let mut sockets = Vec::with_capacity(2 * params.pairs);
     for n in 0..2 * params.pairs {
-        sockets.push(login(&addr, &number(1666, n), false).await?);
+        sockets.push(login(addr, &number(1666, n), false).await?);
     }
-    let fsync = fsync_median(dir.path(), 100)?;
+    let fsync = fsync_median(dir, 100)?;
     let epoch = Instant::now();
     let start = epoch + Duration::from_millis(200);
     let end = start + Duration::from_secs_f64(seconds);
@@ -516,63 +602,23 @@ pub async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, Be
         pairs.spawn(client.run());
     }
     tokio::time::sleep_until(start.into()).await;
-    let cpu_start = cpu_now(relay.pid())?;
+    let cpu_start = cpu_now(relay_pid)?;
     tokio::time::sleep_until(end.into()).await;
-    let cpu_end = cpu_now(relay.pid())?;
-    let mut delivered = 0;
-    let mut refused = 0;
-    let mut latencies = Vec::new();
+    let cpu_end = cpu_now(relay_pid)?;
+    let mut result = Exchange {
+        delivered: 0,
+        refused: 0,
+        latencies: Vec::new(),
+        cpu_start,
+        cpu_end,
+        fsync,
+    };
     while let Some(joined) = pairs.join_next().await {
         let stats = joined.map_err(|e| BenchError::Unexpected(format!("a pair task: {e}")))??;
-        delivered += stats.delivered;
-        refused += stats.refused;
-        latencies.extend(stats.latencies);
+        result.delivered += stats.delivered;
+        result.refused += stats.refused;
+        result.latencies.extend(stats.latencies);
     }
-    latencies.sort_unstable();
-    relay.check_running("the pairs exchanged messages")?;
-
-    let _ = stop_tx.send(true);
-    while tasks.join_next().await.is_some() {}
-    drop(relay);
-
-    let pct =
-        |a: Duration, b: Duration| round3(b.saturating_sub(a).as_secs_f64() / seconds * 100.0);
-    let relay_cpu_pct = pct(cpu_start.0, cpu_end.0);
-    let relay_hub_cpu_pct = pct(cpu_start.1, cpu_end.1);
-    let client_cpu_pct = pct(cpu_start.2, cpu_end.2);
-    notes.push(format!(
-        "one machine, {} cores, shared: the relay (its connections on one thread, its SQLite \
-         hub on another) and all clients (one thread of this process) compete for them; \
-         during the exchange the relay used {relay_cpu_pct}% of a core (hub \
-         {relay_hub_cpu_pct}%), the clients {client_cpu_pct}%. The hub runs every request \
-         waiting for it in one durable SQLite transaction (WAL, synchronous=FULL) on {} and \
-         answers none of them before its COMMIT returned (group commit): an fsync of {:.3} \
-         ms now paces the groups, not each message. The {clients} idle clients stay \
-         connected during the exchange",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        dir.path().parent().unwrap_or(dir.path()).display(),
-        fsync.as_secs_f64() * 1000.0,
-    ));
-
-    Ok(RelayFigures {
-        scenario: "relay",
-        clients,
-        rss_base_mib: round3(rss_base as f64 / 1024.0),
-        rss_idle_mib: round3(rss_idle as f64 / 1024.0),
-        kib_per_connection: round3(kib_per_connection),
-        pairs: params.pairs,
-        window: params.window,
-        seconds,
-        messages: delivered,
-        messages_per_s: (delivered as f64 / seconds).round(),
-        p50_ms: ms(quantile(&latencies, 0.5)),
-        p99_ms: ms(quantile(&latencies, 0.99)),
-        refused,
-        relay_cpu_pct,
-        relay_hub_cpu_pct,
-        client_cpu_pct,
-        fsync_ms: ms(fsync),
-        fd_limit,
-        note: notes.join("; "),
-    })
+    result.latencies.sort_unstable();
+    Ok(result)
 }

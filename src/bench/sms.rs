@@ -19,20 +19,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use zbus::OwnedVariant;
 
-use super::proc::Daemon;
+use super::phones::{ALICE, BOB, Phones};
 use super::timed::{LatencyParams, Series};
 use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
-use crate::api::MessagesProxy;
-use crate::devbus::PrivateBus;
 use crate::domain::Channel;
-use crate::mmsim::{self, ModemSpec, SimConfig};
 use crate::store::{NewIncoming, Store};
-
-const ALICE: &str = "+15550001111";
-const BOB: &str = "+15550002222";
-
-/// How long one message may take before the run counts as broken.
-const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Round trips of the floor on the system bus and on the session buses.
 const SYSTEM_ROUND_TRIPS: f64 = 3.5;
@@ -69,107 +60,6 @@ pub struct SmsFigures {
     /// Median durable commit of one message on the same disk (not in the floor).
     pub commit_ms: f64,
     pub floor_note: &'static str,
-}
-
-/// The simulator on a thread of its own (its own runtime), so that it neither waits for
-/// the measuring task nor delays it; stopped and joined on drop.
-pub(super) struct SimThread {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl SimThread {
-    pub(super) fn start(address: &str) -> Result<SimThread, BenchError> {
-        let address = address.to_owned();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BenchError>>();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("mmsim".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(super::io("cannot start a runtime")(e)));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let config = SimConfig {
-                        modems: vec![ModemSpec::new(ALICE), ModemSpec::new(BOB)],
-                        report_delay: Duration::ZERO,
-                        part_interval: Duration::ZERO,
-                        ..SimConfig::default()
-                    };
-                    let started = async {
-                        let conn = zbus::connection::Builder::address(address.as_str())
-                            .build()
-                            .await?;
-                        let sim = mmsim::serve(&conn, config).await?;
-                        Ok::<_, BenchError>((conn, sim))
-                    };
-                    match started.await {
-                        Ok((_conn, sim)) => {
-                            let _ = ready_tx.send(Ok(()));
-                            let _ = stop_rx.await;
-                            sim.shutdown().await;
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
-                });
-            })
-            .map_err(super::io("cannot start the simulator's thread"))?;
-        let sim = SimThread {
-            stop: Some(stop),
-            thread: Some(thread),
-        };
-        match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => Ok(sim),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(BenchError::Timeout {
-                what: "the simulator to start".into(),
-                after: Duration::from_secs(30),
-            }),
-        }
-    }
-}
-
-impl Drop for SimThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn config_for(number: &str) -> String {
-    format!(
-        "default_region = \"US\"\n\n[sms]\nmodem = \"{number}\"\n\n[notifications]\nenabled = false\n"
-    )
-}
-
-/// Waits until the daemon has picked its modem.
-pub(super) async fn wait_registered(api: &MessagesProxy<'_>, who: &str) -> Result<(), BenchError> {
-    let deadline = Instant::now() + MESSAGE_TIMEOUT;
-    loop {
-        if api.modem_state().await.ok().as_deref() == Some("registered") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Timeout {
-                what: format!("{who}'s daemon to use its modem"),
-                after: MESSAGE_TIMEOUT,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The floor's ingredients, measured between the messages (after each one settled), so
@@ -238,40 +128,16 @@ impl FloorProbe {
 
 pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<SmsFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "sms")?;
-    let system = PrivateBus::start()?;
-    let _sim = SimThread::start(system.address())?;
-    let alice_bus = PrivateBus::start()?;
-    let bob_bus = PrivateBus::start()?;
     eprintln!("sms-latency: starting the simulator and two daemons");
-    let (_alice, _) = Daemon::start(
-        setup,
-        &alice_bus,
-        &system,
-        &dir.path().join("alice"),
-        &config_for(ALICE),
-    )
-    .await?;
-    let (_bob, _) = Daemon::start(
-        setup,
-        &bob_bus,
-        &system,
-        &dir.path().join("bob"),
-        &config_for(BOB),
-    )
-    .await?;
-    let alice_conn = alice_bus.connect().await?;
-    let bob_conn = bob_bus.connect().await?;
-    let alice = MessagesProxy::new(&alice_conn).await?;
-    let bob = MessagesProxy::new(&bob_conn).await?;
-    wait_registered(&alice, "Alice").await?;
-    wait_registered(&bob, "Bob").await?;
+    let phones = Phones::start(setup, dir.path(), None).await?;
+    let (alice, bob, alice_conn) = (&phones.alice, &phones.bob, &phones.alice_conn);
 
-    let system_conn = system.connect().await?;
-    let mut probe = FloorProbe::new(&alice_conn, &system_conn, dir.path()).await?;
+    let system_conn = phones.system.connect().await?;
+    let mut probe = FloorProbe::new(alice_conn, &system_conn, dir.path()).await?;
     let series = Series {
         scenario: "sms-latency",
-        sender: &alice,
-        receiver: &bob,
+        sender: alice,
+        receiver: bob,
         from: ALICE,
         to: BOB,
         options: HashMap::from([(

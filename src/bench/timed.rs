@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use zbus::OwnedVariant;
 
 use super::BenchError;
-use crate::api::MessagesProxy;
+use crate::api::{MessageReceivedStream, MessageStatusChangedStream, MessagesProxy};
 use crate::domain::Status;
 
 /// How long one message may take before the run counts as broken.
@@ -88,52 +88,8 @@ impl Series<'_> {
                 .sender
                 .send_message(self.to, &text, self.options.clone())
                 .await?;
-            // The receiver's announcement of exactly this message.
-            let arrived = tokio::time::timeout(MESSAGE_TIMEOUT, async {
-                while let Some(signal) = received.next().await {
-                    let message = signal.args()?.message;
-                    if message.text == text && message.peer == self.from {
-                        if message.channel != self.channel {
-                            return Err(BenchError::Unexpected(format!(
-                                "message {i} went by {}, not {}",
-                                message.channel, self.channel
-                            )));
-                        }
-                        return Ok(t.elapsed());
-                    }
-                }
-                Err(BenchError::Unexpected(
-                    "the receiver's signal stream ended".into(),
-                ))
-            })
-            .await
-            .map_err(|_| BenchError::Timeout {
-                what: format!("the receiver to announce message {i}"),
-                after: MESSAGE_TIMEOUT,
-            })??;
-            // Settled: the sender has its delivery report or receipt.
-            tokio::time::timeout(MESSAGE_TIMEOUT, async {
-                while let Some(signal) = statuses.next().await {
-                    let args = signal.args()?;
-                    if args.id == id {
-                        match args.status.parse::<Status>() {
-                            Ok(Status::Delivered) => return Ok(()),
-                            Ok(Status::Failed) => {
-                                return Err(BenchError::Unexpected(format!("message {i} failed")));
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                Err(BenchError::Unexpected(
-                    "the sender's signal stream ended".into(),
-                ))
-            })
-            .await
-            .map_err(|_| BenchError::Timeout {
-                what: format!("message {i} to be delivered"),
-                after: MESSAGE_TIMEOUT,
-            })??;
+            let arrived = self.announced(&mut received, i, &text, t).await?;
+            settled(&mut statuses, i, &id).await?;
             // The daemons' clean-up (e.g. deleting the SMS and its report from the
             // modems) runs after the delivered status: let it finish, so that neither
             // the probe nor the next message overlaps with it.
@@ -148,4 +104,67 @@ impl Series<'_> {
         }
         Ok(samples)
     }
+
+    /// Waits for the receiver's announcement of exactly this message (`i`, `text`, sent
+    /// at `t`) and returns the time since `t`.
+    async fn announced(
+        &self,
+        received: &mut MessageReceivedStream,
+        i: usize,
+        text: &str,
+        t: Instant,
+    ) -> Result<Duration, BenchError> {
+        tokio::time::timeout(MESSAGE_TIMEOUT, async {
+            while let Some(signal) = received.next().await {
+                let message = signal.args()?.message;
+                if message.text == text && message.peer == self.from {
+                    if message.channel != self.channel {
+                        return Err(BenchError::Unexpected(format!(
+                            "message {i} went by {}, not {}",
+                            message.channel, self.channel
+                        )));
+                    }
+                    return Ok(t.elapsed());
+                }
+            }
+            Err(BenchError::Unexpected(
+                "the receiver's signal stream ended".into(),
+            ))
+        })
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("the receiver to announce message {i}"),
+            after: MESSAGE_TIMEOUT,
+        })?
+    }
+}
+
+/// Waits until the sender has its delivery report or receipt for message `i` (`id`).
+async fn settled(
+    statuses: &mut MessageStatusChangedStream,
+    i: usize,
+    id: &str,
+) -> Result<(), BenchError> {
+    tokio::time::timeout(MESSAGE_TIMEOUT, async {
+        while let Some(signal) = statuses.next().await {
+            let args = signal.args()?;
+            if args.id == id {
+                match args.status.parse::<Status>() {
+                    Ok(Status::Delivered) => return Ok(()),
+                    Ok(Status::Failed) => {
+                        return Err(BenchError::Unexpected(format!("message {i} failed")));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Err(BenchError::Unexpected(
+            "the sender's signal stream ended".into(),
+        ))
+    })
+    .await
+    .map_err(|_| BenchError::Timeout {
+        what: format!("message {i} to be delivered"),
+        after: MESSAGE_TIMEOUT,
+    })?
 }
