@@ -107,7 +107,11 @@ fn only_the_store_and_the_relays_db_know_sql() {
         &["src/store/", "src/relay/server/db.rs"],
         &sql,
     );
-    assert!(found.is_empty(), "SQL outside the store:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "SQL outside the store:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -137,7 +141,11 @@ fn the_router_does_no_io_and_waits_for_nothing() {
         "panic!", "unwrap(", "expect(",
     ];
     let found = offenders(&sources(), &["src/router.rs"], &[], &io);
-    assert!(found.is_empty(), "the router must stay pure:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the router must stay pure:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -153,7 +161,12 @@ fn nothing_in_the_daemon_depends_on_the_relay_server() {
         "src/logind.rs",
         "src/notifier.rs",
     ];
-    let found = offenders(&sources(), &daemon, &[], &["relay::server", "super::server"]);
+    let found = offenders(
+        &sources(),
+        &daemon,
+        &[],
+        &["relay::server", "super::server"],
+    );
     assert!(
         found.is_empty(),
         "the daemon uses the relay server:\n{}",
@@ -281,7 +294,11 @@ fn the_length_check_counts_what_it_should() {
     let source = "fn short() {\n    let s = \"}\";\n    let c = '{';\n}\n\
                   pub(crate) async fn longer<'a>(x: &'a str) {\n    if true {\n    }\n}\n\
                   fn declared();\n";
-    let lines: Vec<(usize, &str)> = source.lines().enumerate().map(|(i, l)| (i + 1, l)).collect();
+    let lines: Vec<(usize, &str)> = source
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l))
+        .collect();
     assert_eq!(
         function_lengths(&lines),
         [(1, "short".to_owned(), 4), (5, "longer".to_owned(), 4)]

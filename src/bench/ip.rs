@@ -15,7 +15,7 @@ use super::phones::{ALICE, BOB, Phones};
 use super::proc::RelayServer;
 use super::relay::{Ws as WebSocket, login, read, write};
 use super::timed::{LatencyParams, Series};
-use super::{BenchError, Setup, TempDir, median, ms, quantile, round3, until};
+use super::{BenchError, Latency, Setup, TempDir, median, ms, until};
 use crate::domain::Channel;
 use crate::relay::protocol::{ClientFrame, ServerFrame};
 use crate::store::{NewIncoming, Store};
@@ -38,12 +38,8 @@ inbox each need one).";
 pub struct IpFigures {
     pub scenario: &'static str,
     pub messages: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub floor_ms: f64,
-    /// p50 / floor.
-    pub ratio: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     pub session_rtt_ms: f64,
     pub ws_hop_ms: f64,
     pub commit_ms: f64,
@@ -73,7 +69,7 @@ pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, Ben
         channel: "ip",
         params,
     };
-    let mut samples = series
+    let samples = series
         .run(async |i, text| probe.measure(i, text, i >= params.warmup).await)
         .await?;
     let FloorProbe {
@@ -83,22 +79,11 @@ pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, Ben
         ..
     } = probe;
     let (session_rtt, ws_hop, commit) = (median(session_rtt), median(ws_hop), median(commit));
-    samples.sort_unstable();
-    let p50 = quantile(&samples, 0.5);
     let floor = session_rtt + ws_hop + commit * 2;
-    let ratio = if floor.is_zero() {
-        0.0
-    } else {
-        p50.as_secs_f64() / floor.as_secs_f64()
-    };
     Ok(IpFigures {
         scenario: "ip-latency",
         messages: params.messages,
-        p50_ms: ms(p50),
-        p99_ms: ms(quantile(&samples, 0.99)),
-        max_ms: ms(quantile(&samples, 1.0)),
-        floor_ms: ms(floor),
-        ratio: round3(ratio),
+        latency: Latency::of(samples, floor),
         session_rtt_ms: ms(session_rtt),
         ws_hop_ms: ms(ws_hop),
         commit_ms: ms(commit),

@@ -35,6 +35,8 @@ mod timed;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Serialize;
+
 pub use proc::{daemon_mode, relay_server_mode};
 pub use timed::LatencyParams;
 
@@ -166,6 +168,36 @@ fn quantile(sorted: &[Duration], p: f64) -> Duration {
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort_unstable();
     quantile(&samples, 0.5)
+}
+
+/// A latency series against its floor, as the two latency scenarios print it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub floor_ms: f64,
+    /// p50 / floor.
+    pub ratio: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>, floor: Duration) -> Latency {
+        samples.sort_unstable();
+        let p50 = quantile(&samples, 0.5);
+        let ratio = if floor.is_zero() {
+            0.0
+        } else {
+            p50.as_secs_f64() / floor.as_secs_f64()
+        };
+        Latency {
+            p50_ms: ms(p50),
+            p99_ms: ms(quantile(&samples, 0.99)),
+            max_ms: ms(quantile(&samples, 1.0)),
+            floor_ms: ms(floor),
+            ratio: round3(ratio),
+        }
+    }
 }
 
 /// A process's resident memory in KiB, from `/proc/PID/status`.

@@ -50,22 +50,15 @@ impl Phones {
         let system = PrivateBus::start()?;
         let sim = SimThread::start(system.address())?;
         let buses = [PrivateBus::start()?, PrivateBus::start()?];
-        let (alice_daemon, _) = Daemon::start(
-            setup,
-            &buses[0],
-            &system,
-            &dir.join("alice"),
-            &config_for(ALICE, relay),
-        )
-        .await?;
-        let (bob_daemon, _) = Daemon::start(
-            setup,
-            &buses[1],
-            &system,
-            &dir.join("bob"),
-            &config_for(BOB, relay),
-        )
-        .await?;
+        let mut daemons = Vec::with_capacity(2);
+        for (bus, number, name) in [(&buses[0], ALICE, "alice"), (&buses[1], BOB, "bob")] {
+            let config = config_for(number, relay);
+            let (daemon, _) = Daemon::start(setup, bus, &system, &dir.join(name), &config).await?;
+            daemons.push(daemon);
+        }
+        let [alice_daemon, bob_daemon]: [Daemon; 2] = daemons
+            .try_into()
+            .map_err(|_| BenchError::Unexpected("two daemons expected".into()))?;
         let alice_conn = buses[0].connect().await?;
         let alice = MessagesProxy::new(&alice_conn).await?;
         let bob = MessagesProxy::new(&buses[1].connect().await?).await?;

@@ -21,7 +21,7 @@ use zbus::OwnedVariant;
 
 use super::phones::{ALICE, BOB, Phones};
 use super::timed::{LatencyParams, Series};
-use super::{BenchError, Setup, TempDir, median, ms, quantile, round3};
+use super::{BenchError, Latency, Setup, TempDir, median, ms};
 use crate::domain::Channel;
 use crate::store::{NewIncoming, Store};
 
@@ -49,12 +49,8 @@ pub struct SmsFigures {
     pub scenario: &'static str,
     pub messages: usize,
     pub pause_ms: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub floor_ms: f64,
-    /// p50 / floor.
-    pub ratio: f64,
+    #[serde(flatten)]
+    pub latency: Latency,
     pub session_rtt_ms: f64,
     pub system_rtt_ms: f64,
     /// Median durable commit of one message on the same disk (not in the floor).
@@ -147,7 +143,7 @@ pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<SmsFigures, Be
         channel: "sms",
         params,
     };
-    let mut samples = series
+    let samples = series
         .run(async |i, _| {
             probe.measure().await?;
             // Warm-up probes are not counted either (connection set-up, first commits).
@@ -164,23 +160,12 @@ pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<SmsFigures, Be
     let system_rtt = median(std::mem::take(&mut probe.system_rtt));
     let commit = median(std::mem::take(&mut probe.commit));
 
-    samples.sort_unstable();
-    let p50 = quantile(&samples, 0.5);
     let floor = session_rtt.mul_f64(SESSION_ROUND_TRIPS) + system_rtt.mul_f64(SYSTEM_ROUND_TRIPS);
-    let ratio = if floor.is_zero() {
-        0.0
-    } else {
-        p50.as_secs_f64() / floor.as_secs_f64()
-    };
     Ok(SmsFigures {
         scenario: "sms-latency",
         messages: params.messages,
         pause_ms: ms(params.pause),
-        p50_ms: ms(p50),
-        p99_ms: ms(quantile(&samples, 0.99)),
-        max_ms: ms(quantile(&samples, 1.0)),
-        floor_ms: ms(floor),
-        ratio: round3(ratio),
+        latency: Latency::of(samples, floor),
         session_rtt_ms: ms(session_rtt),
         system_rtt_ms: ms(system_rtt),
         commit_ms: ms(commit),

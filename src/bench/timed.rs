@@ -114,7 +114,8 @@ impl Series<'_> {
         text: &str,
         t: Instant,
     ) -> Result<Duration, BenchError> {
-        tokio::time::timeout(MESSAGE_TIMEOUT, async {
+        let what = format!("the receiver to announce message {i}");
+        within(what, async {
             while let Some(signal) = received.next().await {
                 let message = signal.args()?.message;
                 if message.text == text && message.peer == self.from {
@@ -132,10 +133,6 @@ impl Series<'_> {
             ))
         })
         .await
-        .map_err(|_| BenchError::Timeout {
-            what: format!("the receiver to announce message {i}"),
-            after: MESSAGE_TIMEOUT,
-        })?
     }
 }
 
@@ -145,7 +142,7 @@ async fn settled(
     i: usize,
     id: &str,
 ) -> Result<(), BenchError> {
-    tokio::time::timeout(MESSAGE_TIMEOUT, async {
+    within(format!("message {i} to be delivered"), async {
         while let Some(signal) = statuses.next().await {
             let args = signal.args()?;
             if args.id == id {
@@ -163,8 +160,17 @@ async fn settled(
         ))
     })
     .await
-    .map_err(|_| BenchError::Timeout {
-        what: format!("message {i} to be delivered"),
-        after: MESSAGE_TIMEOUT,
-    })?
+}
+
+/// `step`'s result, or a timeout naming `what` after [`MESSAGE_TIMEOUT`].
+async fn within<T>(
+    what: String,
+    step: impl Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
+    tokio::time::timeout(MESSAGE_TIMEOUT, step)
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what,
+            after: MESSAGE_TIMEOUT,
+        })?
 }
