@@ -253,8 +253,8 @@ fn strip_literals(line: &str) -> String {
             (false, '\'') => {
                 // A char literal ('{', '\n'); a lifetime has no closing quote soon after.
                 let ahead: String = chars.clone().take(3).collect();
-                if ahead.starts_with('\\') {
-                    let close = ahead[1..].find('\'').map_or(0, |i| i + 2);
+                if let Some(escaped) = ahead.strip_prefix('\\') {
+                    let close = escaped.find('\'').map_or(0, |i| i + 2);
                     for _ in 0..close {
                         chars.next();
                     }
