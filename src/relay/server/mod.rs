@@ -23,6 +23,7 @@ mod outbox;
 mod quota;
 mod secret;
 mod sms;
+mod storage;
 
 use std::future::Future;
 use std::net::SocketAddr;
