@@ -137,6 +137,8 @@ fn short(text: &str) -> String {
 #[derive(Debug, Clone)]
 enum In {
     Open(ConnId),
+    /// A connection from 10.0.0.N.
+    OpenFrom(ConnId, u8),
     Close(ConnId),
     Reg(ConnId, &'static str),
     /// `verify` with the last code sent for the number.
@@ -228,6 +230,7 @@ impl Rig {
         };
         match input {
             In::Open(conn) => self.core.open(conn, IpAddr::from([127, 0, 0, 1]), now),
+            In::OpenFrom(conn, n) => self.core.open(conn, IpAddr::from([10, 0, 0, n]), now),
             In::Close(conn) => self.core.closed(conn, now),
             In::Reg(conn, number) => {
                 let number = number.to_owned();
@@ -857,4 +860,56 @@ fn a_gone_connection_is_not_logged_as_a_slow_reader() {
         gone[0].contains("conn=1") && gone[0].contains("DEBUG"),
         "{log}"
     );
+}
+
+#[test]
+fn a_recipient_queue_is_bounded() {
+    let config = RelayConfig {
+        queue_per_recipient: 2,
+        ..RelayConfig::default()
+    };
+    let mut rig = Rig::new(config);
+    rig.online(1, A);
+    rig.offline(2, B);
+    rig.rows(&[
+        (Send(1, "m1", B), &["1= ack m1 B queued"]),
+        (Send(1, "m2", B), &["1= ack m2 B queued"]),
+        (Send(1, "m3", B), &["1= error queue-full m3"]),
+        (Revoke(1, "m1"), &["1= revoke-result m1 revoked"]),
+        (Send(1, "m3", B), &["1= ack m3 B queued"]),
+    ]);
+}
+
+#[test]
+fn codes_are_limited_per_address_in_total_and_by_running_commands() {
+    let config = RelayConfig {
+        codes_per_address_per_hour: 2,
+        codes_per_hour: 3,
+        sms_concurrency: 1,
+        sms_queue: 1,
+        ..sms_config()
+    };
+    let mut rig = Rig::new(config);
+    rig.rows(&[
+        (Open(1), &[]),
+        (Open(2), &[]),
+        (Reg(1, A), &["1 sms A", "1 done"]),
+        (Reg(2, B), &["2 sms B", "2 done"]),
+        // Two commands pending: one running, one waiting; no room for a third.
+        (Open(3), &[]),
+        (Reg(3, C), &["3= error rate-limited retry_after_ms=10000"]),
+        (SmsOk(1), &["1 code-sent A"]),
+        // Room again, but this address had its 2 codes this hour.
+        (Reg(3, C), &["3= error rate-limited retry_after_ms=1800000"]),
+        (OpenFrom(4, 4), &[]),
+        (Reg(4, C), &["4 sms C", "4 done"]),
+        (SmsOk(2), &["2 code-sent B"]),
+        (SmsOk(4), &["4 code-sent C"]),
+        // The relay's 3 codes this hour are sent.
+        (OpenFrom(5, 5), &[]),
+        (
+            Reg(5, "+15550000004"),
+            &["5= error rate-limited retry_after_ms=1200000"],
+        ),
+    ]);
 }
