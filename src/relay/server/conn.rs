@@ -316,7 +316,8 @@ where
                 }
             };
             if let Some(text) = text {
-                match timeout_at(deadline, self.ws.feed(Message::Text(text))).await {
+                match timeout_at(deadline, self.ws.feed(Message::Text(Utf8Bytes::from(text)))).await
+                {
                     Ok(Ok(())) => fed = true,
                     Ok(Err(err)) => {
                         debug!(conn = self.ctx.id, cause = %err, "write failed");

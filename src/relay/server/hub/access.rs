@@ -12,7 +12,7 @@ use super::super::quota::{Bucket, Rate};
 use super::super::secret;
 use super::super::storage::Storage;
 use super::super::{RelayConfig, Verify, clip, excerpt};
-use super::core::{CodeJob, ConnId, Core, Link, Out, Res, err, ms, not_e164};
+use super::core::{CodeJob, ConnId, Core, HubError, Link, Now, Out, Res, err, ms, not_e164};
 use crate::relay::protocol::{ErrorCode, ErrorFrame, ServerFrame, is_e164};
 
 /// `retry_after_ms` of a code request refused because every SMS command slot and
@@ -191,7 +191,7 @@ impl<S: Storage, L: Link> Core<S, L> {
         number: String,
         expires_ms: i64,
         result: Result<(), String>,
-        now: super::core::Now,
+        now: Now,
     ) {
         self.now = now;
         self.codes.pending = self.codes.pending.saturating_sub(1);
@@ -240,11 +240,7 @@ impl<S: Storage, L: Link> Core<S, L> {
     }
 
     /// Why `code` does not prove `number` (counting a wrong try), or `None` if it does.
-    fn check_code(
-        &mut self,
-        number: &str,
-        code: &str,
-    ) -> Result<Option<ErrorFrame>, super::core::HubError> {
+    fn check_code(&mut self, number: &str, code: &str) -> Result<Option<ErrorFrame>, HubError> {
         let refuse = |code, message: &str| Some(err(code, message, "verify"));
         if !is_e164(number) {
             return Ok(refuse(ErrorCode::InvalidNumber, &not_e164(number)));

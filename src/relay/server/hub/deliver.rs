@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::access::LIMIT_WARN_EVERY;
-use super::core::{ConnId, Core, Link, RECEIPT_BATCH, Res, err, ms, not_e164, with_id};
+use super::core::{ConnId, Core, HubError, Link, RECEIPT_BATCH, Res, err, ms, not_e164, with_id};
 use crate::relay::protocol::{
     ConfirmOutcome, ErrorCode, ErrorFrame, ReceiptOutcome, RevokeOutcome, SendState, ServerFrame,
     is_e164, is_message_id,
@@ -17,7 +18,9 @@ use crate::relay::protocol::{
 use crate::relay::server::RelayConfig;
 use crate::relay::server::quota::{Bucket, Rate};
 use crate::relay::server::storage::{MsgRow, MsgState, Storage};
-use tokio::time::Instant;
+
+/// A refusal decided with the storage's help: `Some` refuses, with this error.
+type Refusal = Result<Option<ErrorFrame>, HubError>;
 
 const BAD_ID: &str = "message ids are 1 to 64 bytes of [A-Za-z0-9._:-]";
 
@@ -301,7 +304,7 @@ impl<S: Storage, L: Link> Core<S, L> {
 
     /// Why a new message from `me` to `to` is not accepted now: the sender's quota, an
     /// unknown recipient, or its full queue.
-    fn refuse_new(&mut self, me: &str, id: &str, to: &str, bytes: usize) -> Res2<ErrorFrame> {
+    fn refuse_new(&mut self, me: &str, id: &str, to: &str, bytes: usize) -> Refusal {
         let refuse = |code, message: String| with_id(err(code, message, "send"), id);
         if let Some(wait) = self.senders.over_quota(me, bytes, self.now.at) {
             let message = "this sender's quota (messages or bytes per minute) is used up";
@@ -420,7 +423,7 @@ impl<S: Storage, L: Link> Core<S, L> {
         row: &MsgRow,
         id: &str,
         me: &str,
-    ) -> Result<ConfirmOutcome, super::core::HubError> {
+    ) -> Result<ConfirmOutcome, HubError> {
         let sender = self.online.get(&row.sender).copied();
         let live = sender.filter(|&s| self.has_receipt_room(s));
         let now = self.now.ms;
@@ -481,6 +484,3 @@ impl<S: Storage, L: Link> Core<S, L> {
         Ok(())
     }
 }
-
-/// A decision that may fail in the storage: `Some` refuses.
-type Res2<T> = Result<Option<T>, super::core::HubError>;

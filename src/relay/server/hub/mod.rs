@@ -49,7 +49,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, error};
 
 use self::core::{CodeJob, Core, Link, Now, Out, internal};
@@ -91,14 +90,15 @@ pub enum HubCmd {
     Stop,
 }
 
-/// What the hub sends a connection.
+/// What the hub sends a connection: frames already encoded (JSON text), so the
+/// connection's task only writes them.
 #[derive(Debug)]
 pub enum Outbound {
     /// A frame to write.
-    Frame(Utf8Bytes),
+    Frame(String),
     /// A frame to write, answering one of the connection's requests (with the cost the
     /// connection gave it).
-    Answer(Utf8Bytes, u32),
+    Answer(String, u32),
     /// One of the connection's requests was handled and needs no frame.
     Done(u32),
     /// The connection is logged in: its auth timer stops.
@@ -120,10 +120,9 @@ impl Weigh for Outbound {
 
 impl From<Out> for Outbound {
     fn from(out: Out) -> Outbound {
-        let text = |frame: &ServerFrame| Utf8Bytes::from(encode(frame));
         match out {
-            Out::Frame(frame) => Outbound::Frame(text(&frame)),
-            Out::Answer(frame, cost) => Outbound::Answer(text(&frame), cost),
+            Out::Frame(frame) => Outbound::Frame(encode(&frame)),
+            Out::Answer(frame, cost) => Outbound::Answer(encode(&frame), cost),
             Out::Done(cost) => Outbound::Done(cost),
             Out::LoggedIn => Outbound::LoggedIn,
             Out::Fatal(error) => Outbound::Fatal(Box::new(error)),
