@@ -208,36 +208,8 @@ where
                     }
                 }
                 message = self.ws.next(), if unanswered.has_room() => {
-                    let message = match message {
-                        None => return End::Gone("closed by the client"),
-                        Some(Ok(message)) => message,
-                        Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                            let message = format!("a message of {size} bytes, more than this relay's {max_size}");
-                            return fatal(ErrorCode::FrameTooLarge, message);
-                        }
-                        // A text message that is not UTF-8: the connection still works,
-                        // so the client hears why it is closed.
-                        Some(Err(WsError::Utf8(_))) => {
-                            return fatal(ErrorCode::Malformed, "a text message that is not UTF-8");
-                        }
-                        Some(Err(err)) => {
-                            let cause = clip(&err.to_string(), 200);
-                            debug!(conn = self.ctx.id, %cause, "read failed");
-                            return End::Gone("read failed");
-                        }
-                    };
-                    self.last_rx = Instant::now();
-                    match message {
-                        Message::Text(text) => {
-                            if let Some(end) = self.text(&text, &mut outbound, &mut unanswered).await {
-                                return end;
-                            }
-                        }
-                        Message::Binary(_) => {
-                            return fatal(ErrorCode::Malformed, "binary messages are not part of the protocol");
-                        }
-                        // Pongs only prove life; tungstenite answers pings and closes itself.
-                        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+                    if let Some(end) = self.read(message, &mut outbound, &mut unanswered).await {
+                        return end;
                     }
                 }
                 item = recv(&mut outbound) => {
@@ -265,6 +237,48 @@ where
                     return fatal(ErrorCode::AuthTimeout, "not logged in in time");
                 }
             }
+        }
+    }
+
+    /// Handles what the socket gave (a message, its end, or an error); `Some` ends the
+    /// connection.
+    async fn read(
+        &mut self,
+        message: Option<Result<Message, WsError>>,
+        outbound: &mut Option<OutboxRx<Outbound>>,
+        unanswered: &mut InFlight,
+    ) -> Option<End> {
+        let message = match message {
+            None => return Some(End::Gone("closed by the client")),
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                let message =
+                    format!("a message of {size} bytes, more than this relay's {max_size}");
+                return Some(fatal(ErrorCode::FrameTooLarge, message));
+            }
+            // A text message that is not UTF-8: the connection still works, so the
+            // client hears why it is closed.
+            Some(Err(WsError::Utf8(_))) => {
+                return Some(fatal(
+                    ErrorCode::Malformed,
+                    "a text message that is not UTF-8",
+                ));
+            }
+            Some(Err(err)) => {
+                let cause = clip(&err.to_string(), 200);
+                debug!(conn = self.ctx.id, %cause, "read failed");
+                return Some(End::Gone("read failed"));
+            }
+        };
+        self.last_rx = Instant::now();
+        match message {
+            Message::Text(text) => self.text(&text, outbound, unanswered).await,
+            Message::Binary(_) => {
+                let message = "binary messages are not part of the protocol";
+                Some(fatal(ErrorCode::Malformed, message))
+            }
+            // Pongs only prove life; tungstenite answers pings and closes itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => None,
         }
     }
 
@@ -302,7 +316,8 @@ where
                 }
             };
             if let Some(text) = text {
-                match timeout_at(deadline, self.ws.feed(Message::Text(text))).await {
+                match timeout_at(deadline, self.ws.feed(Message::Text(Utf8Bytes::from(text)))).await
+                {
                     Ok(Ok(())) => fed = true,
                     Ok(Err(err)) => {
                         debug!(conn = self.ctx.id, cause = %err, "write failed");

@@ -1,11 +1,11 @@
-//! server::db: the relay's SQLite database, and the only SQL of the relay.
+//! server::db: the relay's SQLite storage ([`Storage`]), and the only SQL of the relay.
 //!
 //! Owns the schema (applied by `PRAGMA user_version`), the accounts (number and the
 //! SHA-256 of its device token), the pending registration codes (hashed), and the
 //! messages: queued ones with their text, settled ones as the `(sender, id)` dedupe
 //! memory without their text, and the receipts still owed to offline senders.
 //!
-//! Must not: decide anything (the hub does), hold a token or a code in clear, or be
+//! Must not: decide anything (the hub's core does), hold a token or a code in clear, or be
 //! called from async code: only the hub's thread owns a [`Db`]. Times are ms since the
 //! Unix epoch, passed in by the caller so the rules stay testable.
 
@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::warn;
+
+use super::storage::{CodeRow, ExpiredMsg, MsgRow, MsgState, OwedReceipt, Queued, Storage};
 
 /// The schema, version by version; `user_version` counts the ones applied.
 const MIGRATIONS: &[&str] = &[r#"
@@ -84,63 +86,24 @@ pub enum DbError {
 
 pub type Result<T> = std::result::Result<T, DbError>;
 
-/// Where a message is, as stored in `messages.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsgState {
-    Pending,
-    Delivered,
-    Revoked,
-    Expired,
-}
-
-impl MsgState {
-    fn code(self) -> i64 {
-        match self {
-            MsgState::Pending => 0,
-            MsgState::Delivered => 1,
-            MsgState::Revoked => 2,
-            MsgState::Expired => 3,
-        }
-    }
-
-    fn from_code(code: i64) -> MsgState {
-        match code {
-            0 => MsgState::Pending,
-            1 => MsgState::Delivered,
-            2 => MsgState::Revoked,
-            // Only this module writes the column; 3 is the only other value it writes.
-            _ => MsgState::Expired,
-        }
+/// `messages.state` of each [`MsgState`].
+fn state_code(state: MsgState) -> i64 {
+    match state {
+        MsgState::Pending => 0,
+        MsgState::Delivered => 1,
+        MsgState::Revoked => 2,
+        MsgState::Expired => 3,
     }
 }
 
-/// A pending registration code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodeRow {
-    pub code_hash: Vec<u8>,
-    pub sent_ms: i64,
-    pub expires_ms: i64,
-    pub attempts: u32,
-}
-
-/// What the dedupe memory knows of `(sender, id)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MsgRow {
-    pub seq: i64,
-    pub sender: String,
-    pub recipient: String,
-    pub state: MsgState,
-}
-
-/// A queued message, as delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    pub seq: i64,
-    pub sender: String,
-    pub id: String,
-    pub text: String,
-    pub ts: i64,
-    pub accepted_ms: i64,
+fn state_from_code(code: i64) -> MsgState {
+    match code {
+        0 => MsgState::Pending,
+        1 => MsgState::Delivered,
+        2 => MsgState::Revoked,
+        // Only this module writes the column; 3 is the only other value it writes.
+        _ => MsgState::Expired,
+    }
 }
 
 /// Creates `path` mode 0600 if it is missing, and makes it and its -wal and -shm 0600
@@ -173,25 +136,6 @@ fn private_files(path: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A receipt owed to a sender.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwedReceipt {
-    pub seq: i64,
-    pub id: String,
-    pub recipient: String,
-    pub state: MsgState,
-    pub settled_ms: i64,
-}
-
-/// A message that expired in a sweep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpiredMsg {
-    pub seq: i64,
-    pub sender: String,
-    pub id: String,
-    pub recipient: String,
 }
 
 pub struct Db {
@@ -240,29 +184,31 @@ impl Db {
         }
         Ok(())
     }
+}
 
+impl Storage for Db {
     // Group commit: the hub runs every request it has waiting in one transaction and
     // answers none of them before `commit` returned.
 
     /// Starts the transaction of a group of requests.
-    pub fn begin(&self) -> Result<()> {
+    fn begin(&self) -> Result<()> {
         self.conn.prepare_cached("BEGIN")?.execute([])?;
         Ok(())
     }
 
     /// Commits the group's transaction: durable when this returns Ok (WAL, FULL).
-    pub fn commit(&self) -> Result<()> {
+    fn commit(&self) -> Result<()> {
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     }
 
     /// A transaction is open: statements are not durable until a `commit`.
-    pub fn in_transaction(&self) -> bool {
+    fn in_transaction(&self) -> bool {
         !self.conn.is_autocommit()
     }
 
     /// Abandons the group's transaction after a failed commit (if it is still open).
-    pub fn rollback(&self) -> Result<()> {
+    fn rollback(&self) -> Result<()> {
         if !self.conn.is_autocommit() {
             self.conn.prepare_cached("ROLLBACK")?.execute([])?;
         }
@@ -272,7 +218,7 @@ impl Db {
     // Accounts.
 
     /// The token hash of `number`, if it is registered.
-    pub fn token_hash(&self, number: &str) -> Result<Option<Vec<u8>>> {
+    fn token_hash(&self, number: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
             .prepare_cached("SELECT token_hash FROM accounts WHERE number = ?1")?
@@ -280,13 +226,9 @@ impl Db {
             .optional()?)
     }
 
-    pub fn is_registered(&self, number: &str) -> Result<bool> {
-        Ok(self.token_hash(number)?.is_some())
-    }
-
     /// Gives `number` a new token (replacing any old one) and drops its pending code,
     /// in one transaction.
-    pub fn set_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<()> {
+    fn set_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<()> {
         // A savepoint, not a transaction: the hub may already have one open.
         let tx = self.conn.savepoint()?;
         tx.prepare_cached(
@@ -301,7 +243,7 @@ impl Db {
     }
 
     /// Registers `number` only if it holds no token yet; false if it does.
-    pub fn create_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<bool> {
+    fn create_account(&mut self, number: &str, token_hash: &[u8], now: i64) -> Result<bool> {
         let inserted = self
             .conn
             .prepare_cached(
@@ -314,7 +256,7 @@ impl Db {
 
     // Codes.
 
-    pub fn code(&self, number: &str) -> Result<Option<CodeRow>> {
+    fn code(&self, number: &str) -> Result<Option<CodeRow>> {
         Ok(self
             .conn
             .prepare_cached(
@@ -332,7 +274,7 @@ impl Db {
     }
 
     /// Stores a new code for `number`, replacing any earlier one (and its attempts).
-    pub fn put_code(&self, number: &str, code_hash: &[u8], now: i64, expires: i64) -> Result<()> {
+    fn put_code(&self, number: &str, code_hash: &[u8], now: i64, expires: i64) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO codes (number, code_hash, sent_ms, expires_ms, attempts)
@@ -345,7 +287,7 @@ impl Db {
     }
 
     /// Counts one wrong try; returns the tries made so far.
-    pub fn count_attempt(&self, number: &str) -> Result<u32> {
+    fn count_attempt(&self, number: &str) -> Result<u32> {
         Ok(self
             .conn
             .prepare_cached(
@@ -354,7 +296,7 @@ impl Db {
             .query_row([number], |row| row.get(0))?)
     }
 
-    pub fn delete_code(&self, number: &str) -> Result<()> {
+    fn delete_code(&self, number: &str) -> Result<()> {
         self.conn
             .prepare_cached("DELETE FROM codes WHERE number = ?1")?
             .execute([number])?;
@@ -363,7 +305,7 @@ impl Db {
 
     // Messages.
 
-    pub fn message(&self, sender: &str, id: &str) -> Result<Option<MsgRow>> {
+    fn message(&self, sender: &str, id: &str) -> Result<Option<MsgRow>> {
         Ok(self
             .conn
             .prepare_cached(
@@ -374,14 +316,14 @@ impl Db {
                     seq: row.get(0)?,
                     sender: sender.to_owned(),
                     recipient: row.get(1)?,
-                    state: MsgState::from_code(row.get(2)?),
+                    state: state_from_code(row.get(2)?),
                 })
             })
             .optional()?)
     }
 
     /// Undelivered messages waiting for `recipient`.
-    pub fn pending_count(&self, recipient: &str) -> Result<u32> {
+    fn pending_count(&self, recipient: &str) -> Result<u32> {
         Ok(self
             .conn
             .prepare_cached("SELECT count(*) FROM messages WHERE recipient = ?1 AND state = 0")?
@@ -389,7 +331,7 @@ impl Db {
     }
 
     /// Stores an accepted message; returns its queue position.
-    pub fn insert_message(
+    fn insert_message(
         &self,
         sender: &str,
         id: &str,
@@ -410,7 +352,7 @@ impl Db {
     }
 
     /// Up to `limit` pending messages for `recipient` after queue position `after`.
-    pub fn pending_after(&self, recipient: &str, after: i64, limit: u32) -> Result<Vec<Queued>> {
+    fn pending_after(&self, recipient: &str, after: i64, limit: u32) -> Result<Vec<Queued>> {
         let mut stmt = self.conn.prepare_cached(PENDING_AFTER)?;
         let rows = stmt.query_map(params![recipient, after], |row| {
             Ok(Queued {
@@ -428,26 +370,26 @@ impl Db {
     /// Moves a *pending* message to `state` (dropping its text), owing the sender a
     /// receipt when `receipt` is set. Returns false if it was no longer pending: this
     /// compare-and-set is what makes `revoke` and the recipient's `ack` exclusive.
-    pub fn settle(&self, seq: i64, state: MsgState, receipt: bool, now: i64) -> Result<bool> {
+    fn settle(&self, seq: i64, state: MsgState, receipt: bool, now: i64) -> Result<bool> {
         let changed = self
             .conn
             .prepare_cached(
                 "UPDATE messages SET state = ?2, body = NULL, settled_ms = ?3, receipt_pending = ?4
                  WHERE seq = ?1 AND state = 0",
             )?
-            .execute(params![seq, state.code(), now, receipt])?;
+            .execute(params![seq, state_code(state), now, receipt])?;
         Ok(changed == 1)
     }
 
     /// The first `limit` receipts owed to `sender`, oldest first.
-    pub fn owed_receipts(&self, sender: &str, limit: usize) -> Result<Vec<OwedReceipt>> {
+    fn owed_receipts(&self, sender: &str, limit: usize) -> Result<Vec<OwedReceipt>> {
         let mut stmt = self.conn.prepare_cached(OWED_RECEIPTS)?;
         let rows = stmt.query_map([sender], |row| {
             Ok(OwedReceipt {
                 seq: row.get(0)?,
                 id: row.get(1)?,
                 recipient: row.get(2)?,
-                state: MsgState::from_code(row.get(3)?),
+                state: state_from_code(row.get(3)?),
                 settled_ms: row.get::<_, Option<i64>>(4)?.unwrap_or_default(),
             })
         })?;
@@ -456,7 +398,7 @@ impl Db {
     }
 
     /// The receipt for `seq` reached its sender.
-    pub fn receipt_sent(&self, seq: i64) -> Result<()> {
+    fn receipt_sent(&self, seq: i64) -> Result<()> {
         self.conn
             .prepare_cached("UPDATE messages SET receipt_pending = 0 WHERE seq = ?1")?
             .execute([seq])?;
@@ -465,7 +407,7 @@ impl Db {
 
     /// Expires every pending message accepted before `cutoff`, owing each sender a
     /// receipt; returns them.
-    pub fn expire_before(&mut self, cutoff: i64, now: i64) -> Result<Vec<ExpiredMsg>> {
+    fn expire_before(&mut self, cutoff: i64, now: i64) -> Result<Vec<ExpiredMsg>> {
         // A savepoint, not a transaction: the hub may already have one open.
         let tx = self.conn.savepoint()?;
         let expired = {
@@ -492,7 +434,7 @@ impl Db {
     /// Forgets settled messages accepted before `messages_before` (the end of the dedupe
     /// memory, receipts still owed included) and codes that expired before
     /// `codes_before`. Returns the number of messages forgotten.
-    pub fn purge(&self, messages_before: i64, codes_before: i64) -> Result<usize> {
+    fn purge(&self, messages_before: i64, codes_before: i64) -> Result<usize> {
         let forgotten = self
             .conn
             .prepare_cached("DELETE FROM messages WHERE state <> 0 AND accepted_ms < ?1")?

@@ -5,10 +5,12 @@
 //! - [`conn`]: one task per connection: the WebSocket, the `hello` handshake, keepalive
 //!   and dead-connection detection, frame size and syntax; it forwards every decoded
 //!   request to the hub and writes whatever the hub sends back;
-//! - [`hub`]: one thread that owns all shared state: the database ([`db`], the relay's
-//!   only SQL), who is logged in where, subscriptions, typing, delivery windows. Being
-//!   the single owner is what makes `revoke` and the recipient's `ack` atomic, without a
-//!   lock;
+//! - [`hub`]: one thread that owns all shared state: who is logged in where,
+//!   subscriptions, typing, delivery windows, and the storage. Being the single owner is
+//!   what makes `revoke` and the recipient's `ack` atomic, without a lock. Its core
+//!   decides over plain data; its shell runs the thread, group commit and the outboxes;
+//! - [`storage`]: the `Storage` trait, what the hub keeps durably, and [`db`], the
+//!   SQLite storage (the relay's only SQL);
 //! - [`sms`]: runs the operator's SMS command for registration codes;
 //! - [`quota`]: the token buckets of the rate limits (codes, senders);
 //! - [`secret`]: tokens, codes and their hashes.
@@ -23,6 +25,7 @@ mod outbox;
 mod quota;
 mod secret;
 mod sms;
+mod storage;
 
 use std::future::Future;
 use std::net::SocketAddr;
