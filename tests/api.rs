@@ -52,94 +52,81 @@ fn error_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (String, String)
     }
 }
 
-fn opts(pairs: &[(&str, zbus::Variant<'static>)]) -> HashMap<String, OwnedVariant> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            (
-                (*k).to_owned(),
-                OwnedVariant::try_from(v).expect("plain value"),
-            )
-        })
-        .collect()
+/// The prefix of the contract's error names.
+const E: &str = "org.tandem.Messages1.Error.";
+
+/// Fails unless the call failed with the contract's error `name` (without its prefix).
+#[track_caller]
+fn assert_named<T: std::fmt::Debug>(result: Result<T, ApiError>, name: &str) {
+    let (got, message) = error_of(result);
+    assert_eq!(got, format!("{E}{name}"), "{message}");
 }
 
 #[tokio::test]
 async fn bad_input_gets_the_named_error() {
     let s = setup(&config_for(ALICE)).await;
     let api = client(&s.session).await;
-    let e = "org.tandem.Messages1.Error.";
     let long = "x".repeat(10_001);
-    let cases: Vec<(&str, Result<String, ApiError>, &str, &str)> = vec![
+    let parts = "y".repeat(153 * 10 + 1);
+    let (arg, num) = ("InvalidArgument", "InvalidNumber");
+    let channel = |c: &'static str| opts(&[("channel", c.into())]);
+    let cases = [
         (
             "invalid number",
-            api.send_message("not a number", "hi", opts(&[])).await,
-            "InvalidNumber",
+            "not a number",
+            "hi",
+            no_opts(),
+            num,
             "not a number",
         ),
-        (
-            "too short",
-            api.send_message("+1 555", "hi", opts(&[])).await,
-            "InvalidNumber",
-            "+1 555",
-        ),
-        (
-            "empty text",
-            api.send_message(BOB, "", opts(&[])).await,
-            "InvalidArgument",
-            "empty",
-        ),
-        (
-            "blank text",
-            api.send_message(BOB, "  \n", opts(&[])).await,
-            "InvalidArgument",
-            "empty",
-        ),
+        ("too short", "+1 555", "hi", no_opts(), num, "+1 555"),
+        ("empty text", BOB, "", no_opts(), arg, "empty"),
+        ("blank text", BOB, "  \n", no_opts(), arg, "empty"),
         (
             "oversized text",
-            api.send_message(BOB, &long, opts(&[])).await,
-            "InvalidArgument",
+            BOB,
+            &long,
+            no_opts(),
+            arg,
             "10001 characters",
         ),
         (
             "too many SMS parts without IP",
-            api.send_message(BOB, &"y".repeat(153 * 10 + 1), opts(&[]))
-                .await,
-            "InvalidArgument",
+            BOB,
+            &parts,
+            no_opts(),
+            arg,
             "11 SMS parts",
         ),
-        (
-            "bad channel",
-            api.send_message(BOB, "hi", opts(&[("channel", "fax".into())]))
-                .await,
-            "InvalidArgument",
-            "\"fax\"",
-        ),
+        ("bad channel", BOB, "hi", channel("fax"), arg, "\"fax\""),
         (
             "unknown option",
-            api.send_message(BOB, "hi", opts(&[("priority", 1u32.into())]))
-                .await,
-            "InvalidArgument",
+            BOB,
+            "hi",
+            opts(&[("priority", 1u32.into())]),
+            arg,
             "unknown option \"priority\"",
         ),
         (
             "option of the wrong type",
-            api.send_message(BOB, "hi", opts(&[("delivery-report", "yes".into())]))
-                .await,
-            "InvalidArgument",
+            BOB,
+            "hi",
+            opts(&[("delivery-report", "yes".into())]),
+            arg,
             "delivery-report",
         ),
         (
             "ip without a relay",
-            api.send_message(BOB, "hi", opts(&[("channel", "ip".into())]))
-                .await,
+            BOB,
+            "hi",
+            channel("ip"),
             "Unavailable",
             "no relay",
         ),
     ];
-    for (what, result, name, needle) in cases {
-        let (got, message) = error_of(result);
-        assert_eq!(got, format!("{e}{name}"), "{what}: {message}");
+    for (what, to, text, options, name, needle) in cases {
+        let (got, message) = error_of(api.send_message(to, text, options).await);
+        assert_eq!(got, format!("{E}{name}"), "{what}: {message}");
         assert!(
             message.contains(needle),
             "{what}: {message:?} should mention {needle:?}"
@@ -147,24 +134,15 @@ async fn bad_input_gets_the_named_error() {
     }
 
     let unknown = "00000000-0000-4000-8000-000000000000";
-    let (name, _) = error_of(api.get_message(unknown).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.delete_message(unknown).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.get_messages(BOB, unknown, 10).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.delete_conversation(BOB).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.get_messages("+1 555", "", 10).await);
-    assert_eq!(name, format!("{e}InvalidNumber"));
-    let (name, msg) = error_of(api.list_conversations(0, 0).await);
-    assert_eq!(name, format!("{e}InvalidArgument"), "{msg}");
-    let (name, _) = error_of(api.search("", 10).await);
-    assert_eq!(name, format!("{e}InvalidArgument"));
-    let (name, _) = error_of(api.watch(vec![BOB.into(), "555-12x".into()]).await);
-    assert_eq!(name, format!("{e}InvalidNumber"));
-    let (name, _) = error_of(api.set_typing(BOB, true).await);
-    assert_eq!(name, format!("{e}Unavailable"));
+    assert_named(api.get_message(unknown).await, "NotFound");
+    assert_named(api.delete_message(unknown).await, "NotFound");
+    assert_named(api.get_messages(BOB, unknown, 10).await, "NotFound");
+    assert_named(api.delete_conversation(BOB).await, "NotFound");
+    assert_named(api.get_messages("+1 555", "", 10).await, num);
+    assert_named(api.list_conversations(0, 0).await, arg);
+    assert_named(api.search("", 10).await, arg);
+    assert_named(api.watch(vec![BOB.into(), "555-12x".into()]).await, num);
+    assert_named(api.set_typing(BOB, true).await, "Unavailable");
 
     // Nothing of the above was stored.
     assert!(
@@ -455,20 +433,19 @@ async fn an_incoming_sms_raises_one_notification() {
 async fn every_input_has_a_bound() {
     let s = setup(&config_for(ALICE)).await;
     let api = client(&s.session).await;
-    let e = "org.tandem.Messages1.Error.";
     let huge = "9".repeat(1 << 20);
     let long_peer = "D".repeat(257);
     let long_id = "0".repeat(65);
     let rows: Vec<(&str, Result<(), ApiError>, &str, &str)> = vec![
         (
             "a sender name as recipient",
-            api.send_message("Bank", "hi", opts(&[])).await.map(drop),
+            api.send_message("Bank", "hi", no_opts()).await.map(drop),
             "InvalidNumber",
             "\"Bank\" is a sender name",
         ),
         (
             "a two-word sender name as recipient",
-            api.send_message("DHL Express", "hi", opts(&[]))
+            api.send_message("DHL Express", "hi", no_opts())
                 .await
                 .map(drop),
             "InvalidNumber",
@@ -476,13 +453,13 @@ async fn every_input_has_a_bound() {
         ),
         (
             "an empty recipient",
-            api.send_message("", "hi", opts(&[])).await.map(drop),
+            api.send_message("", "hi", no_opts()).await.map(drop),
             "InvalidNumber",
             "empty",
         ),
         (
             "a 65-byte recipient",
-            api.send_message(&format!("+15550002222{}", " ".repeat(53)), "hi", opts(&[]))
+            api.send_message(&format!("+15550002222{}", " ".repeat(53)), "hi", no_opts())
                 .await
                 .map(drop),
             "InvalidNumber",
@@ -490,13 +467,13 @@ async fn every_input_has_a_bound() {
         ),
         (
             "a 1 MiB recipient",
-            api.send_message(&huge, "hi", opts(&[])).await.map(drop),
+            api.send_message(&huge, "hi", no_opts()).await.map(drop),
             "InvalidNumber",
             "1048576 bytes",
         ),
         (
             "a text far over the limit, by bytes",
-            api.send_message(BOB, &"€".repeat(20_000), opts(&[]))
+            api.send_message(BOB, &"€".repeat(20_000), no_opts())
                 .await
                 .map(drop),
             "InvalidArgument",
@@ -644,7 +621,7 @@ async fn every_input_has_a_bound() {
     ];
     for (what, result, name, needle) in rows {
         let (got, message) = error_of(result);
-        assert_eq!(got, format!("{e}{name}"), "{what}: {message}");
+        assert_eq!(got, format!("{E}{name}"), "{what}: {message}");
         assert!(
             message.contains(needle),
             "{what}: {message:?} should mention {needle:?}"
@@ -666,7 +643,7 @@ async fn every_input_has_a_bound() {
         .await
         .expect("a text of 10 parts, a 256-byte token");
     assert_eq!(api.get_message(&id).await.expect("GetMessage").peer, BOB);
-    api.send_message("12345", "STOP", opts(&[]))
+    api.send_message("12345", "STOP", no_opts())
         .await
         .expect("a short code is a recipient");
     assert_eq!(
@@ -709,7 +686,7 @@ async fn every_input_has_a_bound() {
         .await
         .expect("nothing new");
     let (name, message) = error_of(api.watch(vec!["+15552000000".into()]).await);
-    assert_eq!(name, format!("{e}InvalidArgument"), "{message}");
+    assert_eq!(name, format!("{E}InvalidArgument"), "{message}");
     assert!(
         message.contains("1001 numbers, more than the limit of 1000"),
         "{message}"
@@ -767,7 +744,7 @@ async fn hostile_searches_do_not_hold_up_sending() {
         let t = std::time::Instant::now();
         let id = tokio::time::timeout(
             WAIT,
-            api.send_message(BOB, &format!("meanwhile {n}"), opts(&[])),
+            api.send_message(BOB, &format!("meanwhile {n}"), no_opts()),
         )
         .await
         .expect("SendMessage answered while searches run")
@@ -854,7 +831,7 @@ async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
     // The first still serves, and is the only one to take an incoming SMS.
     let api = client(&session).await;
     let id = api
-        .send_message(BOB, "still here", opts(&[]))
+        .send_message(BOB, "still here", no_opts())
         .await
         .expect("SendMessage");
     assert_eq!(
@@ -946,7 +923,7 @@ async fn loose_files_are_made_private_at_start() {
     let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
     let api = client(&session).await;
     let id = api
-        .send_message(BOB, "kept through the chmod", opts(&[]))
+        .send_message(BOB, "kept through the chmod", no_opts())
         .await
         .expect("SendMessage");
     daemon.stop();

@@ -16,11 +16,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::relay::script;
 use common::{
-    Bus, Daemon, FaultRng, Relay, SignalLog, Sim, SimCtl, client, dict_str, fault_points, temp_dir,
+    Bus, Daemon, FaultRng, Phone, Relay, SignalLog, Sim, SimCtl, client, dict_str, fault_points,
+    signal, temp_dir, wait_for,
 };
 use tandem::api::MessagesProxy;
 
@@ -46,83 +47,40 @@ fn config(number: &str, relay_url: &str, fallback_timeout_s: u32) -> String {
     )
 }
 
-/// Polls `check` until it holds, for at most `within`.
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// One phone: a daemon on a session bus of its own, with every signal recorded (across
-/// restarts: the bus outlives the daemon).
-struct Phone {
+/// One phone of the test: its number and the kit's phone (patient: a daemon may take
+/// a while to be back on the relay).
+struct Handset {
     number: &'static str,
-    daemon: Daemon,
-    signals: SignalLog,
-    api: MessagesProxy<'static>,
-    _session: Bus,
+    phone: Phone,
 }
 
-impl Phone {
-    async fn start(system: &Bus, dir: &Path, number: &'static str, config: &str) -> Phone {
-        let session = Bus::start();
-        let signals = SignalLog::start(&session).await;
-        let daemon = Daemon::start(&session, system, dir, config).await;
-        let api = client(&session).await;
-        Phone {
-            number,
-            daemon,
-            signals,
-            api,
-            _session: session,
-        }
-    }
+impl std::ops::Deref for Handset {
+    type Target = Phone;
 
-    /// Logged in on the relay and with its modem.
-    async fn online(&self) {
-        wait_for(&format!("{} online", self.number), BACK_ONLINE, || async {
-            self.api.relay_state().await.ok().as_deref() == Some("online")
-                && self.api.modem_state().await.ok().as_deref() == Some("registered")
-        })
-        .await;
+    fn deref(&self) -> &Phone {
+        &self.phone
     }
+}
 
-    async fn sees(&self, number: &str, presence: &str) {
-        wait_for(
-            &format!("{} sees {number} {presence}", self.number),
-            BACK_ONLINE,
-            || async { self.api.get_presence(number).await.ok().as_deref() == Some(presence) },
-        )
-        .await;
+impl std::ops::DerefMut for Handset {
+    fn deref_mut(&mut self) -> &mut Phone {
+        &mut self.phone
+    }
+}
+
+impl Handset {
+    async fn start(system: &Bus, dir: &Path, number: &'static str, config: &str) -> Handset {
+        let mut phone = Phone::start(system, dir, config).await;
+        phone.patience = BACK_ONLINE;
+        Handset { number, phone }
     }
 
     /// `SendMessage`, with `channel` "ip" or the router's choice.
     async fn send(&self, to: &'static str, text: String, channel: Option<&str>) -> Accepted {
-        let mut options: HashMap<String, zbus::OwnedVariant> = HashMap::new();
-        if let Some(channel) = channel {
-            let value =
-                zbus::OwnedVariant::try_from(zbus::Variant::from(channel)).expect("variant");
-            options.insert("channel".into(), value);
-        }
-        let id = self
-            .api
-            .send_message(to, &text, options)
-            .await
-            .unwrap_or_else(|e| panic!("SendMessage refused: {e}"));
+        let id = match channel {
+            Some(channel) => self.phone.send_on(to, &text, channel).await,
+            None => self.phone.send(to, &text).await,
+        };
         Accepted {
             id,
             text,
@@ -133,8 +91,8 @@ impl Phone {
 
     /// kill -9, then started again (it returns once the daemon owns its bus name).
     async fn crash_and_restart(&mut self) {
-        self.daemon.kill9();
-        self.daemon.restart().await;
+        self.phone.daemon.kill9();
+        self.phone.daemon.restart().await;
     }
 
     /// What is still in flight in the daemon's store: outgoing messages on the relay and
@@ -158,8 +116,8 @@ struct Accepted {
 /// Alice and Bob, both online on the relay and following each other. (Fields drop in
 /// order: the daemons first, whose logs a failing test prints, the directory last.)
 struct World {
-    alice: Phone,
-    bob: Phone,
+    alice: Handset,
+    bob: Handset,
     relay: Relay,
     ctl: SimCtl,
     _sim: Sim,
@@ -198,24 +156,16 @@ impl World {
         let sim = Sim::start(&system, &[ALICE, BOB]);
         let ctl = SimCtl::new(&system.connect().await).await;
         let relay = Relay::start(dir.path());
-        let alice = Phone::start(
-            &system,
-            &dir.path().join("alice"),
-            ALICE,
-            &config(ALICE, &relay.url(), fallback_timeout_s),
-        )
-        .await;
-        let bob = Phone::start(
-            &system,
-            &dir.path().join("bob"),
-            BOB,
-            &config(BOB, &relay.url(), fallback_timeout_s),
-        )
-        .await;
-        alice.online().await;
-        bob.online().await;
-        alice.api.watch(vec![BOB.into()]).await.expect("Watch");
-        bob.api.watch(vec![ALICE.into()]).await.expect("Watch");
+        let mut phones = Vec::new();
+        for (number, peer) in [(ALICE, BOB), (BOB, ALICE)] {
+            let dir = dir.path().join(&number[8..]);
+            let config = config(number, &relay.url(), fallback_timeout_s);
+            let phone = Handset::start(&system, &dir, number, &config).await;
+            phone.online().await;
+            phone.api.watch(vec![peer.into()]).await.expect("Watch");
+            phones.push(phone);
+        }
+        let (bob, alice) = (phones.pop().expect("Bob"), phones.pop().expect("Alice"));
         alice.sees(BOB, "online").await;
         bob.sees(ALICE, "online").await;
         World {
@@ -229,7 +179,7 @@ impl World {
         }
     }
 
-    fn phone(&self, number: &str) -> &Phone {
+    fn phone(&self, number: &str) -> &Handset {
         if number == ALICE {
             &self.alice
         } else {
@@ -369,6 +319,39 @@ impl World {
     }
 }
 
+/// One run of a fault test between Alice and Bob: its world, kill points, generator,
+/// and the messages accepted so far.
+struct Run {
+    w: World,
+    kills: u32,
+    rng: FaultRng,
+    started: Instant,
+    accepted: Vec<Accepted>,
+}
+
+impl Run {
+    /// `TANDEM_FAULT_POINTS` or `points` kill points, daemons with this fallback.
+    async fn start(points: u32, fallback_timeout_s: u32) -> Run {
+        Run {
+            kills: fault_points(points),
+            rng: FaultRng::new(),
+            started: Instant::now(),
+            w: World::new(fallback_timeout_s).await,
+            accepted: Vec::new(),
+        }
+    }
+
+    /// Settles, prints the figures of `test` and checks the invariants every scenario
+    /// holds; the tally, for the checks of one scenario.
+    async fn finish(&self, test: &str) -> Tally {
+        self.w.settle(&self.accepted).await;
+        let t = self.w.tally(&self.accepted).await;
+        println!("{}", t.json(test, self.kills, self.rng.seed, self.started));
+        t.check();
+        t
+    }
+}
+
 /// A final status: the sender will not hear more of it (an SMS without its report yet is
 /// final; an IP message `sent` is still waiting for its receipt).
 fn is_final(status: &str, channel: &str) -> bool {
@@ -499,11 +482,11 @@ impl Tally {
 /// restart she logs in again and resumes (resend with the same id, revoke).
 #[tokio::test]
 async fn kill_9_of_the_sender_during_ip_sends() {
-    let kills = fault_points(8);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(5).await;
-    let mut accepted = Vec::new();
+    let mut run = Run::start(8, 5).await;
+    let kills = run.kills;
+    let Run {
+        w, rng, accepted, ..
+    } = &mut run;
     for point in 0..kills {
         for i in 0..1 + rng.below(3) {
             let channel = (rng.below(4) == 0).then_some("ip");
@@ -515,15 +498,9 @@ async fn kill_9_of_the_sender_during_ip_sends() {
         // So that the next messages go over IP again.
         w.alice.sees(BOB, "online").await;
     }
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!(
-        "{}",
-        t.json("kill_9_sender_ip_send", kills, rng.seed, started)
-    );
+    let t = run.finish("kill_9_sender_ip_send").await;
     // Bob never stopped: he announced each message exactly once.
     assert_eq!(t.reannounced, 0, "Bob announced a message twice");
-    t.check();
 }
 
 /// Bob is on the relay but does not ack (SIGSTOP), so Alice's messages get no receipt:
@@ -533,11 +510,11 @@ async fn kill_9_of_the_sender_during_ip_sends() {
 /// Never on both channels, never on none.
 #[tokio::test]
 async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
-    let kills = fault_points(6);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(1).await;
-    let mut accepted = Vec::new();
+    let mut run = Run::start(6, 1).await;
+    let kills = run.kills;
+    let Run {
+        w, rng, accepted, ..
+    } = &mut run;
     signal(w.bob.daemon.pid(), "-STOP");
     let mut stopped_for = 0;
     for point in 0..kills {
@@ -572,14 +549,8 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
         }
     }
     signal(w.bob.daemon.pid(), "-CONT");
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!(
-        "{}",
-        t.json("kill_9_sender_revoke_fallback", kills, rng.seed, started)
-    );
+    let t = run.finish("kill_9_sender_revoke_fallback").await;
     assert_eq!(t.reannounced, 0, "Bob announced a message twice");
-    t.check();
 }
 
 /// Alice sends to Bob over IP (asked for: the relay keeps what Bob has not acked) and
@@ -588,11 +559,11 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
 /// sent while he is down (delivered at his next login). Each is stored once.
 #[tokio::test]
 async fn kill_9_of_the_recipient_while_receiving_over_ip() {
-    let kills = fault_points(8);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(30).await;
-    let mut accepted = Vec::new();
+    let mut run = Run::start(8, 30).await;
+    let kills = run.kills;
+    let Run {
+        w, rng, accepted, ..
+    } = &mut run;
     for point in 0..kills {
         for i in 0..1 + rng.below(4) {
             accepted.push(
@@ -615,14 +586,8 @@ async fn kill_9_of_the_recipient_while_receiving_over_ip() {
         w.bob.daemon.restart().await;
         w.bob.online().await;
     }
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!(
-        "{}",
-        t.json("kill_9_recipient_ip_receive", kills, rng.seed, started)
-    );
+    let t = run.finish("kill_9_recipient_ip_receive").await;
     assert_eq!(t.over_sms, 0, "asked for IP, went by SMS");
-    t.check();
 }
 
 /// The relay killed -9 mid-traffic, both ways (Alice to Bob, one in four asking for IP;
@@ -630,11 +595,11 @@ async fn kill_9_of_the_recipient_while_receiving_over_ip() {
 /// restarted cleanly every 4 points, which also starts their reconnect backoff over.
 #[tokio::test]
 async fn kill_9_of_the_relay_mid_traffic() {
-    let kills = fault_points(4);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(2).await;
-    let mut accepted = Vec::new();
+    let mut run = Run::start(4, 2).await;
+    let kills = run.kills;
+    let Run {
+        w, rng, accepted, ..
+    } = &mut run;
     for point in 0..kills {
         for i in 0..1 + rng.below(3) {
             let channel = (rng.below(4) == 0).then_some("ip");
@@ -663,10 +628,7 @@ async fn kill_9_of_the_relay_mid_traffic() {
         w.alice.sees(BOB, "online").await;
         w.bob.sees(ALICE, "online").await;
     }
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!("{}", t.json("kill_9_relay", kills, rng.seed, started));
-    t.check();
+    run.finish("kill_9_relay").await;
 }
 
 /// Registration with the SMS code (`--verify sms-command`, the code "sent" by injecting
@@ -686,20 +648,17 @@ async fn kill_9_during_relay_registration() {
     let _sim = Sim::start(&system, &[ALICE]);
     let ctl = SimCtl::new(&system.connect().await).await;
     let codes = dir.path().join("codes-sent");
-    let script = dir.path().join("send-code");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$1\" >> '{}'\n\
+    let script = script(
+        dir.path(),
+        "send-code",
+        &format!(
+            "echo \"$1\" >> '{}'\n\
              exec busctl --address='{}' call org.tandem.MMSim1 /org/tandem/MMSim1 \
              org.tandem.MMSim1 InjectSms sssa{{sv}} \"$1\" {GATEWAY} \"$TANDEM_TEXT\" 0 >/dev/null\n",
             codes.display(),
             system.address
         ),
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    );
     // One second between two codes to a number instead of a minute: each point registers
     // the number again, and a daemon killed after its code was sent asks for another.
     let relay = Relay::with_args(
@@ -708,7 +667,7 @@ async fn kill_9_during_relay_registration() {
             "--verify",
             "sms-command",
             "--sms-command",
-            &script.display().to_string(),
+            &script,
             "--code-resend-s",
             "1",
         ],

@@ -11,6 +11,7 @@ use zbus::{OwnedVariant, Variant};
 
 use super::proc::{log_text, program};
 use super::signals::SignalLog;
+use super::sim::{Sim, SimCtl};
 use super::{Bus, WAIT, wait_for};
 
 /// A running `tandemd` with its own config, database and log, on the given buses.
@@ -286,6 +287,22 @@ impl Phone {
             .await;
     }
 
+    /// The channel a message went on.
+    pub async fn channel_of(&self, id: &str) -> String {
+        self.api.get_message(id).await.expect("GetMessage").channel
+    }
+
+    /// Waits until a message with `text` is announced as received on `channel`.
+    pub async fn gets(&self, text: &str, channel: &str) {
+        self.signals
+            .wait_until(&format!("{text:?} over {channel}"), |s| {
+                s.received()
+                    .iter()
+                    .any(|m| m.text == text && m.channel == channel)
+            })
+            .await;
+    }
+
     /// The messages announced as received with this text.
     pub fn received(&self, text: &str) -> Vec<MessageDict> {
         let mut all = self.signals.received();
@@ -295,5 +312,53 @@ impl Phone {
 
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+}
+
+/// A phone on the simulator's first modem, the simulator hosting all of `modems`, each
+/// on a private bus, in a directory of its own: the set-up of most end-to-end tests. It
+/// is the [`Phone`] for method calls (`rig.api`, `rig.signals`, `rig.daemon`...).
+pub struct DaemonRig {
+    pub phone: Phone,
+    pub ctl: SimCtl,
+    pub sim: Sim,
+    pub system: Bus,
+    pub dir: tempfile::TempDir,
+}
+
+impl DaemonRig {
+    /// The daemon with `config` (in `dir/phone`) on the first of `modems`.
+    pub async fn start(modems: &[&str], config: &str) -> DaemonRig {
+        let system = Bus::start();
+        let sim = Sim::start(&system, modems);
+        Self::on(system, sim, config).await
+    }
+
+    /// The same with a simulator started already on `system`.
+    pub async fn on(system: Bus, sim: Sim, config: &str) -> DaemonRig {
+        let dir = super::temp_dir();
+        let phone = Phone::start(&system, &dir.path().join("phone"), config).await;
+        let ctl = SimCtl::new(&system.connect().await).await;
+        DaemonRig {
+            phone,
+            ctl,
+            sim,
+            system,
+            dir,
+        }
+    }
+}
+
+impl std::ops::Deref for DaemonRig {
+    type Target = Phone;
+
+    fn deref(&self) -> &Phone {
+        &self.phone
+    }
+}
+
+impl std::ops::DerefMut for DaemonRig {
+    fn deref_mut(&mut self) -> &mut Phone {
+        &mut self.phone
     }
 }

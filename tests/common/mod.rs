@@ -20,7 +20,7 @@ pub mod signals;
 pub mod sim;
 
 pub use bus::{Bus, WAIT, eventually, temp_dir, wait_for};
-pub use daemon::{Daemon, Phone, client, config_for, config_with_relay};
+pub use daemon::{Daemon, DaemonRig, Phone, client, config_for, config_with_relay};
 pub use faults::{FaultRng, fault_points};
 pub use opts::{Dict, dict_str, get, no_opts, opts};
 pub use proc::{Proc, Ran, program, signal};
