@@ -54,20 +54,6 @@ struct Handset {
     phone: Phone,
 }
 
-impl std::ops::Deref for Handset {
-    type Target = Phone;
-
-    fn deref(&self) -> &Phone {
-        &self.phone
-    }
-}
-
-impl std::ops::DerefMut for Handset {
-    fn deref_mut(&mut self) -> &mut Phone {
-        &mut self.phone
-    }
-}
-
 impl Handset {
     async fn start(system: &Bus, dir: &Path, number: &'static str, config: &str) -> Handset {
         let mut phone = Phone::start(system, dir, config).await;
@@ -89,16 +75,18 @@ impl Handset {
         }
     }
 
-    /// kill -9, then started again (it returns once the daemon owns its bus name).
-    async fn crash_and_restart(&mut self) {
+    /// kill -9, then started again, and back: online and seeing `peer` online.
+    async fn crash_and_come_back(&mut self, peer: &str) {
         self.phone.daemon.kill9();
         self.phone.daemon.restart().await;
+        self.phone.online().await;
+        self.phone.sees(peer, "online").await;
     }
 
     /// What is still in flight in the daemon's store: outgoing messages on the relay and
     /// incoming IP messages held hidden until the relay's confirm.
     fn in_flight(&self) -> (usize, usize) {
-        let store = tandem::store::Store::open(&self.daemon.db_path()).expect("the store");
+        let store = tandem::store::Store::open(&self.phone.daemon.db_path()).expect("the store");
         let on_relay = store.relay_pending().expect("relay_pending").len();
         let held = store.held_incoming_ip().expect("held_incoming_ip").len();
         (on_relay, held)
@@ -161,14 +149,17 @@ impl World {
             let dir = dir.path().join(&number[8..]);
             let config = config(number, &relay.url(), fallback_timeout_s);
             let phone = Handset::start(&system, &dir, number, &config).await;
-            phone.online().await;
-            phone.api.watch(vec![peer.into()]).await.expect("Watch");
+            phone.phone.online().await;
+            phone
+                .phone
+                .api
+                .watch(vec![peer.into()])
+                .await
+                .expect("Watch");
             phones.push(phone);
         }
         let (bob, alice) = (phones.pop().expect("Bob"), phones.pop().expect("Alice"));
-        alice.sees(BOB, "online").await;
-        bob.sees(ALICE, "online").await;
-        World {
+        let w = World {
             alice,
             bob,
             relay,
@@ -176,7 +167,17 @@ impl World {
             _sim: sim,
             _system: system,
             _dir: dir,
-        }
+        };
+        w.online().await;
+        w
+    }
+
+    /// Both on the relay and with their modems, and each seeing the other online.
+    async fn online(&self) {
+        self.alice.phone.online().await;
+        self.bob.phone.online().await;
+        self.alice.phone.sees(BOB, "online").await;
+        self.bob.phone.sees(ALICE, "online").await;
     }
 
     fn phone(&self, number: &str) -> &Handset {
@@ -196,7 +197,7 @@ impl World {
             let mut pending = 0;
             let copies = self.stored(accepted).await;
             for a in accepted {
-                let done = match self.phone(a.from).api.get_message(&a.id).await {
+                let done = match self.phone(a.from).phone.api.get_message(&a.id).await {
                     Ok(m) if m.status == "failed" => true,
                     Ok(m) => {
                         is_final(&m.status, &m.channel)
@@ -236,7 +237,10 @@ impl World {
         directions.dedup();
         let mut stored = HashMap::new();
         for (from, to) in directions {
-            stored.insert((from, to), stored_from(&self.phone(to).api, from).await);
+            stored.insert(
+                (from, to),
+                stored_from(&self.phone(to).phone.api, from).await,
+            );
         }
         stored
     }
@@ -252,7 +256,7 @@ impl World {
         for a in accepted {
             let sender = self.phone(a.from);
             let receiver = self.phone(a.to);
-            let (status, channel, error) = match sender.api.get_message(&a.id).await {
+            let (status, channel, error) = match sender.phone.api.get_message(&a.id).await {
                 Ok(m) => (m.status, m.channel, m.error.unwrap_or_default()),
                 Err(e) => ("missing".to_owned(), String::new(), e.to_string()),
             };
@@ -263,6 +267,7 @@ impl World {
             let by_sms = sms_sent[a.from].get(&a.text).copied().unwrap_or(0);
             let ip_copies = copies.iter().filter(|c| *c == "ip").count();
             let shown: Vec<String> = receiver
+                .phone
                 .signals
                 .received()
                 .into_iter()
@@ -319,6 +324,17 @@ impl World {
     }
 }
 
+/// The channels a burst of messages asks for.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// The router's choice.
+    Any,
+    /// IP.
+    Ip,
+    /// One message in four IP, the others the router's choice.
+    Mixed,
+}
+
 /// One run of a fault test between Alice and Bob: its world, kill points, generator,
 /// and the messages accepted so far.
 struct Run {
@@ -338,6 +354,23 @@ impl Run {
             started: Instant::now(),
             w: World::new(fallback_timeout_s).await,
             accepted: Vec::new(),
+        }
+    }
+
+    /// `lo` to `hi` messages from `from` to the other, texts `"{label}.{i}"`.
+    async fn burst(&mut self, from: &str, label: &str, (lo, hi): (u64, u64), ask: Ask) {
+        let (sender, to) = match from {
+            ALICE => (&self.w.alice, BOB),
+            _ => (&self.w.bob, ALICE),
+        };
+        for i in 0..lo + self.rng.below(hi - lo + 1) {
+            let channel = match ask {
+                Ask::Any => None,
+                Ask::Ip => Some("ip"),
+                Ask::Mixed => (self.rng.below(4) == 0).then_some("ip"),
+            };
+            let accepted = sender.send(to, format!("{label}.{i}"), channel).await;
+            self.accepted.push(accepted);
         }
     }
 
@@ -484,19 +517,12 @@ impl Tally {
 async fn kill_9_of_the_sender_during_ip_sends() {
     let mut run = Run::start(8, 5).await;
     let kills = run.kills;
-    let Run {
-        w, rng, accepted, ..
-    } = &mut run;
     for point in 0..kills {
-        for i in 0..1 + rng.below(3) {
-            let channel = (rng.below(4) == 0).then_some("ip");
-            accepted.push(w.alice.send(BOB, format!("ip {point}.{i}"), channel).await);
-        }
-        tokio::time::sleep(rng.millis(40)).await;
-        w.alice.crash_and_restart().await;
-        w.alice.online().await;
-        // So that the next messages go over IP again.
-        w.alice.sees(BOB, "online").await;
+        run.burst(ALICE, &format!("ip {point}"), (1, 3), Ask::Mixed)
+            .await;
+        tokio::time::sleep(run.rng.millis(40)).await;
+        // Seeing Bob online, so that the next messages go over IP again.
+        run.w.alice.crash_and_come_back(BOB).await;
     }
     let t = run.finish("kill_9_sender_ip_send").await;
     // Bob never stopped: he announced each message exactly once.
@@ -512,43 +538,36 @@ async fn kill_9_of_the_sender_during_ip_sends() {
 async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
     let mut run = Run::start(6, 1).await;
     let kills = run.kills;
-    let Run {
-        w, rng, accepted, ..
-    } = &mut run;
-    signal(w.bob.daemon.pid(), "-STOP");
+    signal(run.w.bob.phone.daemon.pid(), "-STOP");
     let mut stopped_for = 0;
     for point in 0..kills {
         // A modem busy 10-80 ms with each send, so kills land in SMS sends too.
-        w.ctl.set_send_delay(ALICE, 10 + rng.below(71) as u32).await;
-        for i in 0..1 + rng.below(2) {
-            accepted.push(
-                w.alice
-                    .send(BOB, format!("fallback {point}.{i}"), None)
-                    .await,
-            );
-        }
+        run.w
+            .ctl
+            .set_send_delay(ALICE, 10 + run.rng.below(71) as u32)
+            .await;
+        run.burst(ALICE, &format!("fallback {point}"), (1, 2), Ask::Any)
+            .await;
         // Two kills in three around the revoke (due 1 s after the relay's ack) and the
         // SMS after it, the others anywhere in the wait.
-        let kill_at = if rng.below(3) > 0 {
-            Duration::from_millis(900) + rng.millis(400)
+        let kill_at = if run.rng.below(3) > 0 {
+            Duration::from_millis(900) + run.rng.millis(400)
         } else {
-            rng.millis(1300)
+            run.rng.millis(1300)
         };
         tokio::time::sleep(kill_at).await;
-        w.alice.crash_and_restart().await;
-        w.alice.online().await;
-        w.alice.sees(BOB, "online").await;
+        run.w.alice.crash_and_come_back(BOB).await;
         // Bob runs for a moment now and then (and at least every 6 points, well within
         // the relay's idle timeout): he acks what was pushed to him, racing the revokes.
         stopped_for += 1;
-        if rng.below(3) == 0 || stopped_for >= 6 {
-            signal(w.bob.daemon.pid(), "-CONT");
-            tokio::time::sleep(Duration::from_millis(50) + rng.millis(350)).await;
-            signal(w.bob.daemon.pid(), "-STOP");
+        if run.rng.below(3) == 0 || stopped_for >= 6 {
+            signal(run.w.bob.phone.daemon.pid(), "-CONT");
+            tokio::time::sleep(Duration::from_millis(50) + run.rng.millis(350)).await;
+            signal(run.w.bob.phone.daemon.pid(), "-STOP");
             stopped_for = 0;
         }
     }
-    signal(w.bob.daemon.pid(), "-CONT");
+    signal(run.w.bob.phone.daemon.pid(), "-CONT");
     let t = run.finish("kill_9_sender_revoke_fallback").await;
     assert_eq!(t.reannounced, 0, "Bob announced a message twice");
 }
@@ -561,30 +580,17 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
 async fn kill_9_of_the_recipient_while_receiving_over_ip() {
     let mut run = Run::start(8, 30).await;
     let kills = run.kills;
-    let Run {
-        w, rng, accepted, ..
-    } = &mut run;
     for point in 0..kills {
-        for i in 0..1 + rng.below(4) {
-            accepted.push(
-                w.alice
-                    .send(BOB, format!("in {point}.{i}"), Some("ip"))
-                    .await,
-            );
+        run.burst(ALICE, &format!("in {point}"), (1, 4), Ask::Ip)
+            .await;
+        tokio::time::sleep(run.rng.millis(40)).await;
+        run.w.bob.phone.daemon.kill9();
+        if run.rng.below(2) == 0 {
+            run.burst(ALICE, &format!("in {point}.down"), (1, 3), Ask::Ip)
+                .await;
         }
-        tokio::time::sleep(rng.millis(40)).await;
-        w.bob.daemon.kill9();
-        if rng.below(2) == 0 {
-            for i in 0..1 + rng.below(3) {
-                accepted.push(
-                    w.alice
-                        .send(BOB, format!("in {point}.down.{i}"), Some("ip"))
-                        .await,
-                );
-            }
-        }
-        w.bob.daemon.restart().await;
-        w.bob.online().await;
+        run.w.bob.phone.daemon.restart().await;
+        run.w.bob.phone.online().await;
     }
     let t = run.finish("kill_9_recipient_ip_receive").await;
     assert_eq!(t.over_sms, 0, "asked for IP, went by SMS");
@@ -597,36 +603,29 @@ async fn kill_9_of_the_recipient_while_receiving_over_ip() {
 async fn kill_9_of_the_relay_mid_traffic() {
     let mut run = Run::start(4, 2).await;
     let kills = run.kills;
-    let Run {
-        w, rng, accepted, ..
-    } = &mut run;
     for point in 0..kills {
-        for i in 0..1 + rng.below(3) {
-            let channel = (rng.below(4) == 0).then_some("ip");
-            accepted.push(w.alice.send(BOB, format!("a {point}.{i}"), channel).await);
-        }
-        for i in 0..rng.below(3) {
-            accepted.push(w.bob.send(ALICE, format!("b {point}.{i}"), None).await);
-        }
+        run.burst(ALICE, &format!("a {point}"), (1, 3), Ask::Mixed)
+            .await;
+        run.burst(BOB, &format!("b {point}"), (0, 2), Ask::Any)
+            .await;
         // An IP send takes a few ms from SendMessage to the receipt: most kills land in it.
-        tokio::time::sleep(rng.millis(12)).await;
-        w.relay.kill();
-        if rng.below(2) == 0 {
+        tokio::time::sleep(run.rng.millis(12)).await;
+        run.w.relay.kill();
+        if run.rng.below(2) == 0 {
             // Sent before the daemons noticed, or after: over IP when the relay is back,
             // or by SMS.
-            let channel = (rng.below(4) == 0).then_some("ip");
-            accepted.push(w.alice.send(BOB, format!("a {point}.down"), channel).await);
+            let channel = (run.rng.below(4) == 0).then_some("ip");
+            let text = format!("a {point}.down");
+            let accepted = run.w.alice.send(BOB, text, channel).await;
+            run.accepted.push(accepted);
         }
-        tokio::time::sleep(rng.millis(300)).await;
-        w.relay.restart();
+        tokio::time::sleep(run.rng.millis(300)).await;
+        run.w.relay.restart();
         if point % 4 == 3 && point + 1 < kills {
-            w.alice.daemon.restart().await;
-            w.bob.daemon.restart().await;
+            run.w.alice.phone.daemon.restart().await;
+            run.w.bob.phone.daemon.restart().await;
         }
-        w.alice.online().await;
-        w.bob.online().await;
-        w.alice.sees(BOB, "online").await;
-        w.bob.sees(ALICE, "online").await;
+        run.w.online().await;
     }
     run.finish("kill_9_relay").await;
 }

@@ -25,6 +25,30 @@ const BOB: &str = "+15550002222";
 const CAROL: &str = "+15550003333";
 const DAVE: &str = "+15550004444";
 
+/// The acks of a send: its state, and whether it was a resend of a known message.
+const DELIVERED_AGAIN: (SendState, bool) = (SendState::Delivered, true);
+const EXPIRED_AGAIN: (SendState, bool) = (SendState::Expired, true);
+const ONLINE: (SendState, bool) = (SendState::Online, false);
+const ONLINE_AGAIN: (SendState, bool) = (SendState::Online, true);
+const QUEUED: (SendState, bool) = (SendState::Queued, false);
+const QUEUED_AGAIN: (SendState, bool) = (SendState::Queued, true);
+const REVOKED_AGAIN: (SendState, bool) = (SendState::Revoked, true);
+
+/// The default relay with `set` applied.
+fn config(set: impl FnOnce(&mut RelayConfig)) -> RelayConfig {
+    let mut config = RelayConfig::default();
+    set(&mut config);
+    config
+}
+
+/// A relay with `config`, and Alice and Bob logged in on it.
+async fn alice_and_bob(config: RelayConfig) -> (LocalRelay, WsClient, WsClient) {
+    let relay = LocalRelay::start(config).await;
+    let (alice, _) = relay.account(ALICE).await;
+    let (bob, _) = relay.account(BOB).await;
+    (relay, alice, bob)
+}
+
 /// Alice sends Bob a message and Bob gets it: proves the relay still serves both.
 async fn still_serving(alice: &mut WsClient, bob: &mut WsClient, id: &str) {
     assert_eq!(
@@ -64,11 +88,7 @@ fn code_file(dir: &Path, number: &str) -> PathBuf {
 /// Asks for a code and reads it from the file the script wrote.
 async fn request_code(client: &mut WsClient, dir: &Path, number: &str) -> String {
     let _ = std::fs::remove_file(code_file(dir, number));
-    client
-        .put(&ClientFrame::Register {
-            number: number.to_owned(),
-        })
-        .await;
+    client.register(number).await;
     match client.recv().await {
         ServerFrame::CodeSent { number: n, .. } if n == number => {}
         other => panic!("expected code-sent, got {other:?}"),
@@ -76,15 +96,6 @@ async fn request_code(client: &mut WsClient, dir: &Path, number: &str) -> String
     let code = std::fs::read_to_string(code_file(dir, number)).expect("the script wrote the code");
     assert_eq!(code.len(), 6, "{code:?}");
     code
-}
-
-async fn verify(client: &mut WsClient, number: &str, code: &str) {
-    client
-        .put(&ClientFrame::Verify {
-            number: number.to_owned(),
-            code: code.to_owned(),
-        })
-        .await;
 }
 
 fn sms_config(dir: &Path) -> RelayConfig {
@@ -127,20 +138,17 @@ async fn registration_through_the_sms_command() {
     }
 
     let code = request_code(&mut client, dir.path(), ALICE).await;
-    verify(&mut client, ALICE, &wrong(&code)).await;
+    client.verify(ALICE, &wrong(&code)).await;
     let error = client.error(ErrorCode::CodeInvalid).await;
     assert_eq!(error.attempts_left, Some(4));
     assert!(!error.fatal);
-    verify(&mut client, ALICE, &code).await;
-    let token = match client.recv().await {
-        ServerFrame::Registered { number, token } if number == ALICE => token,
-        other => panic!("expected registered, got {other:?}"),
-    };
+    client.verify(ALICE, &code).await;
+    let token = client.registered(ALICE).await;
     assert_eq!(client.login(ALICE, &token).await, 0);
 
     // A used code is gone.
     let mut other = relay.client().await;
-    verify(&mut other, ALICE, &code).await;
+    other.verify(ALICE, &code).await;
     other.error(ErrorCode::NoCode).await;
     drop(other);
     drop(client);
@@ -171,27 +179,18 @@ async fn a_verified_code_moves_the_number_to_a_new_device() {
     let relay = LocalRelay::start(sms_config(dir.path())).await;
     let mut first = relay.client().await;
     let code = request_code(&mut first, dir.path(), ALICE).await;
-    verify(&mut first, ALICE, &code).await;
-    let ServerFrame::Registered { token: old, .. } = first.recv().await else {
-        panic!("not registered");
-    };
+    first.verify(ALICE, &code).await;
+    let old = first.registered(ALICE).await;
     first.login(ALICE, &old).await;
 
     let mut second = relay.client().await;
     let code = request_code(&mut second, dir.path(), ALICE).await;
-    verify(&mut second, ALICE, &code).await;
-    let ServerFrame::Registered { token: new, .. } = second.recv().await else {
-        panic!("not registered");
-    };
+    second.verify(ALICE, &code).await;
+    let new = second.registered(ALICE).await;
     // The first device is told and dropped; its token no longer works.
     first.fatal(ErrorCode::Replaced).await;
     let mut stale = relay.client().await;
-    stale
-        .put(&ClientFrame::Login {
-            number: ALICE.to_owned(),
-            token: old,
-        })
-        .await;
+    stale.put_login(ALICE, &old).await;
     stale.fatal(ErrorCode::AuthFailed).await;
     second.login(ALICE, &new).await;
     relay.stop().await;
@@ -208,17 +207,12 @@ async fn expired_codes_are_refused() {
     let mut client = relay.client().await;
     let code = request_code(&mut client, dir.path(), ALICE).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    verify(&mut client, ALICE, &code).await;
+    client.verify(ALICE, &code).await;
     client.error(ErrorCode::CodeExpired).await;
     // Still refused on a second try, and the number is not registered.
-    verify(&mut client, ALICE, &code).await;
+    client.verify(ALICE, &code).await;
     client.error(ErrorCode::CodeExpired).await;
-    client
-        .put(&ClientFrame::Login {
-            number: ALICE.to_owned(),
-            token: code,
-        })
-        .await;
+    client.put_login(ALICE, &code).await;
     client.fatal(ErrorCode::AuthFailed).await;
     relay.stop().await;
 }
@@ -235,30 +229,26 @@ async fn too_many_attempts_burn_the_code_and_requests_are_rate_limited() {
     let mut client = relay.client().await;
     let code = request_code(&mut client, dir.path(), ALICE).await;
     let bad = wrong(&code);
-    verify(&mut client, ALICE, &bad).await;
+    client.verify(ALICE, &bad).await;
     assert_eq!(
         client.error(ErrorCode::CodeInvalid).await.attempts_left,
         Some(2)
     );
-    verify(&mut client, ALICE, &bad).await;
+    client.verify(ALICE, &bad).await;
     assert_eq!(
         client.error(ErrorCode::CodeInvalid).await.attempts_left,
         Some(1)
     );
-    verify(&mut client, ALICE, &bad).await;
+    client.verify(ALICE, &bad).await;
     client.error(ErrorCode::TooManyAttempts).await;
     // Even the right code is refused now, from any connection.
-    verify(&mut client, ALICE, &code).await;
+    client.verify(ALICE, &code).await;
     client.error(ErrorCode::TooManyAttempts).await;
     let mut other = relay.client().await;
-    verify(&mut other, ALICE, &code).await;
+    other.verify(ALICE, &code).await;
     other.error(ErrorCode::TooManyAttempts).await;
     // And a new code is not sent before the resend interval.
-    other
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    other.register(ALICE).await;
     let error = other.error(ErrorCode::RateLimited).await;
     assert!(
         error.retry_after_ms.is_some_and(|ms| ms > 500_000),
@@ -269,40 +259,34 @@ async fn too_many_attempts_burn_the_code_and_requests_are_rate_limited() {
 
 #[tokio::test]
 async fn a_failing_sms_command_is_reported() {
-    let config = RelayConfig {
-        verify: Verify::SmsCommand("exit 1;".to_owned()),
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.verify = Verify::SmsCommand("exit 1;".to_owned())
+    }))
+    .await;
     let mut client = relay.client().await;
-    client
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    client.register(ALICE).await;
     client.error(ErrorCode::SmsFailed).await;
     // Nothing pending, and the failure did not hold the rate limit.
-    verify(&mut client, ALICE, "123456").await;
+    client.verify(ALICE, "123456").await;
     client.error(ErrorCode::NoCode).await;
-    client
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    client.register(ALICE).await;
     client.error(ErrorCode::SmsFailed).await;
     relay.stop().await;
 }
 
-/// An SMS command that appends `start NS` and `end NS` (nanoseconds) to `dir/runs`
+/// A relay whose SMS command appends `start NS` and `end NS` (nanoseconds) to `dir/runs`
 /// around `seconds` of sleep, and stores the code as `sms_script` does.
-fn timed_sms_script(dir: &Path, seconds: &str) -> String {
+fn timed_sms(dir: &Path, seconds: &str) -> RelayConfig {
     let body = format!(
         "echo \"start $(date +%s%N)\" >> '{runs}'\nsleep {seconds}\n\
          printf '%s' \"$2\" > '{dir}/code'\"$1\"\necho \"end $(date +%s%N)\" >> '{runs}'\n",
         runs = dir.join("runs").display(),
         dir = dir.display(),
     );
-    script(dir, "timed-send-code.sh", &body)
+    RelayConfig {
+        verify: Verify::SmsCommand(script(dir, "timed-send-code.sh", &body)),
+        ..RelayConfig::default()
+    }
 }
 
 /// The most SMS commands that ran at the same time, from `dir/runs`; and how many ran.
@@ -338,32 +322,19 @@ async fn client_from(relay: &LocalRelay, ip: [u8; 4]) -> WsClient {
     client
 }
 
-async fn register(client: &mut WsClient, number: &str) {
-    client
-        .put(&ClientFrame::Register {
-            number: number.to_owned(),
-        })
-        .await;
-}
-
 #[tokio::test]
 async fn sms_commands_run_a_few_at_a_time_and_wait_in_a_bounded_queue() {
     // Twelve connections ask for codes at once: two commands run at a time, eight wait,
     // and the last two are refused at once with a time to come back.
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = RelayConfig {
-        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0.3")),
-        sms_concurrency: 2,
-        sms_queue: 8,
-        codes_per_address_per_hour: 0,
-        codes_per_hour: 0,
-        ..RelayConfig::default()
-    };
+    let mut config = timed_sms(dir.path(), "0.3");
+    (config.sms_concurrency, config.sms_queue) = (2, 8);
+    (config.codes_per_address_per_hour, config.codes_per_hour) = (0, 0);
     let relay = LocalRelay::start(config).await;
     let mut clients = Vec::new();
     for n in 0..12 {
         let mut client = relay.client().await;
-        register(&mut client, &format!("+1555200{n:04}")).await;
+        client.register(&format!("+1555200{n:04}")).await;
         clients.push(client);
     }
     let mut sent = 0;
@@ -390,7 +361,7 @@ async fn sms_commands_run_a_few_at_a_time_and_wait_in_a_bounded_queue() {
 
 /// `register`, then the code the timed script stored.
 async fn request_code_from(client: &mut WsClient, dir: &Path, number: &str) {
-    register(client, number).await;
+    client.register(number).await;
     match client.recv().await {
         ServerFrame::CodeSent { number: n, .. } if n == number => {}
         other => panic!("expected code-sent, got {other:?}"),
@@ -401,13 +372,12 @@ async fn request_code_from(client: &mut WsClient, dir: &Path, number: &str) {
 #[tokio::test]
 async fn codes_are_limited_per_address_and_in_total() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = RelayConfig {
-        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0")),
+    let relay = LocalRelay::start(RelayConfig {
         codes_per_address_per_hour: 3,
         codes_per_hour: 5,
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+        ..timed_sms(dir.path(), "0")
+    })
+    .await;
     // Three codes from 127.0.0.1, for three numbers, then no more from that address,
     // whatever the number or the connection.
     let mut client = relay.client().await;
@@ -415,7 +385,7 @@ async fn codes_are_limited_per_address_and_in_total() {
         request_code_from(&mut client, dir.path(), &format!("+1555300{n:04}")).await;
     }
     let mut other = relay.client().await;
-    register(&mut other, "+15553000099").await;
+    other.register("+15553000099").await;
     let error = other.error(ErrorCode::RateLimited).await;
     assert!(!error.fatal);
     // One code comes back every 20 minutes.
@@ -427,7 +397,7 @@ async fn codes_are_limited_per_address_and_in_total() {
     let mut third = client_from(&relay, [127, 0, 0, 3]).await;
     request_code_from(&mut third, dir.path(), "+15553000101").await;
     let mut fourth = client_from(&relay, [127, 0, 0, 4]).await;
-    register(&mut fourth, "+15553000102").await;
+    fourth.register("+15553000102").await;
     let error = fourth.error(ErrorCode::RateLimited).await;
     assert!(
         error.retry_after_ms.is_some_and(|ms| ms > 600_000),
@@ -444,31 +414,18 @@ async fn verify_none_never_hands_a_taken_number_to_another_device() {
     let token = first.register_none(ALICE).await;
 
     let mut intruder = relay.client().await;
-    intruder
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    intruder.register(ALICE).await;
     let error = intruder.error(ErrorCode::NumberTaken).await;
     assert!(!error.fatal);
-    verify(&mut intruder, ALICE, "123456").await;
+    intruder.verify(ALICE, "123456").await;
     intruder.error(ErrorCode::NoCode).await;
-    intruder
-        .put(&ClientFrame::Login {
-            number: ALICE.to_owned(),
-            token: "0".repeat(64),
-        })
-        .await;
+    intruder.put_login(ALICE, &"0".repeat(64)).await;
     intruder.fatal(ErrorCode::AuthFailed).await;
 
     // The rightful device still logs in; a second registration of it is refused too.
     first.login(ALICE, &token).await;
     let mut again = relay.client().await;
-    again
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    again.register(ALICE).await;
     again.error(ErrorCode::NumberTaken).await;
     relay.stop().await;
 }
@@ -486,21 +443,12 @@ async fn nobody_logs_in_as_another_number() {
         (ALICE, &String::new()),
     ] {
         let mut client = relay.client().await;
-        client
-            .put(&ClientFrame::Login {
-                number: number.to_owned(),
-                token: token.clone(),
-            })
-            .await;
+        client.put_login(number, token).await;
         client.fatal(ErrorCode::AuthFailed).await;
     }
     // A logged-in client cannot log in again as someone else.
     bob.login(BOB, &bob_token).await;
-    bob.put(&ClientFrame::Login {
-        number: ALICE.to_owned(),
-        token: alice_token,
-    })
-    .await;
+    bob.put_login(ALICE, &alice_token).await;
     bob.fatal(ErrorCode::BadState).await;
     relay.stop().await;
 }
@@ -515,20 +463,13 @@ async fn a_second_login_replaces_the_first_connection() {
     old.fatal(ErrorCode::Replaced).await;
     // Alice never looked offline to her watchers: the next push is a real change.
     drop(new.ws.close(None).await);
-    assert_eq!(
-        watcher.presence().await,
-        (ALICE.to_owned(), PresenceState::Offline)
-    );
+    watcher.sees(ALICE, PresenceState::Offline).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_client_that_never_logs_in_is_closed() {
-    let config = RelayConfig {
-        auth_timeout: Duration::from_millis(300),
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| c.auth_timeout = Duration::from_millis(300))).await;
     let mut client = relay.client().await;
     client.fatal(ErrorCode::AuthTimeout).await;
     // A logged-in client stays.
@@ -542,14 +483,9 @@ async fn a_client_that_never_logs_in_is_closed() {
 
 #[tokio::test]
 async fn send_ack_deliver_confirm_receipt() {
-    let relay = LocalRelay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, mut alice, mut bob) = alice_and_bob(RelayConfig::default()).await;
 
-    assert_eq!(
-        alice.send_ok("m1", BOB, "hello Bob").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("m1", BOB, "hello Bob", ONLINE).await;
     match bob.recv().await {
         ServerFrame::Deliver {
             from,
@@ -610,10 +546,7 @@ async fn sends_that_are_refused_at_once() {
         assert!(!error.fatal);
     }
     // A refused send leaves no trace: the id is free for a real message.
-    assert_eq!(
-        alice.send_ok("u1", BOB, "hi").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("u1", BOB, "hi", ONLINE).await;
     // An id used for Bob cannot be reused for Carol.
     let (_carol, _) = relay.account(CAROL).await;
     alice.send_text("u1", CAROL, "hi").await;
@@ -627,32 +560,20 @@ async fn a_resend_after_reconnect_is_not_a_second_message() {
     let (mut alice, alice_token) = relay.account(ALICE).await;
     let (mut bob, _) = relay.account(BOB).await;
 
-    assert_eq!(
-        alice.send_ok("d1", BOB, "once").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("d1", BOB, "once", ONLINE).await;
     assert_eq!(bob.delivered().await.1, "d1");
     // Alice's connection drops; she resends everything not yet receipted.
     drop(alice);
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
-    assert_eq!(
-        alice.send_ok("d1", BOB, "once").await,
-        (SendState::Online, true)
-    );
+    alice.send_as("d1", BOB, "once", ONLINE_AGAIN).await;
     // Bob is not given it twice: his next delivery is the next message.
-    assert_eq!(
-        alice.send_ok("d2", BOB, "twice?").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("d2", BOB, "twice?", ONLINE).await;
     assert_eq!(bob.delivered().await.1, "d2");
     bob.ack(ALICE, "d1").await;
     assert_eq!(bob.confirmed(ALICE, "d1").await, ConfirmOutcome::Delivered);
     assert_eq!(alice.receipt().await.0, "d1");
     // After delivery, a resend reports it.
-    assert_eq!(
-        alice.send_ok("d1", BOB, "once").await,
-        (SendState::Delivered, true)
-    );
+    alice.send_as("d1", BOB, "once", DELIVERED_AGAIN).await;
     relay.stop().await;
 }
 
@@ -669,23 +590,11 @@ async fn store_and_forward_delivers_at_login() {
     let snapshot = alice.subscribe(&[BOB]).await;
     assert_eq!(snapshot, [entry(BOB, true, PresenceState::Online)]);
     drop(bob);
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
+    alice.sees(BOB, PresenceState::Offline).await;
 
-    assert_eq!(
-        alice.send_ok("q1", BOB, "first").await,
-        (SendState::Queued, false)
-    );
-    assert_eq!(
-        alice.send_ok("q2", BOB, "second").await,
-        (SendState::Queued, false)
-    );
-    assert_eq!(
-        alice.send_ok("q1", BOB, "first").await,
-        (SendState::Queued, true)
-    );
+    alice.send_as("q1", BOB, "first", QUEUED).await;
+    alice.send_as("q2", BOB, "second", QUEUED).await;
+    alice.send_as("q1", BOB, "first", QUEUED_AGAIN).await;
     drop(alice);
     // The queue survives a relay restart.
     relay.stop().await;
@@ -732,13 +641,12 @@ async fn store_and_forward_delivers_at_login() {
 
 #[tokio::test]
 async fn the_queue_is_bounded_per_recipient_and_by_age() {
-    let config = RelayConfig {
-        queue_per_recipient: 2,
-        max_age: Duration::from_millis(400),
-        sweep_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.queue_per_recipient = 2;
+        c.max_age = Duration::from_millis(400);
+        c.sweep_interval = Duration::from_millis(50);
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (bob, bob_token) = relay.account(BOB).await;
     drop(bob);
@@ -772,10 +680,7 @@ async fn the_queue_is_bounded_per_recipient_and_by_age() {
         ]
     );
     assert_eq!(alice.revoke("b1").await, RevokeOutcome::Revoked);
-    assert_eq!(
-        alice.send_ok("b1", BOB, "1").await,
-        (SendState::Expired, true)
-    );
+    alice.send_as("b1", BOB, "1", EXPIRED_AGAIN).await;
     // Room again; Bob gets only the fresh one.
     assert_eq!(alice.send_ok("b4", BOB, "4").await.0, SendState::Queued);
     let (mut bob, queued) = relay.login(BOB, &bob_token).await;
@@ -786,11 +691,7 @@ async fn the_queue_is_bounded_per_recipient_and_by_age() {
 
 #[tokio::test]
 async fn delivery_is_paced_by_the_window() {
-    let config = RelayConfig {
-        deliver_window: 2,
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| c.deliver_window = 2)).await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (bob, bob_token) = relay.account(BOB).await;
     drop(bob);
@@ -851,7 +752,7 @@ async fn chatter(client: WsClient, me: &'static str, peer: &'static str, count: 
             ServerFrame::Ack {
                 state, duplicate, ..
             } => {
-                assert_eq!((state, duplicate), (SendState::Online, false));
+                assert_eq!((state, duplicate), ONLINE);
                 acked += 1;
             }
             ServerFrame::Receipt { outcome, .. } => {
@@ -921,14 +822,7 @@ async fn owe_receipts_to_alice(relay: &LocalRelay, count: usize) -> String {
     }
     let (mut bob, queued) = relay.login(BOB, &bob_token).await;
     assert_eq!(queued, count as u32);
-    let mut acked = 0;
-    while acked < count {
-        match bob.recv().await {
-            ServerFrame::Deliver { from, id, .. } => bob.ack(&from, &id).await,
-            ServerFrame::Confirm { .. } => acked += 1,
-            other => panic!("expected deliver or confirm, got {other:?}"),
-        }
-    }
+    bob.ack_until_confirmed(count).await;
     alice_token
 }
 
@@ -940,12 +834,7 @@ async fn a_long_backlog_of_receipts_reaches_its_sender() {
     let count = 400;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < count {
-        let (id, outcome) = alice.receipt().await;
-        assert_eq!(outcome, ReceiptOutcome::Delivered);
-        assert!(seen.insert(id), "each receipt once");
-    }
+    alice.receipts_delivered(count).await;
     alice.quiet(Duration::from_millis(200)).await;
     relay.stop().await;
 }
@@ -1003,12 +892,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
     for (client, _) in &mut clients {
         client.ws.flush().await.expect("flush");
     }
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < recipients.len() * per {
-        let (id, outcome) = alice.receipt().await;
-        assert_eq!(outcome, ReceiptOutcome::Delivered);
-        assert!(seen.insert(id), "each receipt once");
-    }
+    alice.receipts_delivered(recipients.len() * per).await;
     alice.quiet(Duration::from_millis(200)).await;
     relay.stop().await;
 }
@@ -1041,13 +925,8 @@ async fn owed_receipts_keep_flowing_on_a_busy_relay() {
 
 #[tokio::test]
 async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
-    let config = RelayConfig {
-        sender_messages_per_min: 60,
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, mut alice, mut bob) =
+        alice_and_bob(config(|c| c.sender_messages_per_min = 60)).await;
     let (mut carol, _) = relay.account(CAROL).await;
     // A minute's worth at once...
     for n in 0..60 {
@@ -1067,32 +946,17 @@ async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
     let wait = error.retry_after_ms.expect("retry_after_ms");
     assert!((1..=1000).contains(&wait), "{wait} ms");
     // Resends of accepted messages are answered as ever.
-    assert_eq!(
-        alice.send_ok("q0", BOB, "hi").await,
-        (SendState::Online, true)
-    );
+    alice.send_as("q0", BOB, "hi", ONLINE_AGAIN).await;
     // Another sender is not held by Alice's quota.
     assert_eq!(carol.send_ok("c1", BOB, "hello").await.0, SendState::Online);
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    assert_eq!(
-        alice.send_ok("q60", BOB, "one too many").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("q60", BOB, "one too many", ONLINE).await;
     // Bob gets Alice's 61 messages once each, in order, and Carol's.
-    let mut from_alice = Vec::new();
-    let mut confirmed = 0;
-    while confirmed < 62 {
-        match bob.recv().await {
-            ServerFrame::Deliver { from, id, .. } => {
-                if from == ALICE {
-                    from_alice.push(id.clone());
-                }
-                bob.ack(&from, &id).await;
-            }
-            ServerFrame::Confirm { .. } => confirmed += 1,
-            _ => panic!("expected deliver or confirm"),
-        }
-    }
+    let delivered = bob.ack_until_confirmed(62).await;
+    let from_alice: Vec<String> = delivered
+        .into_iter()
+        .filter_map(|(from, id)| (from == ALICE).then_some(id))
+        .collect();
     let expected: Vec<String> = (0..61).map(|n| format!("q{n}")).collect();
     assert_eq!(from_alice, expected);
     relay.stop().await;
@@ -1100,13 +964,12 @@ async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
 
 #[tokio::test]
 async fn a_sender_over_its_quota_of_bytes_waits_and_keeps_its_order() {
-    let config = RelayConfig {
-        max_frame_bytes: 32 * 1024,
-        max_text_bytes: 16 * 1024,
-        sender_bytes_per_min: 64 * 1024,
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.max_frame_bytes = 32 * 1024;
+        c.max_text_bytes = 16 * 1024;
+        c.sender_bytes_per_min = 64 * 1024;
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (_bob, _) = relay.account(BOB).await;
     let big = "x".repeat(15 * 1024);
@@ -1146,10 +1009,7 @@ async fn revoke_before_and_after_delivery() {
         RevokeOutcome::Revoked,
         "idempotent"
     );
-    assert_eq!(
-        alice.send_ok("r1", BOB, "never").await,
-        (SendState::Revoked, true)
-    );
+    alice.send_as("r1", BOB, "never", REVOKED_AGAIN).await;
     alice.send_ok("r2", BOB, "kept").await;
     let (mut bob, queued) = relay.login(BOB, &bob_token).await;
     assert_eq!(queued, 1);
@@ -1189,9 +1049,7 @@ async fn revoke_before_and_after_delivery() {
 
 #[tokio::test]
 async fn revoke_racing_delivery_settles_exactly_once() {
-    let relay = LocalRelay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, mut alice, mut bob) = alice_and_bob(RelayConfig::default()).await;
     let mut seen = (0, 0);
     for n in 0..40 {
         let id = format!("race{n}");
@@ -1253,13 +1111,8 @@ async fn revoke_racing_delivery_settles_exactly_once() {
 
 #[tokio::test]
 async fn presence_snapshot_pushes_and_typing_expiry() {
-    let config = RelayConfig {
-        typing_ttl: Duration::from_millis(300),
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, mut alice, mut bob) =
+        alice_and_bob(config(|c| c.typing_ttl = Duration::from_millis(300))).await;
     let (carol, carol_token) = relay.account(CAROL).await;
     drop(carol);
     let (mut eve, _) = relay.account("+15550005555").await;
@@ -1279,77 +1132,30 @@ async fn presence_snapshot_pushes_and_typing_expiry() {
     eve.subscribe(&[BOB]).await;
 
     // Bob types to Alice: only Alice sees `typing`.
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Typing)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Typing).await;
     // Renewal is silent; without renewal it ends by itself.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Online)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Online).await;
     // Typing ends when the message goes out, too.
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Typing)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Typing).await;
     bob.send_ok("t1", ALICE, "done typing").await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Online)
-    );
+    alice.sees(BOB, PresenceState::Online).await;
     assert_eq!(alice.delivered().await.1, "t1");
     // And on request.
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Typing)
-    );
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: false,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Online)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Typing).await;
+    bob.typing(ALICE, false).await;
+    alice.sees(BOB, PresenceState::Online).await;
 
     // Online and offline changes reach every subscriber.
     drop(bob);
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
-    assert_eq!(
-        eve.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
+    alice.sees(BOB, PresenceState::Offline).await;
+    eve.sees(BOB, PresenceState::Offline).await;
     let (carol, _) = relay.login(CAROL, &carol_token).await;
-    assert_eq!(
-        alice.presence().await,
-        (CAROL.to_owned(), PresenceState::Online)
-    );
+    alice.sees(CAROL, PresenceState::Online).await;
     eve.quiet(Duration::from_millis(100)).await;
 
     // A new subscribe replaces the old one.
@@ -1362,11 +1168,7 @@ async fn presence_snapshot_pushes_and_typing_expiry() {
 
 #[tokio::test]
 async fn subscriptions_are_limited_and_checked() {
-    let config = RelayConfig {
-        max_subscriptions: 3,
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| c.max_subscriptions = 3)).await;
     let (mut alice, _) = relay.account(ALICE).await;
     alice
         .put(&ClientFrame::Subscribe {
@@ -1390,12 +1192,11 @@ async fn subscriptions_are_limited_and_checked() {
 
 #[tokio::test]
 async fn oversized_and_malformed_frames_close_only_that_connection() {
-    let config = RelayConfig {
-        max_frame_bytes: 4096,
-        max_text_bytes: 1024,
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.max_frame_bytes = 4096;
+        c.max_text_bytes = 1024;
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (mut bob, _) = relay.account(BOB).await;
 
@@ -1591,12 +1392,11 @@ async fn error_frames_never_echo_long_input() {
 
 #[tokio::test]
 async fn dead_connections_are_detected() {
-    let config = RelayConfig {
-        ping_interval: Duration::from_millis(100),
-        idle_timeout: Duration::from_millis(400),
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_millis(400);
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (mut bob, _) = relay.account(BOB).await;
     alice.subscribe(&[BOB]).await;
@@ -1615,10 +1415,7 @@ async fn dead_connections_are_detected() {
     // Bob stops reading (so stops answering pings): the relay drops him and tells Alice,
     // who keeps answering and stays.
     let started = tokio::time::Instant::now();
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
+    alice.sees(BOB, PresenceState::Offline).await;
     println!("dead connection detected after {:?}", started.elapsed());
     // Bob's side finds the connection closed, after the relay's reason if his client
     // reads it before it tries to write its overdue pong.
@@ -1734,11 +1531,10 @@ async fn tls_client(
 async fn tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = make_certs(dir.path());
-    let config = RelayConfig {
-        tls: Some(tandem::relay::server::load_tls(&cert, &key).expect("load TLS")),
-        ..RelayConfig::default()
-    };
-    let relay = LocalRelay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.tls = Some(tandem::relay::server::load_tls(&cert, &key).expect("load TLS"))
+    }))
+    .await;
 
     let mut client = tls_client(&connector(&ca), relay.addr).await;
     let token = client.register_none(ALICE).await;
@@ -1963,14 +1759,7 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
     for n in 0..warm {
         sender.send_ok(&format!("w{n}"), BOB, &text).await;
     }
-    let mut confirmed = 0;
-    while confirmed < warm {
-        match reader.recv().await {
-            ServerFrame::Deliver { from, id, .. } => reader.ack(&from, &id).await,
-            ServerFrame::Confirm { .. } => confirmed += 1,
-            _ => panic!("expected deliver or confirm"),
-        }
-    }
+    reader.ack_until_confirmed(warm).await;
     for _ in 0..warm {
         sender.receipt().await;
     }

@@ -251,18 +251,7 @@ where
 
     /// The next frame (skipping WebSocket pings and pongs).
     pub async fn recv(&mut self) -> ServerFrame {
-        loop {
-            let message = tokio::time::timeout(FRAME_WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("the connection is open")
-                .expect("a readable frame");
-            match message {
-                Message::Text(text) => return decode_server(&text).expect("a valid frame"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
+        decode_server(&self.recv_text().await).expect("a valid frame")
     }
 
     /// The text of the next frame, undecoded (skipping WebSocket pings and pongs).
@@ -340,10 +329,12 @@ where
 
     /// `register` on a `--verify none` relay; returns the token.
     pub async fn register_none(&mut self, number: &str) -> String {
-        self.put(&ClientFrame::Register {
-            number: number.to_owned(),
-        })
-        .await;
+        self.register(number).await;
+        self.registered(number).await
+    }
+
+    /// Expects `registered` for `number`; returns the token.
+    pub async fn registered(&mut self, number: &str) -> String {
         match self.recv().await {
             ServerFrame::Registered { number: n, token } if n == number => token,
             other => panic!("expected registered, got {other:?}"),
@@ -385,6 +376,15 @@ where
             } if acked == id && t == to => (state, duplicate),
             other => panic!("expected ack of {id}, got {other:?}"),
         }
+    }
+
+    /// Sends and expects an `ack` with this state and duplicate flag.
+    pub async fn send_as(&mut self, id: &str, to: &str, text: &str, expected: (SendState, bool)) {
+        assert_eq!(
+            self.send_ok(id, to, text).await,
+            expected,
+            "the ack of {id}"
+        );
     }
 
     /// Expects a `deliver`; returns (from, id, text).
@@ -442,6 +442,62 @@ where
         match self.recv().await {
             ServerFrame::Presence(entry) => (entry.number, entry.state),
             other => panic!("expected presence, got {other:?}"),
+        }
+    }
+
+    /// Sends `register` for `number`.
+    pub async fn register(&mut self, number: &str) {
+        let number = number.to_owned();
+        self.put(&ClientFrame::Register { number }).await;
+    }
+
+    /// Sends `verify` of `code` for `number`.
+    pub async fn verify(&mut self, number: &str, code: &str) {
+        let (number, code) = (number.to_owned(), code.to_owned());
+        self.put(&ClientFrame::Verify { number, code }).await;
+    }
+
+    /// Sends `login` without waiting for the answer.
+    pub async fn put_login(&mut self, number: &str, token: &str) {
+        let (number, token) = (number.to_owned(), token.to_owned());
+        self.put(&ClientFrame::Login { number, token }).await;
+    }
+
+    /// Sends `typing` to `to`.
+    pub async fn typing(&mut self, to: &str, active: bool) {
+        let to = to.to_owned();
+        self.put(&ClientFrame::Typing { to, active }).await;
+    }
+
+    /// Expects a presence push: `number` is now `state`.
+    pub async fn sees(&mut self, number: &str, state: PresenceState) {
+        assert_eq!(self.presence().await, (number.to_owned(), state));
+    }
+
+    /// Acks every delivery until `count` confirms came back; the deliveries, in order, as
+    /// (from, id).
+    pub async fn ack_until_confirmed(&mut self, count: usize) -> Vec<(String, String)> {
+        let (mut delivered, mut confirmed) = (Vec::new(), 0);
+        while confirmed < count {
+            match self.recv().await {
+                ServerFrame::Deliver { from, id, .. } => {
+                    self.ack(&from, &id).await;
+                    delivered.push((from, id));
+                }
+                ServerFrame::Confirm { .. } => confirmed += 1,
+                other => panic!("expected deliver or confirm, got {other:?}"),
+            }
+        }
+        delivered
+    }
+
+    /// Expects `count` receipts, each of another message, each `delivered`.
+    pub async fn receipts_delivered(&mut self, count: usize) {
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < count {
+            let (id, outcome) = self.receipt().await;
+            assert_eq!(outcome, ReceiptOutcome::Delivered);
+            assert!(seen.insert(id), "each receipt once");
         }
     }
 
