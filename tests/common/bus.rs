@@ -28,6 +28,56 @@ impl Bus {
     }
 }
 
+/// Waits until `name` has an owner on the bus at `address`, for at most [`WAIT`], while
+/// the program that should take it runs (`exited` is its exit status once it has
+/// exited); a failure shows that program's `log`.
+pub async fn until_owned(
+    address: &str,
+    name: &str,
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+    log: impl Fn() -> String,
+) {
+    let conn = zbus::connection::Builder::address(address)
+        .build()
+        .await
+        .expect("connect to the bus");
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.expect("bus proxy");
+    let owned = zbus::names::BusName::try_from(name).expect("a bus name");
+    let deadline = Instant::now() + WAIT;
+    while !dbus.name_has_owner(owned.clone()).await.unwrap_or(false) {
+        if let Some(status) = exited() {
+            panic!("exited with {status} before taking {name}:\n{}", log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} not taken in time:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Calls `each` with every message matching `rule` on `bus`, from now on, in a task of
+/// its own.
+pub async fn on_messages(
+    bus: &Bus,
+    rule: zbus::MatchRule<'static>,
+    mut each: impl FnMut(zbus::Message) + Send + 'static,
+) {
+    use futures_util::StreamExt as _;
+
+    let conn = bus.connect().await;
+    let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, None)
+        .await
+        .expect("a message stream");
+    tokio::spawn(async move {
+        let _conn = conn;
+        while let Some(Ok(msg)) = stream.next().await {
+            each(msg);
+        }
+    });
+}
+
 /// Polls an async condition until it holds, for at most [`WAIT`].
 pub async fn eventually<F, Fut>(what: &str, check: F)
 where

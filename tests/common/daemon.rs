@@ -3,20 +3,21 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tandem::api::{MessageDict, MessagesProxy};
 use zbus::{OwnedVariant, Variant};
 
-use super::proc::{log_text, program};
+use super::bus::until_owned;
+use super::proc::{Proc, log_text, program, signal};
 use super::signals::SignalLog;
 use super::sim::{Sim, SimCtl};
 use super::{Bus, WAIT, wait_for};
 
 /// A running `tandemd` with its own config, database and log, on the given buses.
 pub struct Daemon {
-    child: Option<Child>,
+    proc: Option<Proc>,
     pub dir: PathBuf,
     session: String,
     system: String,
@@ -30,7 +31,7 @@ impl Daemon {
         std::fs::create_dir_all(dir).expect("daemon dir");
         std::fs::write(dir.join("config.toml"), config).expect("write config");
         let mut daemon = Daemon {
-            child: None,
+            proc: None,
             dir: dir.to_owned(),
             session: session.address.clone(),
             system: system.address.clone(),
@@ -61,46 +62,15 @@ impl Daemon {
     }
 
     async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("daemon log");
-        let child = self
-            .command()
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tandemd starts");
-        self.child = Some(child);
-        let conn = zbus::connection::Builder::address(self.session.as_str())
-            .build()
-            .await
-            .expect("connect to the session bus");
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.expect("bus proxy");
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let name = zbus::names::BusName::try_from("org.tandem.Messages1").expect("name");
-            if dbus.name_has_owner(name).await.unwrap_or(false) {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "tandemd exited with {status} while starting:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tandemd did not take its name:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::null());
+        let proc = self.proc.insert(Proc::spawn("tandemd", cmd, &self.log));
+        let log = self.log.clone();
+        let exited = || proc.try_wait();
+        until_owned(&self.session, "org.tandem.Messages1", exited, || {
+            log_text(&log)
+        })
+        .await;
     }
 
     pub fn log_text(&self) -> String {
@@ -109,23 +79,15 @@ impl Daemon {
 
     /// kill -9: no chance to clean up.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.proc = None;
     }
 
     /// SIGTERM, as systemd stops it; waits for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().to_string();
-            let _ = Command::new("kill").args(["-TERM", &pid]).status();
-            let status = child.wait().expect("wait for tandemd");
-            assert!(
-                status.success(),
-                "tandemd did not exit cleanly: {status}\n{}",
-                self.log_text()
-            );
+        if let Some(mut proc) = self.proc.take() {
+            signal(proc.pid(), "-TERM");
+            let status = proc.wait();
+            assert!(status.success(), "tandemd did not exit cleanly: {status}");
         }
     }
 
@@ -134,9 +96,8 @@ impl Daemon {
     pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
-            let child = self.child.as_mut()?;
-            if let Some(status) = child.try_wait().expect("wait for tandemd") {
-                self.child = None;
+            if let Some(status) = self.proc.as_mut()?.try_wait() {
+                self.proc = None;
                 return Some(status);
             }
             if Instant::now() >= deadline {
@@ -153,20 +114,16 @@ impl Daemon {
 
     /// The process id, for SIGSTOP/SIGCONT.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("running")
+        self.proc.as_ref().map(Proc::pid).expect("running")
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- tandemd log ({}) ----\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+        // The log of a daemon still running is printed by its `Proc`.
+        if std::thread::panicking() && self.proc.is_none() {
+            eprintln!("---- tandemd log ----\n{}", self.log_text());
         }
-        self.kill9();
     }
 }
 

@@ -16,34 +16,39 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `cmd` with its stderr appended to `log` and its stdout piped; returns it
-    /// with the first line it prints (the programs under test print `ready` or their
-    /// address), failing if none comes within [`WAIT`].
-    pub fn start(name: &'static str, mut cmd: Command, log: &Path) -> (Proc, String) {
+    /// Starts `cmd` with its stderr appended to `log`.
+    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Proc {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let mut child = cmd
+        let child = cmd
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
+        Proc {
+            name,
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// [`Proc::spawn`] with its stdout piped; returns it with the first line it prints
+    /// (the programs under test print `ready` or their address), failing if none comes
+    /// within [`WAIT`].
+    pub fn start(name: &'static str, mut cmd: Command, log: &Path) -> (Proc, String) {
+        cmd.stdout(Stdio::piped());
+        let mut proc = Proc::spawn(name, cmd, log);
+        let stdout = proc.child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let proc = Proc {
-            name,
-            child,
-            log: log.to_owned(),
-        };
         let line = rx
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("{name} printed nothing in time"));

@@ -3,10 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures_util::StreamExt;
 use tandem::api::MessageDict;
-use zbus::{MatchRule, MessageStream};
+use zbus::MatchRule;
 
+use super::bus::on_messages;
 use super::{Bus, WAIT};
 
 /// One signal of `org.tandem.Messages1`, as seen on the bus.
@@ -24,6 +24,33 @@ pub enum Signal {
     },
 }
 
+impl Signal {
+    /// The signal a message carries, if it is one of `org.tandem.Messages1`'s.
+    fn of(msg: &zbus::Message) -> Option<Signal> {
+        let header = msg.header();
+        let body = msg.body();
+        match header.member()?.as_str() {
+            "MessageReceived" => {
+                let (m,) = body.deserialize::<(MessageDict,)>().ok()?;
+                Some(Signal::Received(m))
+            }
+            "MessageStatusChanged" => {
+                let (id, status, channel) = body.deserialize().ok()?;
+                Some(Signal::Status {
+                    id,
+                    status,
+                    channel,
+                })
+            }
+            "PresenceChanged" => {
+                let (number, presence) = body.deserialize().ok()?;
+                Some(Signal::Presence { number, presence })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Every `org.tandem.Messages1` signal on a bus, from any sender, recorded from the moment
 /// of creation (so signals of a daemon started later are not missed).
 #[derive(Clone)]
@@ -33,47 +60,19 @@ pub struct SignalLog {
 
 impl SignalLog {
     pub async fn start(bus: &Bus) -> SignalLog {
-        let conn = bus.connect().await;
         let rule = MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .interface("org.tandem.Messages1")
             .build()
             .expect("match rule");
-        let mut stream = MessageStream::for_match_rule(rule, &conn, None)
-            .await
-            .expect("signal stream");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = SignalLog { seen: seen.clone() };
-        tokio::spawn(async move {
-            let _conn = conn;
-            while let Some(Ok(msg)) = stream.next().await {
-                let header = msg.header();
-                let member = header.member().map(|m| m.to_string()).unwrap_or_default();
-                let body = msg.body();
-                let signal = match member.as_str() {
-                    "MessageReceived" => body
-                        .deserialize::<(MessageDict,)>()
-                        .ok()
-                        .map(|(m,)| Signal::Received(m)),
-                    "MessageStatusChanged" => body
-                        .deserialize::<(String, String, String)>()
-                        .ok()
-                        .map(|(id, status, channel)| Signal::Status {
-                            id,
-                            status,
-                            channel,
-                        }),
-                    "PresenceChanged" => body
-                        .deserialize::<(String, String)>()
-                        .ok()
-                        .map(|(number, presence)| Signal::Presence { number, presence }),
-                    _ => None,
-                };
-                if let Some(signal) = signal {
-                    seen.lock().expect("signal log").push(signal);
-                }
+        on_messages(bus, rule, move |msg| {
+            if let Some(signal) = Signal::of(&msg) {
+                seen.lock().expect("signal log").push(signal);
             }
-        });
+        })
+        .await;
         log
     }
 
