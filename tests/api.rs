@@ -4,38 +4,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
+use common::notifications::{next_call, start_server};
 use common::*;
 use tandem::api::ApiError;
-use zbus::{OwnedVariant, interface};
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    session: Bus,
-    _system: Bus,
-    _sim: Sim,
-    _daemon: Daemon,
-}
-
-async fn setup(config: &str) -> Setup {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let sim = Sim::start(&system, &[ALICE, BOB]);
-    let daemon = Daemon::start(&session, &system, dir.path(), config).await;
-    Setup {
-        _dir: dir,
-        session,
-        _system: system,
-        _sim: sim,
-        _daemon: daemon,
-    }
+/// The simulator with Alice's and Bob's modems, and a daemon with `config`.
+async fn setup(config: &str) -> (Machine, Daemon) {
+    let m = Machine::start(&[ALICE, BOB]);
+    let daemon = m.daemon(config).await;
+    (m, daemon)
 }
 
 /// The D-Bus error name and message of a failed call.
@@ -64,7 +46,7 @@ fn assert_named<T: std::fmt::Debug>(result: Result<T, ApiError>, name: &str) {
 
 #[tokio::test]
 async fn bad_input_gets_the_named_error() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let api = client(&s.session).await;
     let long = "x".repeat(10_001);
     let parts = "y".repeat(153 * 10 + 1);
@@ -190,7 +172,7 @@ fn busctl(session: &Bus, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_contracts_busctl_examples_work_as_written() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let call = [
         "call",
         "org.tandem.Messages1",
@@ -277,7 +259,7 @@ fn interface_xml(doc: &str) -> String {
 
 #[tokio::test]
 async fn introspection_matches_the_committed_xml() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let conn = s.session.connect().await;
     let proxy = zbus::fdo::IntrospectableProxy::builder(&conn)
         .destination("org.tandem.Messages1")
@@ -354,84 +336,36 @@ fn a_bad_config_names_the_file_and_key_and_fails() {
     assert!(!out.status.success());
 }
 
-/// A fake notification server, recording every `Notify`.
-#[derive(Clone, Default)]
-struct FakeNotifications {
-    seen: Arc<Mutex<Vec<(String, String, String)>>>,
-}
-
-#[interface(name = "org.freedesktop.Notifications")]
-impl FakeNotifications {
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        app_name: String,
-        _replaces_id: u32,
-        _app_icon: String,
-        summary: String,
-        body: String,
-        _actions: Vec<String>,
-        _hints: HashMap<String, OwnedVariant>,
-        _expire_timeout: i32,
-    ) -> u32 {
-        let mut seen = self.seen.lock().expect("fake");
-        seen.push((app_name, summary, body));
-        seen.len() as u32
-    }
-
-    fn get_capabilities(&self) -> Vec<String> {
-        vec!["body".into()]
-    }
-
-    #[zbus(out_args("name", "vendor", "version", "spec_version"))]
-    fn get_server_information(&self) -> (String, String, String, String) {
-        (
-            "fake".into(),
-            "tandem tests".into(),
-            "1".into(),
-            "1.2".into(),
-        )
-    }
-}
-
 #[tokio::test]
 async fn an_incoming_sms_raises_one_notification() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
+    let (session, system) = (Bus::start(), Bus::start());
     let _sim = Sim::start(&system, &[ALICE]);
-    let fake = FakeNotifications::default();
-    let _server = zbus::connection::Builder::address(session.address.as_str())
-        .serve_at("/org/freedesktop/Notifications", fake.clone())
-        .name("org.freedesktop.Notifications")
-        .build()
-        .await
-        .expect("fake notification server");
+    let (_server, mut calls) = start_server(&session.address, &["body"]).await;
     let config = format!("default_region = \"US\"\n[sms]\nmodem = \"{ALICE}\"\n");
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config).await;
-    let ctl = SimCtl::new(&system.connect().await).await;
-    ctl.inject_sms(ALICE, BOB, "ping from Bob").await;
-    eventually("a notification", || async {
-        !fake.seen.lock().expect("fake").is_empty()
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let seen = fake.seen.lock().expect("fake").clone();
+    let dir = temp_dir();
+    let _phone = Phone::on(session, &system, dir.path(), &config).await;
+    SimCtl::new(&system.connect().await)
+        .await
+        .inject_sms(ALICE, BOB, "ping from Bob")
+        .await;
+    let call = next_call(&mut calls).await;
     assert_eq!(
-        seen,
-        [(
-            "Tandem".to_string(),
-            BOB.to_string(),
-            "ping from Bob".to_string()
-        )]
+        (
+            call.app_name.as_str(),
+            call.summary.as_str(),
+            call.body.as_str()
+        ),
+        ("Tandem", BOB, "ping from Bob")
     );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(calls.try_recv().is_err(), "one notification only");
 }
 
 /// Every string, list and number argument of the contract has a bound, with a named
 /// error past it, and no error message repeats a huge argument back.
 #[tokio::test]
 async fn every_input_has_a_bound() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let api = client(&s.session).await;
     let huge = "9".repeat(1 << 20);
     let long_peer = "D".repeat(257);
@@ -699,18 +633,15 @@ async fn every_input_has_a_bound() {
 /// store. The latencies are printed for the record, not asserted.
 #[tokio::test]
 async fn hostile_searches_do_not_hold_up_sending() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
+    let m = Machine::start(&[ALICE, BOB]);
     // A store with messages to search through, written before the daemon starts.
-    let db = dir.path().join("data/tandem/messages.db");
+    let db = m.dir.path().join("data/tandem/messages.db");
     {
         let mut store = tandem::store::Store::open(&db).expect("store");
         tandem::store::fill_synthetic(&mut store, 50_000, 200, 9).expect("fill");
     }
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
+    let _daemon = m.daemon(&config_for(ALICE)).await;
+    let api = client(&m.session).await;
 
     let common = "the I you to a and it is ok in me for that on be we";
     let mid = "dinner lunch coffee beer weekend friday saturday sunday monday party \
@@ -788,13 +719,10 @@ async fn hostile_searches_do_not_hold_up_sending() {
 /// name, keeps answering, and is the only one to take an incoming SMS.
 #[tokio::test]
 async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
-    let first = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let signals = SignalLog::start(&session).await;
-    let conn = session.connect().await;
+    let m = Machine::start(&[ALICE, BOB]);
+    let first = m.daemon(&config_for(ALICE)).await;
+    let signals = SignalLog::start(&m.session).await;
+    let conn = m.session.connect().await;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await.expect("bus proxy");
     let name = zbus::names::BusName::try_from(tandem::api::BUS_NAME).expect("name");
     let owner = dbus.get_name_owner(name.clone()).await.expect("owner");
@@ -829,7 +757,7 @@ async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
     assert_eq!(dbus.get_name_owner(name).await.expect("owner"), owner);
 
     // The first still serves, and is the only one to take an incoming SMS.
-    let api = client(&session).await;
+    let api = client(&m.session).await;
     let id = api
         .send_message(BOB, "still here", no_opts())
         .await
@@ -838,7 +766,7 @@ async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
         api.get_message(&id).await.expect("GetMessage").text,
         "still here"
     );
-    let ctl = SimCtl::new(&system.connect().await).await;
+    let ctl = SimCtl::new(&m.system.connect().await).await;
     ctl.inject_sms(ALICE, BOB, "one copy please").await;
     signals
         .wait_until("the SMS received", |s| !s.received().is_empty())
@@ -866,18 +794,15 @@ async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
 /// can see.
 #[tokio::test]
 async fn a_daemon_that_loses_its_name_stops() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
+    let m = Machine::start(&[ALICE, BOB]);
+    let mut daemon = m.daemon(&config_for(ALICE)).await;
+    let api = client(&m.session).await;
     eventually("the modem registered", || async {
         api.modem_state().await.ok().as_deref() == Some("registered")
     })
     .await;
     drop(api);
-    drop(session);
+    drop(m.session);
     let status = daemon
         .wait_exit(WAIT)
         .await
@@ -890,7 +815,7 @@ async fn a_daemon_that_loses_its_name_stops() {
         "{log}"
     );
     // Stopped for good: an SMS arriving now stays on the modem.
-    let ctl = SimCtl::new(&system.connect().await).await;
+    let ctl = SimCtl::new(&m.system.connect().await).await;
     ctl.inject_sms(ALICE, BOB, "nobody is taking this").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
@@ -916,12 +841,9 @@ async fn loose_files_are_made_private_at_start() {
     let chmod = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
     };
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE]);
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
+    let m = Machine::start(&[ALICE]);
+    let mut daemon = m.daemon(&config_for(ALICE)).await;
+    let api = client(&m.session).await;
     let id = api
         .send_message(BOB, "kept through the chmod", no_opts())
         .await
@@ -959,7 +881,7 @@ async fn loose_files_are_made_private_at_start() {
         "{log}"
     );
     assert!(!log.contains("secret"), "the token went to the log:\n{log}");
-    let api = client(&session).await;
+    let api = client(&m.session).await;
     assert_eq!(
         api.get_message(&id).await.expect("GetMessage").text,
         "kept through the chmod"

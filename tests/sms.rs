@@ -22,22 +22,12 @@ async fn registered() -> (DaemonRig, MessagesProxy<'static>) {
     (w, api)
 }
 
-async fn wait_modem(api: &tandem::api::MessagesProxy<'_>, state: &str) {
-    eventually(&format!("ModemState {state}"), || async {
-        api.modem_state().await.ok().as_deref() == Some(state)
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn send_goes_queued_sending_sent_delivered() {
     let (w, api) = registered().await;
     assert_eq!(api.own_number().await.expect("OwnNumber"), ALICE);
 
-    let id = api
-        .send_message("+1 (555) 000-2222", "hello Bob", no_opts())
-        .await
-        .expect("SendMessage");
+    let id = w.send("+1 (555) 000-2222", "hello Bob").await;
     w.signals
         .wait_until("delivered", |s| {
             s.statuses(&id).last().map(String::as_str) == Some("delivered")
@@ -66,55 +56,41 @@ async fn send_goes_queued_sending_sent_delivered() {
         "{at_bob:?}"
     );
     // Our sent SMS (and the applied status report) were removed from Alice's modem.
-    eventually("Alice's modem is empty", || async {
-        w.ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
 }
 
 #[tokio::test]
 async fn a_status_report_that_comes_while_the_daemon_is_down_still_finds_its_message() {
-    let dir = temp_dir();
-    let session = Bus::start();
     let system = Bus::start();
-    let _sim = Sim::with_report_delay(&system, &[ALICE, BOB], 1500);
-    let signals = SignalLog::start(&session).await;
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
-    wait_modem(&api, "registered").await;
-    let id = api
-        .send_message(BOB, "report me later", no_opts())
-        .await
-        .expect("SendMessage");
-    signals
+    let sim = Sim::with_report_delay(&system, &[ALICE, BOB], 1500);
+    let mut w = DaemonRig::on(system, sim, &config_for(ALICE)).await;
+    w.modem_is("registered").await;
+    let id = w.send(BOB, "report me later").await;
+    w.signals
         .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_string()))
         .await;
-    daemon.kill9();
+    w.daemon.kill9();
     // The report reaches the modem while nobody listens.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let ctl = SimCtl::new(&system.connect().await).await;
     assert!(
-        ctl.list_sms(ALICE)
+        w.ctl
+            .list_sms(ALICE)
             .await
             .iter()
             .any(|d| d.get("pdu-type").and_then(|v| u32::try_from(v).ok()) == Some(3)),
         "the report waits on the modem"
     );
-    daemon.restart().await;
-    signals
+    w.daemon.restart().await;
+    w.signals
         .wait_until("delivered", |s| {
             s.statuses(&id).last().map(String::as_str) == Some("delivered")
         })
         .await;
-    let api = client(&session).await;
     assert_eq!(
-        api.get_message(&id).await.expect("GetMessage").status,
+        w.api.get_message(&id).await.expect("GetMessage").status,
         "delivered"
     );
-    eventually("report removed from the modem", || async {
-        ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
 }
 
 #[tokio::test]
@@ -162,10 +138,7 @@ async fn receive_stores_announces_and_deletes_from_the_modem() {
     let stored = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, got.id);
-    eventually("deleted from the modem", || async {
-        w.ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
     eventually("UnreadCount 1", || async {
         api.unread_count().await.ok() == Some(1)
     })
@@ -223,20 +196,17 @@ async fn multipart_is_taken_only_when_complete() {
 
 #[tokio::test]
 async fn messages_waiting_on_the_modem_are_taken_at_start() {
-    let dir = temp_dir();
-    let session = Bus::start();
     let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE]);
+    let sim = Sim::start(&system, &[ALICE]);
     let ctl = SimCtl::new(&system.connect().await).await;
     ctl.inject_sms(ALICE, CAROL, "sent while you slept").await;
     ctl.inject_sms(ALICE, "ACME", "your parcel is here").await;
 
-    let signals = SignalLog::start(&session).await;
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    signals
+    let w = DaemonRig::on(system, sim, &config_for(ALICE)).await;
+    w.signals
         .wait_until("two messages", |s| s.received().len() == 2)
         .await;
-    let api = client(&session).await;
+    let api = &w.api;
     assert_eq!(
         api.get_messages(CAROL, "", 10).await.expect("Carol")[0].text,
         "sent while you slept"
@@ -246,10 +216,7 @@ async fn messages_waiting_on_the_modem_are_taken_at_start() {
         api.get_messages("ACME", "", 10).await.expect("ACME")[0].text,
         "your parcel is here"
     );
-    eventually("modem emptied", || async {
-        ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    ctl.until_empty(ALICE).await;
 }
 
 #[tokio::test]
@@ -258,14 +225,8 @@ async fn without_a_modem_messages_wait_and_go_when_it_appears() {
     let api = client(&w.session).await;
     w.modem_is("absent").await;
 
-    let first = api
-        .send_message(BOB, "one", no_opts())
-        .await
-        .expect("SendMessage");
-    let second = api
-        .send_message(BOB, "two", no_opts())
-        .await
-        .expect("SendMessage");
+    let first = w.send(BOB, "one").await;
+    let second = w.send(BOB, "two").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         api.get_message(&first).await.expect("first").status,
@@ -308,10 +269,7 @@ async fn a_locked_or_unregistered_modem_holds_the_outbox() {
     let (w, api) = registered().await;
     w.ctl.set_modem_state(ALICE, 2).await; // locked
     w.modem_is("locked").await;
-    let id = api
-        .send_message(BOB, "after the PIN", no_opts())
-        .await
-        .expect("SendMessage");
+    let id = w.send(BOB, "after the PIN").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         api.get_message(&id).await.expect("GetMessage").status,
@@ -332,11 +290,8 @@ async fn a_locked_or_unregistered_modem_holds_the_outbox() {
 
 #[tokio::test]
 async fn history_survives_a_daemon_restart() {
-    let (mut w, api) = registered().await;
-    let id = api
-        .send_message(CAROL, "before restart", no_opts())
-        .await
-        .expect("SendMessage");
+    let (mut w, _) = registered().await;
+    let id = w.send(CAROL, "before restart").await;
     // Keep the incoming SMS on the modem across the restart: the new daemon finds it again.
     w.ctl.set_delete_blocked(ALICE, true).await;
     w.ctl.inject_sms(ALICE, CAROL, "reply before restart").await;
@@ -368,14 +323,11 @@ async fn history_survives_a_daemon_restart() {
 
 #[tokio::test]
 async fn follows_modemmanager_going_away_and_coming_back() {
-    let (mut w, api) = registered().await;
+    let (mut w, _) = registered().await;
 
     w.sim.kill();
     w.modem_is("absent").await;
-    let id = api
-        .send_message(BOB, "while MM was away", no_opts())
-        .await
-        .expect("SendMessage");
+    let id = w.send(BOB, "while MM was away").await;
 
     w.sim.restart();
     w.modem_is("registered").await;
@@ -406,10 +358,7 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
     let api = client(&w.session).await;
     w.modem_is("registered").await;
     w.ctl.set_delete_blocked(ALICE, false).await;
-    eventually("deleted from the modem", || async {
-        w.ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
 
     let stored = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     assert_eq!(stored.len(), 1, "stored exactly once: {stored:?}");
@@ -420,7 +369,7 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
 
 #[tokio::test]
 async fn a_failed_send_is_retried() {
-    let (w, api) = registered().await;
+    let (w, _) = registered().await;
     w.ctl
         .fail_next_send(
             ALICE,
@@ -428,10 +377,7 @@ async fn a_failed_send_is_retried() {
             "try again",
         )
         .await;
-    let id = api
-        .send_message(BOB, "second time lucky", no_opts())
-        .await
-        .expect("SendMessage");
+    let id = w.send(BOB, "second time lucky").await;
     w.signals
         .wait_until("sent after a retry", |s| {
             s.statuses(&id).contains(&"sent".to_string())

@@ -181,6 +181,15 @@ impl World {
         World { rig, ctl }
     }
 
+    /// Alice's modem refuses the next send.
+    async fn modem_refuses_next_send(&self) {
+        let error = "org.freedesktop.ModemManager1.Error.Core.Unsupported";
+        self.rig
+            .ctl
+            .fail_next_send(ALICE, error, "no SMS here")
+            .await;
+    }
+
     /// An SMS from `from` to Alice, once the daemon has stored and announced it.
     async fn incoming(&self, from: &str, text: &str) -> String {
         let before = self.rig.signals.received().len();
@@ -345,14 +354,7 @@ async fn send_prints_the_id_and_waits_for_delivery() {
 #[tokio::test]
 async fn send_wait_fails_and_times_out_with_their_own_exit_codes() {
     let w = World::new().await;
-    w.rig
-        .ctl
-        .fail_next_send(
-            ALICE,
-            "org.freedesktop.ModemManager1.Error.Core.Unsupported",
-            "no SMS here",
-        )
-        .await;
+    w.modem_refuses_next_send().await;
     let failed = w.ctl.run(&["send", "--wait", BOB, "doomed"]);
     assert_eq!(failed.code, 7, "{failed:#?}");
     let id = failed.stdout.trim();
@@ -365,14 +367,7 @@ async fn send_wait_fails_and_times_out_with_their_own_exit_codes() {
         "{failed:#?}"
     );
 
-    w.rig
-        .ctl
-        .fail_next_send(
-            ALICE,
-            "org.freedesktop.ModemManager1.Error.Core.Unsupported",
-            "no SMS here",
-        )
-        .await;
+    w.modem_refuses_next_send().await;
     let failed_json = w.ctl.run(&["--json", "send", "--wait", BOB, "doomed too"]);
     assert_eq!(failed_json.code, 7, "{failed_json:#?}");
     let m = failed_json.json();

@@ -161,7 +161,11 @@ pub struct Phone {
 impl Phone {
     /// A daemon with `config` in `dir`, on the system bus `system`.
     pub async fn start(system: &Bus, dir: &Path, config: &str) -> Phone {
-        let session = Bus::start();
+        Phone::on(Bus::start(), system, dir, config).await
+    }
+
+    /// The same on a session bus made ready already (with a fake service, say).
+    pub async fn on(session: Bus, system: &Bus, dir: &Path, config: &str) -> Phone {
         let signals = SignalLog::start(&session).await;
         let daemon = Daemon::start(&session, system, dir, config).await;
         let api = client(&session).await;
@@ -317,5 +321,32 @@ impl std::ops::Deref for DaemonRig {
 impl std::ops::DerefMut for DaemonRig {
     fn deref_mut(&mut self) -> &mut Phone {
         &mut self.phone
+    }
+}
+
+/// Two private buses, the simulator on the system one, and a directory: what a test
+/// starts its own daemons on.
+pub struct Machine {
+    pub session: Bus,
+    pub system: Bus,
+    pub sim: Sim,
+    pub dir: tempfile::TempDir,
+}
+
+impl Machine {
+    /// The buses, and the simulator hosting `modems`.
+    pub fn start(modems: &[&str]) -> Machine {
+        let system = Bus::start();
+        Machine {
+            session: Bus::start(),
+            sim: Sim::start(&system, modems),
+            system,
+            dir: super::temp_dir(),
+        }
+    }
+
+    /// A daemon with `config` in the machine's directory.
+    pub async fn daemon(&self, config: &str) -> Daemon {
+        Daemon::start(&self.session, &self.system, self.dir.path(), config).await
     }
 }

@@ -13,6 +13,7 @@
 pub mod bus;
 pub mod daemon;
 pub mod faults;
+pub mod notifications;
 pub mod opts;
 pub mod proc;
 pub mod relay;
@@ -20,7 +21,7 @@ pub mod signals;
 pub mod sim;
 
 pub use bus::{Bus, WAIT, eventually, temp_dir, wait_for};
-pub use daemon::{Daemon, DaemonRig, Phone, client, config_for, config_with_relay};
+pub use daemon::{Daemon, DaemonRig, Machine, Phone, client, config_for, config_with_relay};
 pub use faults::{FaultRng, fault_points};
 pub use opts::{Dict, dict_str, get, no_opts, opts};
 pub use proc::{Proc, Ran, program, signal};

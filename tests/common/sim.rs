@@ -159,6 +159,12 @@ impl SimCtl {
         self.call("ListSms", &(modem,)).await
     }
 
+    /// Waits until no SMS is left on `modem` (sent, received or reports).
+    pub async fn until_empty(&self, modem: &str) {
+        let what = format!("no SMS left on {modem}");
+        super::eventually(&what, || async { self.list_sms(modem).await.is_empty() }).await
+    }
+
     pub async fn fail_next_send(&self, modem: &str, error: &str, message: &str) {
         self.call::<_, ()>("FailNextSend", &(modem, error, message))
             .await
