@@ -41,12 +41,25 @@ fn config(set: impl FnOnce(&mut RelayConfig)) -> RelayConfig {
     config
 }
 
+/// A client and its token.
+type Account = (WsClient, String);
+
 /// A relay with `config`, and Alice and Bob logged in on it.
-async fn alice_and_bob(config: RelayConfig) -> (LocalRelay, WsClient, WsClient) {
+async fn alice_and_bob(config: RelayConfig) -> (LocalRelay, Account, Account) {
     let relay = LocalRelay::start(config).await;
-    let (alice, _) = relay.account(ALICE).await;
-    let (bob, _) = relay.account(BOB).await;
+    let alice = relay.account(ALICE).await;
+    let bob = relay.account(BOB).await;
     (relay, alice, bob)
+}
+
+/// `number` logs in again and is handed exactly `ids`, queued for it, in order.
+async fn queued_for(relay: &LocalRelay, number: &str, token: &str, ids: &[&str]) -> WsClient {
+    let (mut client, queued) = relay.login(number, token).await;
+    assert_eq!(queued as usize, ids.len());
+    for id in ids {
+        assert_eq!(client.delivered().await.1, *id);
+    }
+    client
 }
 
 /// Alice sends Bob a message and Bob gets it: proves the relay still serves both.
@@ -455,9 +468,7 @@ async fn nobody_logs_in_as_another_number() {
 
 #[tokio::test]
 async fn a_second_login_replaces_the_first_connection() {
-    let relay = LocalRelay::start(RelayConfig::default()).await;
-    let (mut old, token) = relay.account(ALICE).await;
-    let (mut watcher, _) = relay.account(BOB).await;
+    let (relay, (mut old, token), (mut watcher, _)) = alice_and_bob(RelayConfig::default()).await;
     watcher.subscribe(&[ALICE]).await;
     let (mut new, _) = relay.login(ALICE, &token).await;
     old.fatal(ErrorCode::Replaced).await;
@@ -483,7 +494,7 @@ async fn a_client_that_never_logs_in_is_closed() {
 
 #[tokio::test]
 async fn send_ack_deliver_confirm_receipt() {
-    let (relay, mut alice, mut bob) = alice_and_bob(RelayConfig::default()).await;
+    let (relay, (mut alice, _), (mut bob, _)) = alice_and_bob(RelayConfig::default()).await;
 
     alice.send_as("m1", BOB, "hello Bob", ONLINE).await;
     match bob.recv().await {
@@ -529,9 +540,7 @@ async fn send_ack_deliver_confirm_receipt() {
 
 #[tokio::test]
 async fn sends_that_are_refused_at_once() {
-    let relay = LocalRelay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (_bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (_bob, _)) = alice_and_bob(RelayConfig::default()).await;
     let too_long = "x".repeat(64 * 1024 + 1);
     for (id, to, text, code) in [
         ("u1", DAVE, "hi", ErrorCode::RecipientUnregistered),
@@ -556,9 +565,8 @@ async fn sends_that_are_refused_at_once() {
 
 #[tokio::test]
 async fn a_resend_after_reconnect_is_not_a_second_message() {
-    let relay = LocalRelay::start(RelayConfig::default()).await;
-    let (mut alice, alice_token) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, alice_token), (mut bob, _)) =
+        alice_and_bob(RelayConfig::default()).await;
 
     alice.send_as("d1", BOB, "once", ONLINE).await;
     assert_eq!(bob.delivered().await.1, "d1");
@@ -584,9 +592,7 @@ async fn store_and_forward_delivers_at_login() {
         db_path: Some(dir.path().join("relay.db")),
         ..RelayConfig::default()
     };
-    let relay = LocalRelay::start(config()).await;
-    let (mut alice, alice_token) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
+    let (relay, (mut alice, alice_token), (bob, bob_token)) = alice_and_bob(config()).await;
     let snapshot = alice.subscribe(&[BOB]).await;
     assert_eq!(snapshot, [entry(BOB, true, PresenceState::Online)]);
     drop(bob);
@@ -633,9 +639,7 @@ async fn store_and_forward_delivers_at_login() {
     assert_eq!(alice.send_ok("q3", BOB, "third").await.0, SendState::Online);
     assert_eq!(bob.delivered().await.1, "q3");
     drop(bob);
-    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
-    assert_eq!(queued, 1);
-    assert_eq!(bob.delivered().await.1, "q3");
+    let _bob = queued_for(&relay, BOB, &bob_token, &["q3"]).await;
     relay.stop().await;
 }
 
@@ -683,17 +687,14 @@ async fn the_queue_is_bounded_per_recipient_and_by_age() {
     alice.send_as("b1", BOB, "1", EXPIRED_AGAIN).await;
     // Room again; Bob gets only the fresh one.
     assert_eq!(alice.send_ok("b4", BOB, "4").await.0, SendState::Queued);
-    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
-    assert_eq!(queued, 1);
-    assert_eq!(bob.delivered().await.1, "b4");
+    let _bob = queued_for(&relay, BOB, &bob_token, &["b4"]).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn delivery_is_paced_by_the_window() {
-    let relay = LocalRelay::start(config(|c| c.deliver_window = 2)).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (bob, bob_token)) =
+        alice_and_bob(config(|c| c.deliver_window = 2)).await;
     drop(bob);
     for id in ["w1", "w2", "w3", "w4"] {
         alice.send_ok(id, BOB, id).await;
@@ -784,9 +785,7 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
     // Answers to a client's own requests (acks, confirms) share its outbound queue with
     // deliveries and receipts; a client that reads everything must never overflow it,
     // however many requests it pipelines.
-    let relay = LocalRelay::start(no_quotas()).await;
-    let (alice, _) = relay.account(ALICE).await;
-    let (bob, _) = relay.account(BOB).await;
+    let (relay, (alice, _), (bob, _)) = alice_and_bob(no_quotas()).await;
     let count = 600;
     let both = async {
         tokio::join!(
@@ -925,7 +924,7 @@ async fn owed_receipts_keep_flowing_on_a_busy_relay() {
 
 #[tokio::test]
 async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
-    let (relay, mut alice, mut bob) =
+    let (relay, (mut alice, _), (mut bob, _)) =
         alice_and_bob(config(|c| c.sender_messages_per_min = 60)).await;
     let (mut carol, _) = relay.account(CAROL).await;
     // A minute's worth at once...
@@ -996,9 +995,7 @@ async fn a_sender_over_its_quota_of_bytes_waits_and_keeps_its_order() {
 
 #[tokio::test]
 async fn revoke_before_and_after_delivery() {
-    let relay = LocalRelay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (bob, bob_token)) = alice_and_bob(RelayConfig::default()).await;
     drop(bob);
 
     // Queued for an offline recipient: revoked, and never delivered.
@@ -1011,9 +1008,7 @@ async fn revoke_before_and_after_delivery() {
     );
     alice.send_as("r1", BOB, "never", REVOKED_AGAIN).await;
     alice.send_ok("r2", BOB, "kept").await;
-    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
-    assert_eq!(queued, 1);
-    assert_eq!(bob.delivered().await.1, "r2");
+    let mut bob = queued_for(&relay, BOB, &bob_token, &["r2"]).await;
 
     // Acked by the recipient: already delivered.
     bob.ack(ALICE, "r2").await;
@@ -1049,7 +1044,7 @@ async fn revoke_before_and_after_delivery() {
 
 #[tokio::test]
 async fn revoke_racing_delivery_settles_exactly_once() {
-    let (relay, mut alice, mut bob) = alice_and_bob(RelayConfig::default()).await;
+    let (relay, (mut alice, _), (mut bob, _)) = alice_and_bob(RelayConfig::default()).await;
     let mut seen = (0, 0);
     for n in 0..40 {
         let id = format!("race{n}");
@@ -1111,7 +1106,7 @@ async fn revoke_racing_delivery_settles_exactly_once() {
 
 #[tokio::test]
 async fn presence_snapshot_pushes_and_typing_expiry() {
-    let (relay, mut alice, mut bob) =
+    let (relay, (mut alice, _), (mut bob, _)) =
         alice_and_bob(config(|c| c.typing_ttl = Duration::from_millis(300))).await;
     let (carol, carol_token) = relay.account(CAROL).await;
     drop(carol);
