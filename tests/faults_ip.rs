@@ -75,8 +75,10 @@ impl Handset {
         }
     }
 
-    /// kill -9, then started again, and back: online and seeing `peer` online.
-    async fn crash_and_come_back(&mut self, peer: &str) {
+    /// kill -9 after `pause`, then started again, and back: online and seeing `peer`
+    /// online.
+    async fn crash_after(&mut self, pause: Duration, peer: &str) {
+        tokio::time::sleep(pause).await;
         self.phone.daemon.kill9();
         self.phone.daemon.restart().await;
         self.phone.online().await;
@@ -357,8 +359,15 @@ impl Run {
         }
     }
 
-    /// `lo` to `hi` messages from `from` to the other, texts `"{label}.{i}"`.
-    async fn burst(&mut self, from: &str, label: &str, (lo, hi): (u64, u64), ask: Ask) {
+    /// `lo` to `hi` messages from `from` to the other, texts `"{prefix} {point}.{i}"`.
+    async fn burst(
+        &mut self,
+        from: &str,
+        (prefix, point): (&str, u32),
+        (lo, hi): (u64, u64),
+        ask: Ask,
+    ) {
+        let label = format!("{prefix} {point}");
         let (sender, to) = match from {
             ALICE => (&self.w.alice, BOB),
             _ => (&self.w.bob, ALICE),
@@ -372,6 +381,13 @@ impl Run {
             let accepted = sender.send(to, format!("{label}.{i}"), channel).await;
             self.accepted.push(accepted);
         }
+    }
+
+    /// Traffic both ways: 1-3 messages from Alice (one in four asking for IP), 0-2 from
+    /// Bob.
+    async fn both_ways(&mut self, point: u32) {
+        self.burst(ALICE, ("a", point), (1, 3), Ask::Mixed).await;
+        self.burst(BOB, ("b", point), (0, 2), Ask::Any).await;
     }
 
     /// Settles, prints the figures of `test` and checks the invariants every scenario
@@ -516,13 +532,10 @@ impl Tally {
 #[tokio::test]
 async fn kill_9_of_the_sender_during_ip_sends() {
     let mut run = Run::start(8, 5).await;
-    let kills = run.kills;
-    for point in 0..kills {
-        run.burst(ALICE, &format!("ip {point}"), (1, 3), Ask::Mixed)
-            .await;
-        tokio::time::sleep(run.rng.millis(40)).await;
-        // Seeing Bob online, so that the next messages go over IP again.
-        run.w.alice.crash_and_come_back(BOB).await;
+    for point in 0..run.kills {
+        run.burst(ALICE, ("ip", point), (1, 3), Ask::Mixed).await;
+        // Back and seeing Bob online, so that the next messages go over IP again.
+        run.w.alice.crash_after(run.rng.millis(40), BOB).await;
     }
     let t = run.finish("kill_9_sender_ip_send").await;
     // Bob never stopped: he announced each message exactly once.
@@ -537,16 +550,15 @@ async fn kill_9_of_the_sender_during_ip_sends() {
 #[tokio::test]
 async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
     let mut run = Run::start(6, 1).await;
-    let kills = run.kills;
     signal(run.w.bob.phone.daemon.pid(), "-STOP");
     let mut stopped_for = 0;
-    for point in 0..kills {
+    for point in 0..run.kills {
         // A modem busy 10-80 ms with each send, so kills land in SMS sends too.
         run.w
             .ctl
             .set_send_delay(ALICE, 10 + run.rng.below(71) as u32)
             .await;
-        run.burst(ALICE, &format!("fallback {point}"), (1, 2), Ask::Any)
+        run.burst(ALICE, ("fallback", point), (1, 2), Ask::Any)
             .await;
         // Two kills in three around the revoke (due 1 s after the relay's ack) and the
         // SMS after it, the others anywhere in the wait.
@@ -555,8 +567,7 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
         } else {
             run.rng.millis(1300)
         };
-        tokio::time::sleep(kill_at).await;
-        run.w.alice.crash_and_come_back(BOB).await;
+        run.w.alice.crash_after(kill_at, BOB).await;
         // Bob runs for a moment now and then (and at least every 6 points, well within
         // the relay's idle timeout): he acks what was pushed to him, racing the revokes.
         stopped_for += 1;
@@ -568,8 +579,11 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
         }
     }
     signal(run.w.bob.phone.daemon.pid(), "-CONT");
-    let t = run.finish("kill_9_sender_revoke_fallback").await;
-    assert_eq!(t.reannounced, 0, "Bob announced a message twice");
+    let reannounced = run
+        .finish("kill_9_sender_revoke_fallback")
+        .await
+        .reannounced;
+    assert_eq!(reannounced, 0, "Bob announced a message twice");
 }
 
 /// Alice sends to Bob over IP (asked for: the relay keeps what Bob has not acked) and
@@ -579,55 +593,18 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
 #[tokio::test]
 async fn kill_9_of_the_recipient_while_receiving_over_ip() {
     let mut run = Run::start(8, 30).await;
-    let kills = run.kills;
-    for point in 0..kills {
-        run.burst(ALICE, &format!("in {point}"), (1, 4), Ask::Ip)
-            .await;
+    for point in 0..run.kills {
+        run.burst(ALICE, ("in", point), (1, 4), Ask::Ip).await;
         tokio::time::sleep(run.rng.millis(40)).await;
         run.w.bob.phone.daemon.kill9();
         if run.rng.below(2) == 0 {
-            run.burst(ALICE, &format!("in {point}.down"), (1, 3), Ask::Ip)
-                .await;
+            run.burst(ALICE, ("down", point), (1, 3), Ask::Ip).await;
         }
         run.w.bob.phone.daemon.restart().await;
         run.w.bob.phone.online().await;
     }
-    let t = run.finish("kill_9_recipient_ip_receive").await;
-    assert_eq!(t.over_sms, 0, "asked for IP, went by SMS");
-}
-
-/// The relay killed -9 mid-traffic, both ways (Alice to Bob, one in four asking for IP;
-/// Bob to Alice), down for 0-300 ms, and started again on its database. Both daemons are
-/// restarted cleanly every 4 points, which also starts their reconnect backoff over.
-#[tokio::test]
-async fn kill_9_of_the_relay_mid_traffic() {
-    let mut run = Run::start(4, 2).await;
-    let kills = run.kills;
-    for point in 0..kills {
-        run.burst(ALICE, &format!("a {point}"), (1, 3), Ask::Mixed)
-            .await;
-        run.burst(BOB, &format!("b {point}"), (0, 2), Ask::Any)
-            .await;
-        // An IP send takes a few ms from SendMessage to the receipt: most kills land in it.
-        tokio::time::sleep(run.rng.millis(12)).await;
-        run.w.relay.kill();
-        if run.rng.below(2) == 0 {
-            // Sent before the daemons noticed, or after: over IP when the relay is back,
-            // or by SMS.
-            let channel = (run.rng.below(4) == 0).then_some("ip");
-            let text = format!("a {point}.down");
-            let accepted = run.w.alice.send(BOB, text, channel).await;
-            run.accepted.push(accepted);
-        }
-        tokio::time::sleep(run.rng.millis(300)).await;
-        run.w.relay.restart();
-        if point % 4 == 3 && point + 1 < kills {
-            run.w.alice.phone.daemon.restart().await;
-            run.w.bob.phone.daemon.restart().await;
-        }
-        run.w.online().await;
-    }
-    run.finish("kill_9_relay").await;
+    let over_sms = run.finish("kill_9_recipient_ip_receive").await.over_sms;
+    assert_eq!(over_sms, 0, "asked for IP, went by SMS");
 }
 
 /// Registration with the SMS code (`--verify sms-command`, the code "sent" by injecting
@@ -754,4 +731,34 @@ async fn kill_9_during_relay_registration() {
     assert!(shown.is_empty(), "code SMS shown: {shown:?}");
     assert_eq!(left_on_modem, 0, "code SMS left on the modem");
     assert_eq!(token_refused, 0, "a stored token was refused");
+}
+
+/// The relay killed -9 mid-traffic, both ways (Alice to Bob, one in four asking for IP;
+/// Bob to Alice), down for 0-300 ms, and started again on its database. Both daemons are
+/// restarted cleanly every 4 points, which also starts their reconnect backoff over.
+#[tokio::test]
+async fn kill_9_of_the_relay_mid_traffic() {
+    let mut run = Run::start(4, 2).await;
+    for point in 0..run.kills {
+        run.both_ways(point).await;
+        // An IP send takes a few ms from SendMessage to the receipt: most kills land in it.
+        tokio::time::sleep(run.rng.millis(12)).await;
+        run.w.relay.kill();
+        if run.rng.below(2) == 0 {
+            // Sent before the daemons noticed, or after: over IP when the relay is back,
+            // or by SMS.
+            let channel = (run.rng.below(4) == 0).then_some("ip");
+            let text = format!("a {point}.down");
+            let accepted = run.w.alice.send(BOB, text, channel).await;
+            run.accepted.push(accepted);
+        }
+        tokio::time::sleep(run.rng.millis(300)).await;
+        run.w.relay.restart();
+        if point % 4 == 3 && point + 1 < run.kills {
+            run.w.alice.phone.daemon.restart().await;
+            run.w.bob.phone.daemon.restart().await;
+        }
+        run.w.online().await;
+    }
+    run.finish("kill_9_relay").await;
 }
