@@ -139,7 +139,7 @@ async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
 
     // Let everything settle with no more kills.
     let finals = settle(&api, &accepted).await;
-    let sent = sent_texts(&sim).await;
+    let sent = sent_texts(sim).await;
     let (mut once, mut doubled, mut lost, mut unknown, mut failed) = (0, 0, 0, 0, 0);
     for ((id, text), (status, error)) in accepted.iter().zip(&finals) {
         let times = sent.get(text).copied().unwrap_or(0);
@@ -427,7 +427,7 @@ async fn modem_manager_killed_mid_send_never_doubles() {
     w.ctl.set_send_delay(A, 0).await;
     let api = &w.api;
 
-    let finals = settle(&api, &accepted).await;
+    let finals = settle(api, &accepted).await;
     let sent = sent.lock().expect("counts").clone();
     let (mut once, mut doubled, mut lost, mut unknown) = (0, 0, 0, 0);
     for ((id, text), (status, error)) in accepted.iter().zip(&finals) {
@@ -445,7 +445,7 @@ async fn modem_manager_killed_mid_send_never_doubles() {
             }
         }
     }
-    let counters = counters(&api).await;
+    let counters = counters(api).await;
     let counted = counters
         .iter()
         .find(|(name, _)| name == "sms-outcome-unknown")
