@@ -27,8 +27,6 @@ use tandem::api::MessagesProxy;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
-/// Where the relay's registration code SMS comes from (the operator's gateway).
-const GATEWAY: &str = "+15550000000";
 
 /// How long the end of a run may take to settle (every message final, nothing in flight).
 const SETTLE: Duration = Duration::from_secs(90);
@@ -616,6 +614,8 @@ async fn kill_9_of_the_recipient_while_receiving_over_ip() {
 /// lifetime; a code SMS left by the kill shown after the next login.)
 #[tokio::test]
 async fn kill_9_during_relay_registration() {
+    /// Where the relay's registration code SMS comes from (the operator's gateway).
+    const GATEWAY: &str = "+15550000000";
     let kills = fault_points(6);
     let mut rng = FaultRng::new();
     let started = Instant::now();

@@ -20,10 +20,6 @@ use zbus::{ObjectPath, OwnedObjectPath, Variant};
 const A: &str = "+15550001111";
 const B: &str = "+15550002222";
 const C: &str = "+15550003333";
-/// How long any one expected event may take.
-const PATIENCE: Duration = Duration::from_secs(10);
-/// How long we watch for an event that must not come.
-const QUIET: Duration = Duration::from_millis(700);
 
 /// A private bus, the simulator on it, and the adapter under test.
 struct Rig {
@@ -38,6 +34,11 @@ struct Rig {
     // Kept last: dropped (killed) after the simulator.
     _bus: Bus,
 }
+
+/// How long any one expected event may take.
+const PATIENCE: Duration = Duration::from_secs(10);
+/// How long we watch for an event that must not come.
+const QUIET: Duration = Duration::from_millis(700);
 
 impl Rig {
     /// A bus and the simulator hosting `modems` (`NUMBER[,flags]`), without the adapter.

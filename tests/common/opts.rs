@@ -9,14 +9,10 @@ pub type Dict = HashMap<String, OwnedVariant>;
 
 /// The options dictionary of these pairs.
 pub fn opts(pairs: &[(&str, Variant<'_>)]) -> Dict {
+    let owned = |v: &Variant<'_>| OwnedVariant::try_from(v).expect("plain value");
     pairs
         .iter()
-        .map(|(k, v)| {
-            (
-                (*k).to_owned(),
-                OwnedVariant::try_from(v).expect("plain value"),
-            )
-        })
+        .map(|(k, v)| ((*k).to_owned(), owned(v)))
         .collect()
 }
 
