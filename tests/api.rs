@@ -4,38 +4,20 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
+use common::notifications::{next_call, start_server};
 use common::*;
 use tandem::api::ApiError;
-use zbus::{OwnedVariant, interface};
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    session: Bus,
-    _system: Bus,
-    _sim: Sim,
-    _daemon: Daemon,
-}
-
-async fn setup(config: &str) -> Setup {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let sim = Sim::start(&system, &[ALICE, BOB]);
-    let daemon = Daemon::start(&session, &system, dir.path(), config).await;
-    Setup {
-        _dir: dir,
-        session,
-        _system: system,
-        _sim: sim,
-        _daemon: daemon,
-    }
+/// The simulator with Alice's and Bob's modems, and a daemon with `config`.
+async fn setup(config: &str) -> (Machine, Daemon) {
+    let m = Machine::start(&[ALICE, BOB]);
+    let daemon = m.daemon(config).await;
+    (m, daemon)
 }
 
 /// The D-Bus error name and message of a failed call.
@@ -52,94 +34,81 @@ fn error_of<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (String, String)
     }
 }
 
-fn opts(pairs: &[(&str, zbus::Variant<'static>)]) -> HashMap<String, OwnedVariant> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            (
-                (*k).to_owned(),
-                OwnedVariant::try_from(v).expect("plain value"),
-            )
-        })
-        .collect()
+/// The prefix of the contract's error names.
+const E: &str = "org.tandem.Messages1.Error.";
+
+/// Fails unless the call failed with the contract's error `name` (without its prefix).
+#[track_caller]
+fn assert_named<T: std::fmt::Debug>(result: Result<T, ApiError>, name: &str) {
+    let (got, message) = error_of(result);
+    assert_eq!(got, format!("{E}{name}"), "{message}");
 }
 
 #[tokio::test]
 async fn bad_input_gets_the_named_error() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let api = client(&s.session).await;
-    let e = "org.tandem.Messages1.Error.";
     let long = "x".repeat(10_001);
-    let cases: Vec<(&str, Result<String, ApiError>, &str, &str)> = vec![
+    let parts = "y".repeat(153 * 10 + 1);
+    let (arg, num) = ("InvalidArgument", "InvalidNumber");
+    let channel = |c: &'static str| opts(&[("channel", c.into())]);
+    let cases = [
         (
             "invalid number",
-            api.send_message("not a number", "hi", opts(&[])).await,
-            "InvalidNumber",
+            "not a number",
+            "hi",
+            no_opts(),
+            num,
             "not a number",
         ),
-        (
-            "too short",
-            api.send_message("+1 555", "hi", opts(&[])).await,
-            "InvalidNumber",
-            "+1 555",
-        ),
-        (
-            "empty text",
-            api.send_message(BOB, "", opts(&[])).await,
-            "InvalidArgument",
-            "empty",
-        ),
-        (
-            "blank text",
-            api.send_message(BOB, "  \n", opts(&[])).await,
-            "InvalidArgument",
-            "empty",
-        ),
+        ("too short", "+1 555", "hi", no_opts(), num, "+1 555"),
+        ("empty text", BOB, "", no_opts(), arg, "empty"),
+        ("blank text", BOB, "  \n", no_opts(), arg, "empty"),
         (
             "oversized text",
-            api.send_message(BOB, &long, opts(&[])).await,
-            "InvalidArgument",
+            BOB,
+            &long,
+            no_opts(),
+            arg,
             "10001 characters",
         ),
         (
             "too many SMS parts without IP",
-            api.send_message(BOB, &"y".repeat(153 * 10 + 1), opts(&[]))
-                .await,
-            "InvalidArgument",
+            BOB,
+            &parts,
+            no_opts(),
+            arg,
             "11 SMS parts",
         ),
-        (
-            "bad channel",
-            api.send_message(BOB, "hi", opts(&[("channel", "fax".into())]))
-                .await,
-            "InvalidArgument",
-            "\"fax\"",
-        ),
+        ("bad channel", BOB, "hi", channel("fax"), arg, "\"fax\""),
         (
             "unknown option",
-            api.send_message(BOB, "hi", opts(&[("priority", 1u32.into())]))
-                .await,
-            "InvalidArgument",
+            BOB,
+            "hi",
+            opts(&[("priority", 1u32.into())]),
+            arg,
             "unknown option \"priority\"",
         ),
         (
             "option of the wrong type",
-            api.send_message(BOB, "hi", opts(&[("delivery-report", "yes".into())]))
-                .await,
-            "InvalidArgument",
+            BOB,
+            "hi",
+            opts(&[("delivery-report", "yes".into())]),
+            arg,
             "delivery-report",
         ),
         (
             "ip without a relay",
-            api.send_message(BOB, "hi", opts(&[("channel", "ip".into())]))
-                .await,
+            BOB,
+            "hi",
+            channel("ip"),
             "Unavailable",
             "no relay",
         ),
     ];
-    for (what, result, name, needle) in cases {
-        let (got, message) = error_of(result);
-        assert_eq!(got, format!("{e}{name}"), "{what}: {message}");
+    for (what, to, text, options, name, needle) in cases {
+        let (got, message) = error_of(api.send_message(to, text, options).await);
+        assert_eq!(got, format!("{E}{name}"), "{what}: {message}");
         assert!(
             message.contains(needle),
             "{what}: {message:?} should mention {needle:?}"
@@ -147,24 +116,15 @@ async fn bad_input_gets_the_named_error() {
     }
 
     let unknown = "00000000-0000-4000-8000-000000000000";
-    let (name, _) = error_of(api.get_message(unknown).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.delete_message(unknown).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.get_messages(BOB, unknown, 10).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.delete_conversation(BOB).await);
-    assert_eq!(name, format!("{e}NotFound"));
-    let (name, _) = error_of(api.get_messages("+1 555", "", 10).await);
-    assert_eq!(name, format!("{e}InvalidNumber"));
-    let (name, msg) = error_of(api.list_conversations(0, 0).await);
-    assert_eq!(name, format!("{e}InvalidArgument"), "{msg}");
-    let (name, _) = error_of(api.search("", 10).await);
-    assert_eq!(name, format!("{e}InvalidArgument"));
-    let (name, _) = error_of(api.watch(vec![BOB.into(), "555-12x".into()]).await);
-    assert_eq!(name, format!("{e}InvalidNumber"));
-    let (name, _) = error_of(api.set_typing(BOB, true).await);
-    assert_eq!(name, format!("{e}Unavailable"));
+    assert_named(api.get_message(unknown).await, "NotFound");
+    assert_named(api.delete_message(unknown).await, "NotFound");
+    assert_named(api.get_messages(BOB, unknown, 10).await, "NotFound");
+    assert_named(api.delete_conversation(BOB).await, "NotFound");
+    assert_named(api.get_messages("+1 555", "", 10).await, num);
+    assert_named(api.list_conversations(0, 0).await, arg);
+    assert_named(api.search("", 10).await, arg);
+    assert_named(api.watch(vec![BOB.into(), "555-12x".into()]).await, num);
+    assert_named(api.set_typing(BOB, true).await, "Unavailable");
 
     // Nothing of the above was stored.
     assert!(
@@ -212,7 +172,7 @@ fn busctl(session: &Bus, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_contracts_busctl_examples_work_as_written() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let call = [
         "call",
         "org.tandem.Messages1",
@@ -299,7 +259,7 @@ fn interface_xml(doc: &str) -> String {
 
 #[tokio::test]
 async fn introspection_matches_the_committed_xml() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let conn = s.session.connect().await;
     let proxy = zbus::fdo::IntrospectableProxy::builder(&conn)
         .destination("org.tandem.Messages1")
@@ -376,99 +336,50 @@ fn a_bad_config_names_the_file_and_key_and_fails() {
     assert!(!out.status.success());
 }
 
-/// A fake notification server, recording every `Notify`.
-#[derive(Clone, Default)]
-struct FakeNotifications {
-    seen: Arc<Mutex<Vec<(String, String, String)>>>,
-}
-
-#[interface(name = "org.freedesktop.Notifications")]
-impl FakeNotifications {
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        app_name: String,
-        _replaces_id: u32,
-        _app_icon: String,
-        summary: String,
-        body: String,
-        _actions: Vec<String>,
-        _hints: HashMap<String, OwnedVariant>,
-        _expire_timeout: i32,
-    ) -> u32 {
-        let mut seen = self.seen.lock().expect("fake");
-        seen.push((app_name, summary, body));
-        seen.len() as u32
-    }
-
-    fn get_capabilities(&self) -> Vec<String> {
-        vec!["body".into()]
-    }
-
-    #[zbus(out_args("name", "vendor", "version", "spec_version"))]
-    fn get_server_information(&self) -> (String, String, String, String) {
-        (
-            "fake".into(),
-            "tandem tests".into(),
-            "1".into(),
-            "1.2".into(),
-        )
-    }
-}
-
 #[tokio::test]
 async fn an_incoming_sms_raises_one_notification() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
+    let (session, system) = (Bus::start(), Bus::start());
     let _sim = Sim::start(&system, &[ALICE]);
-    let fake = FakeNotifications::default();
-    let _server = zbus::connection::Builder::address(session.address.as_str())
-        .serve_at("/org/freedesktop/Notifications", fake.clone())
-        .name("org.freedesktop.Notifications")
-        .build()
-        .await
-        .expect("fake notification server");
+    let (_server, mut calls) = start_server(&session.address, &["body"]).await;
     let config = format!("default_region = \"US\"\n[sms]\nmodem = \"{ALICE}\"\n");
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config).await;
-    let ctl = SimCtl::new(&system.connect().await).await;
-    ctl.inject_sms(ALICE, BOB, "ping from Bob").await;
-    eventually("a notification", || async {
-        !fake.seen.lock().expect("fake").is_empty()
-    })
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let seen = fake.seen.lock().expect("fake").clone();
+    let dir = temp_dir();
+    let _phone = Phone::on(session, &system, dir.path(), &config).await;
+    SimCtl::new(&system.connect().await)
+        .await
+        .inject_sms(ALICE, BOB, "ping from Bob")
+        .await;
+    let call = next_call(&mut calls).await;
     assert_eq!(
-        seen,
-        [(
-            "Tandem".to_string(),
-            BOB.to_string(),
-            "ping from Bob".to_string()
-        )]
+        (
+            call.app_name.as_str(),
+            call.summary.as_str(),
+            call.body.as_str()
+        ),
+        ("Tandem", BOB, "ping from Bob")
     );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(calls.try_recv().is_err(), "one notification only");
 }
 
 /// Every string, list and number argument of the contract has a bound, with a named
 /// error past it, and no error message repeats a huge argument back.
 #[tokio::test]
 async fn every_input_has_a_bound() {
-    let s = setup(&config_for(ALICE)).await;
+    let (s, _daemon) = setup(&config_for(ALICE)).await;
     let api = client(&s.session).await;
-    let e = "org.tandem.Messages1.Error.";
     let huge = "9".repeat(1 << 20);
     let long_peer = "D".repeat(257);
     let long_id = "0".repeat(65);
     let rows: Vec<(&str, Result<(), ApiError>, &str, &str)> = vec![
         (
             "a sender name as recipient",
-            api.send_message("Bank", "hi", opts(&[])).await.map(drop),
+            api.send_message("Bank", "hi", no_opts()).await.map(drop),
             "InvalidNumber",
             "\"Bank\" is a sender name",
         ),
         (
             "a two-word sender name as recipient",
-            api.send_message("DHL Express", "hi", opts(&[]))
+            api.send_message("DHL Express", "hi", no_opts())
                 .await
                 .map(drop),
             "InvalidNumber",
@@ -476,13 +387,13 @@ async fn every_input_has_a_bound() {
         ),
         (
             "an empty recipient",
-            api.send_message("", "hi", opts(&[])).await.map(drop),
+            api.send_message("", "hi", no_opts()).await.map(drop),
             "InvalidNumber",
             "empty",
         ),
         (
             "a 65-byte recipient",
-            api.send_message(&format!("+15550002222{}", " ".repeat(53)), "hi", opts(&[]))
+            api.send_message(&format!("+15550002222{}", " ".repeat(53)), "hi", no_opts())
                 .await
                 .map(drop),
             "InvalidNumber",
@@ -490,13 +401,13 @@ async fn every_input_has_a_bound() {
         ),
         (
             "a 1 MiB recipient",
-            api.send_message(&huge, "hi", opts(&[])).await.map(drop),
+            api.send_message(&huge, "hi", no_opts()).await.map(drop),
             "InvalidNumber",
             "1048576 bytes",
         ),
         (
             "a text far over the limit, by bytes",
-            api.send_message(BOB, &"€".repeat(20_000), opts(&[]))
+            api.send_message(BOB, &"€".repeat(20_000), no_opts())
                 .await
                 .map(drop),
             "InvalidArgument",
@@ -644,7 +555,7 @@ async fn every_input_has_a_bound() {
     ];
     for (what, result, name, needle) in rows {
         let (got, message) = error_of(result);
-        assert_eq!(got, format!("{e}{name}"), "{what}: {message}");
+        assert_eq!(got, format!("{E}{name}"), "{what}: {message}");
         assert!(
             message.contains(needle),
             "{what}: {message:?} should mention {needle:?}"
@@ -666,7 +577,7 @@ async fn every_input_has_a_bound() {
         .await
         .expect("a text of 10 parts, a 256-byte token");
     assert_eq!(api.get_message(&id).await.expect("GetMessage").peer, BOB);
-    api.send_message("12345", "STOP", opts(&[]))
+    api.send_message("12345", "STOP", no_opts())
         .await
         .expect("a short code is a recipient");
     assert_eq!(
@@ -709,7 +620,7 @@ async fn every_input_has_a_bound() {
         .await
         .expect("nothing new");
     let (name, message) = error_of(api.watch(vec!["+15552000000".into()]).await);
-    assert_eq!(name, format!("{e}InvalidArgument"), "{message}");
+    assert_eq!(name, format!("{E}InvalidArgument"), "{message}");
     assert!(
         message.contains("1001 numbers, more than the limit of 1000"),
         "{message}"
@@ -722,18 +633,15 @@ async fn every_input_has_a_bound() {
 /// store. The latencies are printed for the record, not asserted.
 #[tokio::test]
 async fn hostile_searches_do_not_hold_up_sending() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
+    let m = Machine::start(&[ALICE, BOB]);
     // A store with messages to search through, written before the daemon starts.
-    let db = dir.path().join("data/tandem/messages.db");
+    let db = m.dir.path().join("data/tandem/messages.db");
     {
         let mut store = tandem::store::Store::open(&db).expect("store");
         tandem::bench::synthetic::fill(&mut store, 50_000, 200, 9).expect("fill");
     }
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
+    let _daemon = m.daemon(&config_for(ALICE)).await;
+    let api = client(&m.session).await;
 
     let common = "the I you to a and it is ok in me for that on be we";
     let mid = "dinner lunch coffee beer weekend friday saturday sunday monday party \
@@ -767,7 +675,7 @@ async fn hostile_searches_do_not_hold_up_sending() {
         let t = std::time::Instant::now();
         let id = tokio::time::timeout(
             WAIT,
-            api.send_message(BOB, &format!("meanwhile {n}"), opts(&[])),
+            api.send_message(BOB, &format!("meanwhile {n}"), no_opts()),
         )
         .await
         .expect("SendMessage answered while searches run")
@@ -811,13 +719,10 @@ async fn hostile_searches_do_not_hold_up_sending() {
 /// name, keeps answering, and is the only one to take an incoming SMS.
 #[tokio::test]
 async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
-    let first = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let signals = SignalLog::start(&session).await;
-    let conn = session.connect().await;
+    let m = Machine::start(&[ALICE, BOB]);
+    let first = m.daemon(&config_for(ALICE)).await;
+    let signals = SignalLog::start(&m.session).await;
+    let conn = m.session.connect().await;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await.expect("bus proxy");
     let name = zbus::names::BusName::try_from(tandem::api::BUS_NAME).expect("name");
     let owner = dbus.get_name_owner(name.clone()).await.expect("owner");
@@ -852,16 +757,16 @@ async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
     assert_eq!(dbus.get_name_owner(name).await.expect("owner"), owner);
 
     // The first still serves, and is the only one to take an incoming SMS.
-    let api = client(&session).await;
+    let api = client(&m.session).await;
     let id = api
-        .send_message(BOB, "still here", opts(&[]))
+        .send_message(BOB, "still here", no_opts())
         .await
         .expect("SendMessage");
     assert_eq!(
         api.get_message(&id).await.expect("GetMessage").text,
         "still here"
     );
-    let ctl = SimCtl::new(&system.connect().await).await;
+    let ctl = SimCtl::new(&m.system.connect().await).await;
     ctl.inject_sms(ALICE, BOB, "one copy please").await;
     signals
         .wait_until("the SMS received", |s| !s.received().is_empty())
@@ -889,18 +794,15 @@ async fn a_second_daemon_refuses_to_start_and_the_first_keeps_its_name() {
 /// can see.
 #[tokio::test]
 async fn a_daemon_that_loses_its_name_stops() {
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
+    let m = Machine::start(&[ALICE, BOB]);
+    let mut daemon = m.daemon(&config_for(ALICE)).await;
+    let api = client(&m.session).await;
     eventually("the modem registered", || async {
         api.modem_state().await.ok().as_deref() == Some("registered")
     })
     .await;
     drop(api);
-    drop(session);
+    drop(m.session);
     let status = daemon
         .wait_exit(WAIT)
         .await
@@ -913,7 +815,7 @@ async fn a_daemon_that_loses_its_name_stops() {
         "{log}"
     );
     // Stopped for good: an SMS arriving now stays on the modem.
-    let ctl = SimCtl::new(&system.connect().await).await;
+    let ctl = SimCtl::new(&m.system.connect().await).await;
     ctl.inject_sms(ALICE, BOB, "nobody is taking this").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(
@@ -939,14 +841,11 @@ async fn loose_files_are_made_private_at_start() {
     let chmod = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
     };
-    let dir = temp_dir();
-    let session = Bus::start();
-    let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE]);
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
+    let m = Machine::start(&[ALICE]);
+    let mut daemon = m.daemon(&config_for(ALICE)).await;
+    let api = client(&m.session).await;
     let id = api
-        .send_message(BOB, "kept through the chmod", opts(&[]))
+        .send_message(BOB, "kept through the chmod", no_opts())
         .await
         .expect("SendMessage");
     daemon.stop();
@@ -982,7 +881,7 @@ async fn loose_files_are_made_private_at_start() {
         "{log}"
     );
     assert!(!log.contains("secret"), "the token went to the log:\n{log}");
-    let api = client(&session).await;
+    let api = client(&m.session).await;
     assert_eq!(
         api.get_message(&id).await.expect("GetMessage").text,
         "kept through the chmod"

@@ -1,97 +1,39 @@
 //! `tandem-bench --quick`, as CI runs it: a smoke test that every scenario runs and
 //! prints its JSON line with every figure (no timing is asserted), and cleans up.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::Command;
+
+use common::{Ran, program, temp_dir};
 
 use serde_json::Value;
 
-/// Each scenario and the figures its line must carry.
-const SCENARIOS: &[(&str, &[&str])] = &[
-    (
-        "store",
-        &[
-            "startup_ms",
-            "list_conversations_ms",
-            "get_messages_ms",
-            "search_ms",
-            "bytes_per_message",
-            "rss_mib",
-        ],
-    ),
-    (
-        "sms-latency",
-        &[
-            "messages",
-            "p50_ms",
-            "p99_ms",
-            "floor_ms",
-            "ratio",
-            "session_rtt_ms",
-            "system_rtt_ms",
-            "commit_ms",
-        ],
-    ),
-    (
-        "relay",
-        &[
-            "clients",
-            "kib_per_connection",
-            "messages_per_s",
-            "p99_ms",
-            "relay_cpu_pct",
-            "fsync_ms",
-            "fd_limit",
-        ],
-    ),
-    (
-        "ip-latency",
-        &[
-            "messages",
-            "p50_ms",
-            "p99_ms",
-            "floor_ms",
-            "ratio",
-            "session_rtt_ms",
-            "ws_hop_ms",
-            "commit_ms",
-        ],
-    ),
-    (
-        "idle",
-        &[
-            "seconds",
-            "contacts",
-            "online_contacts",
-            "cpu_ms_per_min",
-            "wakeups_per_min",
-            "rss_mib",
-            "rss_anon_mib",
-            "rss_file_mib",
-            "bytes_per_min",
-            "data_frames",
-            "keepalive_frames",
-            "ping_interval_s",
-            "threads",
-        ],
-    ),
-];
+/// Each scenario (before the colon) and the figures its line must carry.
+const SCENARIOS: &str = "
+store: startup_ms list_conversations_ms get_messages_ms search_ms bytes_per_message rss_mib
+sms-latency: messages p50_ms p99_ms floor_ms ratio session_rtt_ms system_rtt_ms commit_ms
+relay: clients kib_per_connection messages_per_s p99_ms relay_cpu_pct fsync_ms fd_limit
+ip-latency: messages p50_ms p99_ms floor_ms ratio session_rtt_ms ws_hop_ms commit_ms
+idle: seconds contacts online_contacts cpu_ms_per_min wakeups_per_min rss_mib rss_anon_mib \
+      rss_file_mib bytes_per_min data_frames keepalive_frames ping_interval_s threads
+";
+
+/// [`SCENARIOS`] as (name, figures).
+fn scenarios() -> Vec<(&'static str, Vec<&'static str>)> {
+    SCENARIOS
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, keys)| (name, keys.split_whitespace().collect()))
+        .collect()
+}
 
 #[test]
 fn quick_bench_prints_every_figure() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem-bench"))
-        .arg("--quick")
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .expect("tandem-bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = temp_dir();
+    let mut bench = program("tandem-bench");
+    bench.arg("--quick").arg("--dir").arg(dir.path());
+    let stdout = Ran::of(&mut bench).success().stdout;
 
     // One JSON object per line, one line per scenario, in order.
     let lines: Vec<BTreeMap<String, Value>> = stdout
@@ -102,11 +44,12 @@ fn quick_bench_prints_every_figure() {
         .iter()
         .map(|line| line.get("scenario").and_then(Value::as_str).unwrap_or("?"))
         .collect();
-    let expected: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+    let scenarios = scenarios();
+    let expected: Vec<&str> = scenarios.iter().map(|(name, _)| *name).collect();
     assert_eq!(names, expected, "{stdout}");
 
-    for (line, (name, keys)) in lines.iter().zip(SCENARIOS) {
-        for key in *keys {
+    for (line, (name, keys)) in lines.iter().zip(&scenarios) {
+        for key in keys {
             let value = line.get(*key);
             assert!(
                 value.and_then(Value::as_f64).is_some_and(f64::is_finite),
@@ -147,12 +90,10 @@ fn quick_bench_prints_every_figure() {
 
 #[test]
 fn without_a_scenario_or_quick_it_says_what_to_do() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem-bench"))
-        .output()
-        .expect("tandem-bench runs");
+    let out = Ran::of(&mut program("tandem-bench"));
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = out.stderr;
     for name in ["store", "sms-latency", "relay", "ip-latency", "idle"] {
         assert!(stderr.contains(name), "{stderr}");
     }

@@ -1,19 +1,17 @@
 //! The README's first command: the demo plays its script end to end and exits cleanly,
 //! leaving no process behind.
 
-use std::process::Command;
+mod common;
+
+use common::{Ran, program};
 
 #[test]
 fn the_demo_plays_its_script() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem-demo"))
-        .arg("--exit")
+    let mut demo = program("tandem-demo");
+    demo.arg("--exit")
         .env_remove("DBUS_SESSION_BUS_ADDRESS")
-        .env_remove("DBUS_SYSTEM_BUS_ADDRESS")
-        .output()
-        .expect("tandem-demo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+        .env_remove("DBUS_SYSTEM_BUS_ADDRESS");
+    let stdout = Ran::of(&mut demo).success().stdout;
     for needle in [
         "Alice: PresenceChanged +15550002222 online",
         "Bob: MessageReceived from +15550001111 over ip: \"Hi Bob! Dinner at eight?\"",

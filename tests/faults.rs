@@ -14,7 +14,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Bus, Daemon, FaultRng, Sim, SimCtl, client, dict_str, fault_points, temp_dir};
+use common::{
+    Bus, Daemon, DaemonRig, FaultRng, Phone, Sim, SimCtl, client, dict_str, fault_points, temp_dir,
+};
 use tandem::api::MessagesProxy;
 
 const A: &str = "+15550001111";
@@ -110,12 +112,8 @@ async fn settle(api: &MessagesProxy<'_>, accepted: &[(String, String)]) -> Vec<(
 async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
     let kills = fault_points(16);
     let mut rng = FaultRng::new();
-    let (session, system) = (Bus::start(), Bus::start());
-    let _sim = Sim::start(&system, &[A]);
-    let sim = SimCtl::new(&system.connect().await).await;
-    let dir = temp_dir();
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config("")).await;
-    let api = client(&session).await;
+    let mut w = DaemonRig::start(&[A], &config("")).await;
+    let (api, sim) = (w.phone.api.clone(), &w.ctl);
     registered(&api).await;
 
     let mut accepted: Vec<(String, String)> = Vec::new();
@@ -125,12 +123,7 @@ async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
         // A modem busy 10-80 ms with each send: most kills land in a send.
         sim.set_send_delay(A, 10 + rng.below(71) as u32).await;
         for i in 0..1 + rng.below(3) {
-            let text = format!("out {point}.{i}");
-            let peer = PEERS[rng.below(PEERS.len() as u64) as usize];
-            match api.send_message(peer, &text, HashMap::new()).await {
-                Ok(id) => accepted.push((id, text)),
-                Err(e) => panic!("SendMessage refused: {e}"),
-            }
+            accepted.push(send_out(&w.phone, &mut rng, format!("out {point}.{i}")).await);
             if rng.below(2) == 0 {
                 let text = format!("in {point}.{i}");
                 sim.inject_sms(A, OUTSIDE, &text).await;
@@ -138,15 +131,15 @@ async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
             }
         }
         tokio::time::sleep(rng.millis(60)).await;
-        daemon.kill9();
-        daemon.restart().await;
+        w.phone.daemon.kill9();
+        w.phone.daemon.restart().await;
         // Traffic resumes once the modem is back, so the next kill lands in it.
         registered(&api).await;
     }
 
     // Let everything settle with no more kills.
     let finals = settle(&api, &accepted).await;
-    let sent = sent_texts(&sim).await;
+    let sent = sent_texts(sim).await;
     let (mut once, mut doubled, mut lost, mut unknown, mut failed) = (0, 0, 0, 0, 0);
     for ((id, text), (status, error)) in accepted.iter().zip(&finals) {
         let times = sent.get(text).copied().unwrap_or(0);
@@ -205,6 +198,12 @@ async fn kill_9_of_tandemd_loses_and_doubles_nothing() {
         left_on_modem.is_empty(),
         "SMS objects left on the modem: {left_on_modem:?}"
     );
+}
+
+/// `SendMessage` of `text` to a random one of the peers: (id, text).
+async fn send_out(phone: &Phone, rng: &mut FaultRng, text: String) -> (String, String) {
+    let peer = PEERS[rng.below(PEERS.len() as u64) as usize];
+    (phone.send(peer, &text).await, text)
 }
 
 /// The reliability counters, as `GetCounters` gives them, by name.
@@ -408,35 +407,27 @@ async fn count_sent(bus: &Bus) -> std::sync::Arc<std::sync::Mutex<HashMap<String
 async fn modem_manager_killed_mid_send_never_doubles() {
     let kills = fault_points(8);
     let mut rng = FaultRng::new();
-    let (session, system) = (Bus::start(), Bus::start());
+    let system = Bus::start();
     let sent = count_sent(&system).await;
-    let mut sim_proc = Sim::start(&system, &[A]);
-    let sim = SimCtl::new(&system.connect().await).await;
-    let dir = temp_dir();
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config("")).await;
-    let api = client(&session).await;
-    registered(&api).await;
+    let sim = Sim::start(&system, &[A]);
+    let mut w = DaemonRig::on(system, sim, &config("")).await;
+    registered(&w.api).await;
 
     let mut accepted: Vec<(String, String)> = Vec::new();
     let started = Instant::now();
     for point in 0..kills {
-        sim.set_send_delay(A, 20 + rng.below(131) as u32).await;
+        w.ctl.set_send_delay(A, 20 + rng.below(131) as u32).await;
         for i in 0..1 + rng.below(2) {
-            let text = format!("out {point}.{i}");
-            let peer = PEERS[rng.below(PEERS.len() as u64) as usize];
-            let id = api
-                .send_message(peer, &text, HashMap::new())
-                .await
-                .expect("SendMessage");
-            accepted.push((id, text));
+            accepted.push(send_out(&w, &mut rng, format!("out {point}.{i}")).await);
         }
         tokio::time::sleep(rng.millis(150)).await;
-        sim_proc.restart();
-        registered(&api).await;
+        w.sim.restart();
+        registered(&w.api).await;
     }
-    sim.set_send_delay(A, 0).await;
+    w.ctl.set_send_delay(A, 0).await;
+    let api = &w.api;
 
-    let finals = settle(&api, &accepted).await;
+    let finals = settle(api, &accepted).await;
     let sent = sent.lock().expect("counts").clone();
     let (mut once, mut doubled, mut lost, mut unknown) = (0, 0, 0, 0);
     for ((id, text), (status, error)) in accepted.iter().zip(&finals) {
@@ -454,7 +445,7 @@ async fn modem_manager_killed_mid_send_never_doubles() {
             }
         }
     }
-    let counters = counters(&api).await;
+    let counters = counters(api).await;
     let counted = counters
         .iter()
         .find(|(name, _)| name == "sms-outcome-unknown")

@@ -16,18 +16,17 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::relay::script;
 use common::{
-    Bus, Daemon, FaultRng, Relay, SignalLog, Sim, SimCtl, client, dict_str, fault_points, temp_dir,
+    Bus, Daemon, FaultRng, Phone, Relay, SignalLog, Sim, SimCtl, client, dict_str, fault_points,
+    signal, temp_dir, wait_for,
 };
 use tandem::api::MessagesProxy;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
-/// Where the relay's registration code SMS comes from (the operator's gateway).
-const GATEWAY: &str = "+15550000000";
 
 /// How long the end of a run may take to settle (every message final, nothing in flight).
 const SETTLE: Duration = Duration::from_secs(90);
@@ -46,83 +45,26 @@ fn config(number: &str, relay_url: &str, fallback_timeout_s: u32) -> String {
     )
 }
 
-/// Polls `check` until it holds, for at most `within`.
-async fn wait_for<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// One phone: a daemon on a session bus of its own, with every signal recorded (across
-/// restarts: the bus outlives the daemon).
-struct Phone {
+/// One phone of the test: its number and the kit's phone (patient: a daemon may take
+/// a while to be back on the relay).
+struct Handset {
     number: &'static str,
-    daemon: Daemon,
-    signals: SignalLog,
-    api: MessagesProxy<'static>,
-    _session: Bus,
+    phone: Phone,
 }
 
-impl Phone {
-    async fn start(system: &Bus, dir: &Path, number: &'static str, config: &str) -> Phone {
-        let session = Bus::start();
-        let signals = SignalLog::start(&session).await;
-        let daemon = Daemon::start(&session, system, dir, config).await;
-        let api = client(&session).await;
-        Phone {
-            number,
-            daemon,
-            signals,
-            api,
-            _session: session,
-        }
-    }
-
-    /// Logged in on the relay and with its modem.
-    async fn online(&self) {
-        wait_for(&format!("{} online", self.number), BACK_ONLINE, || async {
-            self.api.relay_state().await.ok().as_deref() == Some("online")
-                && self.api.modem_state().await.ok().as_deref() == Some("registered")
-        })
-        .await;
-    }
-
-    async fn sees(&self, number: &str, presence: &str) {
-        wait_for(
-            &format!("{} sees {number} {presence}", self.number),
-            BACK_ONLINE,
-            || async { self.api.get_presence(number).await.ok().as_deref() == Some(presence) },
-        )
-        .await;
+impl Handset {
+    async fn start(system: &Bus, dir: &Path, number: &'static str, config: &str) -> Handset {
+        let mut phone = Phone::start(system, dir, config).await;
+        phone.patience = BACK_ONLINE;
+        Handset { number, phone }
     }
 
     /// `SendMessage`, with `channel` "ip" or the router's choice.
     async fn send(&self, to: &'static str, text: String, channel: Option<&str>) -> Accepted {
-        let mut options: HashMap<String, zbus::OwnedVariant> = HashMap::new();
-        if let Some(channel) = channel {
-            let value =
-                zbus::OwnedVariant::try_from(zbus::Variant::from(channel)).expect("variant");
-            options.insert("channel".into(), value);
-        }
-        let id = self
-            .api
-            .send_message(to, &text, options)
-            .await
-            .unwrap_or_else(|e| panic!("SendMessage refused: {e}"));
+        let id = match channel {
+            Some(channel) => self.phone.send_on(to, &text, channel).await,
+            None => self.phone.send(to, &text).await,
+        };
         Accepted {
             id,
             text,
@@ -131,16 +73,20 @@ impl Phone {
         }
     }
 
-    /// kill -9, then started again (it returns once the daemon owns its bus name).
-    async fn crash_and_restart(&mut self) {
-        self.daemon.kill9();
-        self.daemon.restart().await;
+    /// kill -9 after `pause`, then started again, and back: online and seeing `peer`
+    /// online.
+    async fn crash_after(&mut self, pause: Duration, peer: &str) {
+        tokio::time::sleep(pause).await;
+        self.phone.daemon.kill9();
+        self.phone.daemon.restart().await;
+        self.phone.online().await;
+        self.phone.sees(peer, "online").await;
     }
 
     /// What is still in flight in the daemon's store: outgoing messages on the relay and
     /// incoming IP messages held hidden until the relay's confirm.
     fn in_flight(&self) -> (usize, usize) {
-        let store = tandem::store::Store::open(&self.daemon.db_path()).expect("the store");
+        let store = tandem::store::Store::open(&self.phone.daemon.db_path()).expect("the store");
         let on_relay = store.relay_pending().expect("relay_pending").len();
         let held = store.held_incoming_ip().expect("held_incoming_ip").len();
         (on_relay, held)
@@ -158,8 +104,8 @@ struct Accepted {
 /// Alice and Bob, both online on the relay and following each other. (Fields drop in
 /// order: the daemons first, whose logs a failing test prints, the directory last.)
 struct World {
-    alice: Phone,
-    bob: Phone,
+    alice: Handset,
+    bob: Handset,
     relay: Relay,
     ctl: SimCtl,
     _sim: Sim,
@@ -198,27 +144,22 @@ impl World {
         let sim = Sim::start(&system, &[ALICE, BOB]);
         let ctl = SimCtl::new(&system.connect().await).await;
         let relay = Relay::start(dir.path());
-        let alice = Phone::start(
-            &system,
-            &dir.path().join("alice"),
-            ALICE,
-            &config(ALICE, &relay.url(), fallback_timeout_s),
-        )
-        .await;
-        let bob = Phone::start(
-            &system,
-            &dir.path().join("bob"),
-            BOB,
-            &config(BOB, &relay.url(), fallback_timeout_s),
-        )
-        .await;
-        alice.online().await;
-        bob.online().await;
-        alice.api.watch(vec![BOB.into()]).await.expect("Watch");
-        bob.api.watch(vec![ALICE.into()]).await.expect("Watch");
-        alice.sees(BOB, "online").await;
-        bob.sees(ALICE, "online").await;
-        World {
+        let mut phones = Vec::new();
+        for (number, peer) in [(ALICE, BOB), (BOB, ALICE)] {
+            let dir = dir.path().join(&number[8..]);
+            let config = config(number, &relay.url(), fallback_timeout_s);
+            let phone = Handset::start(&system, &dir, number, &config).await;
+            phone.phone.online().await;
+            phone
+                .phone
+                .api
+                .watch(vec![peer.into()])
+                .await
+                .expect("Watch");
+            phones.push(phone);
+        }
+        let (bob, alice) = (phones.pop().expect("Bob"), phones.pop().expect("Alice"));
+        let w = World {
             alice,
             bob,
             relay,
@@ -226,10 +167,20 @@ impl World {
             _sim: sim,
             _system: system,
             _dir: dir,
-        }
+        };
+        w.online().await;
+        w
     }
 
-    fn phone(&self, number: &str) -> &Phone {
+    /// Both on the relay and with their modems, and each seeing the other online.
+    async fn online(&self) {
+        self.alice.phone.online().await;
+        self.bob.phone.online().await;
+        self.alice.phone.sees(BOB, "online").await;
+        self.bob.phone.sees(ALICE, "online").await;
+    }
+
+    fn phone(&self, number: &str) -> &Handset {
         if number == ALICE {
             &self.alice
         } else {
@@ -246,7 +197,7 @@ impl World {
             let mut pending = 0;
             let copies = self.stored(accepted).await;
             for a in accepted {
-                let done = match self.phone(a.from).api.get_message(&a.id).await {
+                let done = match self.phone(a.from).phone.api.get_message(&a.id).await {
                     Ok(m) if m.status == "failed" => true,
                     Ok(m) => {
                         is_final(&m.status, &m.channel)
@@ -286,7 +237,10 @@ impl World {
         directions.dedup();
         let mut stored = HashMap::new();
         for (from, to) in directions {
-            stored.insert((from, to), stored_from(&self.phone(to).api, from).await);
+            stored.insert(
+                (from, to),
+                stored_from(&self.phone(to).phone.api, from).await,
+            );
         }
         stored
     }
@@ -302,7 +256,7 @@ impl World {
         for a in accepted {
             let sender = self.phone(a.from);
             let receiver = self.phone(a.to);
-            let (status, channel, error) = match sender.api.get_message(&a.id).await {
+            let (status, channel, error) = match sender.phone.api.get_message(&a.id).await {
                 Ok(m) => (m.status, m.channel, m.error.unwrap_or_default()),
                 Err(e) => ("missing".to_owned(), String::new(), e.to_string()),
             };
@@ -313,6 +267,7 @@ impl World {
             let by_sms = sms_sent[a.from].get(&a.text).copied().unwrap_or(0);
             let ip_copies = copies.iter().filter(|c| *c == "ip").count();
             let shown: Vec<String> = receiver
+                .phone
                 .signals
                 .received()
                 .into_iter()
@@ -365,6 +320,81 @@ impl World {
         }
         t.left_on_modems =
             self.ctl.list_sms(ALICE).await.len() + self.ctl.list_sms(BOB).await.len();
+        t
+    }
+}
+
+/// The channels a burst of messages asks for.
+#[derive(Clone, Copy)]
+enum Ask {
+    /// The router's choice.
+    Any,
+    /// IP.
+    Ip,
+    /// One message in four IP, the others the router's choice.
+    Mixed,
+}
+
+/// One run of a fault test between Alice and Bob: its world, kill points, generator,
+/// and the messages accepted so far.
+struct Run {
+    w: World,
+    kills: u32,
+    rng: FaultRng,
+    started: Instant,
+    accepted: Vec<Accepted>,
+}
+
+impl Run {
+    /// `TANDEM_FAULT_POINTS` or `points` kill points, daemons with this fallback.
+    async fn start(points: u32, fallback_timeout_s: u32) -> Run {
+        Run {
+            kills: fault_points(points),
+            rng: FaultRng::new(),
+            started: Instant::now(),
+            w: World::new(fallback_timeout_s).await,
+            accepted: Vec::new(),
+        }
+    }
+
+    /// `lo` to `hi` messages from `from` to the other, texts `"{prefix} {point}.{i}"`.
+    async fn burst(
+        &mut self,
+        from: &str,
+        (prefix, point): (&str, u32),
+        (lo, hi): (u64, u64),
+        ask: Ask,
+    ) {
+        let label = format!("{prefix} {point}");
+        let (sender, to) = match from {
+            ALICE => (&self.w.alice, BOB),
+            _ => (&self.w.bob, ALICE),
+        };
+        for i in 0..lo + self.rng.below(hi - lo + 1) {
+            let channel = match ask {
+                Ask::Any => None,
+                Ask::Ip => Some("ip"),
+                Ask::Mixed => (self.rng.below(4) == 0).then_some("ip"),
+            };
+            let accepted = sender.send(to, format!("{label}.{i}"), channel).await;
+            self.accepted.push(accepted);
+        }
+    }
+
+    /// Traffic both ways: 1-3 messages from Alice (one in four asking for IP), 0-2 from
+    /// Bob.
+    async fn both_ways(&mut self, point: u32) {
+        self.burst(ALICE, ("a", point), (1, 3), Ask::Mixed).await;
+        self.burst(BOB, ("b", point), (0, 2), Ask::Any).await;
+    }
+
+    /// Settles, prints the figures of `test` and checks the invariants every scenario
+    /// holds; the tally, for the checks of one scenario.
+    async fn finish(&self, test: &str) -> Tally {
+        self.w.settle(&self.accepted).await;
+        let t = self.w.tally(&self.accepted).await;
+        println!("{}", t.json(test, self.kills, self.rng.seed, self.started));
+        t.check();
         t
     }
 }
@@ -499,31 +529,15 @@ impl Tally {
 /// restart she logs in again and resumes (resend with the same id, revoke).
 #[tokio::test]
 async fn kill_9_of_the_sender_during_ip_sends() {
-    let kills = fault_points(8);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(5).await;
-    let mut accepted = Vec::new();
-    for point in 0..kills {
-        for i in 0..1 + rng.below(3) {
-            let channel = (rng.below(4) == 0).then_some("ip");
-            accepted.push(w.alice.send(BOB, format!("ip {point}.{i}"), channel).await);
-        }
-        tokio::time::sleep(rng.millis(40)).await;
-        w.alice.crash_and_restart().await;
-        w.alice.online().await;
-        // So that the next messages go over IP again.
-        w.alice.sees(BOB, "online").await;
+    let mut run = Run::start(8, 5).await;
+    for point in 0..run.kills {
+        run.burst(ALICE, ("ip", point), (1, 3), Ask::Mixed).await;
+        // Back and seeing Bob online, so that the next messages go over IP again.
+        run.w.alice.crash_after(run.rng.millis(40), BOB).await;
     }
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!(
-        "{}",
-        t.json("kill_9_sender_ip_send", kills, rng.seed, started)
-    );
+    let t = run.finish("kill_9_sender_ip_send").await;
     // Bob never stopped: he announced each message exactly once.
     assert_eq!(t.reannounced, 0, "Bob announced a message twice");
-    t.check();
 }
 
 /// Bob is on the relay but does not ack (SIGSTOP), so Alice's messages get no receipt:
@@ -533,53 +547,41 @@ async fn kill_9_of_the_sender_during_ip_sends() {
 /// Never on both channels, never on none.
 #[tokio::test]
 async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
-    let kills = fault_points(6);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(1).await;
-    let mut accepted = Vec::new();
-    signal(w.bob.daemon.pid(), "-STOP");
+    let mut run = Run::start(6, 1).await;
+    signal(run.w.bob.phone.daemon.pid(), "-STOP");
     let mut stopped_for = 0;
-    for point in 0..kills {
+    for point in 0..run.kills {
         // A modem busy 10-80 ms with each send, so kills land in SMS sends too.
-        w.ctl.set_send_delay(ALICE, 10 + rng.below(71) as u32).await;
-        for i in 0..1 + rng.below(2) {
-            accepted.push(
-                w.alice
-                    .send(BOB, format!("fallback {point}.{i}"), None)
-                    .await,
-            );
-        }
+        run.w
+            .ctl
+            .set_send_delay(ALICE, 10 + run.rng.below(71) as u32)
+            .await;
+        run.burst(ALICE, ("fallback", point), (1, 2), Ask::Any)
+            .await;
         // Two kills in three around the revoke (due 1 s after the relay's ack) and the
         // SMS after it, the others anywhere in the wait.
-        let kill_at = if rng.below(3) > 0 {
-            Duration::from_millis(900) + rng.millis(400)
+        let kill_at = if run.rng.below(3) > 0 {
+            Duration::from_millis(900) + run.rng.millis(400)
         } else {
-            rng.millis(1300)
+            run.rng.millis(1300)
         };
-        tokio::time::sleep(kill_at).await;
-        w.alice.crash_and_restart().await;
-        w.alice.online().await;
-        w.alice.sees(BOB, "online").await;
+        run.w.alice.crash_after(kill_at, BOB).await;
         // Bob runs for a moment now and then (and at least every 6 points, well within
         // the relay's idle timeout): he acks what was pushed to him, racing the revokes.
         stopped_for += 1;
-        if rng.below(3) == 0 || stopped_for >= 6 {
-            signal(w.bob.daemon.pid(), "-CONT");
-            tokio::time::sleep(Duration::from_millis(50) + rng.millis(350)).await;
-            signal(w.bob.daemon.pid(), "-STOP");
+        if run.rng.below(3) == 0 || stopped_for >= 6 {
+            signal(run.w.bob.phone.daemon.pid(), "-CONT");
+            tokio::time::sleep(Duration::from_millis(50) + run.rng.millis(350)).await;
+            signal(run.w.bob.phone.daemon.pid(), "-STOP");
             stopped_for = 0;
         }
     }
-    signal(w.bob.daemon.pid(), "-CONT");
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!(
-        "{}",
-        t.json("kill_9_sender_revoke_fallback", kills, rng.seed, started)
-    );
-    assert_eq!(t.reannounced, 0, "Bob announced a message twice");
-    t.check();
+    signal(run.w.bob.phone.daemon.pid(), "-CONT");
+    let reannounced = run
+        .finish("kill_9_sender_revoke_fallback")
+        .await
+        .reannounced;
+    assert_eq!(reannounced, 0, "Bob announced a message twice");
 }
 
 /// Alice sends to Bob over IP (asked for: the relay keeps what Bob has not acked) and
@@ -588,85 +590,19 @@ async fn kill_9_of_the_sender_during_revoke_and_sms_fallback() {
 /// sent while he is down (delivered at his next login). Each is stored once.
 #[tokio::test]
 async fn kill_9_of_the_recipient_while_receiving_over_ip() {
-    let kills = fault_points(8);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(30).await;
-    let mut accepted = Vec::new();
-    for point in 0..kills {
-        for i in 0..1 + rng.below(4) {
-            accepted.push(
-                w.alice
-                    .send(BOB, format!("in {point}.{i}"), Some("ip"))
-                    .await,
-            );
+    let mut run = Run::start(8, 30).await;
+    for point in 0..run.kills {
+        run.burst(ALICE, ("in", point), (1, 4), Ask::Ip).await;
+        tokio::time::sleep(run.rng.millis(40)).await;
+        run.w.bob.phone.daemon.kill9();
+        if run.rng.below(2) == 0 {
+            run.burst(ALICE, ("down", point), (1, 3), Ask::Ip).await;
         }
-        tokio::time::sleep(rng.millis(40)).await;
-        w.bob.daemon.kill9();
-        if rng.below(2) == 0 {
-            for i in 0..1 + rng.below(3) {
-                accepted.push(
-                    w.alice
-                        .send(BOB, format!("in {point}.down.{i}"), Some("ip"))
-                        .await,
-                );
-            }
-        }
-        w.bob.daemon.restart().await;
-        w.bob.online().await;
+        run.w.bob.phone.daemon.restart().await;
+        run.w.bob.phone.online().await;
     }
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!(
-        "{}",
-        t.json("kill_9_recipient_ip_receive", kills, rng.seed, started)
-    );
-    assert_eq!(t.over_sms, 0, "asked for IP, went by SMS");
-    t.check();
-}
-
-/// The relay killed -9 mid-traffic, both ways (Alice to Bob, one in four asking for IP;
-/// Bob to Alice), down for 0-300 ms, and started again on its database. Both daemons are
-/// restarted cleanly every 4 points, which also starts their reconnect backoff over.
-#[tokio::test]
-async fn kill_9_of_the_relay_mid_traffic() {
-    let kills = fault_points(4);
-    let mut rng = FaultRng::new();
-    let started = Instant::now();
-    let mut w = World::new(2).await;
-    let mut accepted = Vec::new();
-    for point in 0..kills {
-        for i in 0..1 + rng.below(3) {
-            let channel = (rng.below(4) == 0).then_some("ip");
-            accepted.push(w.alice.send(BOB, format!("a {point}.{i}"), channel).await);
-        }
-        for i in 0..rng.below(3) {
-            accepted.push(w.bob.send(ALICE, format!("b {point}.{i}"), None).await);
-        }
-        // An IP send takes a few ms from SendMessage to the receipt: most kills land in it.
-        tokio::time::sleep(rng.millis(12)).await;
-        w.relay.kill();
-        if rng.below(2) == 0 {
-            // Sent before the daemons noticed, or after: over IP when the relay is back,
-            // or by SMS.
-            let channel = (rng.below(4) == 0).then_some("ip");
-            accepted.push(w.alice.send(BOB, format!("a {point}.down"), channel).await);
-        }
-        tokio::time::sleep(rng.millis(300)).await;
-        w.relay.restart();
-        if point % 4 == 3 && point + 1 < kills {
-            w.alice.daemon.restart().await;
-            w.bob.daemon.restart().await;
-        }
-        w.alice.online().await;
-        w.bob.online().await;
-        w.alice.sees(BOB, "online").await;
-        w.bob.sees(ALICE, "online").await;
-    }
-    w.settle(&accepted).await;
-    let t = w.tally(&accepted).await;
-    println!("{}", t.json("kill_9_relay", kills, rng.seed, started));
-    t.check();
+    let over_sms = run.finish("kill_9_recipient_ip_receive").await.over_sms;
+    assert_eq!(over_sms, 0, "asked for IP, went by SMS");
 }
 
 /// Registration with the SMS code (`--verify sms-command`, the code "sent" by injecting
@@ -678,6 +614,8 @@ async fn kill_9_of_the_relay_mid_traffic() {
 /// lifetime; a code SMS left by the kill shown after the next login.)
 #[tokio::test]
 async fn kill_9_during_relay_registration() {
+    /// Where the relay's registration code SMS comes from (the operator's gateway).
+    const GATEWAY: &str = "+15550000000";
     let kills = fault_points(6);
     let mut rng = FaultRng::new();
     let started = Instant::now();
@@ -686,20 +624,17 @@ async fn kill_9_during_relay_registration() {
     let _sim = Sim::start(&system, &[ALICE]);
     let ctl = SimCtl::new(&system.connect().await).await;
     let codes = dir.path().join("codes-sent");
-    let script = dir.path().join("send-code");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$1\" >> '{}'\n\
+    let script = script(
+        dir.path(),
+        "send-code",
+        &format!(
+            "echo \"$1\" >> '{}'\n\
              exec busctl --address='{}' call org.tandem.MMSim1 /org/tandem/MMSim1 \
              org.tandem.MMSim1 InjectSms sssa{{sv}} \"$1\" {GATEWAY} \"$TANDEM_TEXT\" 0 >/dev/null\n",
             codes.display(),
             system.address
         ),
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
+    );
     // One second between two codes to a number instead of a minute: each point registers
     // the number again, and a daemon killed after its code was sent asks for another.
     let relay = Relay::with_args(
@@ -708,7 +643,7 @@ async fn kill_9_during_relay_registration() {
             "--verify",
             "sms-command",
             "--sms-command",
-            &script.display().to_string(),
+            &script,
             "--code-resend-s",
             "1",
         ],
@@ -796,4 +731,34 @@ async fn kill_9_during_relay_registration() {
     assert!(shown.is_empty(), "code SMS shown: {shown:?}");
     assert_eq!(left_on_modem, 0, "code SMS left on the modem");
     assert_eq!(token_refused, 0, "a stored token was refused");
+}
+
+/// The relay killed -9 mid-traffic, both ways (Alice to Bob, one in four asking for IP;
+/// Bob to Alice), down for 0-300 ms, and started again on its database. Both daemons are
+/// restarted cleanly every 4 points, which also starts their reconnect backoff over.
+#[tokio::test]
+async fn kill_9_of_the_relay_mid_traffic() {
+    let mut run = Run::start(4, 2).await;
+    for point in 0..run.kills {
+        run.both_ways(point).await;
+        // An IP send takes a few ms from SendMessage to the receipt: most kills land in it.
+        tokio::time::sleep(run.rng.millis(12)).await;
+        run.w.relay.kill();
+        if run.rng.below(2) == 0 {
+            // Sent before the daemons noticed, or after: over IP when the relay is back,
+            // or by SMS.
+            let channel = (run.rng.below(4) == 0).then_some("ip");
+            let text = format!("a {point}.down");
+            let accepted = run.w.alice.send(BOB, text, channel).await;
+            run.accepted.push(accepted);
+        }
+        tokio::time::sleep(run.rng.millis(300)).await;
+        run.w.relay.restart();
+        if point % 4 == 3 && point + 1 < run.kills {
+            run.w.alice.phone.daemon.restart().await;
+            run.w.bob.phone.daemon.restart().await;
+        }
+        run.w.online().await;
+    }
+    run.finish("kill_9_relay").await;
 }

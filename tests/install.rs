@@ -2,24 +2,26 @@
 //! PREFIX and DESTDIR, with the binaries' real path in the unit and activation file,
 //! and tandemctl's generated completions and man page.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::{Ran, program, temp_dir};
+
 #[test]
 fn install_honours_prefix_and_destdir() {
-    let dest = tempfile::tempdir().expect("temp dir");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_tandemd"))
-        .parent()
-        .expect("bin dir");
-    let status = Command::new("sh")
+    let dest = temp_dir();
+    let tandemd = program("tandemd");
+    let bin_dir = Path::new(tandemd.get_program()).parent().expect("bin dir");
+    let mut install = Command::new("sh");
+    install
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/data/install.sh"))
         .env("PREFIX", "/usr")
         .env("DESTDIR", dest.path())
         .env("NO_BUILD", "1")
-        .env("BINDIR_SRC", bin_dir)
-        .status()
-        .expect("install.sh runs");
-    assert!(status.success());
+        .env("BINDIR_SRC", bin_dir);
+    Ran::of(&mut install).success();
     let root = dest.path();
     for file in [
         "usr/bin/tandemd",

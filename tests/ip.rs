@@ -4,68 +4,17 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::process::Command;
 use std::time::Duration;
 
+use common::relay::script;
 use common::*;
-use tandem::api::MessagesProxy;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
 
-struct Phone {
-    _session: Bus,
-    daemon: Daemon,
-    signals: SignalLog,
-    api: MessagesProxy<'static>,
-}
-
-impl Phone {
-    async fn start(system: &Bus, dir: &std::path::Path, number: &str, relay: &str) -> Phone {
-        let session = Bus::start();
-        let signals = SignalLog::start(&session).await;
-        let daemon =
-            Daemon::start(&session, system, dir, &config_with_relay(number, relay, 2)).await;
-        let api = client(&session).await;
-        Phone {
-            _session: session,
-            daemon,
-            signals,
-            api,
-        }
-    }
-
-    async fn online(&self) {
-        eventually("RelayState online", || async {
-            self.api.relay_state().await.ok().as_deref() == Some("online")
-        })
-        .await;
-        eventually("ModemState registered", || async {
-            self.api.modem_state().await.ok().as_deref() == Some("registered")
-        })
-        .await;
-    }
-
-    async fn sees(&self, number: &str, presence: &str) {
-        eventually(&format!("{number} {presence}"), || async {
-            self.api.get_presence(number).await.ok().as_deref() == Some(presence)
-        })
-        .await;
-    }
-
-    async fn send(&self, to: &str, text: &str) -> String {
-        self.api
-            .send_message(to, text, HashMap::new())
-            .await
-            .expect("SendMessage")
-    }
-
-    async fn wait_status(&self, id: &str, status: &str) {
-        self.signals
-            .wait_until(status, |s| s.statuses(id).iter().any(|st| st == status))
-            .await;
-    }
+/// A phone on the relay at `relay`, with a short fallback (2 s).
+async fn phone(system: &Bus, dir: &std::path::Path, number: &str, relay: &str) -> Phone {
+    Phone::start(system, dir, &config_with_relay(number, relay, 2)).await
 }
 
 struct World {
@@ -85,8 +34,8 @@ impl World {
         let sim = Sim::start(&system, &[ALICE, BOB]);
         let ctl = SimCtl::new(&system.connect().await).await;
         let relay = Relay::start(dir.path());
-        let alice = Phone::start(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
-        let bob = Phone::start(&system, &dir.path().join("bob"), BOB, &relay.url()).await;
+        let alice = phone(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
+        let bob = phone(&system, &dir.path().join("bob"), BOB, &relay.url()).await;
         alice.online().await;
         bob.online().await;
         // Alice follows Bob (a contact without a conversation yet).
@@ -102,14 +51,6 @@ impl World {
             bob,
         }
     }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 #[tokio::test]
@@ -151,33 +92,17 @@ async fn presence_follows_the_peer_and_an_offline_peer_gets_sms() {
     );
     let id = w.alice.send(BOB, "you are offline, so SMS").await;
     w.alice.wait_status(&id, "sent").await;
-    let m = w.alice.api.get_message(&id).await.expect("GetMessage");
-    assert_eq!(m.channel, "sms");
+    assert_eq!(w.alice.channel_of(&id).await, "sms");
     assert_eq!(w.ctl.get_sent(ALICE).await.len(), 1);
 
     // Bob comes back: he finds the SMS on his modem, and Alice sees him online again.
     w.bob.daemon.restart().await;
     w.alice.sees(BOB, "online").await;
-    w.bob
-        .signals
-        .wait_until("Bob gets the SMS", |s| {
-            s.received()
-                .iter()
-                .any(|m| m.text == "you are offline, so SMS" && m.channel == "sms")
-        })
-        .await;
+    w.bob.gets("you are offline, so SMS", "sms").await;
     // Back to IP.
     let id = w.alice.send(BOB, "and IP again").await;
     w.alice.wait_status(&id, "delivered").await;
-    assert_eq!(
-        w.alice
-            .api
-            .get_message(&id)
-            .await
-            .expect("GetMessage")
-            .channel,
-        "ip"
-    );
+    assert_eq!(w.alice.channel_of(&id).await, "ip");
 }
 
 #[tokio::test]
@@ -188,8 +113,8 @@ async fn no_receipt_in_time_revokes_and_sends_by_sms_exactly_once() {
     let id = w.alice.send(BOB, "hello? (fallback)").await;
     w.alice.wait_status(&id, "delivered").await;
     signal(w.bob.daemon.pid(), "-CONT");
-    let m = w.alice.api.get_message(&id).await.expect("GetMessage");
-    assert_eq!(m.channel, "sms", "{:?}", w.alice.signals.statuses(&id));
+    let channel = w.alice.channel_of(&id).await;
+    assert_eq!(channel, "sms", "{:?}", w.alice.signals.statuses(&id));
     assert_eq!(
         w.alice.signals.statuses(&id),
         ["sending", "sent", "queued", "sending", "sent", "delivered"]
@@ -219,22 +144,15 @@ async fn no_receipt_in_time_revokes_and_sends_by_sms_exactly_once() {
 async fn with_the_relay_down_messages_go_by_sms_at_once() {
     let mut w = World::new().await;
     w.relay.kill();
-    eventually("Alice offline", || async {
-        w.alice.api.relay_state().await.ok().as_deref() != Some("online")
-    })
-    .await;
+    w.alice
+        .until("Alice offline", async |api| {
+            api.relay_state().await.ok().as_deref() != Some("online")
+        })
+        .await;
     w.alice.sees(BOB, "offline").await;
     let id = w.alice.send(BOB, "relay is down").await;
     w.alice.wait_status(&id, "sent").await;
-    assert_eq!(
-        w.alice
-            .api
-            .get_message(&id)
-            .await
-            .expect("GetMessage")
-            .channel,
-        "sms"
-    );
+    assert_eq!(w.alice.channel_of(&id).await, "sms");
     // The relay returns: both log in again by themselves.
     w.relay.restart();
     w.alice.online().await;
@@ -248,30 +166,18 @@ async fn registration_proves_the_number_with_an_sms_code() {
     let system = Bus::start();
     let _sim = Sim::start(&system, &[ALICE]);
     // The operator's SMS gateway: here, the simulated carrier delivers the code SMS.
-    let script = dir.path().join("send-code");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec busctl --address='{}' call org.tandem.MMSim1 /org/tandem/MMSim1 \
+    let script = script(
+        dir.path(),
+        "send-code",
+        &format!(
+            "exec busctl --address='{}' call org.tandem.MMSim1 /org/tandem/MMSim1 \
              org.tandem.MMSim1 InjectSms sssa{{sv}} \"$1\" +15550000000 \"$TANDEM_TEXT\" 0 >/dev/null\n",
             system.address
         ),
-    )
-    .expect("script");
-    std::process::Command::new("chmod")
-        .args(["+x", &script.display().to_string()])
-        .status()
-        .expect("chmod");
-    let relay = Relay::with_args(
-        dir.path(),
-        &[
-            "--verify",
-            "sms-command",
-            "--sms-command",
-            &script.display().to_string(),
-        ],
     );
-    let alice = Phone::start(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
+    let args = ["--verify", "sms-command", "--sms-command", &script];
+    let relay = Relay::with_args(dir.path(), &args);
+    let alice = phone(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
     alice.online().await;
     // The code SMS was answered and never shown.
     assert!(
@@ -299,27 +205,12 @@ async fn channel_ip_waits_on_the_relay_for_an_offline_peer() {
     let mut w = World::new().await;
     w.bob.daemon.stop();
     w.alice.sees(BOB, "offline").await;
-    let opts: HashMap<String, zbus::OwnedVariant> = [(
-        "channel".to_owned(),
-        zbus::OwnedVariant::try_from(zbus::Variant::from("ip")).expect("variant"),
-    )]
-    .into();
     let id = w
         .alice
-        .api
-        .send_message(BOB, "kept for you by the relay", opts)
-        .await
-        .expect("SendMessage");
+        .send_on(BOB, "kept for you by the relay", "ip")
+        .await;
     w.alice.wait_status(&id, "sent").await;
-    assert_eq!(
-        w.alice
-            .api
-            .get_message(&id)
-            .await
-            .expect("GetMessage")
-            .channel,
-        "ip"
-    );
+    assert_eq!(w.alice.channel_of(&id).await, "ip");
     // Well past the fallback timeout: a forced IP message is not revoked.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!w.alice.signals.statuses(&id).iter().any(|s| s == "queued"));
@@ -327,14 +218,7 @@ async fn channel_ip_waits_on_the_relay_for_an_offline_peer() {
 
     w.bob.daemon.restart().await;
     w.alice.wait_status(&id, "delivered").await;
-    w.bob
-        .signals
-        .wait_until("Bob gets it over IP", |s| {
-            s.received()
-                .iter()
-                .any(|m| m.text == "kept for you by the relay" && m.channel == "ip")
-        })
-        .await;
+    w.bob.gets("kept for you by the relay", "ip").await;
 }
 
 #[tokio::test]

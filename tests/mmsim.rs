@@ -2,16 +2,15 @@
 //! test (never the machine's system bus), driven with plain zbus proxies as ModemManager's
 //! clients and our tests drive it. The simulator's log is printed when a test fails.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{Bus, Dict, Sim, SimCtl, eventually, get, no_opts, opts};
 use futures_util::StreamExt;
-use tandem::devbus::PrivateBus;
 use zbus::proxy::{CacheProperties, SignalStream};
-use zbus::{Connection, OwnedObjectPath, OwnedVariant, Proxy, Variant};
+use zbus::{Connection, OwnedObjectPath, Proxy, Variant};
 
 const MM: &str = "org.freedesktop.ModemManager1";
 const MANAGER: &str = "/org/freedesktop/ModemManager1";
@@ -19,89 +18,30 @@ const MODEM: &str = "org.freedesktop.ModemManager1.Modem";
 const MESSAGING: &str = "org.freedesktop.ModemManager1.Modem.Messaging";
 const GPP: &str = "org.freedesktop.ModemManager1.Modem.Modem3gpp";
 const SMS: &str = "org.freedesktop.ModemManager1.Sms";
-const CONTROL: &str = "org.tandem.MMSim1";
-const CONTROL_PATH: &str = "/org/tandem/MMSim1";
 const A: &str = "+15550001111";
 const B: &str = "+15550002222";
 const WAIT: Duration = Duration::from_secs(5);
 
-type Dict = HashMap<String, OwnedVariant>;
 type Managed = HashMap<OwnedObjectPath, HashMap<String, Dict>>;
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reads the first line a child prints on stdout, with a timeout.
-fn first_line(child: &mut Child) -> String {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(WAIT)
-        .expect("child printed nothing in time")
-        .trim()
-        .to_owned()
-}
 
 /// A private bus, the simulator on it, and a client connection.
 struct Harness {
     conn: Connection,
+    ctl: SimCtl,
     address: String,
-    sim: Proc,
-    log: tempfile::NamedTempFile,
-    _bus: PrivateBus,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.sim.0.kill();
-            let mut log = String::new();
-            let _ = self
-                .log
-                .reopen()
-                .and_then(|mut f| f.read_to_string(&mut log));
-            eprintln!("---- tandem-mmsim log ----\n{log}---- end of log ----");
-        }
-    }
+    _sim: Sim,
+    _bus: Bus,
 }
 
 async fn start(args: &[&str]) -> Harness {
-    let bus = PrivateBus::start().expect("a private dbus-daemon");
-    let address = bus.address().to_owned();
-    let log = tempfile::NamedTempFile::new().expect("temp file");
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_tandem-mmsim"))
-        .arg("--bus")
-        .arg(&address)
-        .args(args)
-        .arg("-v")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(log.reopen().expect("log file"))
-        .spawn()
-        .expect("tandem-mmsim runs");
-    let ready = first_line(&mut sim);
-    let sim = Proc(sim);
-    assert_eq!(ready, "ready");
-    let conn = zbus::connection::Builder::address(address.as_str())
-        .build()
-        .await
-        .expect("client connects");
+    let bus = Bus::start();
+    let sim = Sim::with_args(&bus.address, args);
+    let conn = bus.connect().await;
     Harness {
+        ctl: SimCtl::new(&conn).await,
         conn,
-        address,
-        sim,
-        log,
+        address: bus.address.clone(),
+        _sim: sim,
         _bus: bus,
     }
 }
@@ -115,31 +55,13 @@ fn modem_path(n: u32) -> String {
     format!("{MANAGER}/Modem/{n}")
 }
 
-fn opts<'a>(entries: &[(&'a str, Variant<'a>)]) -> HashMap<&'a str, Variant<'a>> {
-    entries.iter().cloned().collect()
-}
-
-fn no_opts() -> HashMap<&'static str, Variant<'static>> {
-    HashMap::new()
-}
-
-fn error_name(err: &zbus::Error) -> String {
+/// Fails unless `err` is the D-Bus error `name`.
+#[track_caller]
+fn assert_named(err: &zbus::Error, name: &str) {
     match err {
-        zbus::Error::MethodError(name, _, _) => name.to_string(),
-        other => format!("not a method error: {other}"),
+        zbus::Error::MethodError(got, _, _) => assert_eq!(got.as_str(), name),
+        other => panic!("not a method error: {other}"),
     }
-}
-
-fn get<'a, T>(dict: &'a Dict, key: &str) -> T
-where
-    T: TryFrom<&'a OwnedVariant>,
-    <T as TryFrom<&'a OwnedVariant>>::Error: std::fmt::Debug,
-{
-    T::try_from(
-        dict.get(key)
-            .unwrap_or_else(|| panic!("key {key} in {dict:?}")),
-    )
-    .expect("type")
 }
 
 /// The properties of one SMS object.
@@ -167,15 +89,18 @@ impl Harness {
             .expect("proxy")
     }
 
+    /// A property of the object at `path`.
+    async fn property<T>(&self, path: &str, iface: &str, name: &str) -> T
+    where
+        T: serde::de::DeserializeOwned + zbus::Type,
+    {
+        let proxy = self.proxy(path, iface).await;
+        let value = proxy.get_property(name).await;
+        value.unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
     async fn control(&self) -> Proxy<'static> {
-        zbus::proxy::Builder::<Proxy<'static>>::new(&self.conn)
-            .destination(CONTROL)
-            .path(CONTROL_PATH)
-            .interface(CONTROL)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .expect("proxy")
+        self.ctl.proxy().clone()
     }
 
     async fn signals(&self, path: &str, iface: &str, name: &'static str) -> SignalStream<'static> {
@@ -226,27 +151,15 @@ impl Harness {
     }
 
     async fn set_state(&self, modem: &str, state: i32) {
-        self.control()
-            .await
-            .call::<_, _, ()>("SetModemState", &(modem, state))
-            .await
-            .expect("SetModemState");
+        self.ctl.set_modem_state(modem, state).await
     }
 
     async fn inject(&self, modem: &str, from: &str, text: &str) -> OwnedObjectPath {
-        self.control()
-            .await
-            .call("InjectSms", &(modem, from, text, no_opts()))
-            .await
-            .expect("InjectSms")
+        self.ctl.inject_sms(modem, from, text).await
     }
 
     async fn list_sms(&self, modem: &str) -> Vec<Dict> {
-        self.control()
-            .await
-            .call("ListSms", &(modem,))
-            .await
-            .expect("ListSms")
+        self.ctl.list_sms(modem).await
     }
 }
 
@@ -266,19 +179,6 @@ where
 async fn assert_quiet(stream: &mut SignalStream<'static>, quiet: Duration) {
     if let Ok(Some(msg)) = tokio::time::timeout(quiet, stream.next()).await {
         panic!("unexpected signal {msg:?}");
-    }
-}
-
-/// Polls `check` until it holds, for a few seconds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -307,33 +207,13 @@ async fn managed_objects_list_modems_with_their_interfaces() {
         assert_eq!(get::<i32>(props, "State"), 8);
         assert_eq!(get::<&str>(&modem(n)[GPP], "Imei").len(), 15);
     }
-    let own: Vec<String> = h
-        .proxy(&modem_path(0), MODEM)
-        .await
-        .get_property("OwnNumbers")
-        .await
-        .expect("OwnNumbers");
+    let own: Vec<String> = h.property(&modem_path(0), MODEM, "OwnNumbers").await;
     assert_eq!(own, vec![A.to_owned()]);
-    let own: Vec<String> = h
-        .proxy(&modem_path(1), MODEM)
-        .await
-        .get_property("OwnNumbers")
-        .await
-        .expect("OwnNumbers");
+    let own: Vec<String> = h.property(&modem_path(1), MODEM, "OwnNumbers").await;
     assert!(own.is_empty(), "nosimnumber hides the number: {own:?}");
-    let sim: OwnedObjectPath = h
-        .proxy(&modem_path(0), MODEM)
-        .await
-        .get_property("Sim")
-        .await
-        .expect("Sim");
+    let sim: OwnedObjectPath = h.property(&modem_path(0), MODEM, "Sim").await;
     assert!(objects[&sim].contains_key("org.freedesktop.ModemManager1.Sim"));
-    let version: String = h
-        .proxy(MANAGER, MM)
-        .await
-        .get_property("Version")
-        .await
-        .expect("Version");
+    let version: String = h.property(MANAGER, MM, "Version").await;
     assert!(version.starts_with("1.20"), "{version}");
 }
 
@@ -505,11 +385,8 @@ async fn begin_multipart_and_add_part_under_test_control() {
         .expect("AddPart");
     let done = h.sms(&sms).await;
     assert_eq!((done.state, done.text.as_str()), (3, "Hello, world"));
-    let err = control
-        .call::<_, _, ()>("AddPart", &(&sms, "more"))
-        .await
-        .unwrap_err();
-    assert_eq!(error_name(&err), "org.tandem.MMSim1.Error.WrongState");
+    let result = control.call::<_, _, ()>("AddPart", &(&sms, "more")).await;
+    assert_named(&result.unwrap_err(), "org.tandem.MMSim1.Error.WrongState");
     assert_quiet(&mut added_b, Duration::from_millis(100)).await;
 }
 
@@ -553,10 +430,7 @@ async fn delete_removes_every_part_and_can_be_held() {
         .call::<_, _, ()>("Delete", &(&sms,))
         .await
         .unwrap_err();
-    assert_eq!(
-        error_name(&err),
-        "org.freedesktop.ModemManager1.Error.Core.NotFound"
-    );
+    assert_named(&err, "org.freedesktop.ModemManager1.Error.Core.NotFound");
 
     // Held deletes do not answer, and nothing else stalls meanwhile.
     let sms = h.inject(&b, "+4912345", "keep me a while").await;
@@ -605,26 +479,22 @@ async fn fail_next_send_and_unregistered_send_fail_like_modemmanager() {
         .expect("FailNextSend");
     let sms = h.create(&a, B, "try me", false).await;
     let err = h.send(&sms).await.unwrap_err();
-    assert_eq!(
-        error_name(&err),
-        "org.freedesktop.ModemManager1.Error.Core.Failed"
-    );
+    assert_named(&err, "org.freedesktop.ModemManager1.Error.Core.Failed");
     assert!(err.to_string().contains("boom"), "{err}");
     h.send(&sms).await.expect("only the next send fails");
 
     h.set_state(A, 6).await; // enabled, not registered
     let sms = h.create(&a, B, "no network", false).await;
     let err = h.send(&sms).await.unwrap_err();
-    assert_eq!(
-        error_name(&err),
-        "org.freedesktop.ModemManager1.Error.Core.WrongState"
-    );
+    assert_named(&err, "org.freedesktop.ModemManager1.Error.Core.WrongState");
 
-    let err = control
+    let result = control
         .call::<_, _, ()>("FailNextSend", &(A, "not a name", "x"))
-        .await
-        .unwrap_err();
-    assert_eq!(error_name(&err), "org.tandem.MMSim1.Error.InvalidArgument");
+        .await;
+    assert_named(
+        &result.unwrap_err(),
+        "org.tandem.MMSim1.Error.InvalidArgument",
+    );
 }
 
 #[tokio::test]
@@ -646,12 +516,7 @@ async fn disabling_and_enabling_re_creates_sms_under_new_paths() {
     assert_eq!(iface, MODEM);
     assert_eq!(get::<i32>(&changes, "State"), 3);
     assert!(h.list(&b).await.is_empty());
-    let registration: u32 = h
-        .proxy(&b, GPP)
-        .await
-        .get_property("RegistrationState")
-        .await
-        .expect("reg");
+    let registration: u32 = h.property(&b, GPP, "RegistrationState").await;
     assert_eq!(registration, 0, "idle");
 
     h.set_state(B, 8).await;
@@ -728,18 +593,15 @@ async fn removing_and_adding_modems_is_announced() {
             seen.extend(ifaces.into_keys());
         }
     }
-    let state: i32 = h
-        .proxy(path.as_str(), MODEM)
-        .await
-        .get_property("State")
-        .await
-        .expect("State");
+    let state: i32 = h.property(path.as_str(), MODEM, "State").await;
     assert_eq!(state, 3);
-    let err = control
+    let result = control
         .call::<_, _, OwnedObjectPath>("AddModem", &(B, no_opts()))
-        .await
-        .unwrap_err();
-    assert_eq!(error_name(&err), "org.tandem.MMSim1.Error.InvalidArgument");
+        .await;
+    assert_named(
+        &result.unwrap_err(),
+        "org.tandem.MMSim1.Error.InvalidArgument",
+    );
 }
 
 #[tokio::test]
@@ -760,16 +622,12 @@ async fn unknown_modems_and_sms_are_named_errors() {
             )
             .await,
     ] {
-        assert_eq!(
-            error_name(&result.unwrap_err()),
-            "org.tandem.MMSim1.Error.NotFound"
-        );
+        assert_named(&result.unwrap_err(), "org.tandem.MMSim1.Error.NotFound");
     }
-    let err = control
+    let result = control
         .call::<_, _, Vec<Dict>>("GetSent", &("nobody",))
-        .await
-        .unwrap_err();
-    assert_eq!(error_name(&err), "org.tandem.MMSim1.Error.NotFound");
+        .await;
+    assert_named(&result.unwrap_err(), "org.tandem.MMSim1.Error.NotFound");
 }
 
 #[tokio::test]
@@ -879,10 +737,7 @@ async fn create_refuses_bad_properties_like_modemmanager() {
         .call::<_, _, OwnedObjectPath>("Create", &(bad,))
         .await
         .unwrap_err();
-    assert_eq!(
-        error_name(&err),
-        "org.freedesktop.ModemManager1.Error.Core.InvalidArgs"
-    );
+    assert_named(&err, "org.freedesktop.ModemManager1.Error.Core.InvalidArgs");
     assert!(
         h.address.starts_with("unix:"),
         "a private bus: {}",

@@ -5,100 +5,13 @@
 //! (process-wide) at its own bus, so it must not share a process with other tests,
 //! whichever runner (`cargo test` runs a file's tests as threads of one process).
 
-use std::collections::HashMap;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use tandem::devbus::PrivateBus;
+use common::Bus;
+use common::notifications::{next_call, start_server};
 use tandem::notifier::{APP_NAME, Notice, Notifier, preview};
-use tokio::sync::mpsc;
-
-/// What the fake server was called with.
-#[derive(Debug)]
-struct Call {
-    app_name: String,
-    replaces_id: u32,
-    icon: String,
-    summary: String,
-    body: String,
-    actions: Vec<String>,
-    string_hints: HashMap<String, String>,
-    expire_timeout: i32,
-}
-
-struct FakeServer {
-    calls: mpsc::UnboundedSender<Call>,
-    capabilities: Vec<String>,
-}
-
-#[zbus::interface(name = "org.freedesktop.Notifications")]
-impl FakeServer {
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        app_name: String,
-        replaces_id: u32,
-        app_icon: String,
-        summary: String,
-        body: String,
-        actions: Vec<String>,
-        hints: HashMap<String, zbus::OwnedVariant>,
-        expire_timeout: i32,
-    ) -> u32 {
-        let string_hints = hints
-            .into_iter()
-            .filter_map(|(key, value)| String::try_from(value).ok().map(|value| (key, value)))
-            .collect();
-        let _ = self.calls.send(Call {
-            app_name,
-            replaces_id,
-            icon: app_icon,
-            summary,
-            body,
-            actions,
-            string_hints,
-            expire_timeout,
-        });
-        42
-    }
-
-    fn get_capabilities(&self) -> Vec<String> {
-        self.capabilities.clone()
-    }
-
-    fn get_server_information(&self) -> (String, String, String, String) {
-        (
-            "fake".to_owned(),
-            "tandem tests".to_owned(),
-            "1".to_owned(),
-            "1.2".to_owned(),
-        )
-    }
-}
-
-async fn start_server(
-    address: &str,
-    capabilities: &[&str],
-) -> (zbus::Connection, mpsc::UnboundedReceiver<Call>) {
-    let (calls, received) = mpsc::unbounded_channel();
-    let server = FakeServer {
-        calls,
-        capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
-    };
-    let connection = zbus::connection::Builder::address(address)
-        .serve_at("/org/freedesktop/Notifications", server)
-        .name("org.freedesktop.Notifications")
-        .build()
-        .await
-        .expect("fake notification server on the private bus");
-    (connection, received)
-}
-
-async fn next_call(calls: &mut mpsc::UnboundedReceiver<Call>) -> Call {
-    tokio::time::timeout(Duration::from_secs(10), calls.recv())
-        .await
-        .expect("Notify was not called within 10 s")
-        .expect("fake server gone")
-}
 
 fn notice(sender: &str, text: &str) -> Notice {
     Notice {
@@ -109,10 +22,10 @@ fn notice(sender: &str, text: &str) -> Notice {
 
 #[tokio::test]
 async fn notifications_reach_the_server_and_never_block() {
-    let bus = PrivateBus::start().expect("a private dbus-daemon");
+    let bus = Bus::start();
     // SAFETY: the only test of this binary, so no other thread reads the environment
     // while it changes; the notifier connects only after this.
-    unsafe { std::env::set_var("DBUS_SESSION_BUS_ADDRESS", bus.address()) };
+    unsafe { std::env::set_var("DBUS_SESSION_BUS_ADDRESS", &bus.address) };
 
     let notifier = Notifier::spawn(true);
 
@@ -131,7 +44,7 @@ async fn notifications_reach_the_server_and_never_block() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // A server appears: the notice arrives, with the text's preview as body.
-    let (server, mut calls) = start_server(bus.address(), &["body"]).await;
+    let (server, mut calls) = start_server(&bus.address, &["body"]).await;
     let long = format!("<b>hi</b> & {}", "x".repeat(200));
     notifier.notify(notice("+15551234567", &long));
     // Skip what is left of the burst, if the task had not got through it yet.
@@ -169,7 +82,7 @@ async fn notifications_reach_the_server_and_never_block() {
     // The server is replaced by another: notifications reach the new one.
     drop(calls);
     drop(server);
-    let (_server, mut calls) = start_server(bus.address(), &["body"]).await;
+    let (_server, mut calls) = start_server(&bus.address, &["body"]).await;
     notifier.notify(notice("+491512345678", "a < b && c > d"));
     let plain = next_call(&mut calls).await;
     assert_eq!(plain.summary, "+491512345678");
@@ -179,7 +92,7 @@ async fn notifications_reach_the_server_and_never_block() {
     // text bold, add links or images, or hide part of the text.
     drop(calls);
     drop(_server);
-    let (_server, mut calls) = start_server(bus.address(), &["body", "body-markup"]).await;
+    let (_server, mut calls) = start_server(&bus.address, &["body", "body-markup"]).await;
     let hostile = "<b>wine</b> & &amp; <a href=\"https://pay.example\">pay</a> <img src=\"x\"/>";
     notifier.notify(notice("Bank <i>", hostile));
     let escaped = next_call(&mut calls).await;
@@ -199,7 +112,7 @@ async fn notifications_reach_the_server_and_never_block() {
     // The same notice to a server without markup arrives as it is.
     drop(calls);
     drop(_server);
-    let (_server, mut calls) = start_server(bus.address(), &["body", "actions"]).await;
+    let (_server, mut calls) = start_server(&bus.address, &["body", "actions"]).await;
     notifier.notify(notice("Bank <i>", hostile));
     let plain = next_call(&mut calls).await;
     assert_eq!(

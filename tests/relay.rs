@@ -2,340 +2,68 @@
 //! `tandem-relay` binary for its command line and the memory figure), driven by
 //! WebSocket clients speaking protocol v1. Loopback only.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::relay::{FRAME_WAIT as WAIT, connector, make_certs, no_quotas, script};
+use common::{Endpoint, LocalRelay, Ran, Relay, WsClient, program};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tandem::relay::protocol::{
-    ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, PresenceEntry, PresenceState,
-    ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, VerifyMode, decode_server, encode,
+    ClientFrame, ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, ReceiptOutcome,
+    RevokeOutcome, SendState, ServerFrame, VerifyMode, decode_server, encode,
 };
-use tandem::relay::{RelayConfig, RelayError, Verify, run};
+use tandem::relay::{RelayConfig, Verify};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-
-/// How long a test waits for a frame that must come.
-const WAIT: Duration = Duration::from_secs(5);
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
 const CAROL: &str = "+15550003333";
 const DAVE: &str = "+15550004444";
 
-// ---------------------------------------------------------------------------------
-// Harness
+/// The acks of a send: its state, and whether it was a resend of a known message.
+const DELIVERED_AGAIN: (SendState, bool) = (SendState::Delivered, true);
+const EXPIRED_AGAIN: (SendState, bool) = (SendState::Expired, true);
+const ONLINE: (SendState, bool) = (SendState::Online, false);
+const ONLINE_AGAIN: (SendState, bool) = (SendState::Online, true);
+const QUEUED: (SendState, bool) = (SendState::Queued, false);
+const QUEUED_AGAIN: (SendState, bool) = (SendState::Queued, true);
+const REVOKED_AGAIN: (SendState, bool) = (SendState::Revoked, true);
 
-struct Relay {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), RelayError>>,
+/// The default relay with `set` applied.
+fn config(set: impl FnOnce(&mut RelayConfig)) -> RelayConfig {
+    let mut config = RelayConfig::default();
+    set(&mut config);
+    config
 }
 
-impl Relay {
-    async fn start(config: RelayConfig) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, config, async {
-            let _ = stopped.await;
-        }));
-        Relay {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
+/// A client and its token.
+type Account = (WsClient, String);
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("the relay stops in time")
-            .expect("the relay task");
-        result.expect("the relay stops cleanly");
-    }
-
-    /// A connected client that said `hello`.
-    async fn client(&self) -> Client {
-        let mut client = self.raw().await;
-        client.hello().await;
-        client
-    }
-
-    /// A connected client that said nothing yet.
-    async fn raw(&self) -> Client {
-        let stream = TcpStream::connect(self.addr).await.expect("connect");
-        Client::handshake(stream, &format!("ws://{}/", self.addr)).await
-    }
-
-    /// A client logged in as `number` (registered first, `--verify none`).
-    async fn account(&self, number: &str) -> (Client, String) {
-        let mut client = self.client().await;
-        let token = client.register_none(number).await;
-        client.login(number, &token).await;
-        (client, token)
-    }
-
-    /// A client logged in as `number` with an existing token.
-    async fn login(&self, number: &str, token: &str) -> (Client, u32) {
-        let mut client = self.client().await;
-        let queued = client.login(number, token).await;
-        (client, queued)
-    }
+/// A relay with `config`, and Alice and Bob logged in on it.
+async fn alice_and_bob(config: RelayConfig) -> (LocalRelay, Account, Account) {
+    let relay = LocalRelay::start(config).await;
+    let alice = relay.account(ALICE).await;
+    let bob = relay.account(BOB).await;
+    (relay, alice, bob)
 }
 
-/// Clients keep small buffers too: the memory test opens a thousand of them.
-fn client_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-}
-
-struct Client<S = TcpStream> {
-    ws: WebSocketStream<S>,
-}
-
-impl<S> Client<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    async fn handshake(stream: S, url: &str) -> Client<S> {
-        let (ws, _) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(client_ws_config()))
-                .await
-                .expect("WebSocket handshake");
-        Client { ws }
+/// `number` logs in again and is handed exactly `ids`, queued for it, in order.
+async fn queued_for(relay: &LocalRelay, number: &str, token: &str, ids: &[&str]) -> WsClient {
+    let (mut client, queued) = relay.login(number, token).await;
+    assert_eq!(queued as usize, ids.len());
+    for id in ids {
+        assert_eq!(client.delivered().await.1, *id);
     }
-
-    async fn put(&mut self, frame: &ClientFrame) {
-        self.ws
-            .send(Message::Text(Utf8Bytes::from(encode(frame))))
-            .await
-            .expect("send");
-    }
-
-    async fn put_raw(&mut self, message: Message) {
-        self.ws.send(message).await.expect("send");
-    }
-
-    /// The next frame (skipping WebSocket pings and pongs).
-    async fn recv(&mut self) -> ServerFrame {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("the connection is open")
-                .expect("a readable frame");
-            match message {
-                Message::Text(text) => return decode_server(&text).expect("a valid frame"),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    /// The text of the next frame, undecoded (skipping WebSocket pings and pongs).
-    async fn recv_text(&mut self) -> String {
-        loop {
-            let message = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("the connection is open")
-                .expect("a readable frame");
-            match message {
-                Message::Text(text) => return text.as_str().to_owned(),
-                Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected message {other:?}"),
-            }
-        }
-    }
-
-    /// Asserts that no frame arrives within `wait`.
-    async fn quiet(&mut self, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return,
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-                Ok(other) => panic!("expected silence, got {other:?}"),
-            }
-        }
-    }
-
-    async fn error(&mut self, code: ErrorCode) -> ErrorFrame {
-        match self.recv().await {
-            ServerFrame::Error(error) if error.code == code => error,
-            other => panic!("expected error {code:?}, got {other:?}"),
-        }
-    }
-
-    /// Expects a fatal error with `code`, then a close frame with its close code, then
-    /// the end of the connection.
-    async fn fatal(&mut self, code: ErrorCode) -> ErrorFrame {
-        let error = self.error(code).await;
-        assert!(error.fatal, "{error:?}");
-        let mut close_code = None;
-        loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await {
-                Err(_) => panic!("the relay did not close the connection"),
-                Ok(None) => break,
-                Ok(Some(Ok(Message::Close(Some(frame))))) => {
-                    close_code = Some(u16::from(frame.code));
-                }
-                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-                Ok(Some(Ok(other))) => panic!("frame after a fatal error: {other:?}"),
-                Ok(Some(Err(_))) => break,
-            }
-        }
-        assert_eq!(
-            close_code,
-            Some(code.close_code()),
-            "close code for {code:?}"
-        );
-        error
-    }
-
-    async fn hello(&mut self) {
-        self.put(&ClientFrame::Hello {
-            v: 1,
-            client: Some("relay-test".to_owned()),
-        })
-        .await;
-        match self.recv().await {
-            ServerFrame::Welcome { v: 1, .. } => {}
-            other => panic!("expected welcome, got {other:?}"),
-        }
-    }
-
-    /// `register` on a `--verify none` relay; returns the token.
-    async fn register_none(&mut self, number: &str) -> String {
-        self.put(&ClientFrame::Register {
-            number: number.to_owned(),
-        })
-        .await;
-        match self.recv().await {
-            ServerFrame::Registered { number: n, token } if n == number => token,
-            other => panic!("expected registered, got {other:?}"),
-        }
-    }
-
-    /// Logs in; returns the `queued` count.
-    async fn login(&mut self, number: &str, token: &str) -> u32 {
-        self.put(&ClientFrame::Login {
-            number: number.to_owned(),
-            token: token.to_owned(),
-        })
-        .await;
-        match self.recv().await {
-            ServerFrame::LoggedIn { number: n, queued } if n == number => queued,
-            other => panic!("expected logged-in, got {other:?}"),
-        }
-    }
-
-    async fn send_text(&mut self, id: &str, to: &str, text: &str) {
-        self.put(&ClientFrame::Send {
-            id: id.to_owned(),
-            to: to.to_owned(),
-            text: text.to_owned(),
-            ts: 1_700_000_000_000,
-        })
-        .await;
-    }
-
-    /// Sends and expects an `ack`; returns its state and duplicate flag.
-    async fn send_ok(&mut self, id: &str, to: &str, text: &str) -> (SendState, bool) {
-        self.send_text(id, to, text).await;
-        match self.recv().await {
-            ServerFrame::Ack {
-                id: acked,
-                to: t,
-                state,
-                duplicate,
-            } if acked == id && t == to => (state, duplicate),
-            other => panic!("expected ack of {id}, got {other:?}"),
-        }
-    }
-
-    /// Expects a `deliver`; returns (from, id, text).
-    async fn delivered(&mut self) -> (String, String, String) {
-        match self.recv().await {
-            ServerFrame::Deliver { from, id, text, .. } => (from, id, text),
-            other => panic!("expected deliver, got {other:?}"),
-        }
-    }
-
-    async fn ack(&mut self, from: &str, id: &str) {
-        self.put(&ClientFrame::Ack {
-            from: from.to_owned(),
-            id: id.to_owned(),
-        })
-        .await;
-    }
-
-    async fn confirmed(&mut self, from: &str, id: &str) -> ConfirmOutcome {
-        match self.recv().await {
-            ServerFrame::Confirm {
-                from: f,
-                id: i,
-                outcome,
-            } if f == from && i == id => outcome,
-            other => panic!("expected confirm of {id}, got {other:?}"),
-        }
-    }
-
-    async fn receipt(&mut self) -> (String, ReceiptOutcome) {
-        match self.recv().await {
-            ServerFrame::Receipt { id, outcome, .. } => (id, outcome),
-            other => panic!("expected receipt, got {other:?}"),
-        }
-    }
-
-    async fn revoke(&mut self, id: &str) -> RevokeOutcome {
-        self.put(&ClientFrame::Revoke { id: id.to_owned() }).await;
-        match self.recv().await {
-            ServerFrame::RevokeResult { id: i, outcome } if i == id => outcome,
-            other => panic!("expected revoke-result of {id}, got {other:?}"),
-        }
-    }
-
-    async fn subscribe(&mut self, numbers: &[&str]) -> Vec<PresenceEntry> {
-        let numbers = numbers.iter().map(|n| (*n).to_owned()).collect();
-        self.put(&ClientFrame::Subscribe { numbers }).await;
-        match self.recv().await {
-            ServerFrame::Snapshot { entries } => entries,
-            other => panic!("expected snapshot, got {other:?}"),
-        }
-    }
-
-    async fn presence(&mut self) -> (String, PresenceState) {
-        match self.recv().await {
-            ServerFrame::Presence(entry) => (entry.number, entry.state),
-            other => panic!("expected presence, got {other:?}"),
-        }
-    }
-
-    /// A full round trip through the hub: everything the hub queued for this client
-    /// before has arrived once this returns.
-    async fn sync(&mut self) {
-        self.put(&ClientFrame::Revoke {
-            id: "sync".to_owned(),
-        })
-        .await;
-        let error = self.error(ErrorCode::UnknownMessage).await;
-        assert_eq!(error.id.as_deref(), Some("sync"));
-    }
+    client
 }
 
 /// Alice sends Bob a message and Bob gets it: proves the relay still serves both.
-async fn still_serving(alice: &mut Client, bob: &mut Client, id: &str) {
+async fn still_serving(alice: &mut WsClient, bob: &mut WsClient, id: &str) {
     assert_eq!(
         alice.send_ok(id, BOB, "still there?").await.0,
         SendState::Online
@@ -359,15 +87,11 @@ fn entry(number: &str, registered: bool, state: PresenceState) -> PresenceEntry 
 
 /// Writes the test SMS command: a script that stores each code in `dir/code<number>`.
 fn sms_script(dir: &Path) -> String {
-    let script = dir.join("send-code.sh");
     let body = format!(
-        "#!/bin/sh\n# $1: number, $2: code\nprintf '%s' \"$2\" > '{}/code'\"$1\"\n",
+        "# $1: number, $2: code\nprintf '%s' \"$2\" > '{}/code'\"$1\"\n",
         dir.display()
     );
-    std::fs::write(&script, body).expect("write script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    script.display().to_string()
+    script(dir, "send-code.sh", &body)
 }
 
 fn code_file(dir: &Path, number: &str) -> PathBuf {
@@ -375,13 +99,9 @@ fn code_file(dir: &Path, number: &str) -> PathBuf {
 }
 
 /// Asks for a code and reads it from the file the script wrote.
-async fn request_code(client: &mut Client, dir: &Path, number: &str) -> String {
+async fn request_code(client: &mut WsClient, dir: &Path, number: &str) -> String {
     let _ = std::fs::remove_file(code_file(dir, number));
-    client
-        .put(&ClientFrame::Register {
-            number: number.to_owned(),
-        })
-        .await;
+    client.register(number).await;
     match client.recv().await {
         ServerFrame::CodeSent { number: n, .. } if n == number => {}
         other => panic!("expected code-sent, got {other:?}"),
@@ -389,25 +109,6 @@ async fn request_code(client: &mut Client, dir: &Path, number: &str) -> String {
     let code = std::fs::read_to_string(code_file(dir, number)).expect("the script wrote the code");
     assert_eq!(code.len(), 6, "{code:?}");
     code
-}
-
-async fn verify(client: &mut Client, number: &str, code: &str) {
-    client
-        .put(&ClientFrame::Verify {
-            number: number.to_owned(),
-            code: code.to_owned(),
-        })
-        .await;
-}
-
-/// The default relay without the senders' quotas: for tests of throughput and
-/// backlogs, where one sender stands for many.
-fn no_quotas() -> RelayConfig {
-    RelayConfig {
-        sender_messages_per_min: 0,
-        sender_bytes_per_min: 0,
-        ..RelayConfig::default()
-    }
 }
 
 fn sms_config(dir: &Path) -> RelayConfig {
@@ -438,7 +139,7 @@ async fn registration_through_the_sms_command() {
         db_path: Some(db.clone()),
         ..sms_config(dir.path())
     };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config).await;
     let mut client = relay.raw().await;
     client.put(&ClientFrame::Hello { v: 1, client: None }).await;
     match client.recv().await {
@@ -450,20 +151,17 @@ async fn registration_through_the_sms_command() {
     }
 
     let code = request_code(&mut client, dir.path(), ALICE).await;
-    verify(&mut client, ALICE, &wrong(&code)).await;
+    client.verify(ALICE, &wrong(&code)).await;
     let error = client.error(ErrorCode::CodeInvalid).await;
     assert_eq!(error.attempts_left, Some(4));
     assert!(!error.fatal);
-    verify(&mut client, ALICE, &code).await;
-    let token = match client.recv().await {
-        ServerFrame::Registered { number, token } if number == ALICE => token,
-        other => panic!("expected registered, got {other:?}"),
-    };
+    client.verify(ALICE, &code).await;
+    let token = client.registered(ALICE).await;
     assert_eq!(client.login(ALICE, &token).await, 0);
 
     // A used code is gone.
     let mut other = relay.client().await;
-    verify(&mut other, ALICE, &code).await;
+    other.verify(ALICE, &code).await;
     other.error(ErrorCode::NoCode).await;
     drop(other);
     drop(client);
@@ -483,7 +181,7 @@ async fn registration_through_the_sms_command() {
         db_path: Some(db),
         ..sms_config(dir.path())
     };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config).await;
     relay.login(ALICE, &token).await;
     relay.stop().await;
 }
@@ -491,30 +189,21 @@ async fn registration_through_the_sms_command() {
 #[tokio::test]
 async fn a_verified_code_moves_the_number_to_a_new_device() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let relay = Relay::start(sms_config(dir.path())).await;
+    let relay = LocalRelay::start(sms_config(dir.path())).await;
     let mut first = relay.client().await;
     let code = request_code(&mut first, dir.path(), ALICE).await;
-    verify(&mut first, ALICE, &code).await;
-    let ServerFrame::Registered { token: old, .. } = first.recv().await else {
-        panic!("not registered");
-    };
+    first.verify(ALICE, &code).await;
+    let old = first.registered(ALICE).await;
     first.login(ALICE, &old).await;
 
     let mut second = relay.client().await;
     let code = request_code(&mut second, dir.path(), ALICE).await;
-    verify(&mut second, ALICE, &code).await;
-    let ServerFrame::Registered { token: new, .. } = second.recv().await else {
-        panic!("not registered");
-    };
+    second.verify(ALICE, &code).await;
+    let new = second.registered(ALICE).await;
     // The first device is told and dropped; its token no longer works.
     first.fatal(ErrorCode::Replaced).await;
     let mut stale = relay.client().await;
-    stale
-        .put(&ClientFrame::Login {
-            number: ALICE.to_owned(),
-            token: old,
-        })
-        .await;
+    stale.put_login(ALICE, &old).await;
     stale.fatal(ErrorCode::AuthFailed).await;
     second.login(ALICE, &new).await;
     relay.stop().await;
@@ -527,21 +216,16 @@ async fn expired_codes_are_refused() {
         code_ttl: Duration::from_millis(200),
         ..sms_config(dir.path())
     };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config).await;
     let mut client = relay.client().await;
     let code = request_code(&mut client, dir.path(), ALICE).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    verify(&mut client, ALICE, &code).await;
+    client.verify(ALICE, &code).await;
     client.error(ErrorCode::CodeExpired).await;
     // Still refused on a second try, and the number is not registered.
-    verify(&mut client, ALICE, &code).await;
+    client.verify(ALICE, &code).await;
     client.error(ErrorCode::CodeExpired).await;
-    client
-        .put(&ClientFrame::Login {
-            number: ALICE.to_owned(),
-            token: code,
-        })
-        .await;
+    client.put_login(ALICE, &code).await;
     client.fatal(ErrorCode::AuthFailed).await;
     relay.stop().await;
 }
@@ -554,34 +238,30 @@ async fn too_many_attempts_burn_the_code_and_requests_are_rate_limited() {
         code_resend: Duration::from_secs(600),
         ..sms_config(dir.path())
     };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config).await;
     let mut client = relay.client().await;
     let code = request_code(&mut client, dir.path(), ALICE).await;
     let bad = wrong(&code);
-    verify(&mut client, ALICE, &bad).await;
+    client.verify(ALICE, &bad).await;
     assert_eq!(
         client.error(ErrorCode::CodeInvalid).await.attempts_left,
         Some(2)
     );
-    verify(&mut client, ALICE, &bad).await;
+    client.verify(ALICE, &bad).await;
     assert_eq!(
         client.error(ErrorCode::CodeInvalid).await.attempts_left,
         Some(1)
     );
-    verify(&mut client, ALICE, &bad).await;
+    client.verify(ALICE, &bad).await;
     client.error(ErrorCode::TooManyAttempts).await;
     // Even the right code is refused now, from any connection.
-    verify(&mut client, ALICE, &code).await;
+    client.verify(ALICE, &code).await;
     client.error(ErrorCode::TooManyAttempts).await;
     let mut other = relay.client().await;
-    verify(&mut other, ALICE, &code).await;
+    other.verify(ALICE, &code).await;
     other.error(ErrorCode::TooManyAttempts).await;
     // And a new code is not sent before the resend interval.
-    other
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    other.register(ALICE).await;
     let error = other.error(ErrorCode::RateLimited).await;
     assert!(
         error.retry_after_ms.is_some_and(|ms| ms > 500_000),
@@ -592,45 +272,34 @@ async fn too_many_attempts_burn_the_code_and_requests_are_rate_limited() {
 
 #[tokio::test]
 async fn a_failing_sms_command_is_reported() {
-    let config = RelayConfig {
-        verify: Verify::SmsCommand("exit 1;".to_owned()),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.verify = Verify::SmsCommand("exit 1;".to_owned())
+    }))
+    .await;
     let mut client = relay.client().await;
-    client
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    client.register(ALICE).await;
     client.error(ErrorCode::SmsFailed).await;
     // Nothing pending, and the failure did not hold the rate limit.
-    verify(&mut client, ALICE, "123456").await;
+    client.verify(ALICE, "123456").await;
     client.error(ErrorCode::NoCode).await;
-    client
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    client.register(ALICE).await;
     client.error(ErrorCode::SmsFailed).await;
     relay.stop().await;
 }
 
-/// An SMS command that appends `start NS` and `end NS` (nanoseconds) to `dir/runs`
+/// A relay whose SMS command appends `start NS` and `end NS` (nanoseconds) to `dir/runs`
 /// around `seconds` of sleep, and stores the code as `sms_script` does.
-fn timed_sms_script(dir: &Path, seconds: &str) -> String {
-    let script = dir.join("timed-send-code.sh");
-    let runs = dir.join("runs");
+fn timed_sms(dir: &Path, seconds: &str) -> RelayConfig {
     let body = format!(
-        "#!/bin/sh\necho \"start $(date +%s%N)\" >> '{runs}'\nsleep {seconds}\n\
+        "echo \"start $(date +%s%N)\" >> '{runs}'\nsleep {seconds}\n\
          printf '%s' \"$2\" > '{dir}/code'\"$1\"\necho \"end $(date +%s%N)\" >> '{runs}'\n",
-        runs = runs.display(),
+        runs = dir.join("runs").display(),
         dir = dir.display(),
     );
-    std::fs::write(&script, body).expect("write script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .expect("chmod");
-    script.display().to_string()
+    RelayConfig {
+        verify: Verify::SmsCommand(script(dir, "timed-send-code.sh", &body)),
+        ..RelayConfig::default()
+    }
 }
 
 /// The most SMS commands that ran at the same time, from `dir/runs`; and how many ran.
@@ -655,23 +324,15 @@ fn most_at_once(dir: &Path) -> (usize, usize) {
 }
 
 /// A client from `ip` (any 127.0.0.0/8 address is loopback), that said `hello`.
-async fn client_from(relay: &Relay, ip: [u8; 4]) -> Client {
+async fn client_from(relay: &LocalRelay, ip: [u8; 4]) -> WsClient {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::from((ip, 0)))
         .expect("bind a loopback address");
     let stream = socket.connect(relay.addr).await.expect("connect");
-    let mut client = Client::handshake(stream, &format!("ws://{}/", relay.addr)).await;
+    let mut client = WsClient::handshake(stream, &format!("ws://{}/", relay.addr)).await;
     client.hello().await;
     client
-}
-
-async fn register(client: &mut Client, number: &str) {
-    client
-        .put(&ClientFrame::Register {
-            number: number.to_owned(),
-        })
-        .await;
 }
 
 #[tokio::test]
@@ -679,19 +340,14 @@ async fn sms_commands_run_a_few_at_a_time_and_wait_in_a_bounded_queue() {
     // Twelve connections ask for codes at once: two commands run at a time, eight wait,
     // and the last two are refused at once with a time to come back.
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = RelayConfig {
-        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0.3")),
-        sms_concurrency: 2,
-        sms_queue: 8,
-        codes_per_address_per_hour: 0,
-        codes_per_hour: 0,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let mut config = timed_sms(dir.path(), "0.3");
+    (config.sms_concurrency, config.sms_queue) = (2, 8);
+    (config.codes_per_address_per_hour, config.codes_per_hour) = (0, 0);
+    let relay = LocalRelay::start(config).await;
     let mut clients = Vec::new();
     for n in 0..12 {
         let mut client = relay.client().await;
-        register(&mut client, &format!("+1555200{n:04}")).await;
+        client.register(&format!("+1555200{n:04}")).await;
         clients.push(client);
     }
     let mut sent = 0;
@@ -717,8 +373,8 @@ async fn sms_commands_run_a_few_at_a_time_and_wait_in_a_bounded_queue() {
 }
 
 /// `register`, then the code the timed script stored.
-async fn request_code_from(client: &mut Client, dir: &Path, number: &str) {
-    register(client, number).await;
+async fn request_code_from(client: &mut WsClient, dir: &Path, number: &str) {
+    client.register(number).await;
     match client.recv().await {
         ServerFrame::CodeSent { number: n, .. } if n == number => {}
         other => panic!("expected code-sent, got {other:?}"),
@@ -729,13 +385,12 @@ async fn request_code_from(client: &mut Client, dir: &Path, number: &str) {
 #[tokio::test]
 async fn codes_are_limited_per_address_and_in_total() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = RelayConfig {
-        verify: Verify::SmsCommand(timed_sms_script(dir.path(), "0")),
+    let relay = LocalRelay::start(RelayConfig {
         codes_per_address_per_hour: 3,
         codes_per_hour: 5,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+        ..timed_sms(dir.path(), "0")
+    })
+    .await;
     // Three codes from 127.0.0.1, for three numbers, then no more from that address,
     // whatever the number or the connection.
     let mut client = relay.client().await;
@@ -743,7 +398,7 @@ async fn codes_are_limited_per_address_and_in_total() {
         request_code_from(&mut client, dir.path(), &format!("+1555300{n:04}")).await;
     }
     let mut other = relay.client().await;
-    register(&mut other, "+15553000099").await;
+    other.register("+15553000099").await;
     let error = other.error(ErrorCode::RateLimited).await;
     assert!(!error.fatal);
     // One code comes back every 20 minutes.
@@ -755,7 +410,7 @@ async fn codes_are_limited_per_address_and_in_total() {
     let mut third = client_from(&relay, [127, 0, 0, 3]).await;
     request_code_from(&mut third, dir.path(), "+15553000101").await;
     let mut fourth = client_from(&relay, [127, 0, 0, 4]).await;
-    register(&mut fourth, "+15553000102").await;
+    fourth.register("+15553000102").await;
     let error = fourth.error(ErrorCode::RateLimited).await;
     assert!(
         error.retry_after_ms.is_some_and(|ms| ms > 600_000),
@@ -767,43 +422,30 @@ async fn codes_are_limited_per_address_and_in_total() {
 
 #[tokio::test]
 async fn verify_none_never_hands_a_taken_number_to_another_device() {
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = LocalRelay::start(RelayConfig::default()).await;
     let mut first = relay.client().await;
     let token = first.register_none(ALICE).await;
 
     let mut intruder = relay.client().await;
-    intruder
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    intruder.register(ALICE).await;
     let error = intruder.error(ErrorCode::NumberTaken).await;
     assert!(!error.fatal);
-    verify(&mut intruder, ALICE, "123456").await;
+    intruder.verify(ALICE, "123456").await;
     intruder.error(ErrorCode::NoCode).await;
-    intruder
-        .put(&ClientFrame::Login {
-            number: ALICE.to_owned(),
-            token: "0".repeat(64),
-        })
-        .await;
+    intruder.put_login(ALICE, &"0".repeat(64)).await;
     intruder.fatal(ErrorCode::AuthFailed).await;
 
     // The rightful device still logs in; a second registration of it is refused too.
     first.login(ALICE, &token).await;
     let mut again = relay.client().await;
-    again
-        .put(&ClientFrame::Register {
-            number: ALICE.to_owned(),
-        })
-        .await;
+    again.register(ALICE).await;
     again.error(ErrorCode::NumberTaken).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn nobody_logs_in_as_another_number() {
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = LocalRelay::start(RelayConfig::default()).await;
     let (_alice, alice_token) = relay.account(ALICE).await;
     let mut bob = relay.client().await;
     let bob_token = bob.register_none(BOB).await;
@@ -814,49 +456,31 @@ async fn nobody_logs_in_as_another_number() {
         (ALICE, &String::new()),
     ] {
         let mut client = relay.client().await;
-        client
-            .put(&ClientFrame::Login {
-                number: number.to_owned(),
-                token: token.clone(),
-            })
-            .await;
+        client.put_login(number, token).await;
         client.fatal(ErrorCode::AuthFailed).await;
     }
     // A logged-in client cannot log in again as someone else.
     bob.login(BOB, &bob_token).await;
-    bob.put(&ClientFrame::Login {
-        number: ALICE.to_owned(),
-        token: alice_token,
-    })
-    .await;
+    bob.put_login(ALICE, &alice_token).await;
     bob.fatal(ErrorCode::BadState).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_second_login_replaces_the_first_connection() {
-    let relay = Relay::start(RelayConfig::default()).await;
-    let (mut old, token) = relay.account(ALICE).await;
-    let (mut watcher, _) = relay.account(BOB).await;
+    let (relay, (mut old, token), (mut watcher, _)) = alice_and_bob(RelayConfig::default()).await;
     watcher.subscribe(&[ALICE]).await;
     let (mut new, _) = relay.login(ALICE, &token).await;
     old.fatal(ErrorCode::Replaced).await;
     // Alice never looked offline to her watchers: the next push is a real change.
     drop(new.ws.close(None).await);
-    assert_eq!(
-        watcher.presence().await,
-        (ALICE.to_owned(), PresenceState::Offline)
-    );
+    watcher.sees(ALICE, PresenceState::Offline).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn a_client_that_never_logs_in_is_closed() {
-    let config = RelayConfig {
-        auth_timeout: Duration::from_millis(300),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| c.auth_timeout = Duration::from_millis(300))).await;
     let mut client = relay.client().await;
     client.fatal(ErrorCode::AuthTimeout).await;
     // A logged-in client stays.
@@ -870,14 +494,9 @@ async fn a_client_that_never_logs_in_is_closed() {
 
 #[tokio::test]
 async fn send_ack_deliver_confirm_receipt() {
-    let relay = Relay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (mut bob, _)) = alice_and_bob(RelayConfig::default()).await;
 
-    assert_eq!(
-        alice.send_ok("m1", BOB, "hello Bob").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("m1", BOB, "hello Bob", ONLINE).await;
     match bob.recv().await {
         ServerFrame::Deliver {
             from,
@@ -921,9 +540,7 @@ async fn send_ack_deliver_confirm_receipt() {
 
 #[tokio::test]
 async fn sends_that_are_refused_at_once() {
-    let relay = Relay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (_bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (_bob, _)) = alice_and_bob(RelayConfig::default()).await;
     let too_long = "x".repeat(64 * 1024 + 1);
     for (id, to, text, code) in [
         ("u1", DAVE, "hi", ErrorCode::RecipientUnregistered),
@@ -938,10 +555,7 @@ async fn sends_that_are_refused_at_once() {
         assert!(!error.fatal);
     }
     // A refused send leaves no trace: the id is free for a real message.
-    assert_eq!(
-        alice.send_ok("u1", BOB, "hi").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("u1", BOB, "hi", ONLINE).await;
     // An id used for Bob cannot be reused for Carol.
     let (_carol, _) = relay.account(CAROL).await;
     alice.send_text("u1", CAROL, "hi").await;
@@ -951,36 +565,23 @@ async fn sends_that_are_refused_at_once() {
 
 #[tokio::test]
 async fn a_resend_after_reconnect_is_not_a_second_message() {
-    let relay = Relay::start(RelayConfig::default()).await;
-    let (mut alice, alice_token) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, alice_token), (mut bob, _)) =
+        alice_and_bob(RelayConfig::default()).await;
 
-    assert_eq!(
-        alice.send_ok("d1", BOB, "once").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("d1", BOB, "once", ONLINE).await;
     assert_eq!(bob.delivered().await.1, "d1");
     // Alice's connection drops; she resends everything not yet receipted.
     drop(alice);
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
-    assert_eq!(
-        alice.send_ok("d1", BOB, "once").await,
-        (SendState::Online, true)
-    );
+    alice.send_as("d1", BOB, "once", ONLINE_AGAIN).await;
     // Bob is not given it twice: his next delivery is the next message.
-    assert_eq!(
-        alice.send_ok("d2", BOB, "twice?").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("d2", BOB, "twice?", ONLINE).await;
     assert_eq!(bob.delivered().await.1, "d2");
     bob.ack(ALICE, "d1").await;
     assert_eq!(bob.confirmed(ALICE, "d1").await, ConfirmOutcome::Delivered);
     assert_eq!(alice.receipt().await.0, "d1");
     // After delivery, a resend reports it.
-    assert_eq!(
-        alice.send_ok("d1", BOB, "once").await,
-        (SendState::Delivered, true)
-    );
+    alice.send_as("d1", BOB, "once", DELIVERED_AGAIN).await;
     relay.stop().await;
 }
 
@@ -991,33 +592,19 @@ async fn store_and_forward_delivers_at_login() {
         db_path: Some(dir.path().join("relay.db")),
         ..RelayConfig::default()
     };
-    let relay = Relay::start(config()).await;
-    let (mut alice, alice_token) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
+    let (relay, (mut alice, alice_token), (bob, bob_token)) = alice_and_bob(config()).await;
     let snapshot = alice.subscribe(&[BOB]).await;
     assert_eq!(snapshot, [entry(BOB, true, PresenceState::Online)]);
     drop(bob);
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
+    alice.sees(BOB, PresenceState::Offline).await;
 
-    assert_eq!(
-        alice.send_ok("q1", BOB, "first").await,
-        (SendState::Queued, false)
-    );
-    assert_eq!(
-        alice.send_ok("q2", BOB, "second").await,
-        (SendState::Queued, false)
-    );
-    assert_eq!(
-        alice.send_ok("q1", BOB, "first").await,
-        (SendState::Queued, true)
-    );
+    alice.send_as("q1", BOB, "first", QUEUED).await;
+    alice.send_as("q2", BOB, "second", QUEUED).await;
+    alice.send_as("q1", BOB, "first", QUEUED_AGAIN).await;
     drop(alice);
     // The queue survives a relay restart.
     relay.stop().await;
-    let relay = Relay::start(config()).await;
+    let relay = LocalRelay::start(config()).await;
 
     let (mut bob, queued) = relay.login(BOB, &bob_token).await;
     assert_eq!(queued, 2);
@@ -1052,21 +639,18 @@ async fn store_and_forward_delivers_at_login() {
     assert_eq!(alice.send_ok("q3", BOB, "third").await.0, SendState::Online);
     assert_eq!(bob.delivered().await.1, "q3");
     drop(bob);
-    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
-    assert_eq!(queued, 1);
-    assert_eq!(bob.delivered().await.1, "q3");
+    let _bob = queued_for(&relay, BOB, &bob_token, &["q3"]).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn the_queue_is_bounded_per_recipient_and_by_age() {
-    let config = RelayConfig {
-        queue_per_recipient: 2,
-        max_age: Duration::from_millis(400),
-        sweep_interval: Duration::from_millis(50),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.queue_per_recipient = 2;
+        c.max_age = Duration::from_millis(400);
+        c.sweep_interval = Duration::from_millis(50);
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (bob, bob_token) = relay.account(BOB).await;
     drop(bob);
@@ -1100,27 +684,17 @@ async fn the_queue_is_bounded_per_recipient_and_by_age() {
         ]
     );
     assert_eq!(alice.revoke("b1").await, RevokeOutcome::Revoked);
-    assert_eq!(
-        alice.send_ok("b1", BOB, "1").await,
-        (SendState::Expired, true)
-    );
+    alice.send_as("b1", BOB, "1", EXPIRED_AGAIN).await;
     // Room again; Bob gets only the fresh one.
     assert_eq!(alice.send_ok("b4", BOB, "4").await.0, SendState::Queued);
-    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
-    assert_eq!(queued, 1);
-    assert_eq!(bob.delivered().await.1, "b4");
+    let _bob = queued_for(&relay, BOB, &bob_token, &["b4"]).await;
     relay.stop().await;
 }
 
 #[tokio::test]
 async fn delivery_is_paced_by_the_window() {
-    let config = RelayConfig {
-        deliver_window: 2,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (bob, bob_token)) =
+        alice_and_bob(config(|c| c.deliver_window = 2)).await;
     drop(bob);
     for id in ["w1", "w2", "w3", "w4"] {
         alice.send_ok(id, BOB, id).await;
@@ -1143,7 +717,7 @@ async fn delivery_is_paced_by_the_window() {
 /// while reading everything and acking every delivery at once. Returns when all its
 /// sends are acked and receipted, and all `count` messages of the peer are delivered
 /// and confirmed; an error frame (such as `overloaded`) fails the test.
-async fn chatter(client: Client, me: &'static str, peer: &'static str, count: usize) {
+async fn chatter(client: WsClient, me: &'static str, peer: &'static str, count: usize) {
     let (mut sink, mut stream) = client.ws.split();
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<ClientFrame>();
     for n in 0..count {
@@ -1179,7 +753,7 @@ async fn chatter(client: Client, me: &'static str, peer: &'static str, count: us
             ServerFrame::Ack {
                 state, duplicate, ..
             } => {
-                assert_eq!((state, duplicate), (SendState::Online, false));
+                assert_eq!((state, duplicate), ONLINE);
                 acked += 1;
             }
             ServerFrame::Receipt { outcome, .. } => {
@@ -1211,9 +785,7 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
     // Answers to a client's own requests (acks, confirms) share its outbound queue with
     // deliveries and receipts; a client that reads everything must never overflow it,
     // however many requests it pipelines.
-    let relay = Relay::start(no_quotas()).await;
-    let (alice, _) = relay.account(ALICE).await;
-    let (bob, _) = relay.account(BOB).await;
+    let (relay, (alice, _), (bob, _)) = alice_and_bob(no_quotas()).await;
     let count = 600;
     let both = async {
         tokio::join!(
@@ -1231,7 +803,7 @@ async fn a_client_that_sends_and_receives_fast_is_not_dropped() {
 
 /// Alice sends `count` messages to Bob, goes offline, and Bob acks them all: `count`
 /// receipts are owed to Alice. Returns her token.
-async fn owe_receipts_to_alice(relay: &Relay, count: usize) -> String {
+async fn owe_receipts_to_alice(relay: &LocalRelay, count: usize) -> String {
     let (mut alice, alice_token) = relay.account(ALICE).await;
     let (bob, bob_token) = relay.account(BOB).await;
     drop(bob);
@@ -1249,14 +821,7 @@ async fn owe_receipts_to_alice(relay: &Relay, count: usize) -> String {
     }
     let (mut bob, queued) = relay.login(BOB, &bob_token).await;
     assert_eq!(queued, count as u32);
-    let mut acked = 0;
-    while acked < count {
-        match bob.recv().await {
-            ServerFrame::Deliver { from, id, .. } => bob.ack(&from, &id).await,
-            ServerFrame::Confirm { .. } => acked += 1,
-            other => panic!("expected deliver or confirm, got {other:?}"),
-        }
-    }
+    bob.ack_until_confirmed(count).await;
     alice_token
 }
 
@@ -1264,16 +829,11 @@ async fn owe_receipts_to_alice(relay: &Relay, count: usize) -> String {
 async fn a_long_backlog_of_receipts_reaches_its_sender() {
     // Receipts owed to an offline sender go out at its login; more of them than its
     // outbound queue holds must neither overflow it nor be lost.
-    let relay = Relay::start(no_quotas()).await;
+    let relay = LocalRelay::start(no_quotas()).await;
     let count = 400;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     let (mut alice, _) = relay.login(ALICE, &alice_token).await;
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < count {
-        let (id, outcome) = alice.receipt().await;
-        assert_eq!(outcome, ReceiptOutcome::Delivered);
-        assert!(seen.insert(id), "each receipt once");
-    }
+    alice.receipts_delivered(count).await;
     alice.quiet(Duration::from_millis(200)).await;
     relay.stop().await;
 }
@@ -1283,7 +843,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
     // Forty recipients ack 32 messages each from one sender, all at once: the relay
     // commits such acks in large groups, and the receipts one group releases must
     // neither overflow the sender's outbound queue (it reads everything) nor be lost.
-    let relay = Relay::start(no_quotas()).await;
+    let relay = LocalRelay::start(no_quotas()).await;
     let (mut alice, _) = relay.account(ALICE).await;
     let per = 32;
     let mut recipients = Vec::new();
@@ -1331,12 +891,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
     for (client, _) in &mut clients {
         client.ws.flush().await.expect("flush");
     }
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < recipients.len() * per {
-        let (id, outcome) = alice.receipt().await;
-        assert_eq!(outcome, ReceiptOutcome::Delivered);
-        assert!(seen.insert(id), "each receipt once");
-    }
+    alice.receipts_delivered(recipients.len() * per).await;
     alice.quiet(Duration::from_millis(200)).await;
     relay.stop().await;
 }
@@ -1345,7 +900,7 @@ async fn receipts_of_many_recipients_acking_at_once_reach_their_sender() {
 async fn owed_receipts_keep_flowing_on_a_busy_relay() {
     // A sender owed a backlog logs in while another client keeps the relay busy
     // (a request every 10 ms): the paced batches must not wait for a quiet moment.
-    let relay = Relay::start(no_quotas()).await;
+    let relay = LocalRelay::start(no_quotas()).await;
     let count = 200;
     let alice_token = owe_receipts_to_alice(&relay, count).await;
     // Dave asks for a presence nobody changes, every 10 ms: hub traffic and nothing else.
@@ -1369,13 +924,8 @@ async fn owed_receipts_keep_flowing_on_a_busy_relay() {
 
 #[tokio::test]
 async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
-    let config = RelayConfig {
-        sender_messages_per_min: 60,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (mut bob, _)) =
+        alice_and_bob(config(|c| c.sender_messages_per_min = 60)).await;
     let (mut carol, _) = relay.account(CAROL).await;
     // A minute's worth at once...
     for n in 0..60 {
@@ -1395,32 +945,17 @@ async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
     let wait = error.retry_after_ms.expect("retry_after_ms");
     assert!((1..=1000).contains(&wait), "{wait} ms");
     // Resends of accepted messages are answered as ever.
-    assert_eq!(
-        alice.send_ok("q0", BOB, "hi").await,
-        (SendState::Online, true)
-    );
+    alice.send_as("q0", BOB, "hi", ONLINE_AGAIN).await;
     // Another sender is not held by Alice's quota.
     assert_eq!(carol.send_ok("c1", BOB, "hello").await.0, SendState::Online);
     tokio::time::sleep(Duration::from_millis(wait)).await;
-    assert_eq!(
-        alice.send_ok("q60", BOB, "one too many").await,
-        (SendState::Online, false)
-    );
+    alice.send_as("q60", BOB, "one too many", ONLINE).await;
     // Bob gets Alice's 61 messages once each, in order, and Carol's.
-    let mut from_alice = Vec::new();
-    let mut confirmed = 0;
-    while confirmed < 62 {
-        match bob.recv().await {
-            ServerFrame::Deliver { from, id, .. } => {
-                if from == ALICE {
-                    from_alice.push(id.clone());
-                }
-                bob.ack(&from, &id).await;
-            }
-            ServerFrame::Confirm { .. } => confirmed += 1,
-            _ => panic!("expected deliver or confirm"),
-        }
-    }
+    let delivered = bob.ack_until_confirmed(62).await;
+    let from_alice: Vec<String> = delivered
+        .into_iter()
+        .filter_map(|(from, id)| (from == ALICE).then_some(id))
+        .collect();
     let expected: Vec<String> = (0..61).map(|n| format!("q{n}")).collect();
     assert_eq!(from_alice, expected);
     relay.stop().await;
@@ -1428,13 +963,12 @@ async fn a_sender_over_its_quota_of_messages_waits_and_others_do_not() {
 
 #[tokio::test]
 async fn a_sender_over_its_quota_of_bytes_waits_and_keeps_its_order() {
-    let config = RelayConfig {
-        max_frame_bytes: 32 * 1024,
-        max_text_bytes: 16 * 1024,
-        sender_bytes_per_min: 64 * 1024,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.max_frame_bytes = 32 * 1024;
+        c.max_text_bytes = 16 * 1024;
+        c.sender_bytes_per_min = 64 * 1024;
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (_bob, _) = relay.account(BOB).await;
     let big = "x".repeat(15 * 1024);
@@ -1461,9 +995,7 @@ async fn a_sender_over_its_quota_of_bytes_waits_and_keeps_its_order() {
 
 #[tokio::test]
 async fn revoke_before_and_after_delivery() {
-    let relay = Relay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (bob, bob_token) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (bob, bob_token)) = alice_and_bob(RelayConfig::default()).await;
     drop(bob);
 
     // Queued for an offline recipient: revoked, and never delivered.
@@ -1474,14 +1006,9 @@ async fn revoke_before_and_after_delivery() {
         RevokeOutcome::Revoked,
         "idempotent"
     );
-    assert_eq!(
-        alice.send_ok("r1", BOB, "never").await,
-        (SendState::Revoked, true)
-    );
+    alice.send_as("r1", BOB, "never", REVOKED_AGAIN).await;
     alice.send_ok("r2", BOB, "kept").await;
-    let (mut bob, queued) = relay.login(BOB, &bob_token).await;
-    assert_eq!(queued, 1);
-    assert_eq!(bob.delivered().await.1, "r2");
+    let mut bob = queued_for(&relay, BOB, &bob_token, &["r2"]).await;
 
     // Acked by the recipient: already delivered.
     bob.ack(ALICE, "r2").await;
@@ -1517,9 +1044,7 @@ async fn revoke_before_and_after_delivery() {
 
 #[tokio::test]
 async fn revoke_racing_delivery_settles_exactly_once() {
-    let relay = Relay::start(RelayConfig::default()).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (mut bob, _)) = alice_and_bob(RelayConfig::default()).await;
     let mut seen = (0, 0);
     for n in 0..40 {
         let id = format!("race{n}");
@@ -1581,13 +1106,8 @@ async fn revoke_racing_delivery_settles_exactly_once() {
 
 #[tokio::test]
 async fn presence_snapshot_pushes_and_typing_expiry() {
-    let config = RelayConfig {
-        typing_ttl: Duration::from_millis(300),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
-    let (mut alice, _) = relay.account(ALICE).await;
-    let (mut bob, _) = relay.account(BOB).await;
+    let (relay, (mut alice, _), (mut bob, _)) =
+        alice_and_bob(config(|c| c.typing_ttl = Duration::from_millis(300))).await;
     let (carol, carol_token) = relay.account(CAROL).await;
     drop(carol);
     let (mut eve, _) = relay.account("+15550005555").await;
@@ -1607,77 +1127,30 @@ async fn presence_snapshot_pushes_and_typing_expiry() {
     eve.subscribe(&[BOB]).await;
 
     // Bob types to Alice: only Alice sees `typing`.
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Typing)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Typing).await;
     // Renewal is silent; without renewal it ends by itself.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Online)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Online).await;
     // Typing ends when the message goes out, too.
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Typing)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Typing).await;
     bob.send_ok("t1", ALICE, "done typing").await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Online)
-    );
+    alice.sees(BOB, PresenceState::Online).await;
     assert_eq!(alice.delivered().await.1, "t1");
     // And on request.
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: true,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Typing)
-    );
-    bob.put(&ClientFrame::Typing {
-        to: ALICE.to_owned(),
-        active: false,
-    })
-    .await;
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Online)
-    );
+    bob.typing(ALICE, true).await;
+    alice.sees(BOB, PresenceState::Typing).await;
+    bob.typing(ALICE, false).await;
+    alice.sees(BOB, PresenceState::Online).await;
 
     // Online and offline changes reach every subscriber.
     drop(bob);
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
-    assert_eq!(
-        eve.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
+    alice.sees(BOB, PresenceState::Offline).await;
+    eve.sees(BOB, PresenceState::Offline).await;
     let (carol, _) = relay.login(CAROL, &carol_token).await;
-    assert_eq!(
-        alice.presence().await,
-        (CAROL.to_owned(), PresenceState::Online)
-    );
+    alice.sees(CAROL, PresenceState::Online).await;
     eve.quiet(Duration::from_millis(100)).await;
 
     // A new subscribe replaces the old one.
@@ -1690,11 +1163,7 @@ async fn presence_snapshot_pushes_and_typing_expiry() {
 
 #[tokio::test]
 async fn subscriptions_are_limited_and_checked() {
-    let config = RelayConfig {
-        max_subscriptions: 3,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| c.max_subscriptions = 3)).await;
     let (mut alice, _) = relay.account(ALICE).await;
     alice
         .put(&ClientFrame::Subscribe {
@@ -1718,12 +1187,11 @@ async fn subscriptions_are_limited_and_checked() {
 
 #[tokio::test]
 async fn oversized_and_malformed_frames_close_only_that_connection() {
-    let config = RelayConfig {
-        max_frame_bytes: 4096,
-        max_text_bytes: 1024,
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.max_frame_bytes = 4096;
+        c.max_text_bytes = 1024;
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (mut bob, _) = relay.account(BOB).await;
 
@@ -1812,7 +1280,7 @@ fn invalid_utf8_text() -> Message {
 async fn error_frames_never_echo_long_input() {
     // Every request with a long invalid field is refused with a short error frame: a
     // client cannot make the relay hold or send back what it sent.
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = LocalRelay::start(RelayConfig::default()).await;
     let (mut alice, _) = relay.account(ALICE).await;
     let long = format!("+1\n{}", "9".repeat(200_000));
     let long_id = "x".repeat(200_000);
@@ -1919,12 +1387,11 @@ async fn error_frames_never_echo_long_input() {
 
 #[tokio::test]
 async fn dead_connections_are_detected() {
-    let config = RelayConfig {
-        ping_interval: Duration::from_millis(100),
-        idle_timeout: Duration::from_millis(400),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.ping_interval = Duration::from_millis(100);
+        c.idle_timeout = Duration::from_millis(400);
+    }))
+    .await;
     let (mut alice, _) = relay.account(ALICE).await;
     let (mut bob, _) = relay.account(BOB).await;
     alice.subscribe(&[BOB]).await;
@@ -1943,10 +1410,7 @@ async fn dead_connections_are_detected() {
     // Bob stops reading (so stops answering pings): the relay drops him and tells Alice,
     // who keeps answering and stays.
     let started = tokio::time::Instant::now();
-    assert_eq!(
-        alice.presence().await,
-        (BOB.to_owned(), PresenceState::Offline)
-    );
+    alice.sees(BOB, PresenceState::Offline).await;
     println!("dead connection detected after {:?}", started.elapsed());
     // Bob's side finds the connection closed, after the relay's reason if his client
     // reads it before it tries to write its overdue pong.
@@ -1970,7 +1434,7 @@ async fn dead_connections_are_detected() {
 
 #[tokio::test]
 async fn ping_pong_and_shutdown() {
-    let relay = Relay::start(RelayConfig::default()).await;
+    let relay = LocalRelay::start(RelayConfig::default()).await;
     let (mut alice, _) = relay.account(ALICE).await;
     alice.put(&ClientFrame::Ping { n: 42 }).await;
     assert_eq!(alice.recv().await, ServerFrame::Pong { n: 42 });
@@ -1989,71 +1453,15 @@ async fn ping_pong_and_shutdown() {
 // ---------------------------------------------------------------------------------
 // TLS and the binary
 
-/// Makes a test CA and a certificate for 127.0.0.1 signed by it, with openssl.
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let sh = |script: &str| {
-        let status = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("run openssl");
-        assert!(status.success(), "{script}");
-    };
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write ext");
-    sh(
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout ca.key -out ca.pem -days 2 -subj /CN=tandem-test-ca",
-    );
-    sh(
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout key.pem -out leaf.csr -subj /CN=localhost",
-    );
-    sh(
-        "openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -out cert.pem -days 2 -extfile leaf.ext",
-    );
-    (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    )
-}
-
-/// A TLS connector that trusts only the test CA.
-fn connector(ca: &Path) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
-        roots.add(cert.expect("ca cert")).expect("add root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-}
-
 /// A client over TLS that said `hello`.
 async fn tls_client(
     connector: &tokio_rustls::TlsConnector,
     addr: SocketAddr,
-) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+) -> WsClient<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    let mut client = Client::handshake(tls, &format!("wss://127.0.0.1:{}/", addr.port())).await;
+    let mut client = WsClient::handshake(tls, &format!("wss://127.0.0.1:{}/", addr.port())).await;
     client.hello().await;
     client
 }
@@ -2062,11 +1470,10 @@ async fn tls_client(
 async fn tls() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = make_certs(dir.path());
-    let config = RelayConfig {
-        tls: Some(tandem::relay::server::load_tls(&cert, &key).expect("load TLS")),
-        ..RelayConfig::default()
-    };
-    let relay = Relay::start(config).await;
+    let relay = LocalRelay::start(config(|c| {
+        c.tls = Some(tandem::relay::server::load_tls(&cert, &key).expect("load TLS"))
+    }))
+    .await;
 
     let mut client = tls_client(&connector(&ca), relay.addr).await;
     let token = client.register_none(ALICE).await;
@@ -2085,41 +1492,74 @@ async fn tls() {
     relay.stop().await;
 }
 
-fn relay_bin() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tandem-relay"))
+/// Runs `tandem-relay` with `args` and a database in `dir`; it must refuse to start.
+/// Its stderr.
+fn refused(dir: &Path, args: &[&str]) -> String {
+    let mut cmd = program("tandem-relay");
+    cmd.args(args).arg("--db").arg(dir.join("r.db"));
+    Ran::of(&mut cmd).failure().stderr
 }
 
 #[test]
 fn the_binary_refuses_unsafe_setups() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = dir.path().join("r.db");
-    let run = |args: &[&str]| {
-        let output = relay_bin()
-            .args(args)
-            .arg("--db")
-            .arg(&db)
-            .output()
-            .expect("run tandem-relay");
-        assert!(!output.status.success(), "{args:?} was accepted");
-        String::from_utf8_lossy(&output.stderr).into_owned()
-    };
-    let stderr = run(&["--listen", "0.0.0.0:0", "--verify", "none"]);
-    assert!(stderr.contains("WARNING: --verify none"), "{stderr}");
-    assert!(stderr.contains("not a loopback address"), "{stderr}");
-    let stderr = run(&["--listen", "127.0.0.1:0"]);
-    assert!(stderr.contains("--sms-command"), "{stderr}");
-    let stderr = run(&["--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent"]);
-    assert!(stderr.contains("--tls-key"), "{stderr}");
+    for (args, reasons) in [
+        (
+            &["--listen", "0.0.0.0:0", "--verify", "none"][..],
+            &["WARNING: --verify none", "not a loopback address"][..],
+        ),
+        (&["--listen", "127.0.0.1:0"], &["--sms-command"]),
+        (
+            &["--listen", "127.0.0.1:0", "--tls-cert", "/nonexistent"],
+            &["--tls-key"],
+        ),
+        // Limits that cannot work are refused at start, with the reason.
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--verify",
+                "none",
+                "--sender-bytes-per-min",
+                "1000",
+            ],
+            &["sender_bytes_per_min"],
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--verify",
+                "none",
+                "--max-outbox-bytes",
+                "100000",
+            ],
+            &["max_outbox_bytes"],
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--verify",
+                "none",
+                "--sms-concurrency",
+                "0",
+            ],
+            &["sms_concurrency"],
+        ),
+    ] {
+        let stderr = refused(dir.path(), args);
+        for reason in reasons {
+            assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        }
+    }
 }
 
 #[test]
-fn the_binary_documents_and_checks_its_limits() {
-    let help = relay_bin()
-        .arg("--help")
-        .output()
-        .expect("run tandem-relay");
-    assert!(help.status.success());
-    let help = String::from_utf8_lossy(&help.stdout);
+fn the_binary_documents_its_limits() {
+    let help = Ran::of(program("tandem-relay").arg("--help"))
+        .success()
+        .stdout;
     for option in [
         "--max-outbox-bytes",
         "--sms-concurrency",
@@ -2130,23 +1570,6 @@ fn the_binary_documents_and_checks_its_limits() {
         "--sender-bytes-per-min",
     ] {
         assert!(help.contains(option), "{option} is not in --help:\n{help}");
-    }
-    // Limits that cannot work are refused at start, with the reason.
-    let dir = tempfile::tempdir().expect("tempdir");
-    for (args, reason) in [
-        (["--sender-bytes-per-min", "1000"], "sender_bytes_per_min"),
-        (["--max-outbox-bytes", "100000"], "max_outbox_bytes"),
-        (["--sms-concurrency", "0"], "sms_concurrency"),
-    ] {
-        let output = relay_bin()
-            .args(["--listen", "127.0.0.1:0", "--verify", "none", "--db"])
-            .arg(dir.path().join("r.db"))
-            .args(args)
-            .output()
-            .expect("run tandem-relay");
-        assert!(!output.status.success(), "{args:?} was accepted");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 }
 
@@ -2160,56 +1583,12 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// Starts the `tandem-relay` binary on 127.0.0.1:0 (`--verify none`, a database in
-/// `dir`); returns it and its address.
-fn spawn_relay_bin(dir: &Path, extra: &[&std::ffi::OsStr]) -> (Reaped, SocketAddr) {
-    spawn_relay_bin_with(dir, extra, std::process::Stdio::null())
-}
-
-/// [`spawn_relay_bin`] with its log (stderr) going to `stderr`.
-fn spawn_relay_bin_with(
-    dir: &Path,
-    extra: &[&std::ffi::OsStr],
-    stderr: std::process::Stdio,
-) -> (Reaped, SocketAddr) {
-    use std::io::BufRead as _;
-
-    let mut child = relay_bin()
-        .args(["--listen", "127.0.0.1:0", "--verify", "none", "--db"])
-        .arg(dir.join("relay.db"))
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("start tandem-relay");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (Reaped(child), addr)
-}
-
-/// A child process killed and reaped when dropped, even when a test panics.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The relay's log (stderr, `-v`) in `dir/relay.log`, once `relay` has been killed.
-fn relay_log(dir: &Path) -> String {
-    let bytes = std::fs::read(dir.join("relay.log")).expect("the relay's log");
-    String::from_utf8(bytes).expect("the log is UTF-8")
+/// The `tandem-relay` binary on 127.0.0.1:0 with `--verify none`, a database and its
+/// log in `dir`, and these extra arguments.
+fn relay_bin<S: AsRef<std::ffi::OsStr>>(dir: &Path, extra: &[S]) -> Relay {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--verify".as_ref(), "none".as_ref()];
+    args.extend(extra.iter().map(AsRef::as_ref));
+    Relay::with_args(dir, &args)
 }
 
 #[tokio::test]
@@ -2217,13 +1596,7 @@ async fn clients_cannot_write_into_the_log() {
     // What a client sends reaches the relay's log only checked, or as a short escaped
     // excerpt: no forged line, no terminal escape, no long line.
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log file");
-    let (child, addr) = spawn_relay_bin_with(dir.path(), &["-v".as_ref()], log.into());
-    let relay = Relay {
-        addr,
-        stop: None,
-        task: tokio::spawn(async { Ok(()) }),
-    };
+    let mut relay = relay_bin(dir.path(), &["-v"]);
     let forged = "\n2030-01-01T00:00:00.000000Z  INFO tandem::relay: FORGED \u{1b}[2J\u{1b}[31m";
     let long = |head: &str| format!("{head}{forged}{}", "9".repeat(200_000));
 
@@ -2263,9 +1636,9 @@ async fn clients_cannot_write_into_the_log() {
         client.fatal(ErrorCode::Malformed).await;
     }
     alice.sync().await;
-    drop(child);
+    relay.kill();
 
-    let log = relay_log(dir.path());
+    let log = relay.log_text();
     assert!(log.contains("login refused"), "{log}");
     for line in log.lines() {
         assert!(!line.starts_with("2030-"), "a forged log line: {line:?}");
@@ -2276,18 +1649,18 @@ async fn clients_cannot_write_into_the_log() {
 
 /// A client connected to `addr` with a small socket receive buffer (so that what it
 /// does not read stays in the relay rather than in the kernel), that said `hello`.
-async fn small_reader(addr: SocketAddr) -> Client {
+async fn small_reader(addr: SocketAddr) -> WsClient {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let stream = socket.connect(addr).await.expect("connect");
-    let mut client = Client::handshake(stream, &format!("ws://{addr}/")).await;
+    let mut client = WsClient::handshake(stream, &format!("ws://{addr}/")).await;
     client.hello().await;
     client
 }
 
 /// Writes `frame` over and over on `client` without ever reading, until the relay stops
 /// reading (or the task is aborted).
-fn flood(client: Client, frame: ClientFrame) -> tokio::task::JoinHandle<()> {
+fn flood(client: WsClient, frame: ClientFrame) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (mut sink, _stream) = client.ws.split();
         let text = Utf8Bytes::from(encode(&frame));
@@ -2315,13 +1688,8 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
         "--sender-bytes-per-min",
         "0",
     ];
-    let limits: Vec<&std::ffi::OsStr> = limits.iter().map(|a| a.as_ref()).collect();
-    let (child, addr) = spawn_relay_bin(dir.path(), &limits);
-    let relay = Relay {
-        addr,
-        stop: None,
-        task: tokio::spawn(async { Ok(()) }),
-    };
+    let relay = relay_bin(dir.path(), &limits);
+    let addr = relay.socket_addr();
     let text = "x".repeat(800_000);
     let (mut sender, _) = relay.account(ALICE).await;
     // Warm up with the same traffic to a client that reads (database pages, buffers).
@@ -2330,19 +1698,12 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
     for n in 0..warm {
         sender.send_ok(&format!("w{n}"), BOB, &text).await;
     }
-    let mut confirmed = 0;
-    while confirmed < warm {
-        match reader.recv().await {
-            ServerFrame::Deliver { from, id, .. } => reader.ack(&from, &id).await,
-            ServerFrame::Confirm { .. } => confirmed += 1,
-            _ => panic!("expected deliver or confirm"),
-        }
-    }
+    reader.ack_until_confirmed(warm).await;
     for _ in 0..warm {
         sender.receipt().await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib(child.0.id());
+    let before = rss_kib(relay.pid());
 
     let victims = 4;
     let mut floods = Vec::new();
@@ -2362,7 +1723,7 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
         floods.push(flood(client, bad_send));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(child.0.id());
+    let after = rss_kib(relay.pid());
     let per_client = after.saturating_sub(before) as f64 / f64::from(victims) / 1024.0;
     println!(
         "relay RSS: {before} KiB before, {after} KiB with {victims} clients that do not read: \
@@ -2386,13 +1747,7 @@ async fn a_client_that_stops_reading_is_dropped_and_logged_once() {
     // (its watchers see it offline) and logged as not reading, once; nobody else is.
     // (A connection that is gone is told apart in the hub's unit test.)
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = std::fs::File::create(dir.path().join("relay.log")).expect("log file");
-    let (child, addr) = spawn_relay_bin_with(dir.path(), &["-v".as_ref()], log.into());
-    let relay = Relay {
-        addr,
-        stop: None,
-        task: tokio::spawn(async { Ok(()) }),
-    };
+    let mut relay = relay_bin(dir.path(), &["-v"]);
     // Clients that hang up at once after a request: gone, not slow.
     for n in 0..20 {
         let (mut client, _) = relay.account(&format!("+1555100{n:04}")).await;
@@ -2406,7 +1761,7 @@ async fn a_client_that_stops_reading_is_dropped_and_logged_once() {
     }
     // A live client that stops reading while its presence pushes pile up.
     let (mut typist, _) = relay.account(CAROL).await;
-    let mut victim = enroll(small_reader(addr).await, DAVE).await;
+    let mut victim = enroll(small_reader(relay.socket_addr()).await, DAVE).await;
     victim.subscribe(&[CAROL]).await;
     typist.subscribe(&[DAVE]).await;
     // The relay's socket buffer takes a few MB before its queue fills: keep typing until
@@ -2447,9 +1802,9 @@ async fn a_client_that_stops_reading_is_dropped_and_logged_once() {
     );
     drop(victim);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(child);
+    relay.kill();
 
-    let log = relay_log(dir.path());
+    let log = relay.log_text();
     let slow: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("does not read"))
@@ -2465,7 +1820,7 @@ async fn a_client_that_stops_reading_is_dropped_and_logged_once() {
 const CLIENTS: usize = 1000;
 
 /// Logs in a client as `number` with `--verify none`.
-async fn enroll<S>(mut client: Client<S>, number: &str) -> Client<S>
+async fn enroll<S>(mut client: WsClient<S>, number: &str) -> WsClient<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -2474,9 +1829,27 @@ where
     client
 }
 
-/// Prints and checks the RSS growth of `pid` for `CLIENTS` connections.
-fn report(what: &str, pid: u32, before: u64, bound_kib: f64) {
-    let after = rss_kib(pid);
+/// The relay's memory per idle logged-in connection, measured on the real binary with
+/// `CLIENTS` clients made by `connect`: prints the figure; fails only far above the
+/// goal of a few KiB (`bound_kib`; tungstenite's default buffers alone would be 256 KiB).
+async fn memory_per_idle<S, F, Fut>(what: &str, relay: &Relay, connect: F, bound_kib: f64)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = WsClient<S>>,
+{
+    // Warm up (runtime, database pages, allocator), then measure.
+    let mut clients = Vec::with_capacity(CLIENTS + 20);
+    for n in 0..20 {
+        clients.push(enroll(connect().await, &format!("+1444000{n:04}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib(relay.pid());
+    for n in 0..CLIENTS {
+        clients.push(enroll(connect().await, &format!("+1555000{n:04}")).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(relay.pid());
     let per_connection = after.saturating_sub(before) as f64 / CLIENTS as f64;
     println!(
         "relay RSS ({what}): {before} KiB before, {after} KiB with {CLIENTS} more idle \
@@ -2486,33 +1859,20 @@ fn report(what: &str, pid: u32, before: u64, bound_kib: f64) {
         per_connection < bound_kib,
         "{per_connection:.1} KiB per idle {what} connection: the small buffers are gone"
     );
+    // The relay still serves.
+    let (first, rest) = clients.split_first_mut().expect("clients");
+    let last = rest.last_mut().expect("two clients");
+    let to = "+15550000999";
+    assert_eq!(first.send_ok("mem", to, "hi").await.0, SendState::Online);
+    assert_eq!(last.delivered().await.1, "mem");
 }
 
-/// The relay's memory per idle logged-in connection (plain ws), measured on the real
-/// binary with 1,000 clients. Prints the figure; fails only far above the goal of a
-/// few KiB (tungstenite's default buffers alone would be 256 KiB).
+/// The relay's memory per idle logged-in connection (plain ws).
 #[tokio::test]
 async fn memory_per_idle_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (child, addr) = spawn_relay_bin(dir.path(), &[]);
-    let relay = Relay {
-        addr,
-        stop: None,
-        task: tokio::spawn(async { Ok(()) }),
-    };
-    // Warm up (runtime, database pages, allocator), then measure.
-    let mut clients = Vec::with_capacity(CLIENTS + 20);
-    for n in 0..20 {
-        clients.push(relay.account(&format!("+1444000{n:04}")).await.0);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_kib(child.0.id());
-    for n in 0..CLIENTS {
-        clients.push(enroll(relay.client().await, &format!("+1555000{n:04}")).await);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    report("ws", child.0.id(), before, 32.0);
-    still_serving_pair(&mut clients).await;
+    let relay = relay_bin::<&str>(dir.path(), &[]);
+    memory_per_idle("ws", &relay, || relay.client(), 32.0).await;
 }
 
 /// The same over TLS (rustls keeps per-connection record buffers).
@@ -2520,37 +1880,14 @@ async fn memory_per_idle_connection() {
 async fn memory_per_idle_tls_connection() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = make_certs(dir.path());
-    let args = [
+    let tls = [
         std::ffi::OsStr::new("--tls-cert"),
         cert.as_os_str(),
         std::ffi::OsStr::new("--tls-key"),
         key.as_os_str(),
     ];
-    let (child, addr) = spawn_relay_bin(dir.path(), &args);
+    let relay = relay_bin(dir.path(), &tls);
     let connector = connector(&ca);
-    let mut clients = Vec::with_capacity(CLIENTS + 20);
-    for n in 0..20 {
-        let client = tls_client(&connector, addr).await;
-        clients.push(enroll(client, &format!("+1444000{n:04}")).await);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = rss_kib(child.0.id());
-    for n in 0..CLIENTS {
-        let client = tls_client(&connector, addr).await;
-        clients.push(enroll(client, &format!("+1555000{n:04}")).await);
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    report("wss", child.0.id(), before, 96.0);
-    still_serving_pair(&mut clients).await;
-}
-
-async fn still_serving_pair<S>(clients: &mut [Client<S>])
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (first, rest) = clients.split_first_mut().expect("clients");
-    let last = rest.last_mut().expect("two clients");
-    let to = "+15550000999";
-    assert_eq!(first.send_ok("mem", to, "hi").await.0, SendState::Online);
-    assert_eq!(last.delivered().await.1, "mem");
+    let addr = relay.socket_addr();
+    memory_per_idle("wss", &relay, || tls_client(&connector, addr), 96.0).await;
 }

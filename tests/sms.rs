@@ -4,92 +4,30 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use zbus::OwnedVariant;
+use tandem::api::MessagesProxy;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
 const CAROL: &str = "+15559998888";
 
-fn no_options() -> HashMap<String, OwnedVariant> {
-    HashMap::new()
-}
-
-fn options(pairs: &[(&str, zbus::Variant<'static>)]) -> HashMap<String, OwnedVariant> {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            (
-                (*k).to_owned(),
-                OwnedVariant::try_from(v).expect("plain value"),
-            )
-        })
-        .collect()
-}
-
-/// A daemon on Alice's modem; the simulator also hosts Bob's.
-struct World {
-    _dir: tempfile::TempDir,
-    session: Bus,
-    system: Bus,
-    sim: Sim,
-    daemon: Daemon,
-    signals: SignalLog,
-    ctl: SimCtl,
-}
-
-impl World {
-    async fn new() -> World {
-        Self::with_modems(&[ALICE, BOB]).await
-    }
-
-    async fn with_modems(modems: &[&str]) -> World {
-        let dir = temp_dir();
-        let session = Bus::start();
-        let system = Bus::start();
-        let sim = Sim::start(&system, modems);
-        let signals = SignalLog::start(&session).await;
-        let daemon = Daemon::start(
-            &session,
-            &system,
-            &dir.path().join("alice"),
-            &config_for(ALICE),
-        )
-        .await;
-        let ctl = SimCtl::new(&system.connect().await).await;
-        World {
-            _dir: dir,
-            session,
-            system,
-            sim,
-            daemon,
-            signals,
-            ctl,
-        }
-    }
-}
-
-async fn wait_modem(api: &tandem::api::MessagesProxy<'_>, state: &str) {
-    eventually(&format!("ModemState {state}"), || async {
-        api.modem_state().await.ok().as_deref() == Some(state)
-    })
-    .await;
+/// A daemon on Alice's modem (the simulator also hosts Bob's), and its client once the
+/// modem is registered.
+async fn registered() -> (DaemonRig, MessagesProxy<'static>) {
+    let w = DaemonRig::start(&[ALICE, BOB], &config_for(ALICE)).await;
+    w.modem_is("registered").await;
+    let api = client(&w.session).await;
+    (w, api)
 }
 
 #[tokio::test]
 async fn send_goes_queued_sending_sent_delivered() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, api) = registered().await;
     assert_eq!(api.own_number().await.expect("OwnNumber"), ALICE);
 
-    let id = api
-        .send_message("+1 (555) 000-2222", "hello Bob", no_options())
-        .await
-        .expect("SendMessage");
+    let id = w.send("+1 (555) 000-2222", "hello Bob").await;
     w.signals
         .wait_until("delivered", |s| {
             s.statuses(&id).last().map(String::as_str) == Some("delivered")
@@ -118,63 +56,47 @@ async fn send_goes_queued_sending_sent_delivered() {
         "{at_bob:?}"
     );
     // Our sent SMS (and the applied status report) were removed from Alice's modem.
-    eventually("Alice's modem is empty", || async {
-        w.ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
 }
 
 #[tokio::test]
 async fn a_status_report_that_comes_while_the_daemon_is_down_still_finds_its_message() {
-    let dir = temp_dir();
-    let session = Bus::start();
     let system = Bus::start();
-    let _sim = Sim::with_report_delay(&system, &[ALICE, BOB], 1500);
-    let signals = SignalLog::start(&session).await;
-    let mut daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    let api = client(&session).await;
-    wait_modem(&api, "registered").await;
-    let id = api
-        .send_message(BOB, "report me later", no_options())
-        .await
-        .expect("SendMessage");
-    signals
+    let sim = Sim::with_report_delay(&system, &[ALICE, BOB], 1500);
+    let mut w = DaemonRig::on(system, sim, &config_for(ALICE)).await;
+    w.modem_is("registered").await;
+    let id = w.send(BOB, "report me later").await;
+    w.signals
         .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_string()))
         .await;
-    daemon.kill9();
+    w.daemon.kill9();
     // The report reaches the modem while nobody listens.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let ctl = SimCtl::new(&system.connect().await).await;
     assert!(
-        ctl.list_sms(ALICE)
+        w.ctl
+            .list_sms(ALICE)
             .await
             .iter()
             .any(|d| d.get("pdu-type").and_then(|v| u32::try_from(v).ok()) == Some(3)),
         "the report waits on the modem"
     );
-    daemon.restart().await;
-    signals
+    w.daemon.restart().await;
+    w.signals
         .wait_until("delivered", |s| {
             s.statuses(&id).last().map(String::as_str) == Some("delivered")
         })
         .await;
-    let api = client(&session).await;
     assert_eq!(
-        api.get_message(&id).await.expect("GetMessage").status,
+        w.api.get_message(&id).await.expect("GetMessage").status,
         "delivered"
     );
-    eventually("report removed from the modem", || async {
-        ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
 }
 
 #[tokio::test]
 async fn without_delivery_report_it_stays_sent() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
-    let opts = options(&[("delivery-report", false.into()), ("channel", "sms".into())]);
+    let (w, api) = registered().await;
+    let opts = opts(&[("delivery-report", false.into()), ("channel", "sms".into())]);
     let id = api
         .send_message(BOB, "no report please", opts)
         .await
@@ -195,9 +117,7 @@ async fn without_delivery_report_it_stays_sent() {
 
 #[tokio::test]
 async fn receive_stores_announces_and_deletes_from_the_modem() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, api) = registered().await;
 
     w.ctl.inject_sms(ALICE, CAROL, "hi Alice").await;
     w.signals
@@ -218,10 +138,7 @@ async fn receive_stores_announces_and_deletes_from_the_modem() {
     let stored = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].id, got.id);
-    eventually("deleted from the modem", || async {
-        w.ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
     eventually("UnreadCount 1", || async {
         api.unread_count().await.ok() == Some(1)
     })
@@ -250,9 +167,7 @@ async fn receive_stores_announces_and_deletes_from_the_modem() {
 
 #[tokio::test]
 async fn multipart_is_taken_only_when_complete() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, api) = registered().await;
 
     let sms = w.ctl.begin_multipart(ALICE, CAROL, 3).await;
     w.ctl.add_part(&sms, "first part, ").await;
@@ -281,20 +196,17 @@ async fn multipart_is_taken_only_when_complete() {
 
 #[tokio::test]
 async fn messages_waiting_on_the_modem_are_taken_at_start() {
-    let dir = temp_dir();
-    let session = Bus::start();
     let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE]);
+    let sim = Sim::start(&system, &[ALICE]);
     let ctl = SimCtl::new(&system.connect().await).await;
     ctl.inject_sms(ALICE, CAROL, "sent while you slept").await;
     ctl.inject_sms(ALICE, "ACME", "your parcel is here").await;
 
-    let signals = SignalLog::start(&session).await;
-    let _daemon = Daemon::start(&session, &system, dir.path(), &config_for(ALICE)).await;
-    signals
+    let w = DaemonRig::on(system, sim, &config_for(ALICE)).await;
+    w.signals
         .wait_until("two messages", |s| s.received().len() == 2)
         .await;
-    let api = client(&session).await;
+    let api = &w.api;
     assert_eq!(
         api.get_messages(CAROL, "", 10).await.expect("Carol")[0].text,
         "sent while you slept"
@@ -304,26 +216,17 @@ async fn messages_waiting_on_the_modem_are_taken_at_start() {
         api.get_messages("ACME", "", 10).await.expect("ACME")[0].text,
         "your parcel is here"
     );
-    eventually("modem emptied", || async {
-        ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    ctl.until_empty(ALICE).await;
 }
 
 #[tokio::test]
 async fn without_a_modem_messages_wait_and_go_when_it_appears() {
-    let mut w = World::with_modems(&[BOB]).await;
+    let mut w = DaemonRig::start(&[BOB], &config_for(ALICE)).await;
     let api = client(&w.session).await;
-    wait_modem(&api, "absent").await;
+    w.modem_is("absent").await;
 
-    let first = api
-        .send_message(BOB, "one", no_options())
-        .await
-        .expect("SendMessage");
-    let second = api
-        .send_message(BOB, "two", no_options())
-        .await
-        .expect("SendMessage");
+    let first = w.send(BOB, "one").await;
+    let second = w.send(BOB, "two").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         api.get_message(&first).await.expect("first").status,
@@ -363,22 +266,17 @@ async fn without_a_modem_messages_wait_and_go_when_it_appears() {
 
 #[tokio::test]
 async fn a_locked_or_unregistered_modem_holds_the_outbox() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, api) = registered().await;
     w.ctl.set_modem_state(ALICE, 2).await; // locked
-    wait_modem(&api, "locked").await;
-    let id = api
-        .send_message(BOB, "after the PIN", no_options())
-        .await
-        .expect("SendMessage");
+    w.modem_is("locked").await;
+    let id = w.send(BOB, "after the PIN").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         api.get_message(&id).await.expect("GetMessage").status,
         "queued"
     );
     w.ctl.set_modem_state(ALICE, 7).await; // searching
-    wait_modem(&api, "searching").await;
+    w.modem_is("searching").await;
     assert!(
         w.signals.statuses(&id).is_empty(),
         "tried while not registered: {:?}",
@@ -392,13 +290,8 @@ async fn a_locked_or_unregistered_modem_holds_the_outbox() {
 
 #[tokio::test]
 async fn history_survives_a_daemon_restart() {
-    let mut w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
-    let id = api
-        .send_message(CAROL, "before restart", no_options())
-        .await
-        .expect("SendMessage");
+    let (mut w, _) = registered().await;
+    let id = w.send(CAROL, "before restart").await;
     // Keep the incoming SMS on the modem across the restart: the new daemon finds it again.
     w.ctl.set_delete_blocked(ALICE, true).await;
     w.ctl.inject_sms(ALICE, CAROL, "reply before restart").await;
@@ -430,25 +323,19 @@ async fn history_survives_a_daemon_restart() {
 
 #[tokio::test]
 async fn follows_modemmanager_going_away_and_coming_back() {
-    let mut w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (mut w, _) = registered().await;
 
     w.sim.kill();
-    wait_modem(&api, "absent").await;
-    let id = api
-        .send_message(BOB, "while MM was away", no_options())
-        .await
-        .expect("SendMessage");
+    w.modem_is("absent").await;
+    let id = w.send(BOB, "while MM was away").await;
 
     w.sim.restart();
-    wait_modem(&api, "registered").await;
+    w.modem_is("registered").await;
     w.signals
         .wait_until("sent", |s| s.statuses(&id).contains(&"sent".to_string()))
         .await;
     // Receiving works again too.
-    let ctl = SimCtl::new(&w.system.connect().await).await;
-    ctl.inject_sms(ALICE, CAROL, "after the restart").await;
+    w.ctl.inject_sms(ALICE, CAROL, "after the restart").await;
     w.signals
         .wait_until("received", |s| s.received().len() == 1)
         .await;
@@ -456,9 +343,7 @@ async fn follows_modemmanager_going_away_and_coming_back() {
 
 #[tokio::test]
 async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
-    let mut w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (mut w, _) = registered().await;
 
     // The modem will not answer Delete: the daemon stores and announces, then hangs on it.
     w.ctl.set_delete_blocked(ALICE, true).await;
@@ -471,12 +356,9 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
 
     w.daemon.restart().await;
     let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    w.modem_is("registered").await;
     w.ctl.set_delete_blocked(ALICE, false).await;
-    eventually("deleted from the modem", || async {
-        w.ctl.list_sms(ALICE).await.is_empty()
-    })
-    .await;
+    w.ctl.until_empty(ALICE).await;
 
     let stored = api.get_messages(CAROL, "", 10).await.expect("GetMessages");
     assert_eq!(stored.len(), 1, "stored exactly once: {stored:?}");
@@ -487,9 +369,7 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
 
 #[tokio::test]
 async fn a_failed_send_is_retried() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, _) = registered().await;
     w.ctl
         .fail_next_send(
             ALICE,
@@ -497,10 +377,7 @@ async fn a_failed_send_is_retried() {
             "try again",
         )
         .await;
-    let id = api
-        .send_message(BOB, "second time lucky", no_options())
-        .await
-        .expect("SendMessage");
+    let id = w.send(BOB, "second time lucky").await;
     w.signals
         .wait_until("sent after a retry", |s| {
             s.statuses(&id).contains(&"sent".to_string())
@@ -515,9 +392,9 @@ async fn a_failed_send_is_retried() {
 
 #[tokio::test]
 async fn client_token_makes_send_idempotent() {
-    let w = World::new().await;
+    let w = DaemonRig::start(&[ALICE, BOB], &config_for(ALICE)).await;
     let api = client(&w.session).await;
-    let opts = || options(&[("client-token", "tok-1".into())]);
+    let opts = || opts(&[("client-token", "tok-1".into())]);
     let a = api.send_message(BOB, "once", opts()).await.expect("first");
     let b = api.send_message(BOB, "once", opts()).await.expect("second");
     assert_eq!(a, b);
@@ -537,9 +414,7 @@ async fn client_token_makes_send_idempotent() {
 
 #[tokio::test]
 async fn paging_search_and_deleting() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, api) = registered().await;
     for i in 0..5 {
         w.ctl
             .inject_sms(ALICE, CAROL, &format!("note number {i} about apples"))
@@ -604,9 +479,7 @@ async fn paging_search_and_deleting() {
 
 #[tokio::test]
 async fn senders_kept_verbatim_can_be_read_marked_and_deleted() {
-    let w = World::new().await;
-    let api = client(&w.session).await;
-    wait_modem(&api, "registered").await;
+    let (w, api) = registered().await;
     w.ctl
         .inject_sms(ALICE, "DHL-Express", "your parcel is on its way")
         .await;

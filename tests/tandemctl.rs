@@ -167,64 +167,38 @@ impl Lines {
     }
 }
 
-/// A daemon on Alice's modem; the simulator also hosts Bob's.
+/// A daemon on Alice's modem (the simulator also hosts Bob's), and tandemctl for it.
 struct World {
-    _dir: tempfile::TempDir,
-    session: Bus,
-    _system: Bus,
-    _sim: Sim,
-    _daemon: Daemon,
-    signals: SignalLog,
-    sim: SimCtl,
+    rig: DaemonRig,
     ctl: Ctl,
 }
 
 impl World {
     async fn new() -> World {
-        let dir = temp_dir();
-        let session = Bus::start();
-        let system = Bus::start();
-        let sim_process = Sim::start(&system, &[ALICE, BOB]);
-        let signals = SignalLog::start(&session).await;
-        let daemon = Daemon::start(
-            &session,
-            &system,
-            &dir.path().join("alice"),
-            &config_for(ALICE),
-        )
-        .await;
-        let sim = SimCtl::new(&system.connect().await).await;
-        let ctl = Ctl::on(&session);
-        let w = World {
-            _dir: dir,
-            session,
-            _system: system,
-            _sim: sim_process,
-            _daemon: daemon,
-            signals,
-            sim,
-            ctl,
-        };
-        w.wait_registered().await;
-        w
+        let rig = DaemonRig::start(&[ALICE, BOB], &config_for(ALICE)).await;
+        rig.modem_is("registered").await;
+        let ctl = Ctl::on(&rig.session);
+        World { rig, ctl }
     }
 
-    async fn wait_registered(&self) {
-        let api = client(&self.session).await;
-        eventually("ModemState registered", || async {
-            api.modem_state().await.ok().as_deref() == Some("registered")
-        })
-        .await;
+    /// Alice's modem refuses the next send.
+    async fn modem_refuses_next_send(&self) {
+        let error = "org.freedesktop.ModemManager1.Error.Core.Unsupported";
+        self.rig
+            .ctl
+            .fail_next_send(ALICE, error, "no SMS here")
+            .await;
     }
 
     /// An SMS from `from` to Alice, once the daemon has stored and announced it.
     async fn incoming(&self, from: &str, text: &str) -> String {
-        let before = self.signals.received().len();
-        self.sim.inject_sms(ALICE, from, text).await;
-        self.signals
+        let before = self.rig.signals.received().len();
+        self.rig.ctl.inject_sms(ALICE, from, text).await;
+        self.rig
+            .signals
             .wait_until("MessageReceived", |s| s.received().len() > before)
             .await;
-        let got = self.signals.received().pop().expect("received");
+        let got = self.rig.signals.received().pop().expect("received");
         assert_eq!(got.text, text);
         got.id
     }
@@ -303,7 +277,8 @@ async fn send_prints_the_id_and_waits_for_delivery() {
         Some("delivered via sms"),
         "{waited:?}"
     );
-    w.signals
+    w.rig
+        .signals
         .wait_until("delivered announced", |s| {
             s.statuses(id).contains(&"delivered".to_owned())
         })
@@ -347,7 +322,7 @@ async fn send_prints_the_id_and_waits_for_delivery() {
         ])
         .ok();
     assert_eq!(sent.json()["status"], "sent");
-    let sms = w.sim.get_sent(ALICE).await;
+    let sms = w.rig.ctl.get_sent(ALICE).await;
     let quick = sms
         .iter()
         .find(|s| dict_str(s, "text") == "quick")
@@ -379,13 +354,7 @@ async fn send_prints_the_id_and_waits_for_delivery() {
 #[tokio::test]
 async fn send_wait_fails_and_times_out_with_their_own_exit_codes() {
     let w = World::new().await;
-    w.sim
-        .fail_next_send(
-            ALICE,
-            "org.freedesktop.ModemManager1.Error.Core.Unsupported",
-            "no SMS here",
-        )
-        .await;
+    w.modem_refuses_next_send().await;
     let failed = w.ctl.run(&["send", "--wait", BOB, "doomed"]);
     assert_eq!(failed.code, 7, "{failed:#?}");
     let id = failed.stdout.trim();
@@ -398,13 +367,7 @@ async fn send_wait_fails_and_times_out_with_their_own_exit_codes() {
         "{failed:#?}"
     );
 
-    w.sim
-        .fail_next_send(
-            ALICE,
-            "org.freedesktop.ModemManager1.Error.Core.Unsupported",
-            "no SMS here",
-        )
-        .await;
+    w.modem_refuses_next_send().await;
     let failed_json = w.ctl.run(&["--json", "send", "--wait", BOB, "doomed too"]);
     assert_eq!(failed_json.code, 7, "{failed_json:#?}");
     let m = failed_json.json();
@@ -698,7 +661,7 @@ async fn status_estimate_presence_and_bad_input() {
             "{args:?}: {run:#?}"
         );
     }
-    assert!(w.signals.all().is_empty(), "nothing was sent");
+    assert!(w.rig.signals.all().is_empty(), "nothing was sent");
 }
 
 #[tokio::test]
@@ -728,7 +691,7 @@ async fn monitor_streams_events_until_ctrl_c() {
         );
     }
 
-    w.sim.inject_sms(ALICE, CAROL, "ping from Carol").await;
+    w.rig.ctl.inject_sms(ALICE, CAROL, "ping from Carol").await;
     let line = json_out.until("message-received", |l| l.contains("message-received"));
     let event: Value = serde_json::from_str(&line).expect("a JSON line");
     assert_eq!(keys(&event), ["event", "message"]);

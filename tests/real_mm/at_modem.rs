@@ -77,6 +77,23 @@ pub struct Stored {
     pub pdu: String,
 }
 
+impl Stored {
+    /// Reads it as `+CMGR` and `+CMGL` show it (`<stat>,,<length>\r\n<pdu>`, before
+    /// the marking read); an unread SMS is read from then on.
+    fn read(&mut self) -> String {
+        let shown = format!(
+            "{},,{}\r\n{}",
+            self.stat,
+            pdu::tpdu_len(&self.pdu),
+            self.pdu
+        );
+        if self.stat == REC_UNREAD {
+            self.stat = REC_READ;
+        }
+        shown
+    }
+}
+
 /// One SMS-SUBMIT the modem took, and the reference it answered (`None`: it answered an
 /// error, or not yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -576,15 +593,7 @@ impl State {
             let mem = self.mem1;
             for (index, sms) in self.storages.get_mut(&mem).into_iter().flatten() {
                 if wanted == 4 || sms.stat == wanted {
-                    out.push_str(&format!(
-                        "+CMGL: {index},{},,{}\r\n{}\r\n",
-                        sms.stat,
-                        pdu::tpdu_len(&sms.pdu),
-                        sms.pdu
-                    ));
-                    if sms.stat == REC_UNREAD {
-                        sms.stat = REC_READ;
-                    }
+                    out.push_str(&format!("+CMGL: {index},{}\r\n", sms.read()));
                 }
             }
             return if out.is_empty() {
@@ -603,16 +612,7 @@ impl State {
             else {
                 return "+CMS ERROR: 321".into();
             };
-            let answer = ok(format!(
-                "+CMGR: {},,{}\r\n{}",
-                sms.stat,
-                pdu::tpdu_len(&sms.pdu),
-                sms.pdu
-            ));
-            if sms.stat == REC_UNREAD {
-                sms.stat = REC_READ;
-            }
-            return answer;
+            return ok(format!("+CMGR: {}", sms.read()));
         }
         if let Some(arg) = cmd.strip_prefix("AT+CMGD=") {
             let mem = self.mem1;

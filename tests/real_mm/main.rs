@@ -15,8 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use zbus::{MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
+use zbus::{MatchRule, OwnedObjectPath, OwnedVariant};
 
 use at_modem::{FakeModem, Identity, Mem, SendReply};
 use common::*;
@@ -90,18 +89,10 @@ fn prop_str(props: &HashMap<String, OwnedVariant>, name: &str) -> String {
 #[tokio::test]
 async fn tandemd_sends_and_receives_through_the_real_modem_manager() {
     let w = RealMm::start().await;
-    let session = Bus::start();
-    let signals = SignalLog::start(&session).await;
     // The daemon starts first, as at boot: the modem appears, initialises and registers
     // while it watches.
-    let _daemon = Daemon::start(
-        &session,
-        &w.bus,
-        &w.dir.path().join("tandem"),
-        &config_for(ALICE),
-    )
-    .await;
-    let api = client(&session).await;
+    let phone = Phone::start(&w.bus, &w.dir.path().join("tandem"), &config_for(ALICE)).await;
+    let (signals, api) = (&phone.signals, &phone.api);
     let conn = w.bus.connect().await;
     let modem = mm::bring_up(&conn, &w.fake).await;
 
@@ -212,18 +203,10 @@ async fn tandemd_sends_and_receives_through_the_real_modem_manager() {
 #[tokio::test]
 async fn follows_the_real_modem_manager_going_away_and_coming_back() {
     let mut w = RealMm::start().await;
-    let session = Bus::start();
-    let signals = SignalLog::start(&session).await;
     let conn = w.bus.connect().await;
     mm::bring_up(&conn, &w.fake).await;
-    let _daemon = Daemon::start(
-        &session,
-        &w.bus,
-        &w.dir.path().join("tandem"),
-        &config_for(ALICE),
-    )
-    .await;
-    let api = client(&session).await;
+    let phone = Phone::start(&w.bus, &w.dir.path().join("tandem"), &config_for(ALICE)).await;
+    let (signals, api) = (&phone.signals, &phone.api);
     let wait_modem = |state: &'static str| {
         let api = api.clone();
         async move {
@@ -281,7 +264,6 @@ async fn follows_the_real_modem_manager_going_away_and_coming_back() {
 type SmsChanges = Arc<Mutex<Vec<(String, Option<u32>, Option<u32>)>>>;
 
 async fn record_sms_changes(bus: &Bus) -> SmsChanges {
-    let conn = bus.connect().await;
     let rule = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .interface("org.freedesktop.DBus.Properties")
@@ -289,32 +271,45 @@ async fn record_sms_changes(bus: &Bus) -> SmsChanges {
         .path_namespace("/org/freedesktop/ModemManager1/SMS")
         .build()
         .expect("match rule");
-    let mut stream = MessageStream::for_match_rule(rule, &conn, None)
-        .await
-        .expect("signal stream");
     let seen = SmsChanges::default();
     let log = seen.clone();
-    tokio::spawn(async move {
-        let _conn = conn;
-        while let Some(Ok(msg)) = stream.next().await {
-            let path = msg
-                .header()
-                .path()
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            let Ok((_, changed, _)) =
-                msg.body()
-                    .deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
-            else {
-                continue;
-            };
-            let get = |name: &str| changed.get(name).and_then(|v| u32::try_from(v).ok());
-            log.lock()
-                .expect("changes")
-                .push((path, get("State"), get("MessageReference")));
-        }
-    });
+    common::bus::on_messages(bus, rule, move |msg| {
+        let path = msg.header().path().map(|p| p.to_string());
+        let body = msg.body();
+        let Ok((_, changed, _)) = body.deserialize::<(String, Dict, Vec<String>)>() else {
+            return;
+        };
+        let get = |name: &str| changed.get(name).and_then(|v| u32::try_from(v).ok());
+        let change = (
+            path.unwrap_or_default(),
+            get("State"),
+            get("MessageReference"),
+        );
+        log.lock().expect("changes").push(change);
+    })
+    .await;
     seen
+}
+
+/// `Sms.Send` of `sms` in a task of its own, the network answering `ms` after the
+/// SUBMIT; returns once the SUBMIT is at the modem.
+async fn send_answered_late(
+    fake: &FakeModem,
+    conn: &zbus::Connection,
+    sms: &OwnedObjectPath,
+    ms: u64,
+) -> tokio::task::JoinHandle<zbus::Result<()>> {
+    let before = fake.submitted().len();
+    fake.queue_send_replies([SendReply::AcceptAfter(Duration::from_millis(ms))]);
+    let send = tokio::spawn({
+        let (conn, sms) = (conn.clone(), sms.clone());
+        async move { mm::send_sms(&conn, &sms).await }
+    });
+    eventually("the SUBMIT at the modem", || async {
+        fake.submitted().len() > before
+    })
+    .await;
+    send
 }
 
 /// `MMSmsState`
@@ -360,16 +355,7 @@ async fn modem_manager_sms_objects_around_a_send() {
     // A Send the network answers late, and a second Send of the same object meanwhile:
     // the state never shows "sending", and the second Send is not refused: the modem gets
     // the SMS twice.
-    w.fake
-        .queue_send_replies([SendReply::AcceptAfter(Duration::from_millis(1500))]);
-    let first = tokio::spawn({
-        let (conn, sms) = (conn.clone(), sms.clone());
-        async move { mm::send_sms(&conn, &sms).await }
-    });
-    eventually("the first SUBMIT at the modem", || async {
-        submits_of("twice").len() == 1
-    })
-    .await;
+    let first = send_answered_late(&w.fake, &conn, &sms, 1500).await;
     let during: u32 = mm::property(&conn, &sms, mm::SMS_IFACE, "State").await;
     assert_eq!(during, SMS_UNKNOWN, "no 'sending' while the modem works");
     let second = tokio::spawn({
@@ -499,16 +485,7 @@ async fn modem_manager_sms_objects_around_a_send() {
     let killed = mm::create_sms(&conn, &modem, BOB, "cut off")
         .await
         .expect("Create");
-    w.fake
-        .queue_send_replies([SendReply::AcceptAfter(Duration::from_millis(800))]);
-    let pending = tokio::spawn({
-        let (conn, killed) = (conn.clone(), killed.clone());
-        async move { mm::send_sms(&conn, &killed).await }
-    });
-    eventually("the SUBMIT at the modem", || async {
-        submits_of("cut off").len() == 1
-    })
-    .await;
+    let pending = send_answered_late(&w.fake, &conn, &killed, 800).await;
     w.mm.kill();
     let err = pending
         .await

@@ -10,7 +10,6 @@
 //! test process dies first (`PR_SET_PDEATHSIG`).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +18,8 @@ use std::time::{Duration, Instant};
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
 use super::at_modem::FakeModem;
+use super::common::bus::until_owned;
+use super::common::proc::log_text;
 use super::common::{Bus, WAIT};
 
 pub const SERVICE: &str = "org.freedesktop.ModemManager1";
@@ -104,33 +105,10 @@ impl ModemManager {
                 Ok(())
             });
         }
-        self.child = Some(cmd.spawn().expect("start ModemManager"));
-
-        let conn = zbus::connection::Builder::address(self.bus.as_str())
-            .build()
-            .await
-            .expect("connect to the private bus");
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.expect("bus proxy");
-        let name = zbus::names::BusName::try_from(SERVICE).expect("name");
-        let deadline = Instant::now() + WAIT;
-        while !dbus.name_has_owner(name.clone()).await.unwrap_or(false) {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "ModemManager exited with {status} while starting:\n{}",
-                    self.log_tail()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ModemManager did not take its name:\n{}",
-                self.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = self.child.insert(cmd.spawn().expect("start ModemManager"));
+        let log = self.log.clone();
+        let exited = || child.try_wait().ok().flatten();
+        until_owned(&self.bus, SERVICE, exited, || tail(&log_text(&log))).await;
     }
 
     /// kill -9: it has no chance to answer what it was doing.
@@ -149,13 +127,14 @@ impl ModemManager {
 
     /// The end of its debug log.
     pub fn log_tail(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(120)..].join("\n")
+        tail(&log_text(&self.log))
     }
+}
+
+/// The last 120 lines of a log.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(120)..].join("\n")
 }
 
 impl Drop for ModemManager {

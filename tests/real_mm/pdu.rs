@@ -426,14 +426,10 @@ pub fn tpdu_len(hex: &str) -> usize {
 mod tests {
     use super::*;
 
+    /// The tests' instant at the SMS centre, in UTC.
     const SCTS: Scts = Scts {
-        year: 2024,
-        month: 5,
-        day: 20,
-        hour: 12,
-        minute: 34,
-        second: 56,
         offset_quarters: 0,
+        ..crate::SCTS
     };
 
     #[test]
