@@ -446,6 +446,11 @@ async fn delete_removes_every_part_and_can_be_held() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!held.is_finished(), "Delete answered while blocked");
+    let waiting: u32 = control
+        .call("BlockedDeletes", &(B,))
+        .await
+        .expect("blocked deletes");
+    assert_eq!(waiting, 1, "the held Delete is counted");
     assert_eq!(h.list(&b).await, vec![sms.clone()]);
     let _: Managed = manager
         .call("GetManagedObjects", &())
@@ -463,6 +468,11 @@ async fn delete_removes_every_part_and_can_be_held() {
         .expect("task")
         .expect("Delete");
     assert_eq!(h.list(&b).await, vec![other]);
+    let waiting: u32 = control
+        .call("BlockedDeletes", &(B,))
+        .await
+        .expect("blocked deletes");
+    assert_eq!(waiting, 0, "nothing waits once unblocked");
 }
 
 #[tokio::test]

@@ -351,6 +351,13 @@ async fn kill_9_between_store_and_delete_loses_nothing_and_doubles_nothing() {
     w.signals
         .wait_until("stored and announced", |s| s.received().len() == 1)
         .await;
+    // The delete comes only after the announced mark is durable: killed while it waits,
+    // the daemon must neither lose nor announce again. (Killed between the signal and
+    // the mark, it would announce again at start, by design: docs/reliability.md.)
+    eventually("the daemon to ask for the delete", || async {
+        w.ctl.blocked_deletes(ALICE).await == 1
+    })
+    .await;
     w.daemon.kill9();
     assert_eq!(w.ctl.list_sms(ALICE).await.len(), 1, "still on the modem");
 

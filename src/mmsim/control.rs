@@ -331,6 +331,13 @@ impl ControlIface {
         Ok(())
     }
 
+    /// How many `Messaging.Delete` calls on the modem are waiting while deletes are
+    /// blocked: a test sees that a client has come as far as deleting.
+    async fn blocked_deletes(&self, modem: String) -> Result<u32, ControlError> {
+        let waiting = self.modem(&modem)?.cell.blocked_deletes();
+        Ok(u32::try_from(waiting).unwrap_or(u32::MAX))
+    }
+
     /// From now on every `Sms.Send` on the modem takes this long before the SMS leaves
     /// (0: at once), holding the modem's other operations meanwhile, as a real modem busy
     /// with `AT+CMGS` does.

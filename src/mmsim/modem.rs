@@ -633,6 +633,11 @@ impl ModemCell {
     pub fn set_delete_blocked(&self, blocked: bool) {
         self.delete_gate.send_replace(blocked);
     }
+
+    /// Deletes waiting at the gate: each holds the one receiver it subscribed.
+    pub fn blocked_deletes(&self) -> usize {
+        self.delete_gate.receiver_count()
+    }
 }
 
 /// Paths built from our own fixed prefixes are always valid object paths.

@@ -179,6 +179,10 @@ impl SimCtl {
             .await
     }
 
+    pub async fn blocked_deletes(&self, modem: &str) -> u32 {
+        self.call("BlockedDeletes", &(modem,)).await
+    }
+
     pub async fn add_modem(&self, number: &str) -> OwnedObjectPath {
         self.add_modem_with(number, no_opts()).await
     }
