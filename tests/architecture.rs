@@ -149,6 +149,34 @@ fn the_router_does_no_io_and_waits_for_nothing() {
 }
 
 #[test]
+fn the_hubs_core_reads_no_clock_and_owns_no_socket_or_thread() {
+    // Time comes in as `Now`, frames leave through `Link`, state through `Storage`: the
+    // seam a second storage (Redis) plugs into.
+    let core = [
+        "src/relay/server/hub/core.rs",
+        "src/relay/server/hub/access.rs",
+        "src/relay/server/hub/deliver.rs",
+        "src/relay/server/hub/presence.rs",
+    ];
+    let io = [
+        "Instant::now",
+        "SystemTime",
+        "now_ms()",
+        "tungstenite",
+        "std::thread",
+        "tokio::spawn",
+        "tokio::net",
+        "tokio::sync",
+        "tokio::task",
+        "TcpStream",
+        "rusqlite",
+        "std::fs",
+    ];
+    let found = offenders(&sources(), &core, &[], &io);
+    assert!(found.is_empty(), "I/O in the hub's core:\n{}", found.join("\n"));
+}
+
+#[test]
 fn nothing_in_the_daemon_depends_on_the_relay_server() {
     let daemon = [
         "src/engine/",
