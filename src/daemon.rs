@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
+use crate::net;
 use crate::notifier::Notifier;
 use crate::relay::{
     self,
@@ -224,8 +225,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the relay client, following NetworkManager and logind on the system bus when it
-/// can: the session is closed before the system sleeps and opened again when it wakes.
+/// Runs the relay client with the adapters it follows on the system bus when there is
+/// one: the network (`net`, NetworkManager) and the system's sleep (`logind`): the
+/// session is closed before the system sleeps and opened again when it wakes.
 async fn run_relay(
     config: ClientConfig,
     system: Option<String>,
@@ -237,9 +239,12 @@ async fn run_relay(
     };
     let (sleep_tx, sleep_rx) = mpsc::channel(4);
     let logind = tokio::spawn(logind::run(system.clone(), sleep_tx));
-    relay::client::run_with_sleep(config, commands, events, Some(system), sleep_rx).await;
+    let (net_tx, net_rx) = watch::channel(None);
+    let network = tokio::spawn(net::run(system, net_tx));
+    relay::client::run_with_sleep(config, commands, events, Some(net_rx), sleep_rx).await;
     // Its lock goes with it.
     logind.abort();
+    network.abort();
 }
 
 /// Connects to the system bus (retrying while it is not there) and runs the adapter.

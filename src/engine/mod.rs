@@ -15,12 +15,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::domain::{Channel, Message, ModemState, Presence, RelayState, Status, now_ms};
+use crate::domain::{
+    Channel, Message, MessageId, ModemState, Peer, Presence, RelayState, Status, now_ms,
+};
 use crate::modem::{
     IncomingSms, ModemCommand, ModemEvent, SendFailure, SendOutcome, SmsObject, StatusReport,
 };
 use crate::notifier::{Notice, Notifier};
-use crate::relay::client::{ConfirmOutcome, RelayCommand, RelayEvent};
+use crate::relay::client::{Confirmation, RelayCommand, RelayEvent};
 use crate::router::{self, Delivery, Facts, Retry, Route, Waiting};
 use crate::store::{NewIncoming, OutboxEntry, SmsAttempt, StoreError, StoreHandle};
 use crate::{number, sms_text};
@@ -186,16 +188,16 @@ enum Deferred {
     Outcome { id: String, outcome: SendOutcome },
     /// An IP message the relay delivered, not held yet (so not acked).
     IpDeliver {
-        from: String,
-        id: String,
+        from: Peer,
+        id: MessageId,
         text: String,
         ts: i64,
     },
     /// The relay's `confirm` of an IP message, not applied yet.
     IpConfirm {
-        from: String,
-        id: String,
-        outcome: ConfirmOutcome,
+        from: Peer,
+        id: MessageId,
+        outcome: Confirmation,
     },
     /// An incoming message announced but not marked so: marked before anything else
     /// (and only then deleted from the modem), or it would be announced again at start.
@@ -298,7 +300,8 @@ impl Engine {
                     Some(EngineCmd::Recount) => self.recount().await,
                     Some(EngineCmd::Followed) => self.subscribe_followed().await,
                     Some(EngineCmd::Typing { peer, active }) => {
-                        self.relay_command(RelayCommand::Typing { to: peer, active }).await
+                        let to = Peer::from(peer);
+                        self.relay_command(RelayCommand::Typing { to, active }).await
                     }
                     Some(EngineCmd::Shutdown) | None => break,
                 },
@@ -1160,8 +1163,7 @@ mod tests {
 
     use crate::domain::ChannelRequest;
     use crate::relay::client::{
-        ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, RevokeOutcome, SendAnswer,
-        SendState,
+        Confirmation, Placement, PresenceReport, Refusal, Revocation, SendAnswer,
     };
     use crate::store::{NewOutgoing, Store};
 
@@ -1971,7 +1973,7 @@ mod tests {
         rig.relay(RelayEvent::Confirm {
             from: "+15550002222".into(),
             id: "m1".into(),
-            outcome: ConfirmOutcome::Delivered,
+            outcome: Confirmation::Delivered,
         })
         .await;
         match rig.announced().await {
@@ -1993,7 +1995,7 @@ mod tests {
         rig.relay(RelayEvent::Confirm {
             from: "+15550002222".into(),
             id: "m2".into(),
-            outcome: ConfirmOutcome::Revoked,
+            outcome: Confirmation::Revoked,
         })
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2031,10 +2033,10 @@ mod tests {
             .expect("new");
         store.mark_announced(&earlier.id).expect("announced");
         store.watch(&["+15550003333".into()]).expect("watch");
-        let entry = |number: &str, state| PresenceEntry {
-            number: number.into(),
+        let entry = |number: &str, presence| PresenceReport {
+            peer: number.into(),
             registered: true,
-            state,
+            presence,
         };
         let mut rig = Rig::start(store);
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
@@ -2047,8 +2049,8 @@ mod tests {
         );
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::Snapshot(vec![
-            entry("+15550002222", PresenceState::Online),
-            entry("+15550003333", PresenceState::Offline),
+            entry("+15550002222", Presence::Online),
+            entry("+15550003333", Presence::Offline),
         ]))
         .await;
         assert_eq!(
@@ -2060,7 +2062,7 @@ mod tests {
         );
         rig.relay(RelayEvent::Presence(entry(
             "+15550002222",
-            PresenceState::Typing,
+            Presence::Typing,
         )))
         .await;
         assert_eq!(
@@ -2116,10 +2118,10 @@ mod tests {
         /// Our relay connection is up and `peer` is online on it.
         async fn peer_online(&mut self, peer: &str) {
             self.relay(RelayEvent::State(RelayState::Online)).await;
-            self.relay(RelayEvent::Snapshot(vec![PresenceEntry {
-                number: peer.into(),
+            self.relay(RelayEvent::Snapshot(vec![PresenceReport {
+                peer: peer.into(),
                 registered: true,
-                state: PresenceState::Online,
+                presence: Presence::Online,
             }]))
             .await;
             // Taken (the modem channel is independent of the relay's).
@@ -2161,7 +2163,7 @@ mod tests {
 
         async fn ip_send(&mut self) -> String {
             match self.relay_command().await {
-                RelayCommand::Send { id, .. } => id,
+                RelayCommand::Send { id, .. } => String::from(id),
                 other => panic!("expected an IP send, got {other:?}"),
             }
         }
@@ -2179,7 +2181,7 @@ mod tests {
 
     fn accepted() -> SendAnswer {
         SendAnswer::Accepted {
-            state: SendState::Online,
+            state: Placement::Online,
             duplicate: false,
         }
     }
@@ -2198,10 +2200,10 @@ mod tests {
             panic!("went by SMS: {cmd:?}");
         }
         // His presence comes: online, so over IP.
-        rig.relay(RelayEvent::Snapshot(vec![PresenceEntry {
-            number: BOB.into(),
+        rig.relay(RelayEvent::Snapshot(vec![PresenceReport {
+            peer: BOB.into(),
             registered: true,
-            state: PresenceState::Online,
+            presence: Presence::Online,
         }]))
         .await;
         assert_eq!(rig.ip_send().await, id);
@@ -2256,7 +2258,7 @@ mod tests {
         rig.relay(RelayEvent::Confirm {
             from: BOB.into(),
             id: "m-1".into(),
-            outcome: ConfirmOutcome::Delivered,
+            outcome: Confirmation::Delivered,
         })
         .await;
         loop {
@@ -2279,9 +2281,9 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
         rig.relay(RelayEvent::Receipt {
-            id: id.clone(),
+            id: id.as_str().into(),
             to: BOB.into(),
-            outcome: crate::relay::client::ReceiptOutcome::Delivered,
+            outcome: crate::relay::client::Delivery::Delivered,
         })
         .await;
         assert_eq!(
@@ -2309,11 +2311,13 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::Revoked),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::Revoked),
         })
         .await;
         assert!(
@@ -2337,11 +2341,13 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::AlreadyDelivered),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::AlreadyDelivered),
         })
         .await;
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
@@ -2374,10 +2380,10 @@ mod tests {
             .expect("queue");
         let mut rig = Rig::start(store);
         // The other recipient is known to the relay but offline.
-        rig.relay(RelayEvent::Snapshot(vec![PresenceEntry {
-            number: "+15550003333".into(),
+        rig.relay(RelayEvent::Snapshot(vec![PresenceReport {
+            peer: "+15550003333".into(),
             registered: true,
-            state: PresenceState::Offline,
+            presence: Presence::Offline,
         }]))
         .await;
         rig.peer_online(BOB).await;
@@ -2391,7 +2397,7 @@ mod tests {
         want.sort();
         assert_eq!(sent, want);
         let refused = || SendAnswer::Refused {
-            code: ErrorCode::RecipientUnregistered,
+            reason: Refusal::RecipientUnregistered,
             message: "recipient unregistered".into(),
         };
         rig.answer(&auto, refused()).await;
@@ -2442,7 +2448,7 @@ mod tests {
         rig.answer(
             &id,
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 duplicate: true,
             },
         )
@@ -2494,7 +2500,7 @@ mod tests {
         rig.answer(
             &id,
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 duplicate: true,
             },
         )
@@ -2521,10 +2527,12 @@ mod tests {
         // The deadline passes while offline: the revoke goes out and is not answered.
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
+            id: id.as_str().into(),
             outcome: None,
         })
         .await;
@@ -2538,14 +2546,14 @@ mod tests {
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         loop {
             match rig.relay_command().await {
-                RelayCommand::Revoke { id: again } if again == id => break,
+                RelayCommand::Revoke { id: again } if again.as_str() == id => break,
                 RelayCommand::Subscribe { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::Revoked),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::Revoked),
         })
         .await;
         assert!(
@@ -2616,18 +2624,20 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::Revoked),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::Revoked),
         })
         .await;
         // No modem yet: it waits for SMS. Bob shows up online meanwhile.
-        rig.relay(RelayEvent::Presence(PresenceEntry {
-            number: BOB.into(),
+        rig.relay(RelayEvent::Presence(PresenceReport {
+            peer: BOB.into(),
             registered: true,
-            state: PresenceState::Typing,
+            presence: Presence::Typing,
         }))
         .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -2761,7 +2771,7 @@ mod tests {
         rig.answer(
             &id,
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 duplicate: true,
             },
         )

@@ -11,11 +11,13 @@ use tracing::{debug, info, warn};
 use std::time::Duration;
 
 use super::{Deferred, Engine, Event};
-use crate::domain::{ChannelRequest, Message, Presence, RelayState, Status, now_ms};
+use crate::domain::{
+    ChannelRequest, Message, MessageId, Peer, Presence, RelayState, Status, now_ms,
+};
 use crate::modem::{IncomingSms, ModemCommand};
 use crate::relay::client::{
-    ConfirmOutcome, PresenceEntry, PresenceState, ReceiptOutcome, RelayCommand, RelayEvent,
-    RevokeOutcome, SendAnswer, SendState,
+    Confirmation, Delivery, Placement, PresenceReport, RelayCommand, RelayEvent, Revocation,
+    SendAnswer,
 };
 use crate::store::{PresenceRecord, RelayPending, RelayStage};
 
@@ -52,14 +54,6 @@ fn newer(a: &IncomingSms, b: &IncomingSms) -> bool {
     match (a.timestamp_ms, b.timestamp_ms) {
         (Some(ta), Some(tb)) if ta != tb => ta > tb,
         _ => false,
-    }
-}
-
-fn presence_of(state: PresenceState) -> Presence {
-    match state {
-        PresenceState::Online => Presence::Online,
-        PresenceState::Typing => Presence::Typing,
-        _ => Presence::Offline,
     }
 }
 
@@ -166,7 +160,7 @@ impl Engine {
         };
         let numbers: Vec<String> = numbers
             .into_iter()
-            .filter(|n| crate::relay::protocol::is_e164(n))
+            .filter(|n| crate::number::is_e164(n))
             .collect();
         let now = tokio::time::Instant::now();
         for number in &numbers {
@@ -177,6 +171,7 @@ impl Engine {
         self.subscribed = numbers.iter().cloned().collect();
         self.presence_asked
             .retain(|n, _| self.subscribed.contains(n));
+        let numbers = numbers.into_iter().map(Peer::from).collect();
         self.relay_command(RelayCommand::Subscribe { numbers })
             .await;
     }
@@ -188,19 +183,19 @@ impl Engine {
         };
         for h in held {
             self.relay_command(RelayCommand::Ack {
-                from: h.sender,
-                id: h.id,
+                from: Peer::from(h.sender),
+                id: MessageId::from(h.id),
             })
             .await;
         }
     }
 
     /// Store hidden, then ack: the relay's `confirm` decides whether it is shown.
-    pub(super) async fn on_deliver(&mut self, from: String, id: String, text: String, ts: i64) {
+    pub(super) async fn on_deliver(&mut self, from: Peer, id: MessageId, text: String, ts: i64) {
         let (sender, key, body) = (from.clone(), id.clone(), text.clone());
         let held = self
             .store
-            .call(move |s| s.hold_incoming_ip(&sender, &key, &body, ts))
+            .call(move |s| s.hold_incoming_ip(sender.as_str(), key.as_str(), &body, ts))
             .await;
         match held {
             // New, or held already (delivered again): ack either way; the confirm decides.
@@ -214,14 +209,14 @@ impl Engine {
         }
     }
 
-    pub(super) async fn on_confirm(&mut self, from: String, id: String, outcome: ConfirmOutcome) {
+    pub(super) async fn on_confirm(&mut self, from: Peer, id: MessageId, outcome: Confirmation) {
         let (sender, key) = (from.clone(), id.clone());
-        if outcome != ConfirmOutcome::Delivered {
+        if outcome != Confirmation::Delivered {
             // Revoked (it comes by SMS) or unknown: never shown.
             debug!(%from, %id, ?outcome, "IP message dropped");
             if let Err(e) = self
                 .store
-                .call(move |s| s.drop_incoming_ip(&sender, &key))
+                .call(move |s| s.drop_incoming_ip(sender.as_str(), key.as_str()))
                 .await
             {
                 warn!(%from, %id, cause = %e, "cannot drop a revoked IP message; will try again");
@@ -231,7 +226,7 @@ impl Engine {
         }
         match self
             .store
-            .call(move |s| s.confirm_incoming_ip(&sender, &key))
+            .call(move |s| s.confirm_incoming_ip(sender.as_str(), key.as_str()))
             .await
         {
             Ok(Some(message)) => {
@@ -257,14 +252,14 @@ impl Engine {
     /// Takes what the relay said of some numbers: into the store's cache, into the view,
     /// and a `PresenceChanged` for each change. A snapshot is the whole truth: numbers it
     /// does not list are no longer followed.
-    async fn apply_presence(&mut self, entries: Vec<PresenceEntry>, snapshot: bool) {
+    async fn apply_presence(&mut self, entries: Vec<PresenceReport>, snapshot: bool) {
         let now = now_ms();
         let records: Vec<PresenceRecord> = entries
             .iter()
             .map(|e| PresenceRecord {
-                number: e.number.clone(),
+                number: String::from(e.peer.clone()),
                 registered: e.registered,
-                presence: presence_of(e.state),
+                presence: e.presence,
                 updated_ms: now,
             })
             .collect();
@@ -275,10 +270,10 @@ impl Engine {
         if snapshot {
             // The relay answers for these: they are followed.
             self.subscribed
-                .extend(entries.iter().map(|e| e.number.clone()));
+                .extend(entries.iter().map(|e| String::from(e.peer.clone())));
         }
         for e in &entries {
-            self.presence_asked.remove(&e.number);
+            self.presence_asked.remove(e.peer.as_str());
         }
         let before = self.presence.borrow().clone();
         let mut view: HashMap<String, PeerPresence> = if snapshot {
@@ -355,13 +350,7 @@ impl Engine {
             Ok(marked) => marked,
             Err(e) => return warn!(id = %message.id, cause = %e, "cannot record an IP send"),
         };
-        self.relay_command(RelayCommand::Send {
-            id: message.id,
-            to: message.peer,
-            text: message.text,
-            ts: message.timestamp_ms,
-        })
-        .await;
+        self.relay_command(send_command(message)).await;
         self.announce(Event::status_of(marked)).await;
     }
 
@@ -381,7 +370,8 @@ impl Engine {
         }
     }
 
-    async fn on_send_answer(&mut self, id: String, answer: SendAnswer) {
+    async fn on_send_answer(&mut self, id: MessageId, answer: SendAnswer) {
+        let id = String::from(id);
         let Some(entry) = self.on_relay_entry(&id).await else {
             self.resent.remove(&id);
             return debug!(%id, ?answer, "answer for a message no longer on the relay");
@@ -399,7 +389,7 @@ impl Engine {
         }
         match answer {
             SendAnswer::Accepted {
-                state: SendState::Online | SendState::Queued,
+                state: Placement::Online | Placement::Queued,
                 ..
             } => {
                 // Waiting for the receipt; for `auto` only as long as the fallback allows
@@ -423,18 +413,18 @@ impl Engine {
                 self.schedule_deadlines().await;
             }
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 ..
             } => self.delivered_ip(&id).await,
             SendAnswer::Accepted {
-                state: SendState::Revoked | SendState::Expired,
+                state: Placement::Revoked | Placement::Expired,
                 ..
             } => {
                 self.leave_relay(entry, "the relay will not deliver it")
                     .await
             }
-            SendAnswer::Refused { code, message } => {
-                info!(%id, ?code, %message, "the relay refused an IP message");
+            SendAnswer::Refused { reason, message } => {
+                info!(%id, ?reason, %message, "the relay refused an IP message");
                 self.leave_relay(entry, &format!("the relay refused it: {message}"))
                     .await
             }
@@ -461,26 +451,28 @@ impl Engine {
         }
     }
 
-    async fn on_receipt(&mut self, id: String, outcome: ReceiptOutcome) {
+    async fn on_receipt(&mut self, id: MessageId, outcome: Delivery) {
+        let id = String::from(id);
         let Some(entry) = self.on_relay_entry(&id).await else {
             return debug!(%id, ?outcome, "receipt for a message no longer on the relay");
         };
         match outcome {
-            ReceiptOutcome::Delivered => self.delivered_ip(&id).await,
+            Delivery::Delivered => self.delivered_ip(&id).await,
             _ => self.leave_relay(entry, "it expired on the relay").await,
         }
     }
 
-    async fn on_revoke_answer(&mut self, id: String, outcome: Option<RevokeOutcome>) {
+    async fn on_revoke_answer(&mut self, id: MessageId, outcome: Option<Revocation>) {
+        let id = String::from(id);
         let Some(entry) = self.on_relay_entry(&id).await else {
             return debug!(%id, ?outcome, "revoke answer for a message no longer on the relay");
         };
         match outcome {
-            Some(RevokeOutcome::Revoked) => {
+            Some(Revocation::Revoked) => {
                 info!(%id, "no receipt in time and revoked: sending it by SMS");
                 self.leave_relay(entry, "no receipt in time").await
             }
-            Some(RevokeOutcome::AlreadyDelivered) => self.delivered_ip(&id).await,
+            Some(Revocation::AlreadyDelivered) => self.delivered_ip(&id).await,
             // Not connected: revoked again after the next login (the relay decides then).
             _ => debug!(%id, "revoke not answered; again after the next login"),
         }
@@ -534,30 +526,18 @@ impl Engine {
             match p.stage {
                 RelayStage::Sent => {
                     self.resent.insert(p.message.id.clone());
-                    self.relay_command(RelayCommand::Send {
-                        id: p.message.id,
-                        to: p.message.peer,
-                        text: p.message.text,
-                        ts: p.message.timestamp_ms,
-                    })
-                    .await
+                    self.relay_command(send_command(p.message)).await
                 }
                 RelayStage::Revoking => {
-                    self.relay_command(RelayCommand::Revoke { id: p.message.id })
-                        .await
+                    let id = MessageId::from(p.message.id);
+                    self.relay_command(RelayCommand::Revoke { id }).await
                 }
                 // Its receipt may have been pushed into the connection that died (the
                 // relay sends a receipt once, protocol §9). With a deadline, the revoke
                 // at the deadline tells; without one (asked for IP, or too long for SMS)
                 // nothing else would: ask with the same id, the answer says where it is.
                 RelayStage::Accepted if p.deadline_ms.is_none() => {
-                    self.relay_command(RelayCommand::Send {
-                        id: p.message.id,
-                        to: p.message.peer,
-                        text: p.message.text,
-                        ts: p.message.timestamp_ms,
-                    })
-                    .await
+                    self.relay_command(send_command(p.message)).await
                 }
                 RelayStage::Accepted => {}
             }
@@ -605,6 +585,7 @@ impl Engine {
                 warn!(%id, cause = %e, "cannot record a revoke");
                 continue;
             }
+            let id = MessageId::from(id);
             self.relay_command(RelayCommand::Revoke { id }).await;
         }
         self.schedule_deadlines().await;
@@ -621,6 +602,16 @@ impl Engine {
         {
             warn!("the relay client is gone");
         }
+    }
+}
+
+/// The relay's `send` of one of our messages.
+fn send_command(message: Message) -> RelayCommand {
+    RelayCommand::Send {
+        id: MessageId::from(message.id),
+        to: Peer::from(message.peer),
+        text: message.text,
+        ts: message.timestamp_ms,
     }
 }
 
