@@ -15,8 +15,8 @@ use zbus::object_server::SignalEmitter;
 use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
-use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView};
-use crate::router::{self, Facts, Refusal};
+use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView, routing_facts};
+use crate::router::{self, Refusal};
 use crate::store::{DELETE_BATCH, MAX_SEARCH_BYTES, NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
@@ -373,15 +373,14 @@ impl Messages {
         }
         self.check_text(text)?;
         let status = self.status.borrow().clone();
-        let facts = Facts {
-            requested: options.channel,
-            relay: status.relay,
-            presence: self.presence_of(&peer),
-            peer_registered: None,
-            modem: status.modem,
-            sms_parts: sms_text::estimate(text).segments,
-            max_parts: self.config.max_parts,
-        };
+        let facts = routing_facts(
+            options.channel,
+            &status,
+            &self.presence.borrow(),
+            &peer,
+            text,
+            self.config.max_parts,
+        );
         match router::refuse_at_once(&facts) {
             Some(Refusal::Unavailable(why)) => return Err(ApiError::Unavailable(why)),
             Some(Refusal::InvalidArgument(why)) => return Err(ApiError::InvalidArgument(why)),

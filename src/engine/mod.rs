@@ -8,7 +8,7 @@
 //! only writer of [`DaemonStatus`]. It knows no SQL and no D-Bus: it talks to the store
 //! through [`StoreHandle`] and to everything else through channels.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,12 +23,13 @@ use crate::modem::{
 };
 use crate::notifier::{Notice, Notifier};
 use crate::relay::client::{Confirmation, RelayCommand, RelayEvent};
-use crate::router::{self, Delivery, Facts, Retry, Route, Waiting};
+use crate::router::{self, Delivery, Retry, Route, Waiting};
 use crate::store::{NewIncoming, OutboxEntry, SmsAttempt, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
-mod relay;
-pub use relay::{PeerPresence, PresenceView, code_in};
+mod ip;
+use ip::{IpSide, NEW_CONTACT_WAIT, PresenceGate};
+pub use ip::{PeerPresence, PresenceView, code_in, routing_facts};
 
 /// What the API asks of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +80,6 @@ pub struct Announcement {
     /// Answered once the signal has been emitted (or could not be).
     pub emitted: Option<oneshot::Sender<()>>,
 }
-
-/// How long a message to a new contact waits for the contact's presence.
-const NEW_CONTACT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long the engine waits for the publisher to emit a `MessageReceived`.
 const EMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,37 +140,17 @@ pub struct Engine {
     /// The adapter refused a send as "not ready" although our view said registered: hold
     /// the outbox until the adapter's next state report, rather than ask again in a loop.
     modem_refused: bool,
-    /// Commands to the relay client; `None` when no relay is configured.
-    relay: Option<mpsc::Sender<RelayCommand>>,
+    /// The IP side: the relay client's channel, presence, registration, and our
+    /// messages on the relay ([`IpSide`]).
+    ip: IpSide,
     /// The relay client's events, taken by [`Engine::run`].
     relay_events: Option<mpsc::Receiver<RelayEvent>>,
-    /// Contacts' presence since the current login; the engine is its only writer.
-    presence: watch::Sender<PresenceView>,
-    /// A relay registration waits for its code SMS.
-    awaiting_code: bool,
-    /// An SMS that looks like the relay's code, come before the registration said it
-    /// waits for one (the code SMS can beat the relay's `code-sent`): kept on the modem,
-    /// unstored, until the registration asks for it or this deadline passes.
-    early_code: Option<(IncomingSms, Instant)>,
-    /// When the next full presence refresh is due (while logged in).
-    next_refresh: Option<Instant>,
-    /// The numbers last subscribed to on the relay.
-    subscribed: HashSet<String>,
-    /// When a number was first subscribed to, until its presence came: messages to it
-    /// wait that long ([`NEW_CONTACT_WAIT`]) for it rather than go by SMS at once.
-    presence_asked: HashMap<String, Instant>,
-    /// When the earliest IP message waiting for its receipt is due to be revoked.
-    next_deadline: Option<Instant>,
     /// Work not done because the store failed (a full disk, an I/O error), done again
     /// from here with backoff: see [`Deferred`].
     deferred: Vec<Deferred>,
     /// When the deferred work is tried next, and the pause after that.
     deferred_at: Option<Instant>,
     deferred_pause: Duration,
-    /// Messages sent to the relay again after a login, because an earlier send's fate is
-    /// unknown: a `NotConnected` answer says only that the resend did not go, not that
-    /// the relay does not hold the message (it waits for the next login, not for SMS).
-    resent: HashSet<String>,
 }
 
 /// Work the engine could not finish because the store failed. It is kept and done again,
@@ -238,19 +216,11 @@ impl Engine {
             in_flight: None,
             next_retry: None,
             modem_refused: false,
-            relay: None,
+            ip: IpSide::new(),
             relay_events: None,
-            presence: watch::channel(PresenceView::default()).0,
-            awaiting_code: false,
-            early_code: None,
-            next_refresh: None,
-            subscribed: HashSet::new(),
-            presence_asked: HashMap::new(),
-            next_deadline: None,
             deferred: Vec::new(),
             deferred_at: None,
             deferred_pause: DEFERRED_FIRST_PAUSE,
-            resent: HashSet::new(),
         }
     }
 
@@ -260,7 +230,7 @@ impl Engine {
         commands: mpsc::Sender<RelayCommand>,
         events: mpsc::Receiver<RelayEvent>,
     ) -> Self {
-        self.relay = Some(commands);
+        self.ip.with_relay(commands);
         self.relay_events = Some(events);
         self.status.send_modify(|s| s.relay = RelayState::Offline);
         self
@@ -268,7 +238,7 @@ impl Engine {
 
     /// Contacts' presence as the engine knows it, for the API.
     pub fn presence_view(&self) -> watch::Receiver<PresenceView> {
-        self.presence.subscribe()
+        self.ip.presence_view()
     }
 
     /// Runs until told to shut down (or every command sender is gone); dropping the engine
@@ -280,7 +250,7 @@ impl Engine {
         mut modem_events: mpsc::Receiver<ModemEvent>,
     ) {
         let mut relay_events = self.relay_events.take();
-        if self.relay.is_some() {
+        if self.ip.enabled() {
             let own = self.status.borrow().own_number.clone();
             self.relay_command(RelayCommand::OwnNumber((!own.is_empty()).then_some(own)))
                 .await;
@@ -290,9 +260,9 @@ impl Engine {
         let mut modem_open = true;
         loop {
             let retry_at = self.next_retry;
-            let refresh_at = self.next_refresh;
-            let deadline_at = self.next_deadline;
-            let early_code_at = self.early_code.as_ref().map(|(_, at)| *at);
+            let refresh_at = self.ip.next_refresh;
+            let deadline_at = self.ip.next_deadline;
+            let early_code_at = self.ip.early_code_due();
             let deferred_at = self.deferred_at;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
@@ -323,12 +293,12 @@ impl Engine {
                 }
                 _ = sleep_until(early_code_at), if early_code_at.is_some() => {
                     // No registration asked for it: an ordinary message after all.
-                    if let Some((sms, _)) = self.early_code.take() {
+                    if let Some(sms) = self.ip.take_early_code() {
                         self.on_incoming(sms).await;
                     }
                 }
                 _ = sleep_until(deadline_at), if deadline_at.is_some() => {
-                    self.next_deadline = None;
+                    self.ip.next_deadline = None;
                     self.revoke_overdue().await;
                 }
                 _ = sleep_until(deferred_at), if deferred_at.is_some() => {
@@ -515,7 +485,7 @@ impl Engine {
         match stored {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
-                let new_contact = !self.subscribed.contains(&message.peer);
+                let new_contact = !self.ip.follows(&message.peer);
                 let id = message.id.clone();
                 let marked = self.announce_received(message).await;
                 self.recount().await;
@@ -839,7 +809,7 @@ impl Engine {
         let status = self.status.borrow().clone();
         let mut held_peers = HashSet::new();
         let mut next_due: Option<i64> = None;
-        let presence = self.presence.borrow().clone();
+        let presence = self.ip.presence();
         let relay_online = status.relay == RelayState::Online;
         let mut follow_new = false;
         let mut presence_due: Option<Instant> = None;
@@ -848,23 +818,19 @@ impl Engine {
             if !held_peers.insert(message.peer.clone()) {
                 continue;
             }
-            // A new contact: learn its presence first (one relay round trip), so that the
-            // first message to it can go over IP too; one just subscribed to waits for the
-            // answer, a little.
-            if relay_online
-                && presence.get(&message.peer).is_none()
-                && crate::relay::protocol::is_e164(&message.peer)
+            // A new contact: its presence first (see `IpSide::gate`).
+            match self
+                .ip
+                .gate(&message.peer, &presence, relay_online, Instant::now())
             {
-                if !self.subscribed.contains(&message.peer) {
+                PresenceGate::Route => {}
+                PresenceGate::Follow => {
                     follow_new = true;
                     continue;
                 }
-                if let Some(asked) = self.presence_asked.get(&message.peer) {
-                    let until = *asked + NEW_CONTACT_WAIT;
-                    if until > Instant::now() {
-                        presence_due = Some(presence_due.map_or(until, |d: Instant| d.min(until)));
-                        continue;
-                    }
+                PresenceGate::WaitUntil(until) => {
+                    presence_due = Some(presence_due.map_or(until, |d: Instant| d.min(until)));
+                    continue;
                 }
             }
             // On its way (an SMS in flight, or on the relay): the peer's later messages
@@ -882,16 +848,14 @@ impl Engine {
                     Some(next_due.map_or(entry.next_attempt_ms, |d| d.min(entry.next_attempt_ms)));
                 continue;
             }
-            let peer = presence.get(&message.peer);
-            let facts = Facts {
-                requested: entry.requested,
-                relay: status.relay,
-                presence: peer.map_or(Presence::Offline, |p| p.presence),
-                peer_registered: peer.map(|p| p.registered),
-                modem: status.modem,
-                sms_parts: sms_text::estimate(&message.text).segments,
-                max_parts: self.config.max_parts,
-            };
+            let facts = routing_facts(
+                entry.requested,
+                &status,
+                &presence,
+                &message.peer,
+                &message.text,
+                self.config.max_parts,
+            );
             match router::route(&facts) {
                 // One SMS at a time (so they leave in order); the modem said "not ready".
                 Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
