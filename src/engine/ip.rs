@@ -961,4 +961,353 @@ mod tests {
         );
         assert_eq!(code_in("no placeholder", "no placeholder"), None);
     }
+
+    const BOB: &str = "+15550002222";
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn pending(
+        requested: ChannelRequest,
+        stage: RelayStage,
+        deadline_ms: Option<i64>,
+    ) -> RelayPending {
+        RelayPending {
+            message: Message {
+                id: "m1".into(),
+                peer: BOB.into(),
+                direction: crate::domain::Direction::Outgoing,
+                text: "hi".into(),
+                channel: None,
+                status: Status::Sending,
+                timestamp_ms: 1,
+                read: true,
+                error: None,
+            },
+            requested,
+            stage,
+            deadline_ms,
+        }
+    }
+
+    fn accepted(state: Placement) -> SendAnswer {
+        SendAnswer::Accepted {
+            state,
+            duplicate: false,
+        }
+    }
+
+    #[test]
+    fn what_an_answer_to_a_send_means() {
+        use ChannelRequest::{Auto, Ip};
+        use RelayStage::{Accepted, Sent};
+        let leave = |why: &str| IpStep::Leave(why.into());
+        let refused = SendAnswer::Refused {
+            reason: crate::relay::client::Refusal::RecipientUnregistered,
+            message: "not here".into(),
+        };
+        // (requested, stage, deadline, fits SMS, resent, answer) -> step
+        let rows = [
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                accepted(Placement::Online),
+                IpStep::Sent {
+                    deadline_ms: Some(1000 + 60_000),
+                },
+            ),
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                accepted(Placement::Queued),
+                IpStep::Sent {
+                    deadline_ms: Some(1000 + 60_000),
+                },
+            ),
+            // Too long for SMS, or asked for IP: no fallback, so no deadline.
+            (
+                Auto,
+                Sent,
+                None,
+                false,
+                false,
+                accepted(Placement::Online),
+                IpStep::Sent { deadline_ms: None },
+            ),
+            (
+                Ip,
+                Sent,
+                None,
+                true,
+                false,
+                accepted(Placement::Online),
+                IpStep::Sent { deadline_ms: None },
+            ),
+            // Asked again after a login: the deadline it had stands.
+            (
+                Auto,
+                Accepted,
+                Some(5),
+                true,
+                true,
+                accepted(Placement::Queued),
+                IpStep::Sent {
+                    deadline_ms: Some(5),
+                },
+            ),
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                accepted(Placement::Delivered),
+                IpStep::Delivered,
+            ),
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                accepted(Placement::Revoked),
+                leave("the relay will not deliver it"),
+            ),
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                accepted(Placement::Expired),
+                leave("the relay will not deliver it"),
+            ),
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                refused.clone(),
+                leave("the relay refused it: not here"),
+            ),
+            (
+                Ip,
+                Sent,
+                None,
+                true,
+                false,
+                refused,
+                leave("the relay refused it: not here"),
+            ),
+            // Never sent: by SMS at once, or back to the outbox when IP was asked for.
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                SendAnswer::NotConnected,
+                leave("the relay is not reachable"),
+            ),
+            (
+                Ip,
+                Sent,
+                None,
+                true,
+                false,
+                SendAnswer::NotConnected,
+                IpStep::Requeue,
+            ),
+            // A resend that did not go says nothing of the first send: wait for the login.
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                true,
+                SendAnswer::NotConnected,
+                IpStep::Nothing,
+            ),
+            // Its fate is unknown: never by SMS before the relay's answer.
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                false,
+                SendAnswer::Lost,
+                IpStep::Nothing,
+            ),
+            (
+                Auto,
+                Sent,
+                None,
+                true,
+                true,
+                SendAnswer::Lost,
+                IpStep::Nothing,
+            ),
+        ];
+        for (requested, stage, deadline, fits, resent, answer, expected) in rows {
+            let mut ip = IpSide::new();
+            let entry = pending(requested, stage, deadline);
+            if resent {
+                ip.resent.insert("m1".into());
+            }
+            let step = ip.send_answer(Some(&entry), &answer, fits, MIN, 1000);
+            assert_eq!(step, expected, "{requested:?} {stage:?} {answer:?}");
+        }
+        // No longer on the relay: nothing.
+        let step = IpSide::new().send_answer(None, &SendAnswer::Lost, true, MIN, 0);
+        assert_eq!(step, IpStep::Nothing);
+    }
+
+    #[test]
+    fn what_receipts_and_revokes_mean() {
+        assert_eq!(IpSide::receipt(Delivery::Delivered), IpStep::Delivered);
+        assert_eq!(
+            IpSide::receipt(Delivery::Expired),
+            IpStep::Leave("it expired on the relay".into())
+        );
+        for (outcome, expected) in [
+            (
+                Some(Revocation::Revoked),
+                IpStep::Leave("no receipt in time".into()),
+            ),
+            (Some(Revocation::AlreadyDelivered), IpStep::Delivered),
+            (None, IpStep::Nothing),
+        ] {
+            assert_eq!(IpSide::revoke_answer("m1", outcome), expected);
+        }
+    }
+
+    #[test]
+    fn after_a_login_what_was_not_answered_is_asked_again() {
+        use RelayStage::{Accepted, Revoking, Sent};
+        let rows = [
+            (Sent, None, Some("send")),
+            (Revoking, Some(5), Some("revoke")),
+            // Its receipt may be lost: without a deadline, nothing else would ask.
+            (Accepted, None, Some("send")),
+            // With one, the revoke at the deadline tells.
+            (Accepted, Some(5), None),
+        ];
+        for (stage, deadline, expected) in rows {
+            let mut ip = IpSide::new();
+            let commands = ip.resume(vec![pending(ChannelRequest::Auto, stage, deadline)]);
+            let got = commands.first().map(|c| match c {
+                RelayCommand::Send { .. } => "send",
+                RelayCommand::Revoke { .. } => "revoke",
+                _ => "other",
+            });
+            assert_eq!(got, expected, "{stage:?} {deadline:?}");
+            assert!(commands.len() <= 1);
+            // A resent send is remembered as such (its `NotConnected` then says nothing).
+            assert_eq!(ip.resent.contains("m1"), stage == Sent);
+        }
+    }
+
+    #[test]
+    fn deadlines_and_overdue_messages() {
+        let now = Instant::now();
+        let list = vec![
+            pending(ChannelRequest::Auto, RelayStage::Accepted, Some(3000)),
+            pending(ChannelRequest::Auto, RelayStage::Accepted, Some(1500)),
+            pending(ChannelRequest::Auto, RelayStage::Sent, Some(100)),
+        ];
+        assert_eq!(
+            earliest_deadline(&list, 1000, now),
+            Some(now + Duration::from_millis(500))
+        );
+        assert_eq!(overdue(list.clone(), 1499), Vec::<String>::new());
+        assert_eq!(overdue(list, 1500), ["m1"]);
+    }
+
+    #[test]
+    fn a_new_contact_is_followed_before_its_first_message_is_routed() {
+        let now = Instant::now();
+        let mut ip = IpSide::new();
+        let empty = PresenceView::default();
+        // (relay online, peer) -> gate, before following BOB
+        assert_eq!(ip.gate(BOB, &empty, true, now), PresenceGate::Follow);
+        assert_eq!(ip.gate(BOB, &empty, false, now), PresenceGate::Route);
+        assert_eq!(ip.gate("12345", &empty, true, now), PresenceGate::Route);
+        let subscribe = ip.follow(vec![BOB.into(), "ACME".into()], now);
+        assert_eq!(
+            subscribe,
+            RelayCommand::Subscribe {
+                numbers: vec![Peer::from(BOB)]
+            }
+        );
+        assert_eq!(
+            ip.gate(BOB, &empty, true, now),
+            PresenceGate::WaitUntil(now + NEW_CONTACT_WAIT)
+        );
+        assert_eq!(
+            ip.gate(BOB, &empty, true, now + NEW_CONTACT_WAIT),
+            PresenceGate::Route
+        );
+        let (records, changes) = ip.apply_presence(
+            vec![PresenceReport {
+                peer: Peer::from(BOB),
+                registered: true,
+                presence: Presence::Online,
+            }],
+            true,
+            7,
+        );
+        assert_eq!(records.len(), 1);
+        assert_eq!(changes, [(BOB.to_owned(), Presence::Online)]);
+        assert_eq!(ip.gate(BOB, &ip.presence(), true, now), PresenceGate::Route);
+        assert_eq!(
+            ip.forget_presence(),
+            Some(vec![(BOB.to_owned(), Presence::Offline)])
+        );
+        assert_eq!(ip.forget_presence(), None);
+    }
+
+    #[test]
+    fn the_code_sms_is_taken_out_of_the_sms_path() {
+        let pattern = "Tandem code: {code}";
+        let sms = |path: &str, text: &str, ts: i64| IncomingSms {
+            path: OwnedObjectPath::try_from(path).expect("path"),
+            number: "+15550009999".into(),
+            text: text.into(),
+            smsc_timestamp: String::new(),
+            timestamp_ms: Some(ts),
+        };
+        let now = Instant::now();
+        let (tx, _rx) = mpsc::channel(1);
+        let mut ip = IpSide::new();
+        // No relay: an ordinary SMS.
+        let got = ip.code_sms(sms("/s/1", "Tandem code: 123456", 1), pattern, false, now);
+        assert!(matches!(got, CodeSms::Ordinary(_)));
+        ip.with_relay(tx);
+        assert!(matches!(
+            ip.code_sms(sms("/s/1", "hello", 1), pattern, false, now),
+            CodeSms::Ordinary(_)
+        ));
+        // Before the registration asks: kept aside; a newer one voids it.
+        let got = ip.code_sms(sms("/s/1", "Tandem code: 111111", 1), pattern, false, now);
+        assert!(matches!(got, CodeSms::KeptAside { delete: None }));
+        let got = ip.code_sms(sms("/s/2", "Tandem code: 222222", 2), pattern, false, now);
+        assert!(matches!(got, CodeSms::KeptAside { delete: Some(ref p) } if p.as_str() == "/s/1"));
+        assert_eq!(ip.early_code_due(), Some(now + EARLY_CODE_WAIT));
+        // The registration asks: the one kept aside is it.
+        let kept = ip.awaiting_code().expect("kept aside");
+        assert_eq!(kept.path.as_str(), "/s/2");
+        let got = ip.code_sms(kept, pattern, false, now);
+        assert!(matches!(got, CodeSms::ToRelay { ref code, .. } if code == "222222"));
+        // Logged in: an ordinary SMS again.
+        assert!(ip.logged_in().is_none());
+        assert!(matches!(
+            ip.code_sms(sms("/s/3", "Tandem code: 333333", 3), pattern, true, now),
+            CodeSms::Ordinary(_)
+        ));
+    }
 }
