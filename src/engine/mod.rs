@@ -16,7 +16,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::domain::{
-    Channel, Message, MessageId, ModemState, Peer, Presence, RelayState, Status, now_ms,
+    Channel, ChannelRequest, Message, MessageId, ModemState, Peer, Presence, RelayState, Status,
+    now_ms,
 };
 use crate::modem::{
     IncomingSms, ModemCommand, ModemEvent, SendFailure, SendOutcome, SmsObject, StatusReport,
@@ -856,29 +857,13 @@ impl Engine {
                 &message.text,
                 self.config.max_parts,
             );
-            match router::route(&facts) {
-                // One SMS at a time (so they leave in order); the modem said "not ready".
-                Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
-                Route::Sms => {
-                    // First the object; it is recorded (and the message marked `sending`)
-                    // before it is sent: see `on_created`.
-                    self.in_flight = Some(message.id.clone());
-                    self.command(ModemCommand::Create {
-                        id: message.id,
-                        number: message.peer,
-                        text: message.text,
-                        delivery_report: entry.delivery_report,
-                    })
-                    .await;
-                }
-                Route::Fail(reason) => {
-                    held_peers.remove(&message.peer);
-                    self.set_status(&message.id, Status::Failed, None, Some(reason))
-                        .await;
-                }
-                Route::Ip => self.send_ip(message, entry.requested).await,
-                // Holds this peer's later messages; others may still go.
-                Route::Wait(Waiting::Relay | Waiting::Modem) => {}
+            let peer = message.peer.clone();
+            let route = router::route(&facts);
+            if !self
+                .dispatch(message, entry.requested, entry.delivery_report, route)
+                .await
+            {
+                held_peers.remove(&peer);
             }
         }
         self.next_retry = next_due.map(|due| {
@@ -893,6 +878,42 @@ impl Engine {
         if let Some(due) = presence_due {
             self.next_retry = Some(self.next_retry.map_or(due, |at| at.min(due)));
         }
+    }
+
+    /// Carries out the router's choice for one message of the outbox; `false` when the
+    /// peer's later messages need not wait behind it (it failed).
+    async fn dispatch(
+        &mut self,
+        message: Message,
+        requested: ChannelRequest,
+        delivery_report: bool,
+        route: Route,
+    ) -> bool {
+        match route {
+            // One SMS at a time (so they leave in order); the modem said "not ready".
+            Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
+            Route::Sms => {
+                // First the object; it is recorded (and the message marked `sending`)
+                // before it is sent: see `on_created`.
+                self.in_flight = Some(message.id.clone());
+                self.command(ModemCommand::Create {
+                    id: message.id,
+                    number: message.peer,
+                    text: message.text,
+                    delivery_report,
+                })
+                .await;
+            }
+            Route::Fail(reason) => {
+                self.set_status(&message.id, Status::Failed, None, Some(reason))
+                    .await;
+                return false;
+            }
+            Route::Ip => self.send_ip(message, requested).await,
+            // Holds this peer's later messages; others may still go.
+            Route::Wait(Waiting::Relay | Waiting::Modem) => {}
+        }
+        true
     }
 
     /// Stores a status change and announces it; a message deleted meanwhile is skipped.
