@@ -4,7 +4,8 @@
 //! A thin layer: it converts and validates arguments, reads from the store, hands work to
 //! the engine over a channel, and converts results back. It owns no state of its own: the
 //! properties come from the engine's [`DaemonStatus`] watch, the signals from the engine's
-//! [`Event`] channel (see [`publish`]). Only this module and `modem` know zbus.
+//! [`Event`] channel (see [`publish`]). Which modules speak D-Bus is listed in
+//! ARCHITECTURE.md's invariants; the engine and the relay client do not.
 
 use std::collections::{HashMap, HashSet};
 
