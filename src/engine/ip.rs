@@ -301,16 +301,12 @@ impl IpSide {
         }
     }
 
-    /// Takes what the relay said of some numbers into the view: the records for the
-    /// store's cache and every number whose presence changed. A snapshot is the whole
-    /// truth: numbers it does not list are no longer followed.
-    pub(super) fn apply_presence(
-        &mut self,
+    /// What the relay said of some numbers, as records for the store's cache.
+    pub(super) fn presence_records(
         entries: Vec<PresenceReport>,
-        snapshot: bool,
         now_ms: i64,
-    ) -> (Vec<PresenceRecord>, Vec<(String, Presence)>) {
-        let records: Vec<PresenceRecord> = entries
+    ) -> Vec<PresenceRecord> {
+        entries
             .into_iter()
             .map(|e| PresenceRecord {
                 number: String::from(e.peer),
@@ -318,8 +314,18 @@ impl IpSide {
                 presence: e.presence,
                 updated_ms: now_ms,
             })
-            .collect();
-        for r in &records {
+            .collect()
+    }
+
+    /// Takes what the relay said of some numbers into the view: every number whose
+    /// presence changed. A snapshot is the whole truth: numbers it does not list are no
+    /// longer followed.
+    pub(super) fn apply_presence(
+        &mut self,
+        records: &[PresenceRecord],
+        snapshot: bool,
+    ) -> Vec<(String, Presence)> {
+        for r in records {
             if snapshot {
                 // The relay answers for these: they are followed.
                 self.subscribed.insert(r.number.clone());
@@ -332,15 +338,14 @@ impl IpSide {
         } else {
             (*before).clone()
         };
-        for r in &records {
+        for r in records {
             let known = PeerPresence {
                 presence: r.presence,
                 registered: r.registered,
             };
             view.insert(r.number.clone(), known);
         }
-        let changes = self.publish(&before, view);
-        (records, changes)
+        self.publish(&before, view)
     }
 
     /// Not logged in any more: what we knew of others holds no longer (offline until
@@ -725,13 +730,16 @@ impl Engine {
         }
     }
 
-    /// Takes what the relay said of some numbers: into the view, into the store's cache,
-    /// and a `PresenceChanged` for each change.
+    /// Takes what the relay said of some numbers: into the store's cache, then into the
+    /// view and a `PresenceChanged` for each change (with no wait between the two, so
+    /// that the API never shows a presence whose signal is still to come).
     async fn apply_presence(&mut self, entries: Vec<PresenceReport>, snapshot: bool) {
-        let (records, changes) = self.ip.apply_presence(entries, snapshot, now_ms());
-        if let Err(e) = self.store.call(move |s| s.set_presence(&records)).await {
+        let records = IpSide::presence_records(entries, now_ms());
+        let cached = records.clone();
+        if let Err(e) = self.store.call(move |s| s.set_presence(&cached)).await {
             warn!(cause = %e, "cannot cache presence");
         }
+        let changes = self.ip.apply_presence(&records, snapshot);
         self.presence_changed(changes).await;
     }
 
@@ -1252,16 +1260,16 @@ mod tests {
             ip.gate(BOB, &empty, true, now + NEW_CONTACT_WAIT),
             PresenceGate::Route
         );
-        let (records, changes) = ip.apply_presence(
+        let records = IpSide::presence_records(
             vec![PresenceReport {
                 peer: Peer::from(BOB),
                 registered: true,
                 presence: Presence::Online,
             }],
-            true,
             7,
         );
         assert_eq!(records.len(), 1);
+        let changes = ip.apply_presence(&records, true);
         assert_eq!(changes, [(BOB.to_owned(), Presence::Online)]);
         assert_eq!(ip.gate(BOB, &ip.presence(), true, now), PresenceGate::Route);
         assert_eq!(
