@@ -14,7 +14,9 @@
 //! holds a rate-limited one (and every later one, so that the order stays) and writes them
 //! again, in order, after `retry_after_ms`.
 //! Must not: read a clock, touch a socket, a file or a channel, or interpret messages
-//! (the engine does). The shell (`task`) does all of that.
+//! (the engine does). The shell (`task`) does the I/O. (The backoff's jitter comes from
+//! the system's random source: the one thing the tables cannot fix, so they never
+//! assert a delay, only what happens when it has passed.)
 
 use std::collections::VecDeque;
 use std::fmt;
