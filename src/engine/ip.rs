@@ -81,7 +81,7 @@ pub fn code_in(pattern: &str, text: &str) -> Option<String> {
         .trim()
         .strip_prefix(before.trim_start())?
         .strip_suffix(after.trim_end())?;
-    (code.len() == crate::relay::protocol::CODE_DIGITS && code.bytes().all(|b| b.is_ascii_digit()))
+    (code.len() == crate::relay::client::CODE_DIGITS && code.bytes().all(|b| b.is_ascii_digit()))
         .then(|| code.to_owned())
 }
 

@@ -33,9 +33,10 @@ use super::{
 };
 use crate::domain::{MessageId, Peer, Presence, RelayState};
 use crate::net::Connectivity;
+use crate::number::is_e164;
 use crate::relay::protocol::{
     ClientFrame, ConfirmOutcome, ErrorCode, ErrorFrame, Limits, PROTOCOL_VERSION, PresenceEntry,
-    PresenceState, ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, encode, is_e164,
+    PresenceState, ReceiptOutcome, RevokeOutcome, SendState, ServerFrame, encode,
 };
 
 /// Dead-connection timeout until `welcome` tells the relay's (the protocol's default).

@@ -70,6 +70,8 @@ use tokio::sync::mpsc;
 use crate::domain::{MessageId, Peer, Presence, RelayState};
 pub use crate::logind::Sleep;
 use crate::net::ConnectivityWatch;
+/// How many digits a registration code has (what the engine looks for in a code SMS).
+pub use crate::relay::protocol::CODE_DIGITS;
 pub use dial::{DialError, tls_with_roots};
 pub use token::{TokenError, make_private as make_token_private};
 

@@ -30,7 +30,8 @@ use super::token;
 use super::{ClientConfig, RelayCommand, RelayEvent};
 use crate::logind::Sleep;
 use crate::net::{Connectivity, ConnectivityWatch};
-use crate::relay::protocol::{decode_server, is_e164};
+use crate::number::is_e164;
+use crate::relay::protocol::decode_server;
 
 /// Bound of one connection attempt: TCP, TLS and the WebSocket handshake.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
