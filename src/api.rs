@@ -5,8 +5,9 @@
 //! A thin layer: it converts and validates arguments, reads from the store, hands work to
 //! the engine over a channel, and converts results back. It owns no state of its own: the
 //! properties come from the engine's [`DaemonStatus`] watch, the signals from the engine's
-//! [`Event`] channel (see [`publish`]). The session bus is known here only; the system bus
-//! is the adapters' (`modem`, `logind`, NetworkManager's).
+//! [`Event`] channel (see [`publish`]). Which modules speak D-Bus is listed in
+//! ARCHITECTURE.md's invariants (checked by `tests/architecture.rs`); the engine and the
+//! relay client do not.
 
 use std::collections::{HashMap, HashSet};
 
@@ -17,8 +18,8 @@ use zbus::object_server::SignalEmitter;
 use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
-use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView};
-use crate::router::{self, Facts, Refusal};
+use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView, routing_facts};
+use crate::router::{self, Refusal};
 use crate::store::{DELETE_BATCH, MAX_SEARCH_BYTES, NewOutgoing, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
@@ -375,15 +376,14 @@ impl Messages {
         }
         self.check_text(text)?;
         let status = self.status.borrow().clone();
-        let facts = Facts {
-            requested: options.channel,
-            relay: status.relay,
-            presence: self.presence_of(&peer),
-            peer_registered: None,
-            modem: status.modem,
-            sms_parts: sms_text::estimate(text).segments,
-            max_parts: self.config.max_parts,
-        };
+        let facts = routing_facts(
+            options.channel,
+            &status,
+            &self.presence.borrow(),
+            &peer,
+            text,
+            self.config.max_parts,
+        );
         match router::refuse_at_once(&facts) {
             Some(Refusal::Unavailable(why)) => return Err(ApiError::Unavailable(why)),
             Some(Refusal::InvalidArgument(why)) => return Err(ApiError::InvalidArgument(why)),

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
@@ -15,6 +16,7 @@ use crate::config::Config;
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
+use crate::net;
 use crate::notifier::Notifier;
 use crate::relay::{
     self,
@@ -77,14 +79,6 @@ pub async fn run(
         source,
     })?;
     let store = StoreHandle::spawn(store);
-    // The relay's device token lives next to the database; private whatever it was.
-    let token_path = db_path
-        .parent()
-        .unwrap_or_else(|| Path::new("."))
-        .join("relay-token");
-    if let Err(e) = relay::client::make_token_private(&token_path) {
-        warn!(cause = %e, "the relay token file may be readable by others");
-    }
 
     let (engine_tx, engine_rx) = mpsc::channel(64);
     let (modem_cmd_tx, modem_cmd_rx) = mpsc::channel(64);
@@ -97,64 +91,25 @@ pub async fn run(
         .await
         .map_err(DaemonError::SessionBus)?;
     let notifier = Notifier::spawn(config.notifications.enabled);
-    let mut engine = Engine::new(
-        EngineConfig {
-            default_region: config.default_region.clone(),
-            own_number: config.own_number.clone(),
-            delete_received: config.sms.delete_received,
-            delete_sent: config.sms.delete_sent,
-            max_parts: config.sms.max_parts,
-            max_attempts: config.sms.max_attempts,
-            send_timeout: Duration::from_secs(config.sms.send_timeout_s.into()),
-            code_pattern: config.relay.code_pattern.clone(),
-            presence_refresh: config.relay.presence_refresh(),
-            fallback_timeout: config.relay.fallback_timeout(),
-        },
+    let engine = Engine::new(
+        engine_config(&config),
         store.clone(),
         modem_cmd_tx,
         events_tx,
         status_tx,
         notifier,
     );
-    // The IP channel, when a relay is configured: its client is a task like the modem
-    // adapter, with the device token next to the database. It starts once the bus name
-    // is ours: a second daemon must not log in and take the first one's session.
-    let mut relay_client = None;
-    if let Some(url) = config.relay.url.clone() {
-        let (relay_cmd_tx, relay_cmd_rx) = mpsc::channel(64);
-        let (relay_ev_tx, relay_ev_rx) = mpsc::channel(64);
-        engine = engine.with_relay(relay_cmd_tx, relay_ev_rx);
-        let client = ClientConfig {
-            url,
-            token_path,
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-        };
-        relay_client = Some((client, relay_cmd_rx, relay_ev_tx));
-    }
+    // The IP channel, when a relay is configured. Its client starts once the bus name is
+    // ours: a second daemon must not log in and take the first one's session.
+    let (engine, relay_client) = with_relay(engine, &config, db_path);
     let messages = Messages::new(
         store,
         engine_tx.clone(),
         status_rx.clone(),
         engine.presence_view(),
-        ApiConfig {
-            default_region: config.default_region.clone(),
-            delivery_reports: config.sms.delivery_reports,
-            max_text_chars: config.sms.max_text_chars as usize,
-            max_parts: config.sms.max_parts,
-        },
+        api_config(&config),
     );
-    let name_lost = api::serve(&session, messages)
-        .await
-        .map_err(|source| match source {
-            zbus::Error::NameTaken => DaemonError::NameTaken {
-                name: api::BUS_NAME,
-            },
-            source => DaemonError::Name {
-                name: api::BUS_NAME,
-                source,
-            },
-        })?;
+    let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
     info!(name = api::BUS_NAME, "serving on the session bus");
     let relay_task = relay_client.map(|(client, commands, events)| {
         tokio::spawn(run_relay(client, buses.system.clone(), commands, events))
@@ -163,7 +118,7 @@ pub async fn run(
     let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
     let modem_config = ModemConfig {
-        modem: config.sms.modem.clone(),
+        modem: config.sms.modem,
     };
     let modem = tokio::spawn(run_modem(
         modem_config,
@@ -184,10 +139,52 @@ pub async fn run(
     // the modem adapter and the publisher running.
     let _ = session.release_name(api::BUS_NAME).await;
     let _ = engine_tx.send(EngineCmd::Shutdown).await;
+    join(engine, modem, relay_task, publisher).await;
+    if lost {
+        return Err(DaemonError::NameLost {
+            name: api::BUS_NAME,
+        });
+    }
+    Ok(())
+}
+
+/// The engine's part of the configuration.
+fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        default_region: config.default_region.clone(),
+        own_number: config.own_number.clone(),
+        delete_received: config.sms.delete_received,
+        delete_sent: config.sms.delete_sent,
+        max_parts: config.sms.max_parts,
+        max_attempts: config.sms.max_attempts,
+        send_timeout: Duration::from_secs(config.sms.send_timeout_s.into()),
+        code_pattern: config.relay.code_pattern.clone(),
+        presence_refresh: config.relay.presence_refresh(),
+        fallback_timeout: config.relay.fallback_timeout(),
+    }
+}
+
+/// The API's part of the configuration.
+fn api_config(config: &Config) -> ApiConfig {
+    ApiConfig {
+        default_region: config.default_region.clone(),
+        delivery_reports: config.sms.delivery_reports,
+        max_text_chars: config.sms.max_text_chars as usize,
+        max_parts: config.sms.max_parts,
+    }
+}
+
+/// Waits for the tasks to end, at most [`SHUTDOWN_GRACE`].
+async fn join(
+    engine: JoinHandle<()>,
+    modem: JoinHandle<()>,
+    relay: Option<JoinHandle<()>>,
+    publisher: JoinHandle<zbus::Result<()>>,
+) {
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = engine.await;
         let _ = modem.await;
-        if let Some(relay) = relay_task {
+        if let Some(relay) = relay {
             let _ = relay.await;
         }
         let _ = publisher.await;
@@ -196,12 +193,56 @@ pub async fn run(
     if stopped.is_err() {
         warn!("tasks did not stop in time");
     }
-    if lost {
-        return Err(DaemonError::NameLost {
-            name: api::BUS_NAME,
-        });
+}
+
+/// The relay client's half of the IP channel: its configuration and channels.
+type RelayHalf = (
+    ClientConfig,
+    mpsc::Receiver<RelayCommand>,
+    mpsc::Sender<RelayEvent>,
+);
+
+/// Gives the engine a relay client when a relay is configured (a task like the modem
+/// adapter, with the device token next to the database): the client's half.
+fn with_relay(engine: Engine, config: &Config, db_path: &Path) -> (Engine, Option<RelayHalf>) {
+    let Some(client) = relay_config(config, db_path) else {
+        return (engine, None);
+    };
+    let (relay_cmd_tx, relay_cmd_rx) = mpsc::channel(64);
+    let (relay_ev_tx, relay_ev_rx) = mpsc::channel(64);
+    let engine = engine.with_relay(relay_cmd_tx, relay_ev_rx);
+    (engine, Some((client, relay_cmd_rx, relay_ev_tx)))
+}
+
+/// The relay client's configuration, when a relay is configured. The device token lives
+/// next to the database; it is made private, whatever it was.
+fn relay_config(config: &Config, db_path: &Path) -> Option<ClientConfig> {
+    let token_path = db_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("relay-token");
+    if let Err(e) = relay::client::make_token_private(&token_path) {
+        warn!(cause = %e, "the relay token file may be readable by others");
     }
-    Ok(())
+    Some(ClientConfig {
+        url: config.relay.url.clone()?,
+        token_path,
+        min_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(300),
+    })
+}
+
+/// Why the bus name could not be ours.
+fn name_error(source: zbus::Error) -> DaemonError {
+    match source {
+        zbus::Error::NameTaken => DaemonError::NameTaken {
+            name: api::BUS_NAME,
+        },
+        source => DaemonError::Name {
+            name: api::BUS_NAME,
+            source,
+        },
+    }
 }
 
 /// Completes on SIGTERM (systemd's stop) or SIGINT (Ctrl-C): the shutdown trigger of the
@@ -224,8 +265,9 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the relay client, following NetworkManager and logind on the system bus when it
-/// can: the session is closed before the system sleeps and opened again when it wakes.
+/// Runs the relay client with the adapters it follows on the system bus when there is
+/// one: the network (`net`, NetworkManager) and the system's sleep (`logind`): the
+/// session is closed before the system sleeps and opened again when it wakes.
 async fn run_relay(
     config: ClientConfig,
     system: Option<String>,
@@ -237,9 +279,12 @@ async fn run_relay(
     };
     let (sleep_tx, sleep_rx) = mpsc::channel(4);
     let logind = tokio::spawn(logind::run(system.clone(), sleep_tx));
-    relay::client::run_with_sleep(config, commands, events, Some(system), sleep_rx).await;
+    let (net_tx, net_rx) = watch::channel(None);
+    let network = tokio::spawn(net::run(system, net_tx));
+    relay::client::run_with_sleep(config, commands, events, Some(net_rx), sleep_rx).await;
     // Its lock goes with it.
     logind.abort();
+    network.abort();
 }
 
 /// Connects to the system bus (retrying while it is not there) and runs the adapter.

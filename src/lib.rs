@@ -10,6 +10,7 @@
 //! - [`modem`]: the ModemManager adapter (system bus), a task behind two channels.
 //! - [`logging`]: the one logging set-up of the binaries (journal under systemd, else stderr).
 //! - [`logind`]: the system's sleep (logind, system bus): closes the relay session before.
+//! - [`net`]: the network's state (NetworkManager, system bus), for the relay client.
 //! - [`notifier`]: desktop notifications, a task that can never block a message.
 //! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
@@ -34,6 +35,7 @@ pub mod logging;
 pub mod logind;
 pub mod mmsim;
 pub mod modem;
+pub mod net;
 pub mod notifier;
 pub mod number;
 pub mod relay;

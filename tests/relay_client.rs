@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use tandem::devbus::PrivateBus;
-use tandem::domain::RelayState;
+use tandem::domain::{Presence, RelayState};
 use tandem::relay::client::{
-    ClientConfig, ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, ReceiptOutcome,
-    RelayCommand, RelayEvent, RevokeOutcome, SendAnswer, SendState,
+    ClientConfig, Confirmation, Delivery, Placement, PresenceReport, Refusal, RelayCommand,
+    RelayEvent, Revocation, SendAnswer,
 };
 use tandem::relay::protocol::{
     ClientFrame, Limits, ServerFrame, VerifyMode, decode_client, encode,
@@ -186,11 +186,13 @@ impl Client {
     ) -> Client {
         let (commands, commands_rx) = mpsc::channel(16);
         let (events_tx, events) = mpsc::channel(16);
+        // The network's adapter, as the daemon starts it beside the client.
+        let net = system.map(tandem::net::spawn);
         let task = tokio::spawn(tandem::relay::client::run(
             config,
             commands_rx,
             events_tx,
-            system,
+            net,
         ));
         Client {
             name,
@@ -287,7 +289,7 @@ impl Client {
         .await
     }
 
-    async fn revoke_answer(&mut self, id: &str) -> Option<RevokeOutcome> {
+    async fn revoke_answer(&mut self, id: &str) -> Option<Revocation> {
         self.expect(&format!("the answer to revoke {id}"), |e| match e {
             RelayEvent::RevokeAnswer { id: got, outcome } if got == id => Some(*outcome),
             _ => None,
@@ -297,9 +299,9 @@ impl Client {
 
     async fn send(&self, id: &str, to: &str, text: &str) {
         self.cmd(RelayCommand::Send {
-            id: id.to_owned(),
-            to: to.to_owned(),
-            text: text.to_owned(),
+            id: id.into(),
+            to: to.into(),
+            text: text.into(),
             ts: 1_700_000_000_000,
         })
         .await;
@@ -334,11 +336,11 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
-fn entry(number: &str, registered: bool, state: PresenceState) -> PresenceEntry {
-    PresenceEntry {
-        number: number.to_owned(),
+fn entry(number: &str, registered: bool, presence: Presence) -> PresenceReport {
+    PresenceReport {
+        peer: number.into(),
         registered,
-        state,
+        presence,
     }
 }
 
@@ -631,7 +633,7 @@ async fn messages_receipts_and_revokes() {
     assert_eq!(
         alice.send_answer("m1").await,
         SendAnswer::Accepted {
-            state: SendState::Online,
+            state: Placement::Online,
             duplicate: false
         }
     );
@@ -643,15 +645,15 @@ async fn messages_receipts_and_revokes() {
     assert_eq!(
         delivered,
         RelayEvent::Deliver {
-            from: ALICE.to_owned(),
-            id: "m1".to_owned(),
-            text: "hello".to_owned(),
+            from: ALICE.into(),
+            id: "m1".into(),
+            text: "hello".into(),
             ts: 1_700_000_000_000
         }
     );
     bob.cmd(RelayCommand::Ack {
-        from: ALICE.to_owned(),
-        id: "m1".to_owned(),
+        from: ALICE.into(),
+        id: "m1".into(),
     })
     .await;
     let confirm = bob
@@ -662,9 +664,9 @@ async fn messages_receipts_and_revokes() {
     assert_eq!(
         confirm,
         RelayEvent::Confirm {
-            from: ALICE.to_owned(),
-            id: "m1".to_owned(),
-            outcome: ConfirmOutcome::Delivered
+            from: ALICE.into(),
+            id: "m1".into(),
+            outcome: Confirmation::Delivered
         }
     );
     let receipt = alice
@@ -675,9 +677,9 @@ async fn messages_receipts_and_revokes() {
     assert_eq!(
         receipt,
         RelayEvent::Receipt {
-            id: "m1".to_owned(),
-            to: BOB.to_owned(),
-            outcome: ReceiptOutcome::Delivered
+            id: "m1".into(),
+            to: BOB.into(),
+            outcome: Delivery::Delivered
         }
     );
 
@@ -686,7 +688,7 @@ async fn messages_receipts_and_revokes() {
     assert_eq!(
         alice.send_answer("m1").await,
         SendAnswer::Accepted {
-            state: SendState::Delivered,
+            state: Placement::Delivered,
             duplicate: true
         }
     );
@@ -694,7 +696,7 @@ async fn messages_receipts_and_revokes() {
     assert!(matches!(
         alice.send_answer("m2").await,
         SendAnswer::Refused {
-            code: ErrorCode::RecipientUnregistered,
+            reason: Refusal::RecipientUnregistered,
             ..
         }
     ));
@@ -709,18 +711,11 @@ async fn messages_receipts_and_revokes() {
         matches!(e, RelayEvent::Deliver { id, .. } if id == "m3").then_some(())
     })
     .await;
-    alice
-        .cmd(RelayCommand::Revoke {
-            id: "m3".to_owned(),
-        })
-        .await;
-    assert_eq!(
-        alice.revoke_answer("m3").await,
-        Some(RevokeOutcome::Revoked)
-    );
+    alice.cmd(RelayCommand::Revoke { id: "m3".into() }).await;
+    assert_eq!(alice.revoke_answer("m3").await, Some(Revocation::Revoked));
     bob.cmd(RelayCommand::Ack {
-        from: ALICE.to_owned(),
-        id: "m3".to_owned(),
+        from: ALICE.into(),
+        id: "m3".into(),
     })
     .await;
     let outcome = bob
@@ -729,26 +724,18 @@ async fn messages_receipts_and_revokes() {
             _ => None,
         })
         .await;
-    assert_eq!(outcome, ConfirmOutcome::Revoked);
+    assert_eq!(outcome, Confirmation::Revoked);
 
     // Too late to revoke m1; an id never sent will never be delivered: revoked.
-    alice
-        .cmd(RelayCommand::Revoke {
-            id: "m1".to_owned(),
-        })
-        .await;
+    alice.cmd(RelayCommand::Revoke { id: "m1".into() }).await;
     assert_eq!(
         alice.revoke_answer("m1").await,
-        Some(RevokeOutcome::AlreadyDelivered)
+        Some(Revocation::AlreadyDelivered)
     );
-    alice
-        .cmd(RelayCommand::Revoke {
-            id: "never".to_owned(),
-        })
-        .await;
+    alice.cmd(RelayCommand::Revoke { id: "never".into() }).await;
     assert_eq!(
         alice.revoke_answer("never").await,
-        Some(RevokeOutcome::Revoked)
+        Some(Revocation::Revoked)
     );
 
     // Bob to Alice, the other way round.
@@ -763,18 +750,15 @@ async fn messages_receipts_and_revokes() {
                 .then_some(())
         })
         .await;
-    bob.cmd(RelayCommand::Revoke {
-        id: "b1".to_owned(),
-    })
-    .await;
-    assert_eq!(bob.revoke_answer("b1").await, Some(RevokeOutcome::Revoked));
+    bob.cmd(RelayCommand::Revoke { id: "b1".into() }).await;
+    assert_eq!(bob.revoke_answer("b1").await, Some(Revocation::Revoked));
 
     // Larger than the relay's text limit: refused here, the connection stays.
     alice.send("big", BOB, &"x".repeat(64 * 1024 + 1)).await;
     assert!(matches!(
         alice.send_answer("big").await,
         SendAnswer::Refused {
-            code: ErrorCode::TextTooLarge,
+            reason: Refusal::TextTooLarge,
             ..
         }
     ));
@@ -783,7 +767,7 @@ async fn messages_receipts_and_revokes() {
     assert!(matches!(
         alice.send_answer("escaped").await,
         SendAnswer::Refused {
-            code: ErrorCode::FrameTooLarge,
+            reason: Refusal::FrameTooLarge,
             ..
         }
     ));
@@ -862,7 +846,7 @@ async fn sends_over_the_relays_quota_wait_and_keep_their_order() {
             id: id.clone(),
         })
         .await;
-        delivered.push(id);
+        delivered.push(String::from(id));
     }
     assert_eq!(delivered, ids);
     alice.stop().await;
@@ -881,35 +865,32 @@ async fn not_logged_in_answers_at_once_and_subscribes_later() {
     assert_eq!(
         bob.next().await,
         RelayEvent::SendAnswer {
-            id: "m1".to_owned(),
+            id: "m1".into(),
             answer: SendAnswer::NotConnected
         }
     );
-    bob.cmd(RelayCommand::Revoke {
-        id: "m1".to_owned(),
-    })
-    .await;
+    bob.cmd(RelayCommand::Revoke { id: "m1".into() }).await;
     assert_eq!(
         bob.next().await,
         RelayEvent::RevokeAnswer {
-            id: "m1".to_owned(),
+            id: "m1".into(),
             outcome: None
         }
     );
     // Dropped: no answer at all.
     bob.cmd(RelayCommand::Ack {
-        from: ALICE.to_owned(),
-        id: "x".to_owned(),
+        from: ALICE.into(),
+        id: "x".into(),
     })
     .await;
     bob.cmd(RelayCommand::Typing {
-        to: ALICE.to_owned(),
+        to: ALICE.into(),
         active: true,
     })
     .await;
     // Remembered for the login.
     bob.cmd(RelayCommand::Subscribe {
-        numbers: vec![ALICE.to_owned()],
+        numbers: vec![ALICE.into()],
     })
     .await;
     bob.never(Duration::from_millis(200), "an answer", |_| true)
@@ -927,7 +908,7 @@ async fn not_logged_in_answers_at_once_and_subscribes_later() {
             _ => None,
         })
         .await;
-    assert_eq!(snapshot, [entry(ALICE, false, PresenceState::Offline)]);
+    assert_eq!(snapshot, [entry(ALICE, false, Presence::Offline)]);
     bob.stop().await;
     relay.stop().await;
 }
@@ -953,46 +934,46 @@ async fn presence_and_typing() {
     };
     alice
         .cmd(RelayCommand::Subscribe {
-            numbers: vec![BOB.to_owned(), CAROL.to_owned()],
+            numbers: vec![BOB.into(), CAROL.into()],
         })
         .await;
     assert_eq!(
         alice.expect("Snapshot", snapshot).await,
         [
-            entry(BOB, true, PresenceState::Online),
-            entry(CAROL, false, PresenceState::Offline)
+            entry(BOB, true, Presence::Online),
+            entry(CAROL, false, Presence::Offline)
         ]
     );
 
     bob.cmd(RelayCommand::Typing {
-        to: ALICE.to_owned(),
+        to: ALICE.into(),
         active: true,
     })
     .await;
     assert_eq!(
         alice.expect("typing", presence).await,
-        entry(BOB, true, PresenceState::Typing)
+        entry(BOB, true, Presence::Typing)
     );
     bob.cmd(RelayCommand::Typing {
-        to: ALICE.to_owned(),
+        to: ALICE.into(),
         active: false,
     })
     .await;
     assert_eq!(
         alice.expect("online", presence).await,
-        entry(BOB, true, PresenceState::Online)
+        entry(BOB, true, Presence::Online)
     );
 
     // Bob's daemon stops (the client hangs up), then comes back.
     bob.stop().await;
     assert_eq!(
         alice.expect("offline", presence).await,
-        entry(BOB, true, PresenceState::Offline)
+        entry(BOB, true, Presence::Offline)
     );
     let bob = online("bob again", &relay.url(), &bob_token, BOB).await;
     assert_eq!(
         alice.expect("online again", presence).await,
-        entry(BOB, true, PresenceState::Online)
+        entry(BOB, true, Presence::Online)
     );
     bob.stop().await;
     alice.stop().await;
@@ -1015,7 +996,7 @@ async fn the_relay_restarts_and_the_client_logs_in_again() {
     let mut alice = online("alice", &relay.url(), &dir.path().join("a"), ALICE).await;
     alice
         .cmd(RelayCommand::Subscribe {
-            numbers: vec![BOB.to_owned()],
+            numbers: vec![BOB.into()],
         })
         .await;
     alice
@@ -1028,11 +1009,7 @@ async fn the_relay_restarts_and_the_client_logs_in_again() {
     alice.state(RelayState::Offline).await;
     alice.send("m1", BOB, "anyone?").await;
     assert_eq!(alice.send_answer("m1").await, SendAnswer::NotConnected);
-    alice
-        .cmd(RelayCommand::Revoke {
-            id: "m1".to_owned(),
-        })
-        .await;
+    alice.cmd(RelayCommand::Revoke { id: "m1".into() }).await;
     assert_eq!(alice.revoke_answer("m1").await, None);
 
     // Same port, same database: the token still works; the subscription comes back.
@@ -1044,7 +1021,7 @@ async fn the_relay_restarts_and_the_client_logs_in_again() {
             _ => None,
         })
         .await;
-    assert_eq!(snapshot, [entry(BOB, false, PresenceState::Offline)]);
+    assert_eq!(snapshot, [entry(BOB, false, Presence::Offline)]);
     assert!(
         !alice
             .seen
@@ -1183,11 +1160,7 @@ async fn a_silent_relay_is_dead_and_owes_every_answer() {
     .await;
     let since = Instant::now();
     alice.send("m1", BOB, "hello?").await;
-    alice
-        .cmd(RelayCommand::Revoke {
-            id: "m0".to_owned(),
-        })
-        .await;
+    alice.cmd(RelayCommand::Revoke { id: "m0".into() }).await;
     assert_eq!(alice.send_answer("m1").await, SendAnswer::Lost);
     assert_eq!(alice.revoke_answer("m0").await, None);
     let waited = since.elapsed();

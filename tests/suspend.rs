@@ -632,7 +632,7 @@ async fn asleep_the_client_stays_offline_until_resumed() {
         config,
         commands_rx,
         events_tx,
-        Some(bus.connect().await),
+        Some(tandem::net::spawn(bus.connect().await)),
         sleep_rx,
     ));
     let mut client = Client {

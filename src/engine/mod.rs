@@ -8,25 +8,29 @@
 //! only writer of [`DaemonStatus`]. It knows no SQL and no D-Bus: it talks to the store
 //! through [`StoreHandle`] and to everything else through channels.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::domain::{Channel, Message, ModemState, Presence, RelayState, Status, now_ms};
+use crate::domain::{
+    Channel, ChannelRequest, Message, MessageId, ModemState, Peer, Presence, RelayState, Status,
+    now_ms,
+};
 use crate::modem::{
     IncomingSms, ModemCommand, ModemEvent, SendFailure, SendOutcome, SmsObject, StatusReport,
 };
 use crate::notifier::{Notice, Notifier};
-use crate::relay::client::{ConfirmOutcome, RelayCommand, RelayEvent};
-use crate::router::{self, Delivery, Facts, Retry, Route, Waiting};
+use crate::relay::client::{Confirmation, RelayCommand, RelayEvent};
+use crate::router::{self, Delivery, Retry, Route, Waiting};
 use crate::store::{NewIncoming, OutboxEntry, SmsAttempt, StoreError, StoreHandle};
 use crate::{number, sms_text};
 
-mod relay;
-pub use relay::{PeerPresence, PresenceView, code_in};
+mod ip;
+use ip::{IpSide, NEW_CONTACT_WAIT, PresenceGate};
+pub use ip::{PeerPresence, PresenceView, code_in, routing_facts};
 
 /// What the API asks of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +81,6 @@ pub struct Announcement {
     /// Answered once the signal has been emitted (or could not be).
     pub emitted: Option<oneshot::Sender<()>>,
 }
-
-/// How long a message to a new contact waits for the contact's presence.
-const NEW_CONTACT_WAIT: Duration = Duration::from_secs(2);
 
 /// How long the engine waits for the publisher to emit a `MessageReceived`.
 const EMIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,37 +141,17 @@ pub struct Engine {
     /// The adapter refused a send as "not ready" although our view said registered: hold
     /// the outbox until the adapter's next state report, rather than ask again in a loop.
     modem_refused: bool,
-    /// Commands to the relay client; `None` when no relay is configured.
-    relay: Option<mpsc::Sender<RelayCommand>>,
+    /// The IP side: the relay client's channel, presence, registration, and our
+    /// messages on the relay ([`IpSide`]).
+    ip: IpSide,
     /// The relay client's events, taken by [`Engine::run`].
     relay_events: Option<mpsc::Receiver<RelayEvent>>,
-    /// Contacts' presence since the current login; the engine is its only writer.
-    presence: watch::Sender<PresenceView>,
-    /// A relay registration waits for its code SMS.
-    awaiting_code: bool,
-    /// An SMS that looks like the relay's code, come before the registration said it
-    /// waits for one (the code SMS can beat the relay's `code-sent`): kept on the modem,
-    /// unstored, until the registration asks for it or this deadline passes.
-    early_code: Option<(IncomingSms, Instant)>,
-    /// When the next full presence refresh is due (while logged in).
-    next_refresh: Option<Instant>,
-    /// The numbers last subscribed to on the relay.
-    subscribed: HashSet<String>,
-    /// When a number was first subscribed to, until its presence came: messages to it
-    /// wait that long ([`NEW_CONTACT_WAIT`]) for it rather than go by SMS at once.
-    presence_asked: HashMap<String, Instant>,
-    /// When the earliest IP message waiting for its receipt is due to be revoked.
-    next_deadline: Option<Instant>,
     /// Work not done because the store failed (a full disk, an I/O error), done again
     /// from here with backoff: see [`Deferred`].
     deferred: Vec<Deferred>,
     /// When the deferred work is tried next, and the pause after that.
     deferred_at: Option<Instant>,
     deferred_pause: Duration,
-    /// Messages sent to the relay again after a login, because an earlier send's fate is
-    /// unknown: a `NotConnected` answer says only that the resend did not go, not that
-    /// the relay does not hold the message (it waits for the next login, not for SMS).
-    resent: HashSet<String>,
 }
 
 /// Work the engine could not finish because the store failed. It is kept and done again,
@@ -186,16 +167,16 @@ enum Deferred {
     Outcome { id: String, outcome: SendOutcome },
     /// An IP message the relay delivered, not held yet (so not acked).
     IpDeliver {
-        from: String,
-        id: String,
+        from: Peer,
+        id: MessageId,
         text: String,
         ts: i64,
     },
     /// The relay's `confirm` of an IP message, not applied yet.
     IpConfirm {
-        from: String,
-        id: String,
-        outcome: ConfirmOutcome,
+        from: Peer,
+        id: MessageId,
+        outcome: Confirmation,
     },
     /// An incoming message announced but not marked so: marked before anything else
     /// (and only then deleted from the modem), or it would be announced again at start.
@@ -236,19 +217,11 @@ impl Engine {
             in_flight: None,
             next_retry: None,
             modem_refused: false,
-            relay: None,
+            ip: IpSide::new(),
             relay_events: None,
-            presence: watch::channel(PresenceView::default()).0,
-            awaiting_code: false,
-            early_code: None,
-            next_refresh: None,
-            subscribed: HashSet::new(),
-            presence_asked: HashMap::new(),
-            next_deadline: None,
             deferred: Vec::new(),
             deferred_at: None,
             deferred_pause: DEFERRED_FIRST_PAUSE,
-            resent: HashSet::new(),
         }
     }
 
@@ -258,7 +231,7 @@ impl Engine {
         commands: mpsc::Sender<RelayCommand>,
         events: mpsc::Receiver<RelayEvent>,
     ) -> Self {
-        self.relay = Some(commands);
+        self.ip.with_relay(commands);
         self.relay_events = Some(events);
         self.status.send_modify(|s| s.relay = RelayState::Offline);
         self
@@ -266,7 +239,7 @@ impl Engine {
 
     /// Contacts' presence as the engine knows it, for the API.
     pub fn presence_view(&self) -> watch::Receiver<PresenceView> {
-        self.presence.subscribe()
+        self.ip.presence_view()
     }
 
     /// Runs until told to shut down (or every command sender is gone); dropping the engine
@@ -278,7 +251,7 @@ impl Engine {
         mut modem_events: mpsc::Receiver<ModemEvent>,
     ) {
         let mut relay_events = self.relay_events.take();
-        if self.relay.is_some() {
+        if self.ip.enabled() {
             let own = self.status.borrow().own_number.clone();
             self.relay_command(RelayCommand::OwnNumber((!own.is_empty()).then_some(own)))
                 .await;
@@ -288,9 +261,9 @@ impl Engine {
         let mut modem_open = true;
         loop {
             let retry_at = self.next_retry;
-            let refresh_at = self.next_refresh;
-            let deadline_at = self.next_deadline;
-            let early_code_at = self.early_code.as_ref().map(|(_, at)| *at);
+            let refresh_at = self.ip.next_refresh;
+            let deadline_at = self.ip.next_deadline;
+            let early_code_at = self.ip.early_code_due();
             let deferred_at = self.deferred_at;
             tokio::select! {
                 cmd = commands.recv() => match cmd {
@@ -298,7 +271,8 @@ impl Engine {
                     Some(EngineCmd::Recount) => self.recount().await,
                     Some(EngineCmd::Followed) => self.subscribe_followed().await,
                     Some(EngineCmd::Typing { peer, active }) => {
-                        self.relay_command(RelayCommand::Typing { to: peer, active }).await
+                        let to = Peer::from(peer);
+                        self.relay_command(RelayCommand::Typing { to, active }).await
                     }
                     Some(EngineCmd::Shutdown) | None => break,
                 },
@@ -320,12 +294,12 @@ impl Engine {
                 }
                 _ = sleep_until(early_code_at), if early_code_at.is_some() => {
                     // No registration asked for it: an ordinary message after all.
-                    if let Some((sms, _)) = self.early_code.take() {
+                    if let Some(sms) = self.ip.take_early_code() {
                         self.on_incoming(sms).await;
                     }
                 }
                 _ = sleep_until(deadline_at), if deadline_at.is_some() => {
-                    self.next_deadline = None;
+                    self.ip.next_deadline = None;
                     self.revoke_overdue().await;
                 }
                 _ = sleep_until(deferred_at), if deferred_at.is_some() => {
@@ -512,7 +486,7 @@ impl Engine {
         match stored {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
-                let new_contact = !self.subscribed.contains(&message.peer);
+                let new_contact = !self.ip.follows(&message.peer);
                 let id = message.id.clone();
                 let marked = self.announce_received(message).await;
                 self.recount().await;
@@ -836,7 +810,7 @@ impl Engine {
         let status = self.status.borrow().clone();
         let mut held_peers = HashSet::new();
         let mut next_due: Option<i64> = None;
-        let presence = self.presence.borrow().clone();
+        let presence = self.ip.presence();
         let relay_online = status.relay == RelayState::Online;
         let mut follow_new = false;
         let mut presence_due: Option<Instant> = None;
@@ -845,23 +819,19 @@ impl Engine {
             if !held_peers.insert(message.peer.clone()) {
                 continue;
             }
-            // A new contact: learn its presence first (one relay round trip), so that the
-            // first message to it can go over IP too; one just subscribed to waits for the
-            // answer, a little.
-            if relay_online
-                && presence.get(&message.peer).is_none()
-                && crate::relay::protocol::is_e164(&message.peer)
+            // A new contact: its presence first (see `IpSide::gate`).
+            match self
+                .ip
+                .gate(&message.peer, &presence, relay_online, Instant::now())
             {
-                if !self.subscribed.contains(&message.peer) {
+                PresenceGate::Route => {}
+                PresenceGate::Follow => {
                     follow_new = true;
                     continue;
                 }
-                if let Some(asked) = self.presence_asked.get(&message.peer) {
-                    let until = *asked + NEW_CONTACT_WAIT;
-                    if until > Instant::now() {
-                        presence_due = Some(presence_due.map_or(until, |d: Instant| d.min(until)));
-                        continue;
-                    }
+                PresenceGate::WaitUntil(until) => {
+                    presence_due = Some(presence_due.map_or(until, |d: Instant| d.min(until)));
+                    continue;
                 }
             }
             // On its way (an SMS in flight, or on the relay): the peer's later messages
@@ -879,39 +849,21 @@ impl Engine {
                     Some(next_due.map_or(entry.next_attempt_ms, |d| d.min(entry.next_attempt_ms)));
                 continue;
             }
-            let peer = presence.get(&message.peer);
-            let facts = Facts {
-                requested: entry.requested,
-                relay: status.relay,
-                presence: peer.map_or(Presence::Offline, |p| p.presence),
-                peer_registered: peer.map(|p| p.registered),
-                modem: status.modem,
-                sms_parts: sms_text::estimate(&message.text).segments,
-                max_parts: self.config.max_parts,
-            };
-            match router::route(&facts) {
-                // One SMS at a time (so they leave in order); the modem said "not ready".
-                Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
-                Route::Sms => {
-                    // First the object; it is recorded (and the message marked `sending`)
-                    // before it is sent: see `on_created`.
-                    self.in_flight = Some(message.id.clone());
-                    self.command(ModemCommand::Create {
-                        id: message.id,
-                        number: message.peer,
-                        text: message.text,
-                        delivery_report: entry.delivery_report,
-                    })
-                    .await;
-                }
-                Route::Fail(reason) => {
-                    held_peers.remove(&message.peer);
-                    self.set_status(&message.id, Status::Failed, None, Some(reason))
-                        .await;
-                }
-                Route::Ip => self.send_ip(message, entry.requested).await,
-                // Holds this peer's later messages; others may still go.
-                Route::Wait(Waiting::Relay | Waiting::Modem) => {}
+            let facts = routing_facts(
+                entry.requested,
+                &status,
+                &presence,
+                &message.peer,
+                &message.text,
+                self.config.max_parts,
+            );
+            let peer = message.peer.clone();
+            let route = router::route(&facts);
+            if !self
+                .dispatch(message, entry.requested, entry.delivery_report, route)
+                .await
+            {
+                held_peers.remove(&peer);
             }
         }
         self.next_retry = next_due.map(|due| {
@@ -926,6 +878,42 @@ impl Engine {
         if let Some(due) = presence_due {
             self.next_retry = Some(self.next_retry.map_or(due, |at| at.min(due)));
         }
+    }
+
+    /// Carries out the router's choice for one message of the outbox; `false` when the
+    /// peer's later messages need not wait behind it (it failed).
+    async fn dispatch(
+        &mut self,
+        message: Message,
+        requested: ChannelRequest,
+        delivery_report: bool,
+        route: Route,
+    ) -> bool {
+        match route {
+            // One SMS at a time (so they leave in order); the modem said "not ready".
+            Route::Sms if self.in_flight.is_some() || self.modem_refused => {}
+            Route::Sms => {
+                // First the object; it is recorded (and the message marked `sending`)
+                // before it is sent: see `on_created`.
+                self.in_flight = Some(message.id.clone());
+                self.command(ModemCommand::Create {
+                    id: message.id,
+                    number: message.peer,
+                    text: message.text,
+                    delivery_report,
+                })
+                .await;
+            }
+            Route::Fail(reason) => {
+                self.set_status(&message.id, Status::Failed, None, Some(reason))
+                    .await;
+                return false;
+            }
+            Route::Ip => self.send_ip(message, requested).await,
+            // Holds this peer's later messages; others may still go.
+            Route::Wait(Waiting::Relay | Waiting::Modem) => {}
+        }
+        true
     }
 
     /// Stores a status change and announces it; a message deleted meanwhile is skipped.
@@ -1160,8 +1148,7 @@ mod tests {
 
     use crate::domain::ChannelRequest;
     use crate::relay::client::{
-        ConfirmOutcome, ErrorCode, PresenceEntry, PresenceState, RevokeOutcome, SendAnswer,
-        SendState,
+        Confirmation, Placement, PresenceReport, Refusal, Revocation, SendAnswer,
     };
     use crate::store::{NewOutgoing, Store};
 
@@ -1971,7 +1958,7 @@ mod tests {
         rig.relay(RelayEvent::Confirm {
             from: "+15550002222".into(),
             id: "m1".into(),
-            outcome: ConfirmOutcome::Delivered,
+            outcome: Confirmation::Delivered,
         })
         .await;
         match rig.announced().await {
@@ -1993,7 +1980,7 @@ mod tests {
         rig.relay(RelayEvent::Confirm {
             from: "+15550002222".into(),
             id: "m2".into(),
-            outcome: ConfirmOutcome::Revoked,
+            outcome: Confirmation::Revoked,
         })
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2031,10 +2018,10 @@ mod tests {
             .expect("new");
         store.mark_announced(&earlier.id).expect("announced");
         store.watch(&["+15550003333".into()]).expect("watch");
-        let entry = |number: &str, state| PresenceEntry {
-            number: number.into(),
+        let entry = |number: &str, presence| PresenceReport {
+            peer: number.into(),
             registered: true,
-            state,
+            presence,
         };
         let mut rig = Rig::start(store);
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
@@ -2047,8 +2034,8 @@ mod tests {
         );
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::Snapshot(vec![
-            entry("+15550002222", PresenceState::Online),
-            entry("+15550003333", PresenceState::Offline),
+            entry("+15550002222", Presence::Online),
+            entry("+15550003333", Presence::Offline),
         ]))
         .await;
         assert_eq!(
@@ -2060,7 +2047,7 @@ mod tests {
         );
         rig.relay(RelayEvent::Presence(entry(
             "+15550002222",
-            PresenceState::Typing,
+            Presence::Typing,
         )))
         .await;
         assert_eq!(
@@ -2116,10 +2103,10 @@ mod tests {
         /// Our relay connection is up and `peer` is online on it.
         async fn peer_online(&mut self, peer: &str) {
             self.relay(RelayEvent::State(RelayState::Online)).await;
-            self.relay(RelayEvent::Snapshot(vec![PresenceEntry {
-                number: peer.into(),
+            self.relay(RelayEvent::Snapshot(vec![PresenceReport {
+                peer: peer.into(),
                 registered: true,
-                state: PresenceState::Online,
+                presence: Presence::Online,
             }]))
             .await;
             // Taken (the modem channel is independent of the relay's).
@@ -2161,7 +2148,7 @@ mod tests {
 
         async fn ip_send(&mut self) -> String {
             match self.relay_command().await {
-                RelayCommand::Send { id, .. } => id,
+                RelayCommand::Send { id, .. } => String::from(id),
                 other => panic!("expected an IP send, got {other:?}"),
             }
         }
@@ -2179,7 +2166,7 @@ mod tests {
 
     fn accepted() -> SendAnswer {
         SendAnswer::Accepted {
-            state: SendState::Online,
+            state: Placement::Online,
             duplicate: false,
         }
     }
@@ -2198,10 +2185,10 @@ mod tests {
             panic!("went by SMS: {cmd:?}");
         }
         // His presence comes: online, so over IP.
-        rig.relay(RelayEvent::Snapshot(vec![PresenceEntry {
-            number: BOB.into(),
+        rig.relay(RelayEvent::Snapshot(vec![PresenceReport {
+            peer: BOB.into(),
             registered: true,
-            state: PresenceState::Online,
+            presence: Presence::Online,
         }]))
         .await;
         assert_eq!(rig.ip_send().await, id);
@@ -2256,7 +2243,7 @@ mod tests {
         rig.relay(RelayEvent::Confirm {
             from: BOB.into(),
             id: "m-1".into(),
-            outcome: ConfirmOutcome::Delivered,
+            outcome: Confirmation::Delivered,
         })
         .await;
         loop {
@@ -2279,9 +2266,9 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
         rig.relay(RelayEvent::Receipt {
-            id: id.clone(),
+            id: id.as_str().into(),
             to: BOB.into(),
-            outcome: crate::relay::client::ReceiptOutcome::Delivered,
+            outcome: crate::relay::client::Delivery::Delivered,
         })
         .await;
         assert_eq!(
@@ -2309,11 +2296,13 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::Revoked),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::Revoked),
         })
         .await;
         assert!(
@@ -2337,11 +2326,13 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::AlreadyDelivered),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::AlreadyDelivered),
         })
         .await;
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
@@ -2374,10 +2365,10 @@ mod tests {
             .expect("queue");
         let mut rig = Rig::start(store);
         // The other recipient is known to the relay but offline.
-        rig.relay(RelayEvent::Snapshot(vec![PresenceEntry {
-            number: "+15550003333".into(),
+        rig.relay(RelayEvent::Snapshot(vec![PresenceReport {
+            peer: "+15550003333".into(),
             registered: true,
-            state: PresenceState::Offline,
+            presence: Presence::Offline,
         }]))
         .await;
         rig.peer_online(BOB).await;
@@ -2391,7 +2382,7 @@ mod tests {
         want.sort();
         assert_eq!(sent, want);
         let refused = || SendAnswer::Refused {
-            code: ErrorCode::RecipientUnregistered,
+            reason: Refusal::RecipientUnregistered,
             message: "recipient unregistered".into(),
         };
         rig.answer(&auto, refused()).await;
@@ -2442,7 +2433,7 @@ mod tests {
         rig.answer(
             &id,
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 duplicate: true,
             },
         )
@@ -2494,7 +2485,7 @@ mod tests {
         rig.answer(
             &id,
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 duplicate: true,
             },
         )
@@ -2521,10 +2512,12 @@ mod tests {
         // The deadline passes while offline: the revoke goes out and is not answered.
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
+            id: id.as_str().into(),
             outcome: None,
         })
         .await;
@@ -2538,14 +2531,14 @@ mod tests {
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         loop {
             match rig.relay_command().await {
-                RelayCommand::Revoke { id: again } if again == id => break,
+                RelayCommand::Revoke { id: again } if again.as_str() == id => break,
                 RelayCommand::Subscribe { .. } => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::Revoked),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::Revoked),
         })
         .await;
         assert!(
@@ -2616,18 +2609,20 @@ mod tests {
         rig.answer(&id, accepted()).await;
         assert_eq!(
             rig.relay_command().await,
-            RelayCommand::Revoke { id: id.clone() }
+            RelayCommand::Revoke {
+                id: id.as_str().into()
+            }
         );
         rig.relay(RelayEvent::RevokeAnswer {
-            id: id.clone(),
-            outcome: Some(RevokeOutcome::Revoked),
+            id: id.as_str().into(),
+            outcome: Some(Revocation::Revoked),
         })
         .await;
         // No modem yet: it waits for SMS. Bob shows up online meanwhile.
-        rig.relay(RelayEvent::Presence(PresenceEntry {
-            number: BOB.into(),
+        rig.relay(RelayEvent::Presence(PresenceReport {
+            peer: BOB.into(),
             registered: true,
-            state: PresenceState::Typing,
+            presence: Presence::Typing,
         }))
         .await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -2761,7 +2756,7 @@ mod tests {
         rig.answer(
             &id,
             SendAnswer::Accepted {
-                state: SendState::Delivered,
+                state: Placement::Delivered,
                 duplicate: true,
             },
         )

@@ -1,18 +1,22 @@
-//! client::net: NetworkManager's idea of the network, as a stream of [`Connectivity`].
+//! The network's state, from NetworkManager on the system bus: an adapter like the modem's.
 //!
-//! Owns a hand-written proxy for the one property the client needs
-//! (`org.freedesktop.NetworkManager.Connectivity`) and the watch on it: the
+//! A task ([`run`], or [`spawn`]) that owns a hand-written proxy for the one property the
+//! daemon needs (`org.freedesktop.NetworkManager.Connectivity`) and the watch on it: the
 //! `PropertiesChanged` signals and the name's owner, so NetworkManager may be absent,
 //! stop or restart at any time (absent counts as [`Connectivity::Unknown`]: just try).
-//! Must not: decide anything about the relay connection, or block the client: every
-//! D-Bus call is bounded by a timeout. The stream ends (for good, after yielding
-//! `Unknown`) only when the watch cannot be set up or the bus connection stops
-//! delivering signals.
+//! It publishes into a `tokio::sync::watch` channel: `None` until NetworkManager's first
+//! answer (or the finding that it cannot be asked), then its current [`Connectivity`].
+//! The relay client reads that channel; it knows nothing of D-Bus.
+//! Must not: decide anything about the relay connection, or block anyone: every D-Bus
+//! call is bounded by a timeout. The task ends (after publishing `Unknown`, and closing
+//! the channel) only when the watch cannot be set up, the bus connection stops
+//! delivering signals, or nobody reads the channel any more.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::{self, BoxStream};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zbus::proxy::CacheProperties;
 
@@ -36,7 +40,7 @@ trait NetworkManager {
 
 /// What NetworkManager says of the network (`NMConnectivityState`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Connectivity {
+pub enum Connectivity {
     /// NetworkManager is absent, or does not know (0): try anyway.
     Unknown,
     /// No network at all (1): do not dial.
@@ -50,7 +54,7 @@ pub(crate) enum Connectivity {
 }
 
 impl Connectivity {
-    pub(crate) fn from_nm(value: u32) -> Connectivity {
+    pub fn from_nm(value: u32) -> Connectivity {
         match value {
             1 => Connectivity::NoNetwork,
             2 => Connectivity::Portal,
@@ -63,9 +67,38 @@ impl Connectivity {
     /// Whether dialing the relay can make sense. Only a certain "no network" stops the
     /// client: with a portal or limited connectivity the relay may still be reachable
     /// (on the local network, or allowed by the portal), and backoff bounds the cost.
-    pub(crate) fn allows_dialing(self) -> bool {
+    pub fn allows_dialing(self) -> bool {
         self != Connectivity::NoNetwork
     }
+}
+
+/// What the adapter publishes: `None` until NetworkManager's first answer.
+pub type ConnectivityWatch = watch::Receiver<Option<Connectivity>>;
+
+/// Starts the adapter on `system` as a task of its own; it stops by itself once every
+/// receiver is dropped.
+pub fn spawn(system: zbus::Connection) -> ConnectivityWatch {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(run(system, tx));
+    rx
+}
+
+/// Follows NetworkManager's connectivity on `system` into `tx` until nobody reads it or
+/// the watch ends (then `Unknown`: just try).
+pub async fn run(system: zbus::Connection, tx: watch::Sender<Option<Connectivity>>) {
+    let mut changes = watch_stream(system);
+    loop {
+        tokio::select! {
+            change = changes.next() => match change {
+                Some(now) => {
+                    tx.send_replace(Some(now));
+                }
+                None => break,
+            },
+            () = tx.closed() => return,
+        }
+    }
+    tx.send_replace(Some(Connectivity::Unknown));
 }
 
 /// The subscriptions of a running watch.
@@ -84,7 +117,7 @@ enum Step {
 /// NetworkManager's connectivity on `system`: the current value first, then every
 /// change. The stream ends if the watch cannot be set up or the bus connection stops
 /// delivering signals; the caller then just tries.
-pub(crate) fn watch(system: zbus::Connection) -> BoxStream<'static, Connectivity> {
+fn watch_stream(system: zbus::Connection) -> BoxStream<'static, Connectivity> {
     stream::unfold(Step::Start(system), |step| async move {
         match step {
             Step::Start(system) => match tokio::time::timeout(CALL_TIMEOUT, subscribe(&system)).await
