@@ -177,6 +177,24 @@ fn the_hubs_core_reads_no_clock_and_owns_no_socket_or_thread() {
 }
 
 #[test]
+fn the_relay_clients_core_reads_no_clock_and_owns_no_socket() {
+    // The shell (task.rs) does the I/O; the core gets the time with every input.
+    let io = [
+        "Instant::now",
+        "SystemTime",
+        "std::fs",
+        "tokio::net",
+        "tokio::fs",
+        "tokio::spawn",
+        "tokio::sync",
+        "tokio::time::sleep",
+        "tungstenite",
+    ];
+    let found = offenders(&sources(), &["src/relay/client/core.rs"], &[], &io);
+    assert!(found.is_empty(), "I/O in the client's core:\n{}", found.join("\n"));
+}
+
+#[test]
 fn nothing_in_the_daemon_depends_on_the_relay_server() {
     let daemon = [
         "src/engine/",
