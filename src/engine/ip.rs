@@ -161,7 +161,7 @@ pub(super) struct IpSide {
     /// Messages sent to the relay again after a login, because an earlier send's fate is
     /// unknown: a `NotConnected` answer says only that the resend did not go, not that
     /// the relay does not hold the message (it waits for the next login, not for SMS).
-    resent: HashSet<String>,
+    resent: HashSet<MessageId>,
 }
 
 impl IpSide {
@@ -548,7 +548,7 @@ fn earliest_deadline(pending: &[RelayPending], now_ms: i64, now: Instant) -> Opt
 }
 
 /// The ids of the messages whose receipt deadline passed (`now_ms`).
-fn overdue(pending: Vec<RelayPending>, now_ms: i64) -> Vec<String> {
+fn overdue(pending: Vec<RelayPending>, now_ms: i64) -> Vec<MessageId> {
     pending
         .into_iter()
         .filter(|p| p.stage == RelayStage::Accepted && p.deadline_ms.is_some_and(|d| d <= now_ms))
@@ -713,7 +713,7 @@ impl Engine {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "ip message received");
                 let new_contact = !self.ip.follows(&message.peer);
-                let id = message.id.clone();
+                let id = message.id.to_string();
                 if !self.announce_received(message).await {
                     self.defer(Deferred::Announced { id, delete: None });
                 }
@@ -785,7 +785,11 @@ impl Engine {
         let key = id.to_owned();
         match self
             .store
-            .call(move |s| Ok(s.relay_pending()?.into_iter().find(|p| p.message.id == key)))
+            .call(move |s| {
+                Ok(s.relay_pending()?
+                    .into_iter()
+                    .find(|p| p.message.id == key.as_str()))
+            })
             .await
         {
             Ok(entry) => entry,

@@ -385,7 +385,7 @@ mod tests {
             .set_relay_stage(&m.id, Some(RelayStage::Sent), None)
             .expect("sent");
         store.mark_sent_ip(&m.id, None).expect("accepted");
-        m.id
+        m.id.into_string()
     }
 
     #[test]

@@ -45,7 +45,9 @@ use rusqlite::{
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::domain::{Channel, ChannelRequest, Conversation, Direction, Message, Status};
+use crate::domain::{
+    Channel, ChannelRequest, Conversation, Direction, Message, MessageId, Peer, Status,
+};
 use codec::{
     channel_code, channel_from_code, key_digest, request_code, request_from_code, status_code,
     status_from_code,
@@ -344,8 +346,8 @@ impl Store {
         tx.commit()?;
         debug!(id = %uuid, peer = m.peer, "outgoing message stored");
         let message = Message {
-            id: uuid.to_string(),
-            peer: m.peer.to_owned(),
+            id: MessageId::new(uuid.to_string()),
+            peer: Peer::from(m.peer),
             direction: Direction::Outgoing,
             text: m.text.to_owned(),
             channel: None,
@@ -514,8 +516,8 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(LIST_CONVERSATIONS)?;
         let rows = stmt.query_map(params![limit, offset], |row| {
             Ok(Conversation {
-                peer: row.get(0)?,
-                last_id: uuid_from_row(row, 1)?,
+                peer: Peer::new(row.get::<_, String>(0)?),
+                last_id: MessageId::new(uuid_from_row(row, 1)?),
                 last_text: row.get(2)?,
                 last_timestamp_ms: row.get(3)?,
                 last_direction: direction(row.get(4)?),
@@ -865,8 +867,8 @@ fn insert_incoming_in(tx: &Transaction, m: &NewIncoming) -> Result<Option<Messag
     advance_conversation(tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 1)?;
     debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message inserted");
     Ok(Some(Message {
-        id: uuid.to_string(),
-        peer: m.peer.to_owned(),
+        id: MessageId::new(uuid.to_string()),
+        peer: Peer::from(m.peer),
         direction: Direction::Incoming,
         text: m.text.to_owned(),
         channel: Some(m.channel),
@@ -956,8 +958,8 @@ fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
     let status: i64 = row.get(5)?;
     let channel: Option<i64> = row.get(4)?;
     Ok(Message {
-        id: uuid_from_row(row, 0)?,
-        peer: row.get(1)?,
+        id: MessageId::new(uuid_from_row(row, 0)?),
+        peer: Peer::new(row.get::<_, String>(1)?),
         direction: direction(row.get(2)?),
         text: row.get(3)?,
         channel: match channel {
