@@ -212,102 +212,108 @@ fn mobile_equipment(code: &str) -> Kind {
 mod tests {
     use super::*;
 
-    #[track_caller]
-    fn check(name: &str, temporary: bool, reason: &str) {
-        let got = classify_name(name);
-        assert_eq!(
-            (got.temporary, got.reason.as_str()),
-            (temporary, reason),
-            "{name}"
-        );
-    }
+    const MM: &str = "org.freedesktop.ModemManager1.Error.";
+    const DBUS: &str = "org.freedesktop.DBus.Error.";
 
-    #[test]
-    fn modem_manager_errors() {
-        let mm = |s: &str| format!("org.freedesktop.ModemManager1.Error.{s}");
-        check(&mm("Core.InvalidArgs"), false, "invalid number or text");
-        check(&mm("Core.Unsupported"), false, "not supported by the modem");
-        check(&mm("Core.Retry"), true, "modem busy");
-        check(&mm("Core.WrongState"), true, "modem not ready");
-        check(&mm("Core.Failed"), true, "modem error");
-        check(&mm("Core.SomethingNew"), true, "modem error");
-        check(
-            &mm("Message.InvalidPduParameter"),
+    /// (prefix, name, temporary, reason) for every error name the modem's calls meet.
+    const NAMES: [(&str, &str, bool, &str); 24] = [
+        (MM, "Core.InvalidArgs", false, "invalid number or text"),
+        (MM, "Core.Unsupported", false, "not supported by the modem"),
+        (MM, "Core.Retry", true, "modem busy"),
+        (MM, "Core.WrongState", true, "modem not ready"),
+        (MM, "Core.Failed", true, "modem error"),
+        (MM, "Core.SomethingNew", true, "modem error"),
+        (
+            MM,
+            "Message.InvalidPduParameter",
             false,
             "invalid number or text",
-        );
-        check(&mm("Message.NotAllowed"), false, "refused by the network");
-        check(&mm("Message.NoNetwork"), true, "no network");
-        check(&mm("Message.NetworkTimeout"), true, "network timeout");
-        check(&mm("Message.Unknown"), true, "modem error");
-        check(
-            &mm("MessageError.InvalidTextParameter"),
+        ),
+        (MM, "Message.NotAllowed", false, "refused by the network"),
+        (MM, "Message.NoNetwork", true, "no network"),
+        (MM, "Message.NetworkTimeout", true, "network timeout"),
+        (MM, "Message.Unknown", true, "modem error"),
+        (
+            MM,
+            "MessageError.InvalidTextParameter",
             false,
             "invalid number or text",
-        );
-        check(&mm("Cms.NotSupported"), false, "not supported by the modem");
-        check(
-            &mm("MobileEquipment.DialStringInvalid"),
+        ),
+        (MM, "Cms.NotSupported", false, "not supported by the modem"),
+        (
+            MM,
+            "MobileEquipment.DialStringInvalid",
             false,
             "invalid number or text",
-        );
-        check(&mm("MobileEquipment.SimBusy"), true, "SIM not ready");
-        check(&mm("Serial.ResponseTimeout"), true, "modem not responding");
-        check(&mm("Whatever"), true, "modem error");
-    }
-
-    #[test]
-    fn dbus_errors() {
-        let dbus = |s: &str| format!("org.freedesktop.DBus.Error.{s}");
-        check(&dbus("NoReply"), true, "timed out");
-        check(&dbus("ServiceUnknown"), true, "ModemManager not running");
-        check(
-            &dbus("Disconnected"),
+        ),
+        (MM, "MobileEquipment.SimBusy", true, "SIM not ready"),
+        (MM, "Serial.ResponseTimeout", true, "modem not responding"),
+        (MM, "Whatever", true, "modem error"),
+        (DBUS, "NoReply", true, "timed out"),
+        (DBUS, "ServiceUnknown", true, "ModemManager not running"),
+        (
+            DBUS,
+            "Disconnected",
             true,
             "connection to ModemManager lost",
-        );
-        check(&dbus("UnknownObject"), true, "modem went away");
-        check(&dbus("InvalidArgs"), false, "invalid number or text");
-        check(&dbus("Failed"), true, "modem error");
-        check("com.example.Odd", true, "modem error");
+        ),
+        (DBUS, "UnknownObject", true, "modem went away"),
+        (DBUS, "InvalidArgs", false, "invalid number or text"),
+        (DBUS, "Failed", true, "modem error"),
+        ("", "com.example.Odd", true, "modem error"),
+    ];
+
+    #[test]
+    fn error_names_classify() {
+        for (prefix, name, temporary, reason) in NAMES {
+            let name = format!("{prefix}{name}");
+            let got = classify_name(&name);
+            assert_eq!(
+                (got.temporary, got.reason.as_str()),
+                (temporary, reason),
+                "{name}"
+            );
+        }
     }
+
+    /// (prefix, name, detail, whether the SMS may have gone) for a failed `Send`.
+    const SEND_NAMES: [(&str, &str, &str, bool); 14] = [
+        // Asked, and no answer: it may have gone.
+        (DBUS, "NoReply", "", true),
+        (DBUS, "Timeout", "", true),
+        (DBUS, "Disconnected", "", true),
+        (MM, "Serial.ResponseTimeout", "", true),
+        (MM, "Serial.ParseFailed", "", true),
+        (MM, "Core.Aborted", "", true),
+        (
+            MM,
+            "Core.Failed",
+            "Couldn't read message reference: 0 fields parsed from response 'OK'",
+            true,
+        ),
+        // Answered: it did not go (the call never reached ModemManager, or it said why).
+        (DBUS, "ServiceUnknown", "Cannot send SMS", false),
+        (DBUS, "UnknownObject", "Cannot send SMS", false),
+        (DBUS, "InvalidArgs", "Cannot send SMS", false),
+        (MM, "Core.WrongState", "Cannot send SMS", false),
+        (MM, "Core.Failed", "Cannot send SMS", false),
+        (MM, "Message.NetworkTimeout", "Cannot send SMS", false),
+        (MM, "Serial.SendFailed", "Cannot send SMS", false),
+    ];
 
     #[test]
     fn send_errors_that_leave_the_outcome_unknown() {
-        let unknown = |name: &str, detail: &str| {
-            matches!(classify_send_name(name, detail), SendVerdict::Unknown(_))
-        };
-        let mm = |s: &str| format!("org.freedesktop.ModemManager1.Error.{s}");
-        let dbus = |s: &str| format!("org.freedesktop.DBus.Error.{s}");
-        // Asked, and no answer: it may have gone.
-        for name in [
-            dbus("NoReply"),
-            dbus("Timeout"),
-            dbus("Disconnected"),
-            mm("Serial.ResponseTimeout"),
-            mm("Serial.ParseFailed"),
-            mm("Core.Aborted"),
-        ] {
-            assert!(unknown(&name, ""), "{name}");
-        }
-        assert!(unknown(
-            &mm("Core.Failed"),
-            "Couldn't read message reference: 0 fields parsed from response 'OK'"
-        ));
-        // Answered: it did not go (the call never reached ModemManager, or it said why).
-        for name in [
-            dbus("ServiceUnknown"),
-            dbus("UnknownObject"),
-            dbus("InvalidArgs"),
-            mm("Core.WrongState"),
-            mm("Core.Failed"),
-            mm("Message.NetworkTimeout"),
-            mm("Serial.SendFailed"),
-        ] {
-            assert!(!unknown(&name, "Cannot send SMS"), "{name}");
+        for (prefix, name, detail, may_have_gone) in SEND_NAMES {
+            let name = format!("{prefix}{name}");
+            let verdict = classify_send_name(&name, detail);
+            assert_eq!(
+                matches!(verdict, SendVerdict::Unknown(_)),
+                may_have_gone,
+                "{name}: {verdict:?}"
+            );
         }
         assert_eq!(
-            classify_send_name(&mm("Message.NotAllowed"), ""),
+            classify_send_name(&format!("{MM}Message.NotAllowed"), ""),
             SendVerdict::NotSent(SendFailure {
                 temporary: false,
                 reason: "refused by the network".into()
