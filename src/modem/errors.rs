@@ -212,108 +212,135 @@ fn mobile_equipment(code: &str) -> Kind {
 mod tests {
     use super::*;
 
-    const MM: &str = "org.freedesktop.ModemManager1.Error.";
-    const DBUS: &str = "org.freedesktop.DBus.Error.";
+    fn mm(name: &str) -> String {
+        format!("org.freedesktop.ModemManager1.Error.{name}")
+    }
 
-    /// (prefix, name, temporary, reason) for every error name the modem's calls meet.
-    const NAMES: [(&str, &str, bool, &str); 24] = [
-        (MM, "Core.InvalidArgs", false, "invalid number or text"),
-        (MM, "Core.Unsupported", false, "not supported by the modem"),
-        (MM, "Core.Retry", true, "modem busy"),
-        (MM, "Core.WrongState", true, "modem not ready"),
-        (MM, "Core.Failed", true, "modem error"),
-        (MM, "Core.SomethingNew", true, "modem error"),
-        (
-            MM,
-            "Message.InvalidPduParameter",
-            false,
-            "invalid number or text",
-        ),
-        (MM, "Message.NotAllowed", false, "refused by the network"),
-        (MM, "Message.NoNetwork", true, "no network"),
-        (MM, "Message.NetworkTimeout", true, "network timeout"),
-        (MM, "Message.Unknown", true, "modem error"),
-        (
-            MM,
-            "MessageError.InvalidTextParameter",
-            false,
-            "invalid number or text",
-        ),
-        (MM, "Cms.NotSupported", false, "not supported by the modem"),
-        (
-            MM,
-            "MobileEquipment.DialStringInvalid",
-            false,
-            "invalid number or text",
-        ),
-        (MM, "MobileEquipment.SimBusy", true, "SIM not ready"),
-        (MM, "Serial.ResponseTimeout", true, "modem not responding"),
-        (MM, "Whatever", true, "modem error"),
-        (DBUS, "NoReply", true, "timed out"),
-        (DBUS, "ServiceUnknown", true, "ModemManager not running"),
-        (
-            DBUS,
-            "Disconnected",
-            true,
-            "connection to ModemManager lost",
-        ),
-        (DBUS, "UnknownObject", true, "modem went away"),
-        (DBUS, "InvalidArgs", false, "invalid number or text"),
-        (DBUS, "Failed", true, "modem error"),
-        ("", "com.example.Odd", true, "modem error"),
-    ];
+    fn dbus(name: &str) -> String {
+        format!("org.freedesktop.DBus.Error.{name}")
+    }
 
     #[test]
     fn error_names_classify() {
-        for (prefix, name, temporary, reason) in NAMES {
-            let name = format!("{prefix}{name}");
-            let got = classify_name(&name);
-            assert_eq!(
-                (got.temporary, got.reason.as_str()),
-                (temporary, reason),
-                "{name}"
-            );
+        // (temporary, reason, the names that get it)
+        let verdicts = [
+            (
+                false,
+                "invalid number or text",
+                vec![
+                    mm("Core.InvalidArgs"),
+                    mm("Message.InvalidPduParameter"),
+                    mm("MessageError.InvalidTextParameter"),
+                    mm("MobileEquipment.DialStringInvalid"),
+                    dbus("InvalidArgs"),
+                ],
+            ),
+            (
+                false,
+                "not supported by the modem",
+                vec![mm("Core.Unsupported"), mm("Cms.NotSupported")],
+            ),
+            (
+                false,
+                "refused by the network",
+                vec![mm("Message.NotAllowed")],
+            ),
+            (true, "modem busy", vec![mm("Core.Retry")]),
+            (true, "modem not ready", vec![mm("Core.WrongState")]),
+            (true, "no network", vec![mm("Message.NoNetwork")]),
+            (true, "network timeout", vec![mm("Message.NetworkTimeout")]),
+            (true, "SIM not ready", vec![mm("MobileEquipment.SimBusy")]),
+            (
+                true,
+                "modem not responding",
+                vec![mm("Serial.ResponseTimeout")],
+            ),
+            (true, "timed out", vec![dbus("NoReply")]),
+            (
+                true,
+                "ModemManager not running",
+                vec![dbus("ServiceUnknown")],
+            ),
+            (
+                true,
+                "connection to ModemManager lost",
+                vec![dbus("Disconnected")],
+            ),
+            (true, "modem went away", vec![dbus("UnknownObject")]),
+            (
+                true,
+                "modem error",
+                vec![
+                    mm("Core.Failed"),
+                    mm("Core.SomethingNew"),
+                    mm("Message.Unknown"),
+                    mm("Whatever"),
+                    dbus("Failed"),
+                    "com.example.Odd".to_owned(),
+                ],
+            ),
+        ];
+        for (temporary, reason, names) in verdicts {
+            for name in names {
+                let got = classify_name(&name);
+                assert_eq!(
+                    (got.temporary, got.reason.as_str()),
+                    (temporary, reason),
+                    "{name}"
+                );
+            }
         }
     }
 
-    /// (prefix, name, detail, whether the SMS may have gone) for a failed `Send`.
-    const SEND_NAMES: [(&str, &str, &str, bool); 14] = [
-        // Asked, and no answer: it may have gone.
-        (DBUS, "NoReply", "", true),
-        (DBUS, "Timeout", "", true),
-        (DBUS, "Disconnected", "", true),
-        (MM, "Serial.ResponseTimeout", "", true),
-        (MM, "Serial.ParseFailed", "", true),
-        (MM, "Core.Aborted", "", true),
-        (
-            MM,
-            "Core.Failed",
-            "Couldn't read message reference: 0 fields parsed from response 'OK'",
-            true,
-        ),
-        // Answered: it did not go (the call never reached ModemManager, or it said why).
-        (DBUS, "ServiceUnknown", "Cannot send SMS", false),
-        (DBUS, "UnknownObject", "Cannot send SMS", false),
-        (DBUS, "InvalidArgs", "Cannot send SMS", false),
-        (MM, "Core.WrongState", "Cannot send SMS", false),
-        (MM, "Core.Failed", "Cannot send SMS", false),
-        (MM, "Message.NetworkTimeout", "Cannot send SMS", false),
-        (MM, "Serial.SendFailed", "Cannot send SMS", false),
-    ];
-
     #[test]
     fn send_errors_that_leave_the_outcome_unknown() {
-        for (prefix, name, detail, may_have_gone) in SEND_NAMES {
-            let name = format!("{prefix}{name}");
-            let verdict = classify_send_name(&name, detail);
-            assert_eq!(
-                matches!(verdict, SendVerdict::Unknown(_)),
-                may_have_gone,
-                "{name}: {verdict:?}"
-            );
+        // (whether the SMS may have gone, the error's detail, names)
+        let cases = [
+            // Asked, and no answer: it may have gone.
+            (
+                true,
+                "",
+                vec![
+                    dbus("NoReply"),
+                    dbus("Timeout"),
+                    dbus("Disconnected"),
+                    mm("Serial.ResponseTimeout"),
+                    mm("Serial.ParseFailed"),
+                    mm("Core.Aborted"),
+                ],
+            ),
+            (
+                true,
+                "Couldn't read message reference: 0 fields parsed from response 'OK'",
+                vec![mm("Core.Failed")],
+            ),
+            // Answered: it did not go (the call never reached ModemManager, or it said why).
+            (
+                false,
+                "Cannot send SMS",
+                vec![
+                    dbus("ServiceUnknown"),
+                    dbus("UnknownObject"),
+                    dbus("InvalidArgs"),
+                    mm("Core.WrongState"),
+                    mm("Core.Failed"),
+                    mm("Message.NetworkTimeout"),
+                    mm("Serial.SendFailed"),
+                ],
+            ),
+        ];
+        for (may_have_gone, detail, names) in cases {
+            for name in names {
+                let verdict = classify_send_name(&name, detail);
+                assert_eq!(
+                    matches!(verdict, SendVerdict::Unknown(_)),
+                    may_have_gone,
+                    "{name}: {verdict:?}"
+                );
+            }
         }
         assert_eq!(
-            classify_send_name(&format!("{MM}Message.NotAllowed"), ""),
+            classify_send_name(&mm("Message.NotAllowed"), ""),
             SendVerdict::NotSent(SendFailure {
                 temporary: false,
                 reason: "refused by the network".into()
