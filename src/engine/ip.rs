@@ -520,7 +520,7 @@ impl IpSide {
                     commands.push(send_command(p.message));
                 }
                 RelayStage::Revoking => {
-                    let id = MessageId::from(p.message.id);
+                    let id = p.message.id;
                     commands.push(RelayCommand::Revoke { id });
                 }
                 // Its receipt may have been pushed into the connection that died (the
@@ -559,8 +559,8 @@ fn overdue(pending: Vec<RelayPending>, now_ms: i64) -> Vec<MessageId> {
 /// The relay's `send` of one of our messages.
 fn send_command(message: Message) -> RelayCommand {
     RelayCommand::Send {
-        id: MessageId::from(message.id),
-        to: Peer::from(message.peer),
+        id: message.id,
+        to: message.peer,
         text: message.text,
         ts: message.timestamp_ms,
     }
@@ -931,7 +931,6 @@ impl Engine {
                 warn!(%id, cause = %e, "cannot record a revoke");
                 continue;
             }
-            let id = MessageId::from(id);
             self.relay_command(RelayCommand::Revoke { id }).await;
         }
         self.schedule_deadlines().await;
