@@ -11,7 +11,7 @@ use crate::domain::{ChannelRequest, ModemState, Presence, RelayState};
 
 /// The facts the channel rule looks at for one outgoing message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// The channel the sender asked for.
     pub requested: ChannelRequest,
     /// Our own connection to the relay.
@@ -30,7 +30,7 @@ pub struct Facts {
 
 /// Why a message stays in the outbox for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Waiting {
+pub(crate) enum Waiting {
     /// For the modem to be registered on a network.
     Modem,
     /// For our relay connection to come (back) online.
@@ -39,7 +39,7 @@ pub enum Waiting {
 
 /// What to do with one outgoing message now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Hand it to the SMS channel.
     Sms,
     /// Hand it to the relay (which stores and forwards if the recipient is offline).
@@ -53,7 +53,7 @@ pub enum Route {
 /// The channel rule (ARCHITECTURE.md, "Bird's eye view"): over IP when we and the recipient are both
 /// online on the relay, else as SMS; a forced channel waits for that channel; a text too
 /// long for SMS never gets cut, it goes over IP or fails saying why.
-pub fn route(f: &Facts) -> Route {
+pub(crate) fn route(f: &Facts) -> Route {
     let ip_open = f.relay == RelayState::Online;
     let peer_online = matches!(f.presence, Presence::Online | Presence::Typing);
     let too_long = f.sms_parts > f.max_parts;
@@ -102,7 +102,7 @@ fn too_long_reason(f: &Facts) -> String {
 
 /// Whether `SendMessage` must refuse a message outright, before storing it: the checks
 /// that cannot change while it waits in the outbox. Returns the reason.
-pub fn refuse_at_once(f: &Facts) -> Option<Refusal> {
+pub(crate) fn refuse_at_once(f: &Facts) -> Option<Refusal> {
     if f.requested == ChannelRequest::Ip && f.relay == RelayState::Disabled {
         return Some(Refusal::Unavailable(
             "the IP channel is disabled: no relay is configured".into(),
@@ -120,7 +120,7 @@ pub fn refuse_at_once(f: &Facts) -> Option<Refusal> {
 
 /// Why `SendMessage` refuses a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The asked-for channel does not exist here.
     Unavailable(String),
     /// The message itself can never be sent as asked.
@@ -129,7 +129,7 @@ pub enum Refusal {
 
 /// How a failed send attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
+pub(crate) enum Retry {
     /// Try again after this long.
     After(Duration),
     /// Stop: the message fails.
@@ -137,14 +137,14 @@ pub enum Retry {
 }
 
 /// First retry delay; doubles with each attempt.
-pub const RETRY_BASE: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_BASE: Duration = Duration::from_secs(5);
 /// No retry waits longer than this.
-pub const RETRY_MAX: Duration = Duration::from_secs(300);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// The outbox's retry policy after attempt number `attempts` (1 = the first try) failed:
 /// a temporary failure is retried with exponential backoff until `max_attempts`; a final
 /// one is not retried.
-pub fn retry(attempts: u32, max_attempts: u32, temporary: bool) -> Retry {
+pub(crate) fn retry(attempts: u32, max_attempts: u32, temporary: bool) -> Retry {
     if !temporary || attempts >= max_attempts {
         return Retry::GiveUp;
     }
@@ -154,7 +154,7 @@ pub fn retry(attempts: u32, max_attempts: u32, temporary: bool) -> Retry {
 
 /// A status report's `MMSmsDeliveryState` (3GPP TS 23.040 TP-Status) as an outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     Delivered,
     /// The SMS centre is still trying: no change yet.
     Pending,
@@ -162,7 +162,7 @@ pub enum Delivery {
 }
 
 /// Classifies a status report's delivery state.
-pub fn delivery(state: u32) -> Delivery {
+pub(crate) fn delivery(state: u32) -> Delivery {
     match state {
         0x00..=0x1f => Delivery::Delivered,
         // Still trying; and 0x100, ModemManager's "unknown", tells nothing either.

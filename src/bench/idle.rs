@@ -51,7 +51,7 @@ const WATCH_BATCH: usize = 100;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// How each figure is measured (the JSON line carries it).
-pub const NOTE: &str = "The daemon (relay url = a counting TCP proxy in the bench in front \
+pub(super) const NOTE: &str = "The daemon (relay url = a counting TCP proxy in the bench in front \
 of a relay with default settings) follows `contacts` numbers registered on the relay, \
 `online_contacts` of them logged in (raw clients that only answer pings); after the daemon \
 is online and sees them online, `settle_s` pass, then `seconds` are measured with no D-Bus \
@@ -70,7 +70,7 @@ window.";
 
 /// The sizes of one run.
 #[derive(Debug, Clone)]
-pub struct IdleParams {
+pub(super) struct IdleParams {
     /// Length of the measured window (S).
     pub seconds: f64,
     /// Numbers the daemon follows (N).
@@ -82,7 +82,7 @@ pub struct IdleParams {
 }
 
 impl IdleParams {
-    pub fn new(quick: bool) -> IdleParams {
+    pub(super) fn new(quick: bool) -> IdleParams {
         IdleParams {
             seconds: if quick { 3.0 } else { 60.0 },
             contacts: if quick { 50 } else { 500 },
@@ -94,7 +94,7 @@ impl IdleParams {
 
 /// One thread's share of the window.
 #[derive(Debug, Clone, Serialize)]
-pub struct ThreadFigures {
+pub(super) struct ThreadFigures {
     pub tid: u32,
     pub name: String,
     /// Voluntary + nonvoluntary context switches in the window.
@@ -105,7 +105,7 @@ pub struct ThreadFigures {
 
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
-pub struct IdleFigures {
+pub(super) struct IdleFigures {
     pub scenario: &'static str,
     pub seconds: f64,
     pub settle_s: f64,
@@ -138,7 +138,7 @@ pub struct IdleFigures {
 
 /// Frames of one direction, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FrameCounts {
+pub(super) struct FrameCounts {
     /// Text, binary and continuation frames.
     pub data: u64,
     pub ping: u64,
@@ -186,7 +186,7 @@ enum ParseState {
 /// opcode in the low nibble of byte 0, mask bit and 7-bit length in byte 1, then a 16-
 /// or 64-bit length for 126 and 127, then a 4-byte masking key if masked).
 #[derive(Debug, Clone)]
-pub struct FrameCounter {
+pub(super) struct FrameCounter {
     state: ParseState,
     header: [u8; 14],
     have: usize,
@@ -206,7 +206,7 @@ impl Default for FrameCounter {
 
 impl FrameCounter {
     /// Reads the next bytes of the stream.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub(super) fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             match self.state {
                 ParseState::Http { mut matched } => {
@@ -584,7 +584,7 @@ impl Drop for StopOnDrop {
     }
 }
 
-pub async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, BenchError> {
+pub(super) async fn run(setup: &Setup, params: &IdleParams) -> Result<IdleFigures, BenchError> {
     let online = params.online.min(params.contacts);
     let dir = TempDir::new(setup.dir.as_deref(), "idle")?;
     eprintln!("idle: starting the relay, the simulator and the daemon");

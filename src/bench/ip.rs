@@ -26,7 +26,7 @@ const PROBE_FROM: &str = "+15559000001";
 const PROBE_TO: &str = "+15559000002";
 
 /// How the floor is made (the JSON line carries it).
-pub const FLOOR_NOTE: &str = "floor = session_rtt_ms + ws_hop_ms + 2 x commit_ms, each the \
+pub(super) const FLOOR_NOTE: &str = "floor = session_rtt_ms + ws_hop_ms + 2 x commit_ms, each the \
 median of probes taken after every timed message: one org.freedesktop.DBus.Peer.Ping round \
 trip to Alice's daemon on her session bus, one message from one raw websocket client to \
 another through the same relay (send to deliver), and one durable commit of an incoming \
@@ -35,7 +35,7 @@ inbox each need one).";
 
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
-pub struct IpFigures {
+pub(super) struct IpFigures {
     pub scenario: &'static str,
     pub messages: usize,
     #[serde(flatten)]
@@ -46,7 +46,7 @@ pub struct IpFigures {
     pub floor_note: &'static str,
 }
 
-pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, BenchError> {
+pub(super) async fn run(setup: &Setup, params: &LatencyParams) -> Result<IpFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "ip")?;
     let relay = RelayServer::start(setup, dir.path()).await?;
     eprintln!("ip-latency: starting the relay, the simulator and two daemons");

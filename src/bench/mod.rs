@@ -22,13 +22,13 @@
 //! process is removed or killed on drop, also on failure).
 
 pub mod cli;
-pub mod idle;
-pub mod ip;
+mod idle;
+mod ip;
 mod phones;
 mod proc;
-pub mod relay;
-pub mod sms;
-pub mod store;
+mod relay;
+mod sms;
+mod store;
 pub mod synthetic;
 mod timed;
 

@@ -127,7 +127,7 @@ impl Drop for Guard {
 }
 
 /// A running daemon (this executable in daemon mode), killed on drop.
-pub struct Daemon {
+pub(super) struct Daemon {
     guard: Guard,
 }
 
@@ -136,7 +136,7 @@ impl Daemon {
     /// `dir` (`messages.db`, which may exist already, and `config.toml`, written from
     /// `config`), and returns once it owns its bus name, with the time from spawning to
     /// that.
-    pub async fn start(
+    pub(super) async fn start(
         setup: &Setup,
         session: &PrivateBus,
         system: &PrivateBus,
@@ -191,18 +191,18 @@ impl Daemon {
         Ok((Daemon { guard }, started.elapsed()))
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.guard.child.id()
     }
 
     /// Resident memory in MiB.
-    pub fn rss_mib(&self) -> Result<f64, BenchError> {
+    pub(super) fn rss_mib(&self) -> Result<f64, BenchError> {
         Ok(rss_kib(self.guard.child.id())? as f64 / 1024.0)
     }
 }
 
 /// A running relay server (this executable in relay-server mode), killed on drop.
-pub struct RelayServer {
+pub(super) struct RelayServer {
     guard: Guard,
     pub addr: String,
 }
@@ -210,7 +210,7 @@ pub struct RelayServer {
 impl RelayServer {
     /// Starts it with its database, address file and log (its stderr) in `dir`, and
     /// returns once it listens.
-    pub async fn start(setup: &Setup, dir: &Path) -> Result<RelayServer, BenchError> {
+    pub(super) async fn start(setup: &Setup, dir: &Path) -> Result<RelayServer, BenchError> {
         let addr_file: PathBuf = dir.join("relay.addr");
         let log_path = dir.join("relay.log");
         let log = std::fs::File::create(&log_path)
@@ -243,12 +243,12 @@ impl RelayServer {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.guard.child.id()
     }
 
     /// Fails if it has exited.
-    pub fn check_running(&mut self, doing: &'static str) -> Result<(), BenchError> {
+    pub(super) fn check_running(&mut self, doing: &'static str) -> Result<(), BenchError> {
         self.guard.check_running(doing)
     }
 }

@@ -48,7 +48,7 @@ const FD_SPARE: u64 = 256;
 
 /// The sizes of one run.
 #[derive(Debug, Clone)]
-pub struct RelayParams {
+pub(super) struct RelayParams {
     /// Idle logged-in clients (K).
     pub clients: usize,
     /// Pairs exchanging messages (P).
@@ -62,7 +62,7 @@ pub struct RelayParams {
 }
 
 impl RelayParams {
-    pub fn new(quick: bool) -> RelayParams {
+    pub(super) fn new(quick: bool) -> RelayParams {
         RelayParams {
             clients: if quick { 200 } else { 10_000 },
             pairs: if quick { 5 } else { 50 },
@@ -75,7 +75,7 @@ impl RelayParams {
 
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
-pub struct RelayFigures {
+pub(super) struct RelayFigures {
     pub scenario: &'static str,
     /// Idle clients actually connected (fewer than asked if the fd limit is too low).
     pub clients: usize,
@@ -413,7 +413,7 @@ fn cpu_now(relay_pid: u32) -> Result<(Duration, Duration, Duration), BenchError>
     Ok((total, hub, us))
 }
 
-pub async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, BenchError> {
+pub(super) async fn run(setup: &Setup, params: &RelayParams) -> Result<RelayFigures, BenchError> {
     let mut notes = Vec::new();
     let (clients, fd_limit) = clients_within_fd_limit(params, &mut notes);
     let dir = TempDir::new(setup.dir.as_deref(), "relay")?;

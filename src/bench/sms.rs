@@ -30,7 +30,7 @@ const SYSTEM_ROUND_TRIPS: f64 = 3.5;
 const SESSION_ROUND_TRIPS: f64 = 1.0;
 
 /// How the floor is made (the JSON line carries it).
-pub const FLOOR_NOTE: &str = "floor = 1 x session_rtt_ms + 3.5 x system_rtt_ms, each the \
+pub(super) const FLOOR_NOTE: &str = "floor = 1 x session_rtt_ms + 3.5 x system_rtt_ms, each the \
 median of org.freedesktop.DBus.Peer.Ping round trips measured in this run, one of each \
 after every timed message (session: to Alice's daemon on her session bus; system: to the \
 simulator). An SMS needs at least: \
@@ -45,7 +45,7 @@ the same disk, also one after every timed message, of which an SMS needs at leas
 /// How many messages.
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
-pub struct SmsFigures {
+pub(super) struct SmsFigures {
     pub scenario: &'static str,
     pub messages: usize,
     pub pause_ms: f64,
@@ -122,7 +122,7 @@ impl FloorProbe {
     }
 }
 
-pub async fn run(setup: &Setup, params: &LatencyParams) -> Result<SmsFigures, BenchError> {
+pub(super) async fn run(setup: &Setup, params: &LatencyParams) -> Result<SmsFigures, BenchError> {
     let dir = TempDir::new(setup.dir.as_deref(), "sms")?;
     eprintln!("sms-latency: starting the simulator and two daemons");
     let phones = Phones::start(setup, dir.path(), None).await?;

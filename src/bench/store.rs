@@ -15,7 +15,7 @@ use crate::store::Store;
 
 /// What to build and how often to call.
 #[derive(Debug, Clone)]
-pub struct StoreParams {
+pub(super) struct StoreParams {
     pub messages: u64,
     pub conversations: u32,
     /// Calls of each kind to take the median of.
@@ -24,7 +24,7 @@ pub struct StoreParams {
 
 impl StoreParams {
     /// The sizes, or CI's small ones.
-    pub fn new(quick: bool) -> StoreParams {
+    pub(super) fn new(quick: bool) -> StoreParams {
         StoreParams {
             messages: if quick { 20_000 } else { 1_000_000 },
             conversations: if quick { 200 } else { 5_000 },
@@ -35,7 +35,7 @@ impl StoreParams {
 
 /// The figures of one run; field order is the JSON line's.
 #[derive(Debug, Clone, Serialize)]
-pub struct StoreFigures {
+pub(super) struct StoreFigures {
     pub scenario: &'static str,
     pub messages: u64,
     pub conversations: u32,
@@ -82,7 +82,7 @@ where
     Ok(median(samples))
 }
 
-pub async fn run(setup: &Setup, params: &StoreParams) -> Result<StoreFigures, BenchError> {
+pub(super) async fn run(setup: &Setup, params: &StoreParams) -> Result<StoreFigures, BenchError> {
     let StoreParams {
         messages,
         conversations,

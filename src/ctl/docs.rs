@@ -10,7 +10,7 @@ use roff::{Roff, bold, italic, roman};
 use super::cli::{Cli, EXIT_STATUS_HELP};
 
 /// Writes the completion script for `shell`.
-pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
+pub(super) fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
     let mut cmd = Cli::command();
     clap_complete::generate(shell, &mut cmd, "tandemctl", out);
     out.flush()
@@ -19,7 +19,7 @@ pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
 /// Writes the man page `tandemctl(1)`: clap_mangen's title, synopsis, description and
 /// global options, then every command with its arguments (one page, not one per
 /// command), the exit statuses, the environment and examples.
-pub fn man(out: &mut dyn Write) -> io::Result<()> {
+pub(super) fn man(out: &mut dyn Write) -> io::Result<()> {
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();
     let page = clap_mangen::Man::new(cmd.clone());

@@ -4,7 +4,7 @@
 
 /// A broken-down local time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalTime {
+pub(super) struct LocalTime {
     pub year: i32,
     /// 1 to 12.
     pub month: u32,
@@ -18,7 +18,7 @@ pub struct LocalTime {
 impl LocalTime {
     /// The local time of `ms` milliseconds since the Unix epoch, or `None` when the C
     /// library cannot represent it.
-    pub fn from_unix_ms(ms: i64) -> Option<LocalTime> {
+    pub(super) fn from_unix_ms(ms: i64) -> Option<LocalTime> {
         let secs = libc::time_t::try_from(ms.div_euclid(1000)).ok()?;
         // SAFETY: `tm` is plain old data for which all-zero bytes are a valid value, and
         // `localtime_r` only writes into the buffer we own and hand it (it is the
@@ -41,7 +41,7 @@ impl LocalTime {
     }
 
     /// `2024-05-01 14:03`.
-    pub fn date_minutes(&self) -> String {
+    pub(super) fn date_minutes(&self) -> String {
         format!(
             "{:04}-{:02}-{:02} {:02}:{:02}",
             self.year, self.month, self.day, self.hour, self.minute
@@ -49,18 +49,18 @@ impl LocalTime {
     }
 
     /// `14:03:22`.
-    pub fn clock(&self) -> String {
+    pub(super) fn clock(&self) -> String {
         format!("{:02}:{:02}:{:02}", self.hour, self.minute, self.second)
     }
 }
 
 /// `2024-05-01 14:03` in local time, or the raw milliseconds if they cannot be converted.
-pub fn date_minutes(ms: i64) -> String {
+pub(super) fn date_minutes(ms: i64) -> String {
     LocalTime::from_unix_ms(ms).map_or_else(|| format!("@{ms}"), |t| t.date_minutes())
 }
 
 /// `14:03:22` in local time, or the raw milliseconds if they cannot be converted.
-pub fn clock(ms: i64) -> String {
+pub(super) fn clock(ms: i64) -> String {
     LocalTime::from_unix_ms(ms).map_or_else(|| format!("@{ms}"), |t| t.clock())
 }
 

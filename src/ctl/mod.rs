@@ -8,10 +8,10 @@
 
 pub mod cli;
 mod commands;
-pub mod docs;
-pub mod localtime;
+mod docs;
+mod localtime;
 mod monitor;
-pub mod output;
+mod output;
 
 use std::io::{self, Read, Write};
 use std::time::Duration;

@@ -11,11 +11,11 @@ use crate::api::{ConversationDict, MessageDict};
 use crate::domain::{Direction, Status};
 
 /// Longest text a table cell shows, in characters; longer ones end with `…`.
-pub const CELL_CHARS: usize = 48;
+pub(super) const CELL_CHARS: usize = 48;
 
 /// A message, as `--json` prints it (the contract's keys; `error` is null unless failed).
 #[derive(Debug, Serialize)]
-pub struct MessageJson<'a> {
+pub(super) struct MessageJson<'a> {
     pub id: &'a str,
     pub peer: &'a str,
     pub direction: &'a str,
@@ -46,7 +46,7 @@ impl<'a> From<&'a MessageDict> for MessageJson<'a> {
 /// A conversation, as `--json` prints it.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct ConversationJson<'a> {
+pub(super) struct ConversationJson<'a> {
     pub peer: &'a str,
     pub last_id: &'a str,
     pub last_text: &'a str,
@@ -73,7 +73,7 @@ impl<'a> From<&'a ConversationDict> for ConversationJson<'a> {
 /// The daemon's properties, as `status --json` prints them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct StatusJson {
+pub(super) struct StatusJson {
     pub own_number: String,
     pub modem_state: String,
     pub relay_state: String,
@@ -84,7 +84,7 @@ pub struct StatusJson {
 
 /// `EstimateSms`'s answer, as `estimate --json` prints it.
 #[derive(Debug, Serialize)]
-pub struct EstimateJson<'a> {
+pub(super) struct EstimateJson<'a> {
     pub segments: u32,
     pub encoding: &'a str,
     pub remaining: u32,
@@ -92,7 +92,7 @@ pub struct EstimateJson<'a> {
 
 /// A contact's presence, as `presence --json` and `watch-contacts --json` print it.
 #[derive(Debug, Serialize)]
-pub struct PresenceJson<'a> {
+pub(super) struct PresenceJson<'a> {
     /// The number as it was given on the command line.
     pub number: &'a str,
     pub presence: &'a str,
@@ -101,7 +101,7 @@ pub struct PresenceJson<'a> {
 /// One `monitor --json` line.
 #[derive(Debug, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
-pub enum EventJson<'a> {
+pub(super) enum EventJson<'a> {
     MessageReceived {
         message: MessageJson<'a>,
     },
@@ -122,21 +122,21 @@ pub enum EventJson<'a> {
 }
 
 /// Writes `value` as one line of JSON.
-pub fn json_line(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
+pub(super) fn json_line(out: &mut dyn Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value).map_err(io::Error::from)?;
     writeln!(out)?;
     out.flush()
 }
 
 /// One line, with control characters (newlines, tabs) shown as spaces.
-pub fn one_line(text: &str) -> String {
+pub(super) fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
 
 /// [`one_line`], shortened to `max` characters with a trailing `…`.
-pub fn shorten(text: &str, max: usize) -> String {
+pub(super) fn shorten(text: &str, max: usize) -> String {
     let line = one_line(text);
     if line.chars().count() <= max {
         return line;
@@ -147,22 +147,22 @@ pub fn shorten(text: &str, max: usize) -> String {
 }
 
 /// Columns aligned on the widest cell (in characters); the last column is not padded.
-pub struct Table {
+pub(super) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(header: &[&str]) -> Table {
+    pub(super) fn new(header: &[&str]) -> Table {
         Table {
             rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
         }
     }
 
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(super) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+    pub(super) fn write(&self, out: &mut dyn Write) -> io::Result<()> {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
@@ -234,7 +234,7 @@ fn table_of<T>(
 }
 
 /// `messages`: one conversation.
-pub fn messages_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
+pub(super) fn messages_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
     let headers = ["TIME", "DIR", "VIA", "STATUS", "TEXT", "ID"];
     table_of(out, messages, "no messages", &headers, |m| {
         vec![
@@ -249,7 +249,7 @@ pub fn messages_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Resu
 }
 
 /// `search`: messages of any conversation.
-pub fn search_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
+pub(super) fn search_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
     let headers = ["TIME", "PEER", "DIR", "TEXT", "ID"];
     table_of(out, messages, "nothing found", &headers, |m| {
         vec![
@@ -263,7 +263,10 @@ pub fn search_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result
 }
 
 /// `conversations`.
-pub fn conversations_table(out: &mut dyn Write, list: &[ConversationDict]) -> io::Result<()> {
+pub(super) fn conversations_table(
+    out: &mut dyn Write,
+    list: &[ConversationDict],
+) -> io::Result<()> {
     let headers = ["PEER", "UNREAD", "PRESENCE", "LAST", "MESSAGE"];
     table_of(out, list, "no conversations", &headers, |c| {
         let text = if c.last_direction == "outgoing" {
@@ -282,7 +285,7 @@ pub fn conversations_table(out: &mut dyn Write, list: &[ConversationDict]) -> io
 }
 
 /// `status`.
-pub fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()> {
+pub(super) fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()> {
     let own = if s.own_number.is_empty() {
         "unknown"
     } else {
@@ -299,7 +302,7 @@ pub fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()> {
 }
 
 /// `estimate`.
-pub fn estimate_line(out: &mut dyn Write, e: &EstimateJson<'_>) -> io::Result<()> {
+pub(super) fn estimate_line(out: &mut dyn Write, e: &EstimateJson<'_>) -> io::Result<()> {
     let parts = if e.segments == 1 { "part" } else { "parts" };
     writeln!(
         out,
@@ -309,7 +312,11 @@ pub fn estimate_line(out: &mut dyn Write, e: &EstimateJson<'_>) -> io::Result<()
 }
 
 /// One `monitor` line for people, stamped with the local time `now_ms`.
-pub fn event_line(out: &mut dyn Write, now_ms: i64, event: &EventJson<'_>) -> io::Result<()> {
+pub(super) fn event_line(
+    out: &mut dyn Write,
+    now_ms: i64,
+    event: &EventJson<'_>,
+) -> io::Result<()> {
     let clock = localtime::clock(now_ms);
     let text = match event {
         EventJson::MessageReceived { message } => {

@@ -40,7 +40,7 @@ pub(super) const NEW_CONTACT_WAIT: Duration = Duration::from_secs(2);
 
 /// Presence as known since the current login: what the channel rule and the API go by.
 /// Absent numbers are offline (unknown, unregistered, or not refreshed since a restart).
-pub type PresenceView = Arc<HashMap<String, PeerPresence>>;
+pub(crate) type PresenceView = Arc<HashMap<String, PeerPresence>>;
 
 /// One followed number's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub struct PeerPresence {
 /// The facts the router decides on for a message of `text` to `peer`: the one place
 /// they are gathered, for the API (what `SendMessage` refuses at once) and the engine
 /// (the route). `peer_registered` is what the presence view knows (`None`: not known).
-pub fn routing_facts(
+pub(crate) fn routing_facts(
     requested: ChannelRequest,
     status: &DaemonStatus,
     presence: &PresenceView,
@@ -75,7 +75,7 @@ pub fn routing_facts(
 
 /// The registration code in `text`, if `text` is the relay's code SMS as configured
 /// (`pattern` with `{code}` standing for the six digits; surrounding blanks ignored).
-pub fn code_in(pattern: &str, text: &str) -> Option<String> {
+pub(crate) fn code_in(pattern: &str, text: &str) -> Option<String> {
     let (before, after) = pattern.split_once("{code}")?;
     let code = text
         .trim()

@@ -30,7 +30,7 @@ use crate::{number, sms_text};
 
 mod ip;
 use ip::{IpSide, NEW_CONTACT_WAIT, PresenceGate};
-pub use ip::{PeerPresence, PresenceView, code_in, routing_facts};
+pub(crate) use ip::{PresenceView, routing_facts};
 
 /// What the API asks of the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub struct DaemonStatus {
 
 /// The part of the configuration the engine applies.
 #[derive(Debug, Clone)]
-pub struct EngineConfig {
+pub(crate) struct EngineConfig {
     /// Region for numbers the network gives without `+country`.
     pub default_region: Option<String>,
     /// Our number when the SIM does not carry it (already E.164).
@@ -123,7 +123,7 @@ pub struct EngineConfig {
 }
 
 /// The engine task's state. Build with [`Engine::new`], run with [`Engine::run`].
-pub struct Engine {
+pub(crate) struct Engine {
     config: EngineConfig,
     store: StoreHandle,
     /// Commands to the ModemManager adapter.
@@ -197,7 +197,7 @@ fn transient(e: &StoreError) -> bool {
 }
 
 impl Engine {
-    pub fn new(
+    pub(crate) fn new(
         config: EngineConfig,
         store: StoreHandle,
         modem: mpsc::Sender<ModemCommand>,
@@ -226,7 +226,7 @@ impl Engine {
     }
 
     /// Gives the engine a relay client to drive (the IP channel).
-    pub fn with_relay(
+    pub(crate) fn with_relay(
         mut self,
         commands: mpsc::Sender<RelayCommand>,
         events: mpsc::Receiver<RelayEvent>,
@@ -238,14 +238,14 @@ impl Engine {
     }
 
     /// Contacts' presence as the engine knows it, for the API.
-    pub fn presence_view(&self) -> watch::Receiver<PresenceView> {
+    pub(crate) fn presence_view(&self) -> watch::Receiver<PresenceView> {
         self.ip.presence_view()
     }
 
     /// Runs until told to shut down (or every command sender is gone); dropping the engine
     /// then closes the adapters' command channels and the event channel, which stops the
     /// adapters and the API publisher in turn.
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut commands: mpsc::Receiver<EngineCmd>,
         mut modem_events: mpsc::Receiver<ModemEvent>,
@@ -1071,9 +1071,9 @@ impl Engine {
 }
 
 /// Counter: SMS failed under the rule for an unknown outcome.
-pub const COUNT_UNKNOWN_OUTCOME: &str = "sms-outcome-unknown";
+pub(crate) const COUNT_UNKNOWN_OUTCOME: &str = "sms-outcome-unknown";
 /// Counter: unsent SMS objects of ours, orphaned by a crash, removed from the modem.
-pub const COUNT_ORPHAN_REMOVED: &str = "sms-orphan-removed";
+pub(crate) const COUNT_ORPHAN_REMOVED: &str = "sms-orphan-removed";
 
 /// The recorded object of an attempt, as the adapter names it.
 fn sms_object(attempt: &SmsAttempt) -> Option<SmsObject> {
@@ -1103,7 +1103,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// (the network gives no finer identity). Without a timestamp there is no stable identity
 /// at all: such an SMS gets a key of its own, so it may be stored twice after a crash but
 /// is never merged with another one and lost.
-pub fn dedupe_key(sms: &IncomingSms) -> String {
+pub(crate) fn dedupe_key(sms: &IncomingSms) -> String {
     if sms.smsc_timestamp.trim().is_empty() {
         return format!("sms-unstamped:{}", uuid::Uuid::new_v4());
     }

@@ -26,7 +26,7 @@ use super::text;
 
 /// An SMS a modem sent, handed to the carrier.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Submission {
+pub(super) struct Submission {
     /// The sender's own number (what the recipient sees as `Number`).
     pub from: String,
     /// The recipient as the sender wrote it.
@@ -44,7 +44,7 @@ pub struct Submission {
 
 /// Something the carrier hands to one modem.
 #[derive(Debug, Clone)]
-pub enum Delivery {
+pub(super) enum Delivery {
     Sms {
         /// `Number` at the recipient.
         from: String,
@@ -68,7 +68,7 @@ pub enum Delivery {
 
 /// A status report owed to a sender.
 #[derive(Debug, Clone)]
-pub struct ReportBack {
+pub(super) struct ReportBack {
     pub sender: String,
     pub recipient: String,
     pub reference: u32,
@@ -77,7 +77,7 @@ pub struct ReportBack {
 
 /// What the carrier is asked to do.
 #[derive(Debug)]
-pub enum CarrierCmd {
+pub(super) enum CarrierCmd {
     Submit(Submission),
     /// Deliver to the modem with number `to` now, or when it becomes reachable. `first`
     /// gets the SMS object's path once its first part is on the modem; it is dropped
@@ -102,7 +102,7 @@ pub enum CarrierCmd {
 
 /// Numbers compare by their digits and a leading `+` (spaces, dashes, dots and brackets
 /// are ignored); a sender name without digits compares as written.
-pub fn canonical_number(number: &str) -> String {
+pub(super) fn canonical_number(number: &str) -> String {
     let kept: String = number
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == '+')
@@ -119,7 +119,7 @@ pub fn canonical_number(number: &str) -> String {
 }
 
 /// The carrier task; see the module doc.
-pub struct Carrier {
+pub(super) struct Carrier {
     ctx: Arc<Context>,
     /// Deliveries waiting for their recipient (by canonical number), oldest first.
     queue: HashMap<String, VecDeque<Delivery>>,
@@ -127,7 +127,7 @@ pub struct Carrier {
 }
 
 impl Carrier {
-    pub fn new(ctx: Arc<Context>) -> Self {
+    pub(super) fn new(ctx: Arc<Context>) -> Self {
         Carrier {
             ctx,
             queue: HashMap::new(),
@@ -136,7 +136,7 @@ impl Carrier {
     }
 
     /// Runs until [`CarrierCmd::Shutdown`] or until every sender is gone.
-    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<CarrierCmd>) {
+    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<CarrierCmd>) {
         loop {
             tokio::select! {
                 cmd = commands.recv() => match cmd {

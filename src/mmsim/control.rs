@@ -23,7 +23,7 @@ use super::{Context, ModemSpec, SimError, text};
 /// The control interface's errors: `org.tandem.MMSim1.Error.*`.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "org.tandem.MMSim1.Error")]
-pub enum ControlError {
+pub(super) enum ControlError {
     #[zbus(error)]
     ZBus(zbus::Error),
     /// No such modem or SMS.
@@ -98,7 +98,7 @@ fn root_path() -> OwnedObjectPath {
 }
 
 /// The control object.
-pub struct ControlIface {
+pub(super) struct ControlIface {
     ctx: Arc<Context>,
 }
 

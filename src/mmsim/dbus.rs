@@ -16,7 +16,7 @@ use super::mm::{self, MmError, modem_state, storage, validity_type};
 use super::modem::{Modem, SmsProps};
 
 /// `org.freedesktop.ModemManager1` at `/org/freedesktop/ModemManager1`.
-pub struct ManagerIface;
+pub(super) struct ManagerIface;
 
 #[interface(name = "org.freedesktop.ModemManager1", introspection_docs = false)]
 impl ManagerIface {
@@ -35,12 +35,12 @@ impl ManagerIface {
 }
 
 /// `org.freedesktop.ModemManager1.Modem`.
-pub struct ModemIface {
+pub(super) struct ModemIface {
     modem: Modem,
 }
 
 impl ModemIface {
-    pub fn new(modem: Modem) -> Self {
+    pub(super) fn new(modem: Modem) -> Self {
         ModemIface { modem }
     }
 
@@ -272,12 +272,12 @@ impl ModemIface {
 }
 
 /// `org.freedesktop.ModemManager1.Modem.Modem3gpp`.
-pub struct Modem3gppIface {
+pub(super) struct Modem3gppIface {
     modem: Modem,
 }
 
 impl Modem3gppIface {
-    pub fn new(modem: Modem) -> Self {
+    pub(super) fn new(modem: Modem) -> Self {
         Modem3gppIface { modem }
     }
 
@@ -390,12 +390,12 @@ impl Modem3gppIface {
 }
 
 /// `org.freedesktop.ModemManager1.Modem.Messaging`.
-pub struct MessagingIface {
+pub(super) struct MessagingIface {
     modem: Modem,
 }
 
 impl MessagingIface {
-    pub fn new(modem: Modem) -> Self {
+    pub(super) fn new(modem: Modem) -> Self {
         MessagingIface { modem }
     }
 }
@@ -499,12 +499,12 @@ fn parse_create(properties: HashMap<String, OwnedVariant>) -> Result<SmsProps, M
 }
 
 /// `org.freedesktop.ModemManager1.Sim`.
-pub struct SimIface {
+pub(super) struct SimIface {
     modem: Modem,
 }
 
 impl SimIface {
-    pub fn new(modem: Modem) -> Self {
+    pub(super) fn new(modem: Modem) -> Self {
         SimIface { modem }
     }
 }
@@ -576,14 +576,14 @@ impl SimIface {
 }
 
 /// `org.freedesktop.ModemManager1.Sms`: one SMS in a modem's storage.
-pub struct SmsIface {
+pub(super) struct SmsIface {
     modem: Modem,
     /// The SMS's storage key in its modem (stable; the path is not).
     key: u64,
 }
 
 impl SmsIface {
-    pub fn new(modem: Modem, key: u64) -> Self {
+    pub(super) fn new(modem: Modem, key: u64) -> Self {
         SmsIface { modem, key }
     }
 

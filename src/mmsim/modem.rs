@@ -33,7 +33,7 @@ use super::text;
 
 /// The properties of one SMS object, as `org.freedesktop.ModemManager1.Sms` shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmsProps {
+pub(super) struct SmsProps {
     pub state: u32,
     pub pdu_type: u32,
     pub number: String,
@@ -54,7 +54,7 @@ pub struct SmsProps {
 impl SmsProps {
     /// An SMS as `Messaging.Create` makes it: submit, state `unknown` (ModemManager 1.20
     /// shows `stored` only once `Sms.Store` put it in the modem's storage), not sent.
-    pub fn submit(number: String, text: String) -> Self {
+    pub(super) fn submit(number: String, text: String) -> Self {
         SmsProps {
             state: sms_state::UNKNOWN,
             pdu_type: pdu_type::SUBMIT,
@@ -74,7 +74,7 @@ impl SmsProps {
     }
 
     /// An SMS arriving from the network (its text is filled in as its parts arrive).
-    pub fn deliver(from: String, timestamp: String, smsc: String) -> Self {
+    pub(super) fn deliver(from: String, timestamp: String, smsc: String) -> Self {
         SmsProps {
             state: sms_state::RECEIVED,
             pdu_type: pdu_type::DELIVER,
@@ -86,7 +86,7 @@ impl SmsProps {
     }
 
     /// A status report about the SMS with `reference` sent to `recipient`.
-    pub fn status_report(
+    pub(super) fn status_report(
         recipient: String,
         reference: u32,
         delivery_state: u32,
@@ -118,7 +118,7 @@ struct SmsRecord {
 
 /// What `GetSent` reports about one SMS the modem sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentRecord {
+pub(super) struct SentRecord {
     pub number: String,
     pub text: String,
     pub delivery_report: bool,
@@ -129,7 +129,7 @@ pub struct SentRecord {
 
 /// What `ListSms` reports about one SMS in storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredSms {
+pub(super) struct StoredSms {
     /// `None` while the modem is disabled.
     pub path: Option<OwnedObjectPath>,
     pub props: SmsProps,
@@ -137,7 +137,7 @@ pub struct StoredSms {
 
 /// A bus effect of a transition, applied in order by [`Modem::apply`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
+pub(super) enum Effect {
     /// Serve an `Sms` object for the SMS with this storage key at `path`.
     Export {
         key: u64,
@@ -180,11 +180,11 @@ pub enum Effect {
 /// The recipient modem is not registered (or gone): the carrier keeps the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("modem not registered")]
-pub struct Unreachable;
+pub(super) struct Unreachable;
 
 /// A modem's state and SMS storage. Plain data; see the module doc.
 #[derive(Debug)]
-pub struct ModemData {
+pub(super) struct ModemData {
     state: i32,
     /// Set once the modem was removed: every later operation is refused.
     removed: bool,
@@ -219,7 +219,7 @@ fn appeared(key: u64, path: OwnedObjectPath, received: bool) -> Vec<Effect> {
 }
 
 impl ModemData {
-    pub fn new(state: i32) -> Self {
+    pub(super) fn new(state: i32) -> Self {
         ModemData {
             state,
             removed: false,
@@ -231,31 +231,31 @@ impl ModemData {
         }
     }
 
-    pub fn state(&self) -> i32 {
+    pub(super) fn state(&self) -> i32 {
         self.state
     }
 
-    pub fn registered(&self) -> bool {
+    pub(super) fn registered(&self) -> bool {
         !self.removed && is_registered(self.state)
     }
 
     /// The exported SMS objects, oldest first (`Messaging.Messages`, `List`).
-    pub fn messages(&self) -> Vec<OwnedObjectPath> {
+    pub(super) fn messages(&self) -> Vec<OwnedObjectPath> {
         self.sms.values().filter_map(|r| r.path.clone()).collect()
     }
 
-    pub fn sms(&self, key: u64) -> Option<&SmsProps> {
+    pub(super) fn sms(&self, key: u64) -> Option<&SmsProps> {
         self.sms.get(&key).map(|r| &r.props)
     }
 
-    pub fn key_of(&self, path: &ObjectPath<'_>) -> Option<u64> {
+    pub(super) fn key_of(&self, path: &ObjectPath<'_>) -> Option<u64> {
         self.sms
             .iter()
             .find(|(_, r)| r.path.as_deref() == Some(path))
             .map(|(k, _)| *k)
     }
 
-    pub fn stored(&self) -> Vec<StoredSms> {
+    pub(super) fn stored(&self) -> Vec<StoredSms> {
         self.sms
             .values()
             .map(|r| StoredSms {
@@ -265,11 +265,11 @@ impl ModemData {
             .collect()
     }
 
-    pub fn sent(&self) -> &[SentRecord] {
+    pub(super) fn sent(&self) -> &[SentRecord] {
         &self.sent
     }
 
-    pub fn set_fail_next(&mut self, error: MmError) {
+    pub(super) fn set_fail_next(&mut self, error: MmError) {
         self.fail_next = Some(error);
     }
 
@@ -307,7 +307,7 @@ impl ModemData {
     }
 
     /// `Messaging.Create`.
-    pub fn create(
+    pub(super) fn create(
         &mut self,
         props: SmsProps,
         alloc: &mut dyn FnMut() -> OwnedObjectPath,
@@ -319,7 +319,7 @@ impl ModemData {
     }
 
     /// `Messaging.Delete`: the SMS with all its parts.
-    pub fn delete(&mut self, path: &ObjectPath<'_>) -> Result<Vec<Effect>, MmError> {
+    pub(super) fn delete(&mut self, path: &ObjectPath<'_>) -> Result<Vec<Effect>, MmError> {
         self.check_enabled()?;
         let key = self
             .key_of(path)
@@ -340,7 +340,7 @@ impl ModemData {
     }
 
     /// `Sms.Store`: the SMS gets a storage; a not yet sent SMS becomes `stored`.
-    pub fn store(&mut self, key: u64, requested: u32) -> Result<Vec<Effect>, MmError> {
+    pub(super) fn store(&mut self, key: u64, requested: u32) -> Result<Vec<Effect>, MmError> {
         self.check_enabled()?;
         let record = self.record_mut(key)?;
         let target = match requested {
@@ -373,7 +373,7 @@ impl ModemData {
     /// SMS received, or already sent, cannot be sent. As in ModemManager 1.20, nothing
     /// stops a second `Send` of an SMS whose first one is still waiting for the modem: it
     /// passes this check and goes out twice.
-    pub fn check_sendable(&self, key: u64) -> Result<(), MmError> {
+    pub(super) fn check_sendable(&self, key: u64) -> Result<(), MmError> {
         let record = self
             .sms
             .get(&key)
@@ -391,7 +391,7 @@ impl ModemData {
 
     /// First half of `Sms.Send`, once the modem is free: the modem's checks. The SMS keeps
     /// its state while the modem works on it (ModemManager shows no `sending`).
-    pub fn begin_send(&mut self, key: u64) -> Result<(), MmError> {
+    pub(super) fn begin_send(&mut self, key: u64) -> Result<(), MmError> {
         self.check_enabled()?;
         if !is_registered(self.state) {
             return Err(MmError::wrong_state(
@@ -406,7 +406,7 @@ impl ModemData {
 
     /// Second half of `Sms.Send`: one reference per part (the SMS shows the last one, as
     /// ModemManager does), `sent`, and what the carrier must carry.
-    pub fn finish_send(
+    pub(super) fn finish_send(
         &mut self,
         key: u64,
         from: &str,
@@ -455,7 +455,7 @@ impl ModemData {
 
     /// An SMS (or its first part, or, with `first` `None`, only the announcement of a
     /// multipart SMS of `total` parts) arrives from the network.
-    pub fn receive(
+    pub(super) fn receive(
         &mut self,
         mut props: SmsProps,
         total: u32,
@@ -481,7 +481,11 @@ impl ModemData {
 
     /// The next part of a multipart SMS arrives; the last one completes it. Returns whether
     /// the SMS is now complete.
-    pub fn add_part(&mut self, key: u64, part: String) -> Result<(bool, Vec<Effect>), MmError> {
+    pub(super) fn add_part(
+        &mut self,
+        key: u64,
+        part: String,
+    ) -> Result<(bool, Vec<Effect>), MmError> {
         if self.removed {
             return Err(MmError::not_found("modem is gone"));
         }
@@ -510,7 +514,7 @@ impl ModemData {
 
     /// A state change. Leaving the enabled states unexports every SMS object; coming back
     /// re-creates them all under new paths (ModemManager reloads the storage on enable).
-    pub fn set_state(
+    pub(super) fn set_state(
         &mut self,
         new: i32,
         reason: u32,
@@ -550,7 +554,7 @@ impl ModemData {
     }
 
     /// The modem goes away: returns every exported SMS path, to unexport.
-    pub fn remove(&mut self) -> Vec<OwnedObjectPath> {
+    pub(super) fn remove(&mut self) -> Vec<OwnedObjectPath> {
         self.removed = true;
         self.sms
             .values_mut()
@@ -561,7 +565,7 @@ impl ModemData {
 
 /// One modem's identity (fixed) and its state (behind locks; see the module doc).
 #[derive(Debug)]
-pub struct ModemCell {
+pub(super) struct ModemCell {
     pub index: u32,
     pub path: OwnedObjectPath,
     pub sim_path: OwnedObjectPath,
@@ -582,7 +586,7 @@ pub struct ModemCell {
 }
 
 impl ModemCell {
-    pub fn new(
+    pub(super) fn new(
         index: u32,
         sim_index: u32,
         own_number: String,
@@ -606,27 +610,27 @@ impl ModemCell {
         }
     }
 
-    pub fn set_send_delay(&self, ms: u32) {
+    pub(super) fn set_send_delay(&self, ms: u32) {
         self.send_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The data, for a short synchronous look or change (never held across `.await`).
-    pub fn data(&self) -> MutexGuard<'_, ModemData> {
+    pub(super) fn data(&self) -> MutexGuard<'_, ModemData> {
         self.data.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn set_delete_blocked(&self, blocked: bool) {
+    pub(super) fn set_delete_blocked(&self, blocked: bool) {
         self.delete_gate.send_replace(blocked);
     }
 
     /// Deletes waiting at the gate: each holds the one receiver it subscribed.
-    pub fn blocked_deletes(&self) -> usize {
+    pub(super) fn blocked_deletes(&self) -> usize {
         self.delete_gate.receiver_count()
     }
 }
 
 /// Paths built from our own fixed prefixes are always valid object paths.
-pub fn object_path(path: String) -> OwnedObjectPath {
+pub(super) fn object_path(path: String) -> OwnedObjectPath {
     OwnedObjectPath::from(ObjectPath::from_string_unchecked(path))
 }
 
@@ -658,7 +662,7 @@ fn luhn_complete(digits: &str) -> String {
 
 /// A handle on one modem: its cell plus the simulator context.
 #[derive(Clone)]
-pub struct Modem {
+pub(super) struct Modem {
     pub cell: Arc<ModemCell>,
     pub ctx: Arc<Context>,
 }
@@ -672,11 +676,11 @@ impl std::fmt::Debug for Modem {
 }
 
 impl Modem {
-    pub fn data(&self) -> MutexGuard<'_, ModemData> {
+    pub(super) fn data(&self) -> MutexGuard<'_, ModemData> {
         self.cell.data()
     }
 
-    pub fn own_number(&self) -> &str {
+    pub(super) fn own_number(&self) -> &str {
         &self.cell.own_number
     }
 
@@ -691,7 +695,7 @@ impl Modem {
     }
 
     /// `Messaging.Create`.
-    pub async fn create(&self, props: SmsProps) -> Result<OwnedObjectPath, MmError> {
+    pub(super) async fn create(&self, props: SmsProps) -> Result<OwnedObjectPath, MmError> {
         let _op = self.cell.op.lock().await;
         let (path, fx) = self.transition(|d, alloc| d.create(props, alloc))?;
         self.apply(fx).await;
@@ -700,7 +704,7 @@ impl Modem {
 
     /// `Messaging.Delete`; waits first while deletes are blocked (outside the op lock, so
     /// the rest of the modem keeps working).
-    pub async fn delete(&self, path: OwnedObjectPath) -> Result<(), MmError> {
+    pub(super) async fn delete(&self, path: OwnedObjectPath) -> Result<(), MmError> {
         let mut gate = self.cell.delete_gate.subscribe();
         if gate.wait_for(|blocked| !*blocked).await.is_err() {
             return Err(MmError::failed("modem is gone"));
@@ -712,7 +716,7 @@ impl Modem {
     }
 
     /// `Sms.Store`.
-    pub async fn store(&self, key: u64, requested: u32) -> Result<(), MmError> {
+    pub(super) async fn store(&self, key: u64, requested: u32) -> Result<(), MmError> {
         let _op = self.cell.op.lock().await;
         let fx = self.data().store(key, requested)?;
         self.apply(fx).await;
@@ -720,7 +724,7 @@ impl Modem {
     }
 
     /// `Sms.Send`: `sending`, then `sent` with a reference, then the carrier takes it.
-    pub async fn send(&self, key: u64) -> Result<(), MmError> {
+    pub(super) async fn send(&self, key: u64) -> Result<(), MmError> {
         self.data().check_sendable(key)?;
         let _op = self.cell.op.lock().await;
         self.data().begin_send(key)?;
@@ -744,7 +748,7 @@ impl Modem {
     }
 
     /// An SMS (or its first part) arrives; see [`ModemData::receive`].
-    pub async fn receive(
+    pub(super) async fn receive(
         &self,
         props: SmsProps,
         total: u32,
@@ -757,7 +761,7 @@ impl Modem {
     }
 
     /// The next part of a multipart SMS arrives.
-    pub async fn add_part(&self, key: u64, part: String) -> Result<bool, MmError> {
+    pub(super) async fn add_part(&self, key: u64, part: String) -> Result<bool, MmError> {
         let _op = self.cell.op.lock().await;
         let (complete, fx) = self.data().add_part(key, part)?;
         self.apply(fx).await;
@@ -765,13 +769,13 @@ impl Modem {
     }
 
     /// Jumps to `new` (`SetModemState`).
-    pub async fn set_state(&self, new: i32, reason: u32) {
+    pub(super) async fn set_state(&self, new: i32, reason: u32) {
         let _op = self.cell.op.lock().await;
         self.step(new, reason).await;
     }
 
     /// `Modem.Enable`: walks through the transitional states like a real modem does.
-    pub async fn enable(&self, enable: bool) -> Result<(), MmError> {
+    pub(super) async fn enable(&self, enable: bool) -> Result<(), MmError> {
         let _op = self.cell.op.lock().await;
         let state = self.data().state();
         let steps: &[i32] = match (enable, state) {
@@ -808,7 +812,7 @@ impl Modem {
     }
 
     /// Takes the modem off the bus: its SMS objects, its interfaces and its SIM.
-    pub async fn remove(&self) {
+    pub(super) async fn remove(&self) {
         let _op = self.cell.op.lock().await;
         let paths = self.data().remove();
         self.cell.set_delete_blocked(false);

@@ -31,7 +31,7 @@ fn gsm_septets(c: char) -> Option<usize> {
 /// Cuts `text` into the parts a network would carry it in: one part when it fits
 /// (GSM 7-bit: 160 septets, UCS-2: 70 units), otherwise parts of at most 153 septets or
 /// 67 units, never splitting a character (nor an escape pair, nor a surrogate pair).
-pub fn split_parts(text: &str) -> Vec<String> {
+pub(super) fn split_parts(text: &str) -> Vec<String> {
     let (costs, single, part) = match text.chars().map(gsm_septets).collect::<Option<Vec<_>>>() {
         Some(septets) => (septets, GSM_SINGLE, GSM_PART),
         None => (
@@ -61,7 +61,7 @@ pub fn split_parts(text: &str) -> Vec<String> {
 /// Cuts `text` into exactly `count` parts of about equal length in characters (the last
 /// ones may be empty when the text is shorter than `count`). Used when a test asks for a
 /// given number of parts rather than the network's rule.
-pub fn split_even(text: &str, count: usize) -> Vec<String> {
+pub(super) fn split_even(text: &str, count: usize) -> Vec<String> {
     let count = count.max(1);
     let chars: Vec<char> = text.chars().collect();
     let per = chars.len().div_ceil(count).max(1);
@@ -77,7 +77,7 @@ pub fn split_even(text: &str, count: usize) -> Vec<String> {
 /// Formats a Unix time the way ModemManager shows SMS timestamps: ISO 8601 local time of
 /// the SMS centre with its UTC offset in whole hours, `2024-05-01T12:34:56+02` (an offset
 /// with minutes is written `+05:30`).
-pub fn mm_timestamp(unix_secs: i64, offset_minutes: i32) -> String {
+pub(super) fn mm_timestamp(unix_secs: i64, offset_minutes: i32) -> String {
     let local = unix_secs + i64::from(offset_minutes) * 60;
     let days = local.div_euclid(86_400);
     let secs = local.rem_euclid(86_400);
@@ -102,7 +102,7 @@ pub fn mm_timestamp(unix_secs: i64, offset_minutes: i32) -> String {
 }
 
 /// Seconds since the Unix epoch, now.
-pub fn now_unix() -> i64 {
+pub(super) fn now_unix() -> i64 {
     crate::domain::now_ms().div_euclid(1000)
 }
 

@@ -16,6 +16,8 @@
 mod adapter;
 mod errors;
 mod pick;
+// Generated (zbus-xmlgen): its items are `pub` as generated.
+#[allow(unreachable_pub)]
 mod proxies;
 mod sms;
 mod timestamp;

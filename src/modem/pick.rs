@@ -59,7 +59,11 @@ pub(crate) struct ModemInfo {
 impl ModemInfo {
     /// Notes interfaces that appeared, with their properties (InterfacesAdded or one entry of
     /// GetManagedObjects).
-    pub fn add_interface(&mut self, interface: &str, properties: &HashMap<&str, &Variant<'_>>) {
+    pub(super) fn add_interface(
+        &mut self,
+        interface: &str,
+        properties: &HashMap<&str, &Variant<'_>>,
+    ) {
         match interface {
             MODEM_IFACE => {
                 self.has_modem = true;
@@ -71,7 +75,7 @@ impl ModemInfo {
     }
 
     /// Notes interfaces that went away (InterfacesRemoved).
-    pub fn remove_interface(&mut self, interface: &str) {
+    pub(super) fn remove_interface(&mut self, interface: &str) {
         match interface {
             MODEM_IFACE => self.has_modem = false,
             MESSAGING_IFACE => self.has_messaging = false,
@@ -81,7 +85,7 @@ impl ModemInfo {
 
     /// Applies changed Modem-interface properties; ignores the ones we do not use and values of
     /// an unexpected type.
-    pub fn update(&mut self, properties: &HashMap<&str, &Variant<'_>>) {
+    pub(super) fn update(&mut self, properties: &HashMap<&str, &Variant<'_>>) {
         if let Some(state) = properties
             .get("State")
             .and_then(|v| v.downcast_ref::<i32>().ok())
@@ -104,13 +108,13 @@ impl ModemInfo {
     }
 
     /// Whether the adapter can use it at all.
-    pub fn usable(&self) -> bool {
+    pub(super) fn usable(&self) -> bool {
         self.has_modem && self.has_messaging
     }
 
     /// Whether `wanted` (from `config.modem`) names this modem: its object path, its
     /// `EquipmentIdentifier`, or one of its `OwnNumbers` (ignoring spaces and punctuation).
-    pub fn matches(&self, path: &str, wanted: &str) -> bool {
+    pub(super) fn matches(&self, path: &str, wanted: &str) -> bool {
         let wanted = wanted.trim();
         if wanted.is_empty() {
             return false;

@@ -75,7 +75,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 
 /// What a connection task needs, handed over by `run`.
-pub struct Ctx {
+pub(super) struct Ctx {
     pub id: ConnId,
     /// When the TCP connection was accepted: the TLS and WebSocket handshakes and the
     /// login must all be done within `auth_timeout` of it.
@@ -92,7 +92,7 @@ pub struct Ctx {
 impl Ctx {
     /// Runs a handshake step until it ends, the auth deadline passes (`None`) or the
     /// relay stops (`None`).
-    pub async fn handshake<F: std::future::Future>(&self, step: F) -> Option<F::Output> {
+    pub(super) async fn handshake<F: std::future::Future>(&self, step: F) -> Option<F::Output> {
         let mut stop = self.stop.clone();
         let deadline = self.accepted + self.config.auth_timeout;
         tokio::select! {
@@ -113,7 +113,7 @@ fn ws_config(config: &RelayConfig) -> WebSocketConfig {
 }
 
 /// Serves one connection until it closes.
-pub async fn serve<S>(stream: S, ctx: Ctx)
+pub(super) async fn serve<S>(stream: S, ctx: Ctx)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -84,7 +84,7 @@ pub enum DbError {
     Io { path: PathBuf, source: io::Error },
 }
 
-pub type Result<T> = std::result::Result<T, DbError>;
+pub(super) type Result<T> = std::result::Result<T, DbError>;
 
 /// `messages.state` of each [`MsgState`].
 fn state_code(state: MsgState) -> i64 {
@@ -138,7 +138,7 @@ fn private_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub struct Db {
+pub(super) struct Db {
     conn: Connection,
 }
 
@@ -147,7 +147,7 @@ impl Db {
     /// holds message texts until they settle: it is created mode 0600 (SQLite gives
     /// -wal and -shm the mode of the database file), and an existing one, or its -wal
     /// or -shm, readable by others is made 0600.
-    pub fn open(path: Option<&Path>) -> Result<Db> {
+    pub(super) fn open(path: Option<&Path>) -> Result<Db> {
         let conn = match path {
             Some(path) => {
                 private_files(path)?;

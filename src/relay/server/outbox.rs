@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// What an item costs in an outbox's byte bound.
-pub trait Weigh {
+pub(super) trait Weigh {
     /// The bytes the item holds (its frame's text), as counted against the bound.
     fn weight(&self) -> usize;
 }
 
 /// Creates an outbox that holds at most `capacity` items and `max_bytes` bytes of them.
-pub fn outbox<T: Weigh>(capacity: usize, max_bytes: usize) -> (OutboxTx<T>, OutboxRx<T>) {
+pub(super) fn outbox<T: Weigh>(capacity: usize, max_bytes: usize) -> (OutboxTx<T>, OutboxRx<T>) {
     let shared = Arc::new(Shared {
         capacity,
         max_bytes,
@@ -64,7 +64,7 @@ impl<T> Shared<T> {
 
 /// Why a push failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PushError {
+pub(super) enum PushError {
     /// The consumer is there but has not taken what is queued: a client that does not
     /// read (or whose network cannot carry its frames).
     #[error("the outbox is full")]
@@ -76,7 +76,7 @@ pub enum PushError {
 
 /// Why no item could be taken now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TryRecvError {
+pub(super) enum TryRecvError {
     /// Nothing queued; more may come.
     Empty,
     /// Nothing queued, and the producer is gone.
@@ -85,18 +85,18 @@ pub enum TryRecvError {
 
 /// The producer's end (the hub's). Dropping it ends the stream once the consumer has
 /// taken what is queued.
-pub struct OutboxTx<T>(Arc<Shared<T>>);
+pub(super) struct OutboxTx<T>(Arc<Shared<T>>);
 
 impl<T: Weigh> OutboxTx<T> {
     /// Items and bytes queued and not yet taken.
-    pub fn queued(&self) -> (usize, usize) {
+    pub(super) fn queued(&self) -> (usize, usize) {
         let inner = self.0.lock();
         (inner.queue.len(), inner.bytes)
     }
 
     /// Queues `item`, or fails at once if it does not fit (in items or in bytes) or the
     /// consumer is gone.
-    pub fn push(&self, item: T) -> Result<(), PushError> {
+    pub(super) fn push(&self, item: T) -> Result<(), PushError> {
         let weight = item.weight();
         let waker = {
             let mut inner = self.0.lock();
@@ -133,11 +133,11 @@ impl<T> Drop for OutboxTx<T> {
 }
 
 /// The consumer's end (the connection task's).
-pub struct OutboxRx<T>(Arc<Shared<T>>);
+pub(super) struct OutboxRx<T>(Arc<Shared<T>>);
 
 impl<T: Weigh> OutboxRx<T> {
     /// The next item; `None` once the producer is gone and everything was taken.
-    pub async fn recv(&mut self) -> Option<T> {
+    pub(super) async fn recv(&mut self) -> Option<T> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
@@ -157,7 +157,7 @@ impl<T: Weigh> OutboxRx<T> {
     }
 
     /// The next item if one is queued.
-    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+    pub(super) fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let mut inner = self.0.lock();
         match pop(&mut inner) {
             Some(item) => Ok(item),

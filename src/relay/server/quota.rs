@@ -13,14 +13,14 @@ use tokio::time::Instant;
 
 /// So many units per period; a bucket holds at most one period's worth.
 #[derive(Debug, Clone, Copy)]
-pub struct Rate {
+pub(super) struct Rate {
     capacity: f64,
     per_sec: f64,
 }
 
 impl Rate {
     /// `amount` units per `period`; `None` when `amount` is 0 (no limit).
-    pub fn per(amount: u64, period: Duration) -> Option<Rate> {
+    pub(super) fn per(amount: u64, period: Duration) -> Option<Rate> {
         if amount == 0 || period.is_zero() {
             return None;
         }
@@ -34,14 +34,14 @@ impl Rate {
 
 /// The units a [`Rate`] still allows now.
 #[derive(Debug, Clone, Copy)]
-pub struct Bucket {
+pub(super) struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
 impl Bucket {
     /// A bucket that allows a whole period's worth at once.
-    pub fn full(rate: Rate, now: Instant) -> Bucket {
+    pub(super) fn full(rate: Rate, now: Instant) -> Bucket {
         Bucket {
             tokens: rate.capacity,
             at: now,
@@ -56,7 +56,7 @@ impl Bucket {
 
     /// How long until `amount` units are allowed: zero if they are now. An amount
     /// larger than the bucket counts as a full bucket.
-    pub fn wait(&mut self, rate: Rate, now: Instant, amount: u64) -> Duration {
+    pub(super) fn wait(&mut self, rate: Rate, now: Instant, amount: u64) -> Duration {
         self.refill(rate, now);
         let missing = (amount as f64).min(rate.capacity) - self.tokens;
         if missing <= 0.0 {
@@ -68,13 +68,13 @@ impl Bucket {
     }
 
     /// Uses `amount` units (after a `wait` that said zero).
-    pub fn take(&mut self, rate: Rate, now: Instant, amount: u64) {
+    pub(super) fn take(&mut self, rate: Rate, now: Instant, amount: u64) {
         self.refill(rate, now);
         self.tokens = (self.tokens - (amount as f64).min(rate.capacity)).max(0.0);
     }
 
     /// Whether the bucket is full again: it then says nothing a new one would not.
-    pub fn is_full(&mut self, rate: Rate, now: Instant) -> bool {
+    pub(super) fn is_full(&mut self, rate: Rate, now: Instant) -> bool {
         self.refill(rate, now);
         self.tokens >= rate.capacity
     }
@@ -82,7 +82,7 @@ impl Bucket {
 
 /// Whom an address-based limit counts as one: an IPv4 address, or an IPv6 /64 (what
 /// one subscriber usually gets; an IPv4-mapped address counts as its IPv4 address).
-pub fn address_key(ip: IpAddr) -> IpAddr {
+pub(super) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

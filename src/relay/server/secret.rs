@@ -16,10 +16,10 @@ use crate::relay::protocol::CODE_DIGITS;
 /// The system random source failed (no entropy): nothing secret can be made.
 #[derive(Debug, thiserror::Error)]
 #[error("the system random number generator failed")]
-pub struct RandomError;
+pub(super) struct RandomError;
 
 /// A new device token.
-pub fn new_token() -> Result<String, RandomError> {
+pub(super) fn new_token() -> Result<String, RandomError> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
@@ -28,7 +28,7 @@ pub fn new_token() -> Result<String, RandomError> {
 }
 
 /// A new registration code: `CODE_DIGITS` uniformly random decimal digits.
-pub fn new_code() -> Result<String, RandomError> {
+pub(super) fn new_code() -> Result<String, RandomError> {
     const SPACE: u32 = 10u32.pow(CODE_DIGITS as u32);
     // Largest multiple of SPACE that fits: reject above it so every code is equally likely.
     const LIMIT: u32 = u32::MAX - u32::MAX % SPACE;
@@ -44,17 +44,17 @@ pub fn new_code() -> Result<String, RandomError> {
 }
 
 /// The stored form of a token.
-pub fn token_hash(token: &str) -> Vec<u8> {
+pub(super) fn token_hash(token: &str) -> Vec<u8> {
     sha256(&[token.as_bytes()])
 }
 
 /// The stored form of a code for `number`.
-pub fn code_hash(number: &str, code: &str) -> Vec<u8> {
+pub(super) fn code_hash(number: &str, code: &str) -> Vec<u8> {
     sha256(&[number.as_bytes(), b"\0", code.as_bytes()])
 }
 
 /// Compares two hashes in constant time.
-pub fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -15,7 +15,7 @@ use tokio::process::Command;
 use crate::relay::protocol::code_sms_text;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SmsError {
+pub(super) enum SmsError {
     #[error("cannot start the SMS command: {0}")]
     Spawn(std::io::Error),
     #[error("the SMS command failed ({status}): {stderr}")]
@@ -28,7 +28,7 @@ pub enum SmsError {
 const STDERR_KEEP: usize = 512;
 
 /// Runs `command` to send `code` to `number`; Ok once it exited with status 0.
-pub async fn send_code(
+pub(super) async fn send_code(
     command: &str,
     number: &str,
     code: &str,

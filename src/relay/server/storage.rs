@@ -21,14 +21,14 @@
 //!
 //! Must not: decide anything (the core does), or hold a token or a code in clear.
 
-pub use super::db::DbError;
+pub(super) use super::db::DbError;
 
 /// What every storage call returns.
-pub type Result<T> = std::result::Result<T, DbError>;
+pub(super) type Result<T> = std::result::Result<T, DbError>;
 
 /// Where a message is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MsgState {
+pub(super) enum MsgState {
     Pending,
     Delivered,
     Revoked,
@@ -37,7 +37,7 @@ pub enum MsgState {
 
 /// A pending registration code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodeRow {
+pub(super) struct CodeRow {
     pub code_hash: Vec<u8>,
     pub sent_ms: i64,
     pub expires_ms: i64,
@@ -46,7 +46,7 @@ pub struct CodeRow {
 
 /// What the dedupe memory knows of `(sender, id)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MsgRow {
+pub(super) struct MsgRow {
     pub seq: i64,
     pub sender: String,
     pub recipient: String,
@@ -55,7 +55,7 @@ pub struct MsgRow {
 
 /// A queued message, as delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
+pub(super) struct Queued {
     pub seq: i64,
     pub sender: String,
     pub id: String,
@@ -66,7 +66,7 @@ pub struct Queued {
 
 /// A receipt owed to a sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwedReceipt {
+pub(super) struct OwedReceipt {
     pub seq: i64,
     pub id: String,
     pub recipient: String,
@@ -76,7 +76,7 @@ pub struct OwedReceipt {
 
 /// A message that expired in a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExpiredMsg {
+pub(super) struct ExpiredMsg {
     pub seq: i64,
     pub sender: String,
     pub id: String,
@@ -84,7 +84,7 @@ pub struct ExpiredMsg {
 }
 
 /// The relay's durable state, as the hub's core uses it.
-pub trait Storage {
+pub(super) trait Storage {
     // Group commit.
 
     /// Starts a group: what follows is durable only after [`Storage::commit`].

@@ -185,7 +185,7 @@ impl<S: Storage, L: Link> Core<S, L> {
     }
 
     /// The SMS command of a [`CodeJob`] finished: `Err` holds why it failed.
-    pub fn sms_done(
+    pub(super) fn sms_done(
         &mut self,
         conn: ConnId,
         number: String,

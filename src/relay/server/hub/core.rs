@@ -30,7 +30,7 @@ use super::deliver::SenderLimits;
 use crate::relay::protocol::{ClientFrame, ErrorCode, ErrorFrame, MAX_ID_BYTES, ServerFrame};
 
 /// Identifies one connection for the hub's whole life.
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// Owed receipts (those of a sender who was offline, or of messages that expired) go
 /// out at most this many at a time, and only to an outbox holding at most this many
@@ -44,14 +44,14 @@ const RECEIPT_PACE: Duration = Duration::from_millis(50);
 /// The time of one call into the core: `at` for its timers and quotas, `ms` (ms since
 /// the Unix epoch) for what it stores.
 #[derive(Debug, Clone, Copy)]
-pub struct Now {
+pub(super) struct Now {
     pub at: Instant,
     pub ms: i64,
 }
 
 /// What the core sends a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Out {
+pub(crate) enum Out {
     /// A frame to write.
     Frame(ServerFrame),
     /// A frame answering one of the connection's requests, with the cost it came with.
@@ -67,7 +67,7 @@ pub enum Out {
 /// A registration code for the shell to send by SMS; it reports back with
 /// [`Core::sms_done`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodeJob {
+pub(super) struct CodeJob {
     pub conn: ConnId,
     /// The operator's command.
     pub command: String,
@@ -78,7 +78,7 @@ pub struct CodeJob {
 }
 
 /// The core's way out: the connections' outboxes and the SMS command.
-pub trait Link {
+pub(super) trait Link {
     /// Queues `item` for `conn`. An error says its outbox refused it (full, or its task
     /// gone): the core then forgets the connection.
     fn push(&mut self, conn: ConnId, item: Out) -> Result<(), PushError>;
@@ -121,7 +121,7 @@ pub(super) struct Session {
 }
 
 /// The hub's decisions and the state they rest on.
-pub struct Core<S, L> {
+pub(super) struct Core<S, L> {
     pub(super) config: Arc<RelayConfig>,
     pub(super) store: S,
     pub(super) link: L,
@@ -185,7 +185,7 @@ pub(super) fn internal(kind: &str, id: Option<&str>) -> ErrorFrame {
 }
 
 impl<S: Storage, L: Link> Core<S, L> {
-    pub fn new(config: Arc<RelayConfig>, store: S, link: L, now: Now) -> Self {
+    pub(super) fn new(config: Arc<RelayConfig>, store: S, link: L, now: Now) -> Self {
         Core {
             codes: CodeLimits::new(&config, now.at),
             senders: SenderLimits::new(&config),
@@ -207,12 +207,12 @@ impl<S: Storage, L: Link> Core<S, L> {
     }
 
     /// Whether the core knows `conn` (opened and not forgotten).
-    pub fn is_open(&self, conn: ConnId) -> bool {
+    pub(super) fn is_open(&self, conn: ConnId) -> bool {
         self.conns.contains_key(&conn)
     }
 
     /// A connection said a valid `hello` from `peer`.
-    pub fn open(&mut self, conn: ConnId, peer: IpAddr, now: Now) {
+    pub(super) fn open(&mut self, conn: ConnId, peer: IpAddr, now: Now) {
         self.now = now;
         let session = Session {
             number: None,
@@ -227,14 +227,14 @@ impl<S: Storage, L: Link> Core<S, L> {
     }
 
     /// The connection ended.
-    pub fn closed(&mut self, conn: ConnId, now: Now) {
+    pub(super) fn closed(&mut self, conn: ConnId, now: Now) {
         self.now = now;
         self.detach(conn);
     }
 
     /// When the core wants [`Core::tick`] next: a typing state ends, the sweep, or the
     /// next batch of owed receipts and paced deliveries.
-    pub fn deadline(&mut self, now: Instant) -> Instant {
+    pub(super) fn deadline(&mut self, now: Instant) -> Instant {
         let mut deadline = self.next_sweep;
         if let Some(&(first, _)) = self.typing.first() {
             deadline = deadline.min(first);
@@ -250,7 +250,7 @@ impl<S: Storage, L: Link> Core<S, L> {
 
     /// Runs what is due at `now`: typing states that end, the sweep, and the paced
     /// deliveries and receipts.
-    pub fn tick(&mut self, now: Now) {
+    pub(super) fn tick(&mut self, now: Now) {
         self.now = now;
         self.end_typing();
         if now.at >= self.next_sweep {
@@ -280,7 +280,7 @@ impl<S: Storage, L: Link> Core<S, L> {
     /// Handles one decoded request of `conn`. It is answered by exactly one
     /// [`Out::Answer`] or [`Out::Done`] carrying `cost` (unless the connection is
     /// forgotten meanwhile).
-    pub fn frame(&mut self, conn: ConnId, frame: ClientFrame, cost: u32, now: Now) {
+    pub(super) fn frame(&mut self, conn: ConnId, frame: ClientFrame, cost: u32, now: Now) {
         self.now = now;
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -348,7 +348,7 @@ impl<S: Storage, L: Link> Core<S, L> {
     /// Forgets a connection whose outbox refused a frame: one that does not read (its
     /// task is alive, its queue full), or one that is gone (its task ended, and its
     /// `Closed` is on the way).
-    pub fn drop_conn(&mut self, conn: ConnId, why: PushError) {
+    pub(super) fn drop_conn(&mut self, conn: ConnId, why: PushError) {
         match why {
             PushError::Full => {
                 let (items, bytes) = self.link.queued(conn);
@@ -374,7 +374,7 @@ impl<S: Storage, L: Link> Core<S, L> {
 
     /// Forgets `conn`: its login, subscriptions and typing, and closes its outbox
     /// (once what is queued is written).
-    pub fn detach(&mut self, conn: ConnId) {
+    pub(super) fn detach(&mut self, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };

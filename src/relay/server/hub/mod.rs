@@ -59,10 +59,10 @@ use super::storage::{DbError, Storage};
 use super::{RelayConfig, RelayError};
 use crate::relay::protocol::{ClientFrame, ErrorCode, ErrorFrame, ServerFrame, encode};
 
-pub use self::core::ConnId;
+pub(super) use self::core::ConnId;
 
 /// Requests to the hub.
-pub enum HubCmd {
+pub(super) enum HubCmd {
     /// A connection said a valid `hello`; frames for it go to `tx`.
     Open {
         conn: ConnId,
@@ -93,7 +93,7 @@ pub enum HubCmd {
 /// What the hub sends a connection: frames already encoded (JSON text), so the
 /// connection's task only writes them.
 #[derive(Debug)]
-pub enum Outbound {
+pub(super) enum Outbound {
     /// A frame to write.
     Frame(String),
     /// A frame to write, answering one of the connection's requests (with the cost the
@@ -140,14 +140,14 @@ const HUB_QUEUE: usize = 16 * 1024;
 pub(super) const MAX_GROUP: usize = 512;
 
 /// The handle `run` keeps: the request channel and the thread's completion.
-pub struct Hub {
+pub(super) struct Hub {
     tx: mpsc::Sender<HubCmd>,
     done: oneshot::Receiver<()>,
 }
 
 impl Hub {
     /// Opens the database and starts the hub's thread.
-    pub fn start(config: Arc<RelayConfig>) -> Result<Hub, RelayError> {
+    pub(super) fn start(config: Arc<RelayConfig>) -> Result<Hub, RelayError> {
         let db = Db::open(config.db_path.as_deref())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -169,12 +169,12 @@ impl Hub {
         Ok(Hub { tx, done })
     }
 
-    pub fn sender(&self) -> mpsc::Sender<HubCmd> {
+    pub(super) fn sender(&self) -> mpsc::Sender<HubCmd> {
         self.tx.clone()
     }
 
     /// Stops the hub and waits until its thread has closed the database.
-    pub async fn stop(self) {
+    pub(super) async fn stop(self) {
         let _ = self.tx.send(HubCmd::Stop).await;
         let _ = self.done.await;
     }
