@@ -1246,6 +1246,10 @@ mod tests {
             self.relay_events.send(event).await.expect("send");
         }
 
+        async fn modem(&self, event: ModemEvent) {
+            self.modem_events.send(event).await.expect("send");
+        }
+
         async fn stop(self) {
             let _ = self.commands.send(EngineCmd::Shutdown).await;
             let _ = self.task.await;
@@ -1324,10 +1328,7 @@ mod tests {
         }
         assert!(left.is_empty(), "still unannounced: {left:?}");
         // Then the adapter finds it on the modem: a duplicate, deleted, not announced.
-        rig.modem_events
-            .send(ModemEvent::Incoming(on_modem.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(on_modem.clone())).await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Delete {
@@ -1343,21 +1344,16 @@ mod tests {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue(&mut store, "+15550002222", "hello");
         let mut rig = Rig::start(store);
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         assert!(matches!(
             rig.modem_command().await,
             ModemCommand::Create { .. }
         ));
-        rig.modem_events
-            .send(ModemEvent::SendRefused {
-                id: id.clone(),
-                reason: "modem not registered".into(),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendRefused {
+            id: id.clone(),
+            reason: "modem not registered".into(),
+        })
+        .await;
         // No new attempt until the adapter reports a state again.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err());
@@ -1366,10 +1362,7 @@ mod tests {
             (entry[0].attempts, entry[0].message.status),
             (0, Status::Queued)
         );
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: again, .. } if again == id)
         );
@@ -1386,10 +1379,7 @@ mod tests {
     }
 
     async fn registered(rig: &Rig) {
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
     }
 
     async fn message(rig: &Rig, id: &str) -> Message {
@@ -1441,11 +1431,7 @@ mod tests {
         (rig, id)
     }
 
-    async fn modem_event(rig: &Rig, event: ModemEvent) {
-        rig.modem_events.send(event).await.expect("send");
-    }
-
-    async fn attempts(rig: &Rig) -> Vec<SmsAttempt> {
+    async fn sms_attempts(rig: &Rig) -> Vec<SmsAttempt> {
         rig.store
             .call(|s| s.sms_attempts())
             .await
@@ -1463,13 +1449,11 @@ mod tests {
         );
         // Nothing recorded yet: a crash now sends it again (no object was ever sent).
         assert_eq!(message(&rig, &id).await.status, Status::Queued);
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(4),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Created {
+            id: id.clone(),
+            object: object(4),
+        })
+        .await;
         let ModemCommand::Send {
             id: sent,
             object: sent_object,
@@ -1481,27 +1465,17 @@ mod tests {
         assert_eq!((sent.as_str(), sent_object), (id.as_str(), object(4)));
         assert_eq!(budget, Duration::from_secs(5), "one part");
         // Recorded before the Send was asked for.
-        let attempts = rig
-            .store
-            .call(|s| s.sms_attempts())
-            .await
-            .expect("attempts");
+        let attempts = sms_attempts(&rig).await;
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].path, "/org/freedesktop/ModemManager1/SMS/4");
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.modem_events
-            .send(ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Sent { reference: Some(9) },
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Sent { reference: Some(9) },
+        })
+        .await;
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Sms)));
-        let attempts = rig
-            .store
-            .call(|s| s.sms_attempts())
-            .await
-            .expect("attempts");
+        let attempts = sms_attempts(&rig).await;
         assert!(attempts.is_empty(), "{attempts:?}");
         rig.stop().await;
     }
@@ -1521,13 +1495,11 @@ mod tests {
             .call(move |s| s.delete_message(&key))
             .await
             .expect("delete");
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(5),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Created {
+            id: id.clone(),
+            object: object(5),
+        })
+        .await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Discard { object: object(5) }
@@ -1558,15 +1530,13 @@ mod tests {
             "{left:?}"
         );
         registered(&rig).await;
-        rig.modem_events
-            .send(ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Sent {
-                    reference: Some(12),
-                },
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Sent {
+                reference: Some(12),
+            },
+        })
+        .await;
         let sent = until_status(&rig, &id, Status::Sent).await;
         assert_eq!(sent.channel, Some(Channel::Sms));
         // Stored sent: now its object may go.
@@ -1585,16 +1555,13 @@ mod tests {
     #[tokio::test]
     async fn an_sms_found_unsent_after_a_crash_goes_again_as_a_counted_attempt() {
         let (rig, id) = resolving("not yet", now_ms()).await;
-        modem_event(
-            &rig,
-            ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::NotSent(SendFailure {
-                    temporary: true,
-                    reason: "not sent when the daemon stopped".into(),
-                }),
-            },
-        )
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::NotSent(SendFailure {
+                temporary: true,
+                reason: "not sent when the daemon stopped".into(),
+            }),
+        })
         .await;
         let entry = loop {
             let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
@@ -1604,22 +1571,19 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(entry.message.status, Status::Queued);
-        assert!(attempts(&rig).await.is_empty());
+        assert!(sms_attempts(&rig).await.is_empty());
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn an_sms_of_unknown_fate_fails_counted_and_is_never_sent_again() {
         let (mut rig, id) = resolving("maybe", now_ms()).await;
-        modem_event(
-            &rig,
-            ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Unknown {
-                    reason: "ModemManager restarted while it was being sent".into(),
-                },
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Unknown {
+                reason: "ModemManager restarted while it was being sent".into(),
             },
-        )
+        })
         .await;
         let failed = until_status(&rig, &id, Status::Failed).await;
         let error = failed.error.expect("a reason");
@@ -1653,19 +1617,12 @@ mod tests {
             text: text.into(),
         };
         // Someone else's draft, and the object recorded for a message: left alone.
-        rig.modem_events
-            .send(draft(6, "+15550002222", "a draft of another app"))
-            .await
-            .expect("send");
-        rig.modem_events
-            .send(draft(8, "+15550003333", "being resolved"))
-            .await
-            .expect("send");
+        rig.modem(draft(6, "+15550002222", "a draft of another app"))
+            .await;
+        rig.modem(draft(8, "+15550003333", "being resolved")).await;
         // Ours, made before a crash and never recorded (so never sent): removed.
-        rig.modem_events
-            .send(draft(7, "+1 555 000 2222", "orphaned once"))
-            .await
-            .expect("send");
+        rig.modem(draft(7, "+1 555 000 2222", "orphaned once"))
+            .await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Discard { object: object(7) }
@@ -1688,35 +1645,25 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Create { .. }
         ));
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(1),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Created {
+            id: id.clone(),
+            object: object(1),
+        })
+        .await;
         assert!(matches!(
             rig.modem_command().await,
             ModemCommand::Send { .. }
         ));
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.modem_events
-            .send(ModemEvent::SendRefused {
-                id: id.clone(),
-                reason: "modem not registered".into(),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendRefused {
+            id: id.clone(),
+            reason: "modem not registered".into(),
+        })
+        .await;
         assert_eq!(rig.status_of(&id).await, (Status::Queued, None));
         let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
         assert_eq!(outbox[0].attempts, 0);
-        assert!(
-            rig.store
-                .call(|s| s.sms_attempts())
-                .await
-                .expect("attempts")
-                .is_empty()
-        );
+        assert!(sms_attempts(&rig).await.is_empty());
         rig.stop().await;
     }
 
@@ -1727,10 +1674,7 @@ mod tests {
         let mut rig = Rig::start(store);
         let long = "a text too long to fit in the pages left. ".repeat(200);
         let incoming = sms("+15550002222", "2024-05-01T12:34:56+02", &long, "/sms/4");
-        rig.modem_events
-            .send(ModemEvent::Incoming(incoming.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(incoming.clone())).await;
         // Not stored: not announced, and left on the modem.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(rig.announcements.try_recv().is_err(), "announced unstored");
@@ -1748,10 +1692,7 @@ mod tests {
             }
         );
         // Found again on the modem later: a no-op, never a second message.
-        rig.modem_events
-            .send(ModemEvent::Incoming(incoming.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(incoming.clone())).await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Delete {
@@ -1806,15 +1747,13 @@ mod tests {
         let id = queue(&mut store, "+15550002222", "hello");
         store.mark_sent_sms(&id, Some(17), true).expect("sent");
         let mut rig = Rig::start(store);
-        rig.modem_events
-            .send(ModemEvent::StatusReport(StatusReport {
-                path: zbus::OwnedObjectPath::try_from("/sms/9").expect("path"),
-                number: "5550002222".into(),
-                reference: 17,
-                delivery_state: 0,
-            }))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::StatusReport(StatusReport {
+            path: zbus::OwnedObjectPath::try_from("/sms/9").expect("path"),
+            number: "5550002222".into(),
+            reference: 17,
+            delivery_state: 0,
+        }))
+        .await;
         assert_eq!(
             rig.announced().await,
             Event::StatusChanged {
@@ -1878,10 +1817,7 @@ mod tests {
             "Tandem code: 482913",
             "/sms/1",
         );
-        rig.modem_events
-            .send(ModemEvent::Incoming(code.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(code.clone())).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             rig.modem_commands.try_recv().is_err(),
@@ -1911,10 +1847,7 @@ mod tests {
             "Tandem code: 111111",
             "/sms/2",
         );
-        rig.modem_events
-            .send(ModemEvent::Incoming(later))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(later)).await;
         loop {
             if let Event::Received(m) = rig.announced().await {
                 assert_eq!(m.text, "Tandem code: 111111");
@@ -2129,6 +2062,23 @@ mod tests {
             ));
         }
 
+        /// The relay connection drops and comes back, logged in again.
+        async fn reconnected(&mut self) {
+            self.relay(RelayEvent::State(RelayState::Offline)).await;
+            self.logged_in().await;
+        }
+
+        /// The relay answers the send of `id` again as a duplicate already delivered:
+        /// the message becomes delivered over IP.
+        async fn delivered_as_duplicate(&mut self, id: &str) {
+            let answer = SendAnswer::Accepted {
+                state: Placement::Delivered,
+                duplicate: true,
+            };
+            self.answer(id, answer).await;
+            while self.status_of(id).await != (Status::Delivered, Some(Channel::Ip)) {}
+        }
+
         /// `number` becomes a followed contact (Watch), subscribed to on the relay.
         async fn follow(&mut self, number: &str) {
             let n = number.to_owned();
@@ -2288,10 +2238,7 @@ mod tests {
         let id = queue(&mut store, BOB, "are you there?");
         let mut rig = Rig::start(store);
         rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         assert_eq!(rig.ip_send().await, id);
         rig.answer(&id, accepted()).await;
         assert_eq!(
@@ -2318,10 +2265,7 @@ mod tests {
         let id = queue(&mut store, BOB, "just in time");
         let mut rig = Rig::start(store);
         rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         rig.ip_send().await;
         rig.answer(&id, accepted()).await;
         assert_eq!(
@@ -2372,10 +2316,7 @@ mod tests {
         }]))
         .await;
         rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         let mut sent = vec![rig.ip_send().await, rig.ip_send().await];
         sent.sort();
         let mut want = vec![auto.clone(), forced.id.clone()];
@@ -2410,10 +2351,7 @@ mod tests {
         let id = queue(&mut store, BOB, "in the tunnel");
         let mut rig = Rig::start(store);
         rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         assert_eq!(rig.ip_send().await, id);
         rig.answer(&id, SendAnswer::Lost).await;
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
@@ -2422,27 +2360,10 @@ mod tests {
             rig.modem_commands.try_recv().is_err(),
             "sent by SMS while it may be on the relay"
         );
-        rig.relay(RelayEvent::State(RelayState::Online)).await;
-        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         // After the login: the subscription, then the same send again.
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Subscribe { .. }
-        ));
+        rig.logged_in().await;
         assert_eq!(rig.ip_send().await, id);
-        rig.answer(
-            &id,
-            SendAnswer::Accepted {
-                state: Placement::Delivered,
-                duplicate: true,
-            },
-        )
-        .await;
-        loop {
-            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
-                break;
-            }
-        }
+        rig.delivered_as_duplicate(&id).await;
         assert!(rig.modem_commands.try_recv().is_err());
         rig.stop().await;
     }
@@ -2475,12 +2396,7 @@ mod tests {
         );
         assert_eq!(message(&rig, &id).await.status, Status::Sending);
         // The next login asks again, and the relay's answer decides.
-        rig.relay(RelayEvent::State(RelayState::Online)).await;
-        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Subscribe { .. }
-        ));
+        rig.logged_in().await;
         assert_eq!(rig.ip_send().await, id);
         rig.answer(
             &id,
@@ -2502,10 +2418,7 @@ mod tests {
         let id = queue(&mut store, BOB, "ack, then silence");
         let mut rig = Rig::start(store);
         rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         rig.ip_send().await;
         rig.answer(&id, accepted()).await;
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
@@ -2572,24 +2485,20 @@ mod tests {
                 "sent over IP while its SMS is being made: {cmd:?}"
             );
         }
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(5),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Created {
+            id: id.clone(),
+            object: object(5),
+        })
+        .await;
         assert!(matches!(
             rig.modem_command().await,
             ModemCommand::Send { .. }
         ));
-        rig.modem_events
-            .send(ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Sent { reference: Some(3) },
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Sent { reference: Some(3) },
+        })
+        .await;
         until_status(&rig, &id, Status::Sent).await;
         assert_eq!(message(&rig, &id).await.channel, Some(Channel::Sms));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2632,10 +2541,7 @@ mod tests {
                 "sent over IP again: {cmd:?}"
             );
         }
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
@@ -2679,10 +2585,7 @@ mod tests {
             "/sms/2",
         );
         for code in [old.clone(), new.clone()] {
-            rig.modem_events
-                .send(ModemEvent::Incoming(code))
-                .await
-                .expect("send");
+            rig.modem(ModemEvent::Incoming(code)).await;
         }
         assert_eq!(
             rig.modem_command().await,
@@ -2716,10 +2619,7 @@ mod tests {
             "Tandem code: 482913",
             "/sms/1",
         );
-        rig.modem_events
-            .send(ModemEvent::Incoming(code.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(code.clone())).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err(), "deleted too early");
         rig.relay(RelayEvent::State(RelayState::Online)).await;
@@ -2744,28 +2644,10 @@ mod tests {
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         rig.answer(&id, accepted()).await;
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
-        rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        rig.relay(RelayEvent::State(RelayState::Online)).await;
-        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Subscribe { .. }
-        ));
+        rig.reconnected().await;
         // The same send again: its answer says where the message is.
         assert_eq!(rig.ip_send().await, id);
-        rig.answer(
-            &id,
-            SendAnswer::Accepted {
-                state: Placement::Delivered,
-                duplicate: true,
-            },
-        )
-        .await;
-        loop {
-            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
-                break;
-            }
-        }
+        rig.delivered_as_duplicate(&id).await;
         let pending = rig
             .store
             .call(|s| s.relay_pending())
