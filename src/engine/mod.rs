@@ -1341,14 +1341,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_send_waits_for_the_modem_without_counting_an_attempt() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "hello");
-        let mut rig = Rig::start(store);
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Create { .. }
-        ));
+        let (mut rig, id) = creating("hello").await;
         rig.modem(ModemEvent::SendRefused {
             id: id.clone(),
             reason: "modem not registered".into(),
@@ -1362,7 +1355,7 @@ mod tests {
             (entry[0].attempts, entry[0].message.status),
             (0, Status::Queued)
         );
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        registered(&rig).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: again, .. } if again == id)
         );
@@ -1376,6 +1369,19 @@ mod tests {
             &format!("/org/freedesktop/ModemManager1/SMS/{n}"),
         )
         .expect("object")
+    }
+
+    /// A rig with one message (`text`) queued for +15550002222 and the modem registered,
+    /// once the engine asked to create its SMS.
+    async fn creating(text: &str) -> (Rig, String) {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", text);
+        let mut rig = Rig::start(store);
+        registered(&rig).await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Create { id: got, number, .. } if got == id && number == "+15550002222")
+        );
+        (rig, id)
     }
 
     async fn registered(rig: &Rig) {
@@ -1440,13 +1446,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_sms_is_recorded_before_it_is_sent_and_sent_once() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "hello");
-        let mut rig = Rig::start(store);
-        registered(&rig).await;
-        assert!(
-            matches!(rig.modem_command().await, ModemCommand::Create { id: got, number, .. } if got == id && number == "+15550002222")
-        );
+        let (mut rig, id) = creating("hello").await;
         // Nothing recorded yet: a crash now sends it again (no object was ever sent).
         assert_eq!(message(&rig, &id).await.status, Status::Queued);
         rig.modem(ModemEvent::Created {
@@ -1482,14 +1482,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_object_made_for_a_message_deleted_meanwhile_is_discarded_not_sent() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "never mind");
-        let mut rig = Rig::start(store);
-        registered(&rig).await;
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Create { .. }
-        ));
+        let (mut rig, id) = creating("never mind").await;
         let key = id.clone();
         rig.store
             .call(move |s| s.delete_message(&key))
@@ -1544,11 +1537,11 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Discard { object: object(3) }
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "nothing more to do: it went out once"
-        );
+        rig.no_sms_within(
+            Duration::from_millis(100),
+            "nothing more to do: it went out once",
+        )
+        .await;
         rig.stop().await;
     }
 
@@ -1595,8 +1588,8 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Discard { object: object(3) }
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(rig.modem_commands.try_recv().is_err(), "not sent again");
+        rig.no_sms_within(Duration::from_millis(100), "not sent again")
+            .await;
         rig.stop().await;
     }
 
@@ -1637,14 +1630,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_refused_after_recording_requeues_without_an_attempt() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "hold on");
-        let mut rig = Rig::start(store);
-        registered(&rig).await;
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Create { .. }
-        ));
+        let (mut rig, id) = creating("hold on").await;
         rig.modem(ModemEvent::Created {
             id: id.clone(),
             object: object(1),
@@ -1818,11 +1804,8 @@ mod tests {
             "/sms/1",
         );
         rig.modem(ModemEvent::Incoming(code.clone())).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "deleted before it was used"
-        );
+        rig.no_sms_within(Duration::from_millis(100), "deleted before it was used")
+            .await;
         assert!(rig.announcements.try_recv().is_err(), "shown");
         // The registration asks for it: the code goes to the relay, the SMS away.
         rig.relay(RelayEvent::AwaitingCode {
@@ -2062,12 +2045,6 @@ mod tests {
             ));
         }
 
-        /// The relay connection drops and comes back, logged in again.
-        async fn reconnected(&mut self) {
-            self.relay(RelayEvent::State(RelayState::Offline)).await;
-            self.logged_in().await;
-        }
-
         /// The relay answers the send of `id` again as a duplicate already delivered:
         /// the message becomes delivered over IP.
         async fn delivered_as_duplicate(&mut self, id: &str) {
@@ -2113,6 +2090,64 @@ mod tests {
     }
 
     const BOB: &str = "+15550002222";
+
+    /// A rig with one message (`text`) queued for Bob, Bob online on the relay.
+    async fn to_bob_online(text: &str) -> (Rig, String) {
+        to_bob_online_as(text, ChannelRequest::Auto).await
+    }
+
+    /// The same with the channel the sender asked for.
+    async fn to_bob_online_as(text: &str, requested: ChannelRequest) -> (Rig, String) {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue_as(&mut store, BOB, text, requested);
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        (rig, id)
+    }
+
+    impl Rig {
+        /// The engine revokes `id` on the relay, which answers `outcome`.
+        async fn revoke_answered(&mut self, id: &str, outcome: Revocation) {
+            assert_eq!(
+                self.relay_command().await,
+                RelayCommand::Revoke { id: id.into() }
+            );
+            self.relay(RelayEvent::RevokeAnswer {
+                id: id.into(),
+                outcome: Some(outcome),
+            })
+            .await;
+        }
+
+        /// The engine sends `id` over IP (Sending), the relay accepts it (Sent over IP).
+        async fn sent_over_ip(&mut self, id: &str) {
+            assert_eq!(self.ip_send().await, id);
+            assert_eq!(self.status_of(id).await, (Status::Sending, None));
+            self.answer(id, accepted()).await;
+            assert_eq!(self.status_of(id).await, (Status::Sent, Some(Channel::Ip)));
+        }
+
+        /// The relay connection drops; the message may be on the relay: no SMS.
+        async fn dropped_without_sms(&mut self) {
+            self.relay(RelayEvent::State(RelayState::Offline)).await;
+            let why = "sent by SMS while it may be on the relay";
+            self.no_sms_within(Duration::from_millis(200), why).await;
+        }
+
+        /// Logged in again, the engine sends `id` again, and the relay answers that it was
+        /// delivered already: delivered over IP.
+        async fn resent_after_login_was_delivered(&mut self, id: &str) {
+            self.logged_in().await;
+            assert_eq!(self.ip_send().await, id);
+            self.delivered_as_duplicate(id).await;
+        }
+
+        /// Asserts that no modem command (no SMS) comes within `wait`.
+        async fn no_sms_within(&mut self, wait: Duration, why: &str) {
+            tokio::time::sleep(wait).await;
+            assert!(self.modem_commands.try_recv().is_err(), "{why}");
+        }
+    }
 
     fn accepted() -> SendAnswer {
         SendAnswer::Accepted {
@@ -2207,14 +2242,8 @@ mod tests {
 
     #[tokio::test]
     async fn both_online_goes_over_ip_to_delivered() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "hi over IP");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        assert_eq!(rig.ip_send().await, id);
-        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.answer(&id, accepted()).await;
-        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        let (mut rig, id) = to_bob_online("hi over IP").await;
+        rig.sent_over_ip(&id).await;
         rig.relay(RelayEvent::Receipt {
             id: id.as_str().into(),
             to: BOB.into(),
@@ -2234,24 +2263,11 @@ mod tests {
 
     #[tokio::test]
     async fn no_receipt_in_time_revokes_then_goes_by_sms() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "are you there?");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        let (mut rig, id) = to_bob_online("are you there?").await;
+        registered(&rig).await;
         assert_eq!(rig.ip_send().await, id);
         rig.answer(&id, accepted()).await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Revoke {
-                id: id.as_str().into()
-            }
-        );
-        rig.relay(RelayEvent::RevokeAnswer {
-            id: id.as_str().into(),
-            outcome: Some(Revocation::Revoked),
-        })
-        .await;
+        rig.revoke_answered(&id, Revocation::Revoked).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
@@ -2261,35 +2277,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoke_that_comes_too_late_means_delivered() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "just in time");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        let (mut rig, id) = to_bob_online("just in time").await;
+        registered(&rig).await;
         rig.ip_send().await;
         rig.answer(&id, accepted()).await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Revoke {
-                id: id.as_str().into()
-            }
-        );
-        rig.relay(RelayEvent::RevokeAnswer {
-            id: id.as_str().into(),
-            outcome: Some(Revocation::AlreadyDelivered),
-        })
-        .await;
+        rig.revoke_answered(&id, Revocation::AlreadyDelivered).await;
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
         assert_eq!(
             rig.status_of(&id).await,
             (Status::Delivered, Some(Channel::Ip))
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "delivered on both channels"
-        );
+        rig.no_sms_within(Duration::from_millis(200), "delivered on both channels")
+            .await;
         rig.stop().await;
     }
 
@@ -2316,7 +2316,7 @@ mod tests {
         }]))
         .await;
         rig.peer_online(BOB).await;
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        registered(&rig).await;
         let mut sent = vec![rig.ip_send().await, rig.ip_send().await];
         sent.sort();
         let mut want = vec![auto.clone(), forced.id.clone()];
@@ -2347,23 +2347,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_lost_with_the_connection_is_asked_again_never_sent_twice() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "in the tunnel");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        let (mut rig, id) = to_bob_online("in the tunnel").await;
+        registered(&rig).await;
         assert_eq!(rig.ip_send().await, id);
         rig.answer(&id, SendAnswer::Lost).await;
-        rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "sent by SMS while it may be on the relay"
-        );
+        rig.dropped_without_sms().await;
         // After the login: the subscription, then the same send again.
-        rig.logged_in().await;
-        assert_eq!(rig.ip_send().await, id);
-        rig.delivered_as_duplicate(&id).await;
+        rig.resent_after_login_was_delivered(&id).await;
         assert!(rig.modem_commands.try_recv().is_err());
         rig.stop().await;
     }
@@ -2374,10 +2364,7 @@ mod tests {
         // login makes the engine send it again; the connection is gone by the time the
         // client takes the resend, so that one is answered `NotConnected`. The relay may
         // well hold the first one (here it did, and delivered it): no SMS for it.
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "flapping");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
+        let (mut rig, id) = to_bob_online("flapping").await;
         registered(&rig).await;
         assert_eq!(rig.ip_send().await, id);
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
@@ -2388,37 +2375,18 @@ mod tests {
         assert_eq!(rig.ip_send().await, id, "sent again after the login");
         rig.answer(&id, SendAnswer::Lost).await;
         rig.answer(&id, SendAnswer::NotConnected).await;
-        rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "sent by SMS while it may be on the relay"
-        );
+        rig.dropped_without_sms().await;
         assert_eq!(message(&rig, &id).await.status, Status::Sending);
         // The next login asks again, and the relay's answer decides.
-        rig.logged_in().await;
-        assert_eq!(rig.ip_send().await, id);
-        rig.answer(
-            &id,
-            SendAnswer::Accepted {
-                state: Placement::Delivered,
-                duplicate: true,
-            },
-        )
-        .await;
-        until_status(&rig, &id, Status::Delivered).await;
-        assert_eq!(message(&rig, &id).await.channel, Some(Channel::Ip));
+        rig.resent_after_login_was_delivered(&id).await;
         assert!(rig.modem_commands.try_recv().is_err());
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "ack, then silence");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        let (mut rig, id) = to_bob_online("ack, then silence").await;
+        registered(&rig).await;
         rig.ip_send().await;
         rig.answer(&id, accepted()).await;
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
@@ -2434,11 +2402,11 @@ mod tests {
             outcome: None,
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "SMS before the relay said revoked"
-        );
+        rig.no_sms_within(
+            Duration::from_millis(200),
+            "SMS before the relay said revoked",
+        )
+        .await;
         // Back: the revoke is asked again, and only its answer sends the SMS.
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
@@ -2510,23 +2478,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_recipient_coming_online_during_the_fallback_does_not_pull_it_back_to_ip() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "falling back");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
+        let (mut rig, id) = to_bob_online("falling back").await;
         rig.ip_send().await;
         rig.answer(&id, accepted()).await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Revoke {
-                id: id.as_str().into()
-            }
-        );
-        rig.relay(RelayEvent::RevokeAnswer {
-            id: id.as_str().into(),
-            outcome: Some(Revocation::Revoked),
-        })
-        .await;
+        rig.revoke_answered(&id, Revocation::Revoked).await;
         // No modem yet: it waits for SMS. Bob shows up online meanwhile.
         rig.relay(RelayEvent::Presence(PresenceReport {
             peer: BOB.into(),
@@ -2541,7 +2496,7 @@ mod tests {
                 "sent over IP again: {cmd:?}"
             );
         }
-        rig.modem(ModemEvent::State(ModemState::Registered)).await;
+        registered(&rig).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
@@ -2620,8 +2575,8 @@ mod tests {
             "/sms/1",
         );
         rig.modem(ModemEvent::Incoming(code.clone())).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(rig.modem_commands.try_recv().is_err(), "deleted too early");
+        rig.no_sms_within(Duration::from_millis(100), "deleted too early")
+            .await;
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         assert_eq!(
@@ -2636,18 +2591,11 @@ mod tests {
     async fn a_receipt_lost_with_the_connection_is_asked_for_after_the_login() {
         // Asked for IP, so no deadline: only its receipt ends it, and the relay sends a
         // receipt once; this one went into the connection that died.
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue_as(&mut store, BOB, "ip only", ChannelRequest::Ip);
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        assert_eq!(rig.ip_send().await, id);
-        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.answer(&id, accepted()).await;
-        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
-        rig.reconnected().await;
+        let (mut rig, id) = to_bob_online_as("ip only", ChannelRequest::Ip).await;
+        rig.sent_over_ip(&id).await;
+        rig.relay(RelayEvent::State(RelayState::Offline)).await;
         // The same send again: its answer says where the message is.
-        assert_eq!(rig.ip_send().await, id);
-        rig.delivered_as_duplicate(&id).await;
+        rig.resent_after_login_was_delivered(&id).await;
         let pending = rig
             .store
             .call(|s| s.relay_pending())
@@ -2661,10 +2609,7 @@ mod tests {
     async fn a_message_asked_for_ip_waits_for_the_relay_when_the_connection_just_dropped() {
         // The router chose IP while the relay was online; the connection dropped before
         // the client could send it: not failed, queued until the relay is back.
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue_as(&mut store, BOB, "ip only, later", ChannelRequest::Ip);
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
+        let (mut rig, id) = to_bob_online_as("ip only, later", ChannelRequest::Ip).await;
         assert_eq!(rig.ip_send().await, id);
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
