@@ -173,7 +173,11 @@ fn the_hubs_core_reads_no_clock_and_owns_no_socket_or_thread() {
         "std::fs",
     ];
     let found = offenders(&sources(), &core, &[], &io);
-    assert!(found.is_empty(), "I/O in the hub's core:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "I/O in the hub's core:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -191,7 +195,11 @@ fn the_relay_clients_core_reads_no_clock_and_owns_no_socket() {
         "tungstenite",
     ];
     let found = offenders(&sources(), &["src/relay/client/core.rs"], &[], &io);
-    assert!(found.is_empty(), "I/O in the client's core:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "I/O in the client's core:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
