@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::nm::CONNECTIVITY_FULL;
 use common::*;
+use tandem::net::Connectivity;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
@@ -74,7 +74,7 @@ async fn connectivity_flapping_loses_nothing_and_doubles_nothing() {
     let dir = temp_dir();
     let system = Bus::start();
     let (_sim, ctl) = Sim::with_ctl(&system, &[ALICE, BOB]).await;
-    let nm = Nm::start(&system, CONNECTIVITY_FULL).await;
+    let nm = Nm::start(&system, Connectivity::Full).await;
     let relay = Relay::start(dir.path());
     let (proxy, connections) = counting_proxy(relay.addr.parse().expect("address")).await;
     let url = format!("ws://{proxy}");

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::nm::{CONNECTIVITY_FULL, CONNECTIVITY_LIMITED, CONNECTIVITY_NONE};
 use common::relay::{make_certs, open_relay, script};
 use common::relay_client::online;
 use common::*;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tandem::domain::{Presence, RelayState};
+use tandem::net::Connectivity;
 use tandem::relay::client::{
     Confirmation, Delivery, Placement, PresenceReport, Refusal, RelayCommand, RelayEvent,
     Revocation, SendAnswer,
@@ -78,11 +78,17 @@ async fn sent_code(dir: &Path, number: &str, skip: usize) -> String {
 /// A relay with `config`, and Alice and Bob logged in on it (their tokens in the
 /// directory).
 async fn alice_and_bob(config: RelayConfig) -> (LocalRelay, TempDir, RelayClient, RelayClient) {
+    let (relay, dir, alice) = alice_on(config).await;
+    let bob = online("bob", &relay.url(), &dir.path().join("b"), BOB).await;
+    (relay, dir, alice, bob)
+}
+
+/// A relay with `config`, and Alice logged in on it (her token in the directory).
+async fn alice_on(config: RelayConfig) -> (LocalRelay, TempDir, RelayClient) {
     let relay = LocalRelay::start(config).await;
     let dir = temp_dir();
     let alice = online("alice", &relay.url(), &dir.path().join("a"), ALICE).await;
-    let bob = online("bob", &relay.url(), &dir.path().join("b"), BOB).await;
-    (relay, dir, alice, bob)
+    (relay, dir, alice)
 }
 
 /// Stops the clients, then the relay.
@@ -184,9 +190,7 @@ async fn a_void_token_registers_again() {
 
 #[tokio::test]
 async fn a_taken_number_backs_off() {
-    let relay = LocalRelay::start(open_relay()).await;
-    let dir = temp_dir();
-    let alice = online("alice", &relay.url(), &dir.path().join("a"), ALICE).await;
+    let (relay, dir, alice) = alice_on(open_relay()).await;
 
     // Another device without a token: register answers number-taken, every time.
     let mut config = client_config(&relay.url(), &dir.path().join("b"));
@@ -350,58 +354,27 @@ async fn messages_receipts_and_revokes() {
 
     // Delivered with receipt.
     alice.send("m1", BOB, "hello").await;
-    assert_eq!(
-        alice.send_answer("m1").await,
-        SendAnswer::Accepted {
-            state: Placement::Online,
-            duplicate: false
-        }
-    );
-    let delivered = bob
-        .first("Deliver", |e| matches!(e, RelayEvent::Deliver { .. }))
-        .await;
-    assert_eq!(
-        delivered,
-        RelayEvent::Deliver {
-            from: ALICE.into(),
-            id: "m1".into(),
-            text: "hello".into(),
-            ts: 1_700_000_000_000
-        }
-    );
+    assert_eq!(alice.placed("m1").await, (Placement::Online, false));
+    bob.next_like(RelayEvent::Deliver {
+        from: ALICE.into(),
+        id: "m1".into(),
+        text: "hello".into(),
+        ts: 1_700_000_000_000,
+    })
+    .await;
     bob.ack(ALICE, "m1").await;
-    let confirm = bob
-        .first("Confirm", |e| matches!(e, RelayEvent::Confirm { .. }))
-        .await;
-    assert_eq!(
-        confirm,
-        RelayEvent::Confirm {
-            from: ALICE.into(),
-            id: "m1".into(),
-            outcome: Confirmation::Delivered
-        }
-    );
-    let receipt = alice
-        .first("Receipt", |e| matches!(e, RelayEvent::Receipt { .. }))
-        .await;
-    assert_eq!(
-        receipt,
-        RelayEvent::Receipt {
-            id: "m1".into(),
-            to: BOB.into(),
-            outcome: Delivery::Delivered
-        }
-    );
+    bob.next_like(RelayEvent::Confirm {
+        from: ALICE.into(),
+        id: "m1".into(),
+        outcome: Confirmation::Delivered,
+    })
+    .await;
+    let receipt = alice.receipt("m1").await;
+    assert_eq!(receipt, (BOB.to_owned(), Delivery::Delivered));
 
     // A resend is a duplicate; an unregistered number is refused.
     alice.send("m1", BOB, "hello").await;
-    assert_eq!(
-        alice.send_answer("m1").await,
-        SendAnswer::Accepted {
-            state: Placement::Delivered,
-            duplicate: true
-        }
-    );
+    assert_eq!(alice.placed("m1").await, (Placement::Delivered, true));
     alice.send("m2", CAROL, "hi").await;
     assert_eq!(alice.refused("m2").await, Refusal::RecipientUnregistered);
 
@@ -555,11 +528,8 @@ async fn not_logged_in_answers_at_once_and_subscribes_later() {
 
 #[tokio::test]
 async fn presence_and_typing() {
-    let relay = LocalRelay::start(open_relay()).await;
-    let dir = temp_dir();
+    let (relay, dir, mut alice, bob) = alice_and_bob(open_relay()).await;
     let bob_token = dir.path().join("b");
-    let mut alice = online("alice", &relay.url(), &dir.path().join("a"), ALICE).await;
-    let bob = online("bob", &relay.url(), &bob_token, BOB).await;
 
     alice.subscribe(&[BOB, CAROL]).await;
     assert_eq!(
@@ -637,14 +607,12 @@ async fn the_relay_restarts_and_the_client_logs_in_again() {
 async fn keepalive_holds_an_idle_connection() {
     // The relay pings every 100 ms and drops a client silent for 300 ms; the client
     // treats 300 ms without a frame as dead. Only pings and pongs keep it up.
-    let relay = LocalRelay::start(RelayConfig {
+    let (relay, _dir, mut alice) = alice_on(RelayConfig {
         ping_interval: Duration::from_millis(100),
         idle_timeout: Duration::from_millis(300),
         ..open_relay()
     })
     .await;
-    let dir = temp_dir();
-    let mut alice = online("alice", &relay.url(), &dir.path().join("a"), ALICE).await;
     alice
         .never(Duration::from_millis(1500), "a state change", |e| {
             matches!(e, RelayEvent::State(_) | RelayEvent::LoggedIn { .. })
@@ -802,7 +770,7 @@ async fn backoff_does_not_spin() {
 #[tokio::test]
 async fn follows_network_manager() {
     let bus = Bus::start();
-    let nm = Nm::start(&bus, CONNECTIVITY_NONE).await;
+    let nm = Nm::start(&bus, Connectivity::NoNetwork).await;
     let relay = LocalRelay::start(open_relay()).await;
     let dir = temp_dir();
     let mut config = client_config(&relay.url(), &dir.path().join("a"));
@@ -819,14 +787,14 @@ async fn follows_network_manager() {
             *e != RelayEvent::State(RelayState::Offline)
         })
         .await;
-    nm.set_connectivity(CONNECTIVITY_FULL).await;
+    nm.set_connectivity(Connectivity::Full).await;
     alice.logged_in().await;
 
     // Gone, then back: offline at once, online again at once.
-    nm.set_connectivity(CONNECTIVITY_NONE).await;
+    nm.set_connectivity(Connectivity::NoNetwork).await;
     alice.state(RelayState::Offline).await;
     let back = Instant::now();
-    nm.set_connectivity(CONNECTIVITY_FULL).await;
+    nm.set_connectivity(Connectivity::Full).await;
     alice.logged_in().await;
     assert!(
         back.elapsed() < Duration::from_secs(2),
@@ -835,7 +803,7 @@ async fn follows_network_manager() {
     );
 
     // Limited connectivity changes nothing for a connected client.
-    nm.set_connectivity(CONNECTIVITY_LIMITED).await;
+    nm.set_connectivity(Connectivity::Limited).await;
     alice
         .never(Duration::from_millis(300), "a state change", |e| {
             matches!(e, RelayEvent::State(_))
@@ -843,7 +811,7 @@ async fn follows_network_manager() {
         .await;
 
     // NetworkManager says none, then goes away: the client just tries.
-    nm.set_connectivity(CONNECTIVITY_NONE).await;
+    nm.set_connectivity(Connectivity::NoNetwork).await;
     alice.state(RelayState::Offline).await;
     drop(nm);
     alice.logged_in().await;

@@ -23,10 +23,10 @@ use std::io::Read as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::nm::{CONNECTIVITY_FULL, CONNECTIVITY_NONE};
 use common::*;
 use tandem::domain::RelayState;
 use tandem::logind::{CLOSE_BOUND, Sleep};
+use tandem::net::Connectivity;
 use tandem::relay::client::{ClientConfig, RelayEvent, SendAnswer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -460,7 +460,7 @@ async fn asleep_the_client_stays_offline_until_resumed() {
     let dir = temp_dir();
     let relay = Relay::start(dir.path());
     let bus = Bus::start();
-    let nm = Nm::start(&bus, CONNECTIVITY_FULL).await;
+    let nm = Nm::start(&bus, Connectivity::Full).await;
     // A slow backoff: a login within a second of the resume did not wait for it.
     let backoff = (Duration::from_secs(5), Duration::from_secs(10));
     let net = tandem::net::spawn(bus.connect().await);
@@ -470,8 +470,8 @@ async fn asleep_the_client_stays_offline_until_resumed() {
     client.sleep().await;
     client.until("offline", offline).await;
     // Asleep, nothing makes it dial: not the network coming back, not a send.
-    nm.set_connectivity(CONNECTIVITY_NONE).await;
-    nm.set_connectivity(CONNECTIVITY_FULL).await;
+    nm.set_connectivity(Connectivity::NoNetwork).await;
+    nm.set_connectivity(Connectivity::Full).await;
     client.send("asleep-1", BOB, "not now").await;
     assert_eq!(
         client.send_answer("asleep-1").await,

@@ -3,14 +3,22 @@
 
 use super::Bus;
 
-pub const NM_PATH: &str = "/org/freedesktop/NetworkManager";
-/// `NMConnectivityState`.
-pub const CONNECTIVITY_NONE: u32 = 1;
-pub const CONNECTIVITY_LIMITED: u32 = 3;
-pub const CONNECTIVITY_FULL: u32 = 4;
-/// `NMState`.
-pub const STATE_DISCONNECTED: u32 = 20;
-pub const STATE_CONNECTED_GLOBAL: u32 = 70;
+use tandem::net::Connectivity;
+
+const NM_PATH: &str = "/org/freedesktop/NetworkManager";
+
+/// What NetworkManager says for `connectivity`: `NMConnectivityState`, and the `NMState`
+/// that goes with it (connected-global when full, else disconnected).
+fn nm_values(connectivity: Connectivity) -> (u32, u32) {
+    let value = match connectivity {
+        Connectivity::Unknown => 0,
+        Connectivity::NoNetwork => 1,
+        Connectivity::Portal => 2,
+        Connectivity::Limited => 3,
+        Connectivity::Full => 4,
+    };
+    (value, if value == 4 { 70 } else { 20 })
+}
 
 struct FakeNm {
     connectivity: u32,
@@ -37,12 +45,8 @@ pub struct Nm {
 
 impl Nm {
     /// The fake on `bus`, saying `connectivity` (and the `State` that goes with it).
-    pub async fn start(bus: &Bus, connectivity: u32) -> Nm {
-        let state = if connectivity == CONNECTIVITY_FULL {
-            STATE_CONNECTED_GLOBAL
-        } else {
-            STATE_DISCONNECTED
-        };
+    pub async fn start(bus: &Bus, connectivity: Connectivity) -> Nm {
+        let (connectivity, state) = nm_values(connectivity);
         let conn = zbus::connection::Builder::address(bus.address.as_str())
             .serve_at(
                 NM_PATH,
@@ -66,10 +70,10 @@ impl Nm {
             .expect("the fake's interface")
     }
 
-    /// `Connectivity` becomes `value` (`State` is left as it is).
-    pub async fn set_connectivity(&self, value: u32) {
+    /// `Connectivity` becomes `connectivity` (`State` is left as it is).
+    pub async fn set_connectivity(&self, connectivity: Connectivity) {
         let iface = self.iface().await;
-        iface.get_mut().await.connectivity = value;
+        iface.get_mut().await.connectivity = nm_values(connectivity).0;
         iface
             .get()
             .await
@@ -83,11 +87,12 @@ impl Nm {
         let iface = self.iface().await;
         {
             let mut fake = iface.get_mut().await;
-            (fake.state, fake.connectivity) = if up {
-                (STATE_CONNECTED_GLOBAL, CONNECTIVITY_FULL)
+            let now = if up {
+                Connectivity::Full
             } else {
-                (STATE_DISCONNECTED, CONNECTIVITY_NONE)
+                Connectivity::NoNetwork
             };
+            (fake.connectivity, fake.state) = nm_values(now);
         }
         let fake = iface.get().await;
         let emitter = iface.signal_emitter();

@@ -10,8 +10,8 @@ use tandem::domain::RelayState;
 use tandem::logind::Sleep;
 use tandem::net::ConnectivityWatch;
 use tandem::relay::client::{
-    ClientConfig, Confirmation, PresenceReport, Refusal, RelayCommand, RelayEvent, Revocation,
-    SendAnswer,
+    ClientConfig, Confirmation, Delivery, Placement, PresenceReport, Refusal, RelayCommand,
+    RelayEvent, Revocation, SendAnswer,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -233,6 +233,38 @@ impl RelayClient {
             "{}: send {id} answered {answer:?}",
             self.name
         );
+    }
+
+    /// Expects the answer to send `id` to be an acceptance; where the message is, and
+    /// whether it was a duplicate.
+    pub async fn placed(&mut self, id: &str) -> (Placement, bool) {
+        match self.send_answer(id).await {
+            SendAnswer::Accepted { state, duplicate } => (state, duplicate),
+            other => panic!("{}: send {id} answered {other:?}", self.name),
+        }
+    }
+
+    /// Waits for the receipt of `id`; to whom, and its outcome.
+    pub async fn receipt(&mut self, id: &str) -> (String, Delivery) {
+        self.expect(&format!("Receipt {id}"), |e| match e {
+            RelayEvent::Receipt {
+                id: got,
+                to,
+                outcome,
+            } if got == id => Some((to.to_string(), *outcome)),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the first event of `expected`'s kind, which must be `expected`.
+    pub async fn next_like(&mut self, expected: RelayEvent) {
+        let kind = std::mem::discriminant(&expected);
+        let what = format!("{expected:?}");
+        let got = self
+            .first(&what, |e| std::mem::discriminant(e) == kind)
+            .await;
+        assert_eq!(got, expected, "{}", self.name);
     }
 
     /// Expects the answer to send `id` to be a refusal; its reason.
