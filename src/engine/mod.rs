@@ -1250,6 +1250,17 @@ mod tests {
             self.modem_events.send(event).await.expect("send");
         }
 
+        /// The modem made SMS object `n` for `id`; the engine's next modem command.
+        async fn created(&mut self, id: &str, n: u32) -> ModemCommand {
+            let id = id.to_owned();
+            self.modem(ModemEvent::Created {
+                id,
+                object: object(n),
+            })
+            .await;
+            self.modem_command().await
+        }
+
         async fn stop(self) {
             let _ = self.commands.send(EngineCmd::Shutdown).await;
             let _ = self.task.await;
@@ -1449,16 +1460,11 @@ mod tests {
         let (mut rig, id) = creating("hello").await;
         // Nothing recorded yet: a crash now sends it again (no object was ever sent).
         assert_eq!(message(&rig, &id).await.status, Status::Queued);
-        rig.modem(ModemEvent::Created {
-            id: id.clone(),
-            object: object(4),
-        })
-        .await;
         let ModemCommand::Send {
             id: sent,
             object: sent_object,
             budget,
-        } = rig.modem_command().await
+        } = rig.created(&id, 4).await
         else {
             panic!("expected Send");
         };
@@ -1488,13 +1494,8 @@ mod tests {
             .call(move |s| s.delete_message(&key))
             .await
             .expect("delete");
-        rig.modem(ModemEvent::Created {
-            id: id.clone(),
-            object: object(5),
-        })
-        .await;
         assert_eq!(
-            rig.modem_command().await,
+            rig.created(&id, 5).await,
             ModemCommand::Discard { object: object(5) }
         );
         rig.stop().await;
@@ -1631,13 +1632,8 @@ mod tests {
     #[tokio::test]
     async fn a_send_refused_after_recording_requeues_without_an_attempt() {
         let (mut rig, id) = creating("hold on").await;
-        rig.modem(ModemEvent::Created {
-            id: id.clone(),
-            object: object(1),
-        })
-        .await;
         assert!(matches!(
-            rig.modem_command().await,
+            rig.created(&id, 1).await,
             ModemCommand::Send { .. }
         ));
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
@@ -1797,39 +1793,18 @@ mod tests {
     async fn the_registration_code_sms_goes_to_the_relay_and_nowhere_else() {
         let mut rig = Rig::start(Store::open_in_memory().expect("store"));
         // The code SMS beats the relay's code-sent: kept aside, on the modem, unstored.
-        let code = sms(
-            "+15559990000",
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 482913",
-            "/sms/1",
-        );
+        let code = code_sms("482913", "00:00", 1);
         rig.modem(ModemEvent::Incoming(code.clone())).await;
         rig.no_sms_within(Duration::from_millis(100), "deleted before it was used")
             .await;
         assert!(rig.announcements.try_recv().is_err(), "shown");
         // The registration asks for it: the code goes to the relay, the SMS away.
-        rig.relay(RelayEvent::AwaitingCode {
-            number: "+15550001111".into(),
-        })
-        .await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Code("482913".into())
-        );
-        assert_eq!(
-            rig.modem_command().await,
-            ModemCommand::Delete { path: code.path }
-        );
+        rig.code_used("482913", code).await;
         // Logged in: a text that merely looks like a code is an ordinary message.
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let later = sms(
-            "+15559990000",
-            "2024-05-01T12:05:00+00",
-            "Tandem code: 111111",
-            "/sms/2",
-        );
+        let later = code_sms("111111", "05:00", 2);
         rig.modem(ModemEvent::Incoming(later)).await;
         loop {
             if let Event::Received(m) = rig.announced().await {
@@ -1839,7 +1814,7 @@ mod tests {
         }
         let stored = rig
             .store
-            .call(|s| s.get_messages("+15559990000", None, 10))
+            .call(|s| s.get_messages(GATEWAY, None, 10))
             .await
             .expect("messages");
         assert_eq!(
@@ -2453,13 +2428,8 @@ mod tests {
                 "sent over IP while its SMS is being made: {cmd:?}"
             );
         }
-        rig.modem(ModemEvent::Created {
-            id: id.clone(),
-            object: object(5),
-        })
-        .await;
         assert!(matches!(
-            rig.modem_command().await,
+            rig.created(&id, 5).await,
             ModemCommand::Send { .. }
         ));
         rig.modem(ModemEvent::SendResult {
@@ -2503,6 +2473,28 @@ mod tests {
         rig.stop().await;
     }
 
+    /// Where the code SMS come from.
+    const GATEWAY: &str = "+15559990000";
+
+    /// A code SMS from the gateway, received at 12:`at` (minutes:seconds), at `/sms/n`.
+    fn code_sms(code: &str, at: &str, n: u32) -> IncomingSms {
+        let ts = format!("2024-05-01T12:{at}+00");
+        let text = format!("Tandem code: {code}");
+        sms(GATEWAY, &ts, &text, &format!("/sms/{n}"))
+    }
+
+    impl Rig {
+        /// The relay asks for the code (registering our number): `code` goes to it, and
+        /// `sms`, the code SMS kept aside, is deleted.
+        async fn code_used(&mut self, code: &str, sms: IncomingSms) {
+            let number = "+15550001111".into();
+            self.relay(RelayEvent::AwaitingCode { number }).await;
+            assert_eq!(self.relay_command().await, RelayCommand::Code(code.into()));
+            let path = sms.path;
+            assert_eq!(self.modem_command().await, ModemCommand::Delete { path });
+        }
+    }
+
     /// Nothing of the code SMS `from` was stored or announced.
     async fn code_never_shown(rig: &mut Rig, from: &'static str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2526,19 +2518,8 @@ mod tests {
         // A daemon killed after its code was sent left code 1 on the modem; its restart
         // asked for code 2 (which voids code 1), and both came before `code-sent`.
         let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        let gateway = "+15559990000";
-        let old = sms(
-            gateway,
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 111111",
-            "/sms/1",
-        );
-        let new = sms(
-            gateway,
-            "2024-05-01T12:00:05+00",
-            "Tandem code: 222222",
-            "/sms/2",
-        );
+        let old = code_sms("111111", "00:00", 1);
+        let new = code_sms("222222", "00:05", 2);
         for code in [old.clone(), new.clone()] {
             rig.modem(ModemEvent::Incoming(code)).await;
         }
@@ -2546,19 +2527,8 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Delete { path: old.path }
         );
-        rig.relay(RelayEvent::AwaitingCode {
-            number: "+15550001111".into(),
-        })
-        .await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Code("222222".into())
-        );
-        assert_eq!(
-            rig.modem_command().await,
-            ModemCommand::Delete { path: new.path }
-        );
-        code_never_shown(&mut rig, gateway).await;
+        rig.code_used("222222", new).await;
+        code_never_shown(&mut rig, GATEWAY).await;
         rig.stop().await;
     }
 
@@ -2567,13 +2537,7 @@ mod tests {
         // Killed after the token was stored and before the modem deleted the code SMS:
         // the next start finds it, then logs in with the token.
         let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        let gateway = "+15559990000";
-        let code = sms(
-            gateway,
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 482913",
-            "/sms/1",
-        );
+        let code = code_sms("482913", "00:00", 1);
         rig.modem(ModemEvent::Incoming(code.clone())).await;
         rig.no_sms_within(Duration::from_millis(100), "deleted too early")
             .await;
@@ -2583,7 +2547,7 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Delete { path: code.path }
         );
-        code_never_shown(&mut rig, gateway).await;
+        code_never_shown(&mut rig, GATEWAY).await;
         rig.stop().await;
     }
 
