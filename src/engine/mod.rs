@@ -1261,6 +1261,12 @@ mod tests {
             self.modem_command().await
         }
 
+        /// Asserts that no SMS was asked for (no modem command is waiting), then stops.
+        async fn stop_without_sms(mut self) {
+            assert!(self.modem_commands.try_recv().is_err(), "an SMS too");
+            self.stop().await;
+        }
+
         async fn stop(self) {
             let _ = self.commands.send(EngineCmd::Shutdown).await;
             let _ = self.task.await;
@@ -1700,26 +1706,8 @@ mod tests {
             .expect("sending");
         store.record_attempt(&id, 2, 0).expect("attempts");
         let rig = Rig::start(store);
-        let key = id.clone();
-        let mut status = Status::Sending;
-        for _ in 0..100 {
-            let k = key.clone();
-            status = rig
-                .store
-                .call(move |s| s.get_message(&k))
-                .await
-                .expect("get")
-                .status;
-            if status == Status::Failed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            status,
-            Status::Failed,
-            "the third interrupted attempt is the last"
-        );
+        // The third interrupted attempt is the last.
+        until_status(&rig, &id, Status::Failed).await;
         rig.stop().await;
     }
 
@@ -2071,7 +2059,15 @@ mod tests {
         to_bob_online_as(text, ChannelRequest::Auto).await
     }
 
-    /// The same with the channel the sender asked for.
+    /// The same with the modem registered too, once the engine sent it over IP.
+    async fn sending_to_bob(text: &str) -> (Rig, String) {
+        let (mut rig, id) = to_bob_online(text).await;
+        registered(&rig).await;
+        assert_eq!(rig.ip_send().await, id);
+        (rig, id)
+    }
+
+    /// [`to_bob_online`] with the channel the sender asked for.
     async fn to_bob_online_as(text: &str, requested: ChannelRequest) -> (Rig, String) {
         let mut store = Store::open_in_memory().expect("store");
         let id = queue_as(&mut store, BOB, text, requested);
@@ -2152,8 +2148,7 @@ mod tests {
         }]))
         .await;
         assert_eq!(rig.ip_send().await, id);
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
@@ -2232,15 +2227,12 @@ mod tests {
         // Well before the fallback timeout would have fired: no revoke, no SMS.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(rig.relay_commands.try_recv().is_err());
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
     async fn no_receipt_in_time_revokes_then_goes_by_sms() {
-        let (mut rig, id) = to_bob_online("are you there?").await;
-        registered(&rig).await;
-        assert_eq!(rig.ip_send().await, id);
+        let (mut rig, id) = sending_to_bob("are you there?").await;
         rig.answer(&id, accepted()).await;
         rig.revoke_answered(&id, Revocation::Revoked).await;
         assert!(
@@ -2252,9 +2244,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoke_that_comes_too_late_means_delivered() {
-        let (mut rig, id) = to_bob_online("just in time").await;
-        registered(&rig).await;
-        rig.ip_send().await;
+        let (mut rig, id) = sending_to_bob("just in time").await;
         rig.answer(&id, accepted()).await;
         rig.revoke_answered(&id, Revocation::AlreadyDelivered).await;
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
@@ -2304,33 +2294,19 @@ mod tests {
         rig.answer(&auto, refused()).await;
         assert!(matches!(rig.modem_command().await, ModemCommand::Create { id, .. } if id == auto));
         rig.answer(&forced.id, refused()).await;
-        let failed = loop {
-            let id = forced.id.clone();
-            let m = rig
-                .store
-                .call(move |s| s.get_message(&id))
-                .await
-                .expect("get");
-            if m.status == Status::Failed {
-                break m;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let failed = until_status(&rig, &forced.id, Status::Failed).await;
         assert!(failed.error.expect("a reason").contains("refused"));
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn a_send_lost_with_the_connection_is_asked_again_never_sent_twice() {
-        let (mut rig, id) = to_bob_online("in the tunnel").await;
-        registered(&rig).await;
-        assert_eq!(rig.ip_send().await, id);
+        let (mut rig, id) = sending_to_bob("in the tunnel").await;
         rig.answer(&id, SendAnswer::Lost).await;
         rig.dropped_without_sms().await;
         // After the login: the subscription, then the same send again.
         rig.resent_after_login_was_delivered(&id).await;
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
@@ -2339,9 +2315,7 @@ mod tests {
         // login makes the engine send it again; the connection is gone by the time the
         // client takes the resend, so that one is answered `NotConnected`. The relay may
         // well hold the first one (here it did, and delivered it): no SMS for it.
-        let (mut rig, id) = to_bob_online("flapping").await;
-        registered(&rig).await;
-        assert_eq!(rig.ip_send().await, id);
+        let (mut rig, id) = sending_to_bob("flapping").await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         assert!(matches!(
             rig.relay_command().await,
@@ -2354,15 +2328,12 @@ mod tests {
         assert_eq!(message(&rig, &id).await.status, Status::Sending);
         // The next login asks again, and the relay's answer decides.
         rig.resent_after_login_was_delivered(&id).await;
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
     async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
-        let (mut rig, id) = to_bob_online("ack, then silence").await;
-        registered(&rig).await;
-        rig.ip_send().await;
+        let (mut rig, id) = sending_to_bob("ack, then silence").await;
         rig.answer(&id, accepted()).await;
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
         // The deadline passes while offline: the revoke goes out and is not answered.
