@@ -1210,6 +1210,11 @@ mod tests {
             }
         }
 
+        /// An engine on an empty store.
+        fn empty() -> Rig {
+            Rig::start(Store::open_in_memory().expect("store"))
+        }
+
         /// The next announcement, confirmed as emitted like the publisher does.
         async fn announced(&mut self) -> Event {
             let a = tokio::time::timeout(Duration::from_secs(5), self.announcements.recv())
@@ -1244,6 +1249,19 @@ mod tests {
 
         async fn relay(&self, event: RelayEvent) {
             self.relay_events.send(event).await.expect("send");
+        }
+
+        /// The code SMS `code` arrives before the relay asked for it: kept aside, not
+        /// deleted within 100 ms (`why` it must not be).
+        async fn code_kept_aside(&mut self, code: &IncomingSms, why: &str) {
+            self.modem(ModemEvent::Incoming(code.clone())).await;
+            self.no_sms_within(Duration::from_millis(100), why).await;
+        }
+
+        /// The next announcement is `number`'s presence, now `presence`.
+        async fn presence_announced(&mut self, number: &str, presence: Presence) {
+            let number = number.into();
+            assert_eq!(self.announced().await, Event::Presence { number, presence });
         }
 
         async fn modem(&self, event: ModemEvent) {
@@ -1779,11 +1797,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_registration_code_sms_goes_to_the_relay_and_nowhere_else() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let mut rig = Rig::empty();
         // The code SMS beats the relay's code-sent: kept aside, on the modem, unstored.
         let code = code_sms("482913", "00:00", 1);
-        rig.modem(ModemEvent::Incoming(code.clone())).await;
-        rig.no_sms_within(Duration::from_millis(100), "deleted before it was used")
+        rig.code_kept_aside(&code, "deleted before it was used")
             .await;
         assert!(rig.announcements.try_recv().is_err(), "shown");
         // The registration asks for it: the code goes to the relay, the SMS away.
@@ -1815,7 +1832,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ip_message_is_shown_only_when_the_relay_confirms_it() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let mut rig = Rig::empty();
         let deliver = |id: &str, text: &str| RelayEvent::Deliver {
             from: "+15550002222".into(),
             id: id.into(),
@@ -1917,25 +1934,15 @@ mod tests {
             entry("+15550003333", Presence::Offline),
         ]))
         .await;
-        assert_eq!(
-            rig.announced().await,
-            Event::Presence {
-                number: "+15550002222".into(),
-                presence: Presence::Online
-            }
-        );
+        rig.presence_announced("+15550002222", Presence::Online)
+            .await;
         rig.relay(RelayEvent::Presence(entry(
             "+15550002222",
             Presence::Typing,
         )))
         .await;
-        assert_eq!(
-            rig.announced().await,
-            Event::Presence {
-                number: "+15550002222".into(),
-                presence: Presence::Typing
-            }
-        );
+        rig.presence_announced("+15550002222", Presence::Typing)
+            .await;
         assert_eq!(
             rig.presence
                 .borrow()
@@ -1952,13 +1959,8 @@ mod tests {
         assert_eq!(cached.map(|c| c.presence), Some(Presence::Typing));
         // Our own connection drops: nobody is known to be online any more.
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        assert_eq!(
-            rig.announced().await,
-            Event::Presence {
-                number: "+15550002222".into(),
-                presence: Presence::Offline
-            }
-        );
+        rig.presence_announced("+15550002222", Presence::Offline)
+            .await;
         assert!(rig.presence.borrow().is_empty());
         rig.stop().await;
     }
@@ -2054,6 +2056,16 @@ mod tests {
 
     const BOB: &str = "+15550002222";
 
+    /// A rig with the modem registered, logged in on the relay, and Bob followed (his
+    /// presence not come yet).
+    async fn following_bob() -> Rig {
+        let mut rig = Rig::empty();
+        registered(&rig).await;
+        rig.logged_in().await;
+        rig.follow(BOB).await;
+        rig
+    }
+
     /// A rig with one message (`text`) queued for Bob, Bob online on the relay.
     async fn to_bob_online(text: &str) -> (Rig, String) {
         to_bob_online_as(text, ChannelRequest::Auto).await
@@ -2129,11 +2141,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_to_a_contact_just_followed_waits_for_its_presence() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        registered(&rig).await;
-        rig.logged_in().await;
         // Bob becomes a contact (Watch): subscribed, his presence not come yet.
-        rig.follow(BOB).await;
+        let mut rig = following_bob().await;
         let id = send_now(&rig, BOB, "quick reply").await;
         // Not by SMS at once because his presence is still unknown.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -2153,10 +2162,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_contact_whose_presence_never_comes_gets_sms_after_a_short_wait() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        registered(&rig).await;
-        rig.logged_in().await;
-        rig.follow(BOB).await;
+        let mut rig = following_bob().await;
         let asked = Instant::now();
         let id = send_now(&rig, BOB, "anyone?").await;
         assert!(
@@ -2488,7 +2494,7 @@ mod tests {
     async fn of_two_early_code_sms_the_newer_is_used_and_the_older_deleted_unseen() {
         // A daemon killed after its code was sent left code 1 on the modem; its restart
         // asked for code 2 (which voids code 1), and both came before `code-sent`.
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let mut rig = Rig::empty();
         let old = code_sms("111111", "00:00", 1);
         let new = code_sms("222222", "00:05", 2);
         for code in [old.clone(), new.clone()] {
@@ -2507,11 +2513,9 @@ mod tests {
     async fn a_code_sms_still_kept_aside_at_login_is_deleted_unseen() {
         // Killed after the token was stored and before the modem deleted the code SMS:
         // the next start finds it, then logs in with the token.
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let mut rig = Rig::empty();
         let code = code_sms("482913", "00:00", 1);
-        rig.modem(ModemEvent::Incoming(code.clone())).await;
-        rig.no_sms_within(Duration::from_millis(100), "deleted too early")
-            .await;
+        rig.code_kept_aside(&code, "deleted too early").await;
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         assert_eq!(
