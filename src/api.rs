@@ -99,8 +99,8 @@ pub struct MessageDict {
 impl From<Message> for MessageDict {
     fn from(m: Message) -> Self {
         MessageDict {
-            id: m.id,
-            peer: m.peer,
+            id: m.id.into_string(),
+            peer: m.peer.into_string(),
             direction: m.direction.to_string(),
             text: m.text,
             channel: m.channel.map(Channel::as_str).unwrap_or("").to_owned(),
@@ -128,8 +128,8 @@ pub struct ConversationDict {
 impl ConversationDict {
     fn new(c: Conversation, presence: Presence) -> Self {
         ConversationDict {
-            peer: c.peer,
-            last_id: c.last_id,
+            peer: c.peer.into_string(),
+            last_id: c.last_id.into_string(),
             last_text: c.last_text,
             last_timestamp: c.last_timestamp_ms,
             last_direction: c.last_direction.to_string(),
@@ -410,7 +410,7 @@ impl Messages {
             debug!(id = %message.id, peer = %message.peer, "message queued");
             self.tell_engine(EngineCmd::Outbox).await;
         }
-        Ok(message.id)
+        Ok(message.id.into_string())
     }
 
     /// Conversations, newest activity first.

@@ -409,22 +409,18 @@ fn position(text: &str, span: Range<usize>) -> Position {
 
 /// `$XDG_CONFIG_HOME/tandem/config.toml` (XDG_CONFIG_HOME defaults to `$HOME/.config`).
 pub fn default_config_path() -> PathBuf {
-    xdg_path(
-        std::env::var_os("XDG_CONFIG_HOME"),
-        std::env::home_dir(),
-        ".config",
-    )
-    .join("config.toml")
+    xdg_file("XDG_CONFIG_HOME", ".config", "config.toml")
 }
 
 /// `$XDG_DATA_HOME/tandem/messages.db` (XDG_DATA_HOME defaults to `$HOME/.local/share`).
 pub fn default_db_path() -> PathBuf {
-    xdg_path(
-        std::env::var_os("XDG_DATA_HOME"),
-        std::env::home_dir(),
-        ".local/share",
-    )
-    .join("messages.db")
+    xdg_file("XDG_DATA_HOME", ".local/share", "messages.db")
+}
+
+/// `file` in the `tandem` folder of the XDG base directory `var` (with `fallback` below
+/// `$HOME` as its default).
+fn xdg_file(var: &str, fallback: &str, file: &str) -> PathBuf {
+    xdg_path(std::env::var_os(var), std::env::home_dir(), fallback).join(file)
 }
 
 /// `<base>/tandem`, where base is the XDG variable when it is an absolute path (the XDG

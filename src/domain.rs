@@ -104,6 +104,14 @@ macro_rules! string_newtype {
                 f.write_str(&self.0)
             }
         }
+        /// Reads as the string it is (`&peer` where a `&str` is wanted); building one
+        /// from a string is explicit.
+        impl std::ops::Deref for $ty {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
         impl AsRef<str> for $ty {
             fn as_ref(&self) -> &str {
                 &self.0
@@ -139,6 +147,21 @@ macro_rules! string_newtype {
                 self.0 == *other
             }
         }
+        impl PartialEq<String> for $ty {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+        impl PartialEq<$ty> for String {
+            fn eq(&self, other: &$ty) -> bool {
+                self == &other.0
+            }
+        }
+        impl PartialEq<$ty> for &str {
+            fn eq(&self, other: &$ty) -> bool {
+                *self == other.0
+            }
+        }
     };
 }
 
@@ -168,9 +191,9 @@ impl Peer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// Opaque, stable id (a UUID for our own messages).
-    pub id: String,
+    pub id: MessageId,
     /// The other party: E.164, or a short code / alphanumeric sender kept verbatim.
-    pub peer: String,
+    pub peer: Peer,
     pub direction: Direction,
     pub text: String,
     /// `None` while an outgoing message has not been handed to a channel yet.
@@ -188,8 +211,8 @@ pub struct Message {
 /// One conversation in the list, newest activity first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
-    pub peer: String,
-    pub last_id: String,
+    pub peer: Peer,
+    pub last_id: MessageId,
     pub last_text: String,
     pub last_timestamp_ms: i64,
     pub last_direction: Direction,

@@ -131,14 +131,18 @@ fn shown_option(arg: &Arg) -> bool {
     !arg.is_positional() && !arg.is_hide_set() && !arg.is_global_set() && arg.get_id() != "help"
 }
 
-fn positional_name(arg: &Arg) -> String {
-    let name = arg
-        .get_value_names()
+/// The first value name clap has for `arg`, or its id in capitals.
+fn value_name(arg: &Arg) -> String {
+    arg.get_value_names()
         .and_then(|names| names.first())
         .map_or_else(
             || arg.get_id().to_string().to_uppercase(),
             |n| n.to_string(),
-        );
+        )
+}
+
+fn positional_name(arg: &Arg) -> String {
+    let name = value_name(arg);
     let many = arg.get_num_args().is_some_and(|n| n.max_values() > 1);
     let name = if many { format!("{name}...") } else { name };
     if arg.is_required_set() {
@@ -162,13 +166,7 @@ fn arg_header(arg: &Arg) -> Vec<roff::Inline> {
     }
     let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
     if takes_value {
-        let value = arg
-            .get_value_names()
-            .and_then(|names| names.first())
-            .map_or_else(
-                || arg.get_id().to_string().to_uppercase(),
-                |n| n.to_string(),
-            );
+        let value = value_name(arg);
         header.push(roman(" "));
         header.push(italic(value));
         let defaults: Vec<String> = arg

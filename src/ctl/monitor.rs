@@ -80,41 +80,45 @@ fn emit(out: &mut dyn Write, json: bool, event: &EventJson<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Runs `print` on a signal's arguments; a signal whose arguments do not parse is skipped.
+fn with_args<A>(
+    args: zbus::Result<A>,
+    signal: &str,
+    print: impl FnOnce(A) -> Result<()>,
+) -> Result<()> {
+    match args {
+        Ok(args) => print(args),
+        Err(e) => {
+            debug!(cause = %e, "malformed {signal} skipped");
+            Ok(())
+        }
+    }
+}
+
 /// Prints one of the interface's signals; malformed ones are skipped.
 fn print_signal(signal: zbus::Message, json: bool, out: &mut dyn Write) -> Result<()> {
     if let Some(s) = MessageReceived::from_message(signal.clone()) {
-        match s.args() {
-            Ok(args) => {
-                let message = MessageJson::from(&args.message);
-                emit(out, json, &EventJson::MessageReceived { message })?;
-            }
-            Err(e) => debug!(cause = %e, "malformed MessageReceived skipped"),
-        }
+        with_args(s.args(), "MessageReceived", |args| {
+            let message = MessageJson::from(&args.message);
+            emit(out, json, &EventJson::MessageReceived { message })
+        })?;
     } else if let Some(s) = MessageStatusChanged::from_message(signal.clone()) {
-        match s.args() {
-            Ok(args) => emit(
-                out,
-                json,
-                &EventJson::MessageStatusChanged {
-                    id: args.id,
-                    status: args.status,
-                    channel: args.channel,
-                },
-            )?,
-            Err(e) => debug!(cause = %e, "malformed MessageStatusChanged skipped"),
-        }
+        with_args(s.args(), "MessageStatusChanged", |args| {
+            let event = EventJson::MessageStatusChanged {
+                id: args.id,
+                status: args.status,
+                channel: args.channel,
+            };
+            emit(out, json, &event)
+        })?;
     } else if let Some(s) = PresenceChanged::from_message(signal.clone()) {
-        match s.args() {
-            Ok(args) => emit(
-                out,
-                json,
-                &EventJson::PresenceChanged {
-                    number: args.number,
-                    presence: args.presence,
-                },
-            )?,
-            Err(e) => debug!(cause = %e, "malformed PresenceChanged skipped"),
-        }
+        with_args(s.args(), "PresenceChanged", |args| {
+            let event = EventJson::PresenceChanged {
+                number: args.number,
+                presence: args.presence,
+            };
+            emit(out, json, &event)
+        })?;
     } else if let Some(s) = PropertiesChanged::from_message(signal) {
         let Ok(args) = s.args() else {
             debug!("malformed PropertiesChanged skipped");

@@ -215,64 +215,70 @@ fn channel_cell(channel: &str) -> &str {
     if channel.is_empty() { "-" } else { channel }
 }
 
+/// One row per item under `headers`, or the line `empty` when there are none.
+fn table_of<T>(
+    out: &mut dyn Write,
+    items: &[T],
+    empty: &str,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> io::Result<()> {
+    if items.is_empty() {
+        return writeln!(out, "{empty}");
+    }
+    let mut table = Table::new(headers);
+    for item in items {
+        table.row(row(item));
+    }
+    table.write(out)
+}
+
 /// `messages`: one conversation.
 pub fn messages_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
-    if messages.is_empty() {
-        return writeln!(out, "no messages");
-    }
-    let mut table = Table::new(&["TIME", "DIR", "VIA", "STATUS", "TEXT", "ID"]);
-    for m in messages {
-        table.row(vec![
+    let headers = ["TIME", "DIR", "VIA", "STATUS", "TEXT", "ID"];
+    table_of(out, messages, "no messages", &headers, |m| {
+        vec![
             localtime::date_minutes(m.timestamp),
             direction_cell(&m.direction).to_owned(),
             channel_cell(&m.channel).to_owned(),
             status_cell(m),
             shorten(&m.text, CELL_CHARS),
             m.id.clone(),
-        ]);
-    }
-    table.write(out)
+        ]
+    })
 }
 
 /// `search`: messages of any conversation.
 pub fn search_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
-    if messages.is_empty() {
-        return writeln!(out, "nothing found");
-    }
-    let mut table = Table::new(&["TIME", "PEER", "DIR", "TEXT", "ID"]);
-    for m in messages {
-        table.row(vec![
+    let headers = ["TIME", "PEER", "DIR", "TEXT", "ID"];
+    table_of(out, messages, "nothing found", &headers, |m| {
+        vec![
             localtime::date_minutes(m.timestamp),
             m.peer.clone(),
             direction_cell(&m.direction).to_owned(),
             shorten(&m.text, CELL_CHARS),
             m.id.clone(),
-        ]);
-    }
-    table.write(out)
+        ]
+    })
 }
 
 /// `conversations`.
 pub fn conversations_table(out: &mut dyn Write, list: &[ConversationDict]) -> io::Result<()> {
-    if list.is_empty() {
-        return writeln!(out, "no conversations");
-    }
-    let mut table = Table::new(&["PEER", "UNREAD", "PRESENCE", "LAST", "MESSAGE"]);
-    for c in list {
+    let headers = ["PEER", "UNREAD", "PRESENCE", "LAST", "MESSAGE"];
+    table_of(out, list, "no conversations", &headers, |c| {
         let text = if c.last_direction == "outgoing" {
             format!("you: {}", c.last_text)
         } else {
             c.last_text.clone()
         };
-        table.row(vec![
+        vec![
             c.peer.clone(),
             c.unread.to_string(),
             c.presence.clone(),
             localtime::date_minutes(c.last_timestamp),
             shorten(&text, CELL_CHARS),
-        ]);
-    }
-    table.write(out)
+        ]
+    })
 }
 
 /// `status`.

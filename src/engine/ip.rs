@@ -161,7 +161,7 @@ pub(super) struct IpSide {
     /// Messages sent to the relay again after a login, because an earlier send's fate is
     /// unknown: a `NotConnected` answer says only that the resend did not go, not that
     /// the relay does not hold the message (it waits for the next login, not for SMS).
-    resent: HashSet<String>,
+    resent: HashSet<MessageId>,
 }
 
 impl IpSide {
@@ -520,7 +520,7 @@ impl IpSide {
                     commands.push(send_command(p.message));
                 }
                 RelayStage::Revoking => {
-                    let id = MessageId::from(p.message.id);
+                    let id = p.message.id;
                     commands.push(RelayCommand::Revoke { id });
                 }
                 // Its receipt may have been pushed into the connection that died (the
@@ -548,7 +548,7 @@ fn earliest_deadline(pending: &[RelayPending], now_ms: i64, now: Instant) -> Opt
 }
 
 /// The ids of the messages whose receipt deadline passed (`now_ms`).
-fn overdue(pending: Vec<RelayPending>, now_ms: i64) -> Vec<String> {
+fn overdue(pending: Vec<RelayPending>, now_ms: i64) -> Vec<MessageId> {
     pending
         .into_iter()
         .filter(|p| p.stage == RelayStage::Accepted && p.deadline_ms.is_some_and(|d| d <= now_ms))
@@ -559,8 +559,8 @@ fn overdue(pending: Vec<RelayPending>, now_ms: i64) -> Vec<String> {
 /// The relay's `send` of one of our messages.
 fn send_command(message: Message) -> RelayCommand {
     RelayCommand::Send {
-        id: MessageId::from(message.id),
-        to: Peer::from(message.peer),
+        id: message.id,
+        to: message.peer,
         text: message.text,
         ts: message.timestamp_ms,
     }
@@ -713,7 +713,7 @@ impl Engine {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "ip message received");
                 let new_contact = !self.ip.follows(&message.peer);
-                let id = message.id.clone();
+                let id = message.id.to_string();
                 if !self.announce_received(message).await {
                     self.defer(Deferred::Announced { id, delete: None });
                 }
@@ -785,7 +785,11 @@ impl Engine {
         let key = id.to_owned();
         match self
             .store
-            .call(move |s| Ok(s.relay_pending()?.into_iter().find(|p| p.message.id == key)))
+            .call(move |s| {
+                Ok(s.relay_pending()?
+                    .into_iter()
+                    .find(|p| p.message.id == key.as_str()))
+            })
             .await
         {
             Ok(entry) => entry,
@@ -927,7 +931,6 @@ impl Engine {
                 warn!(%id, cause = %e, "cannot record a revoke");
                 continue;
             }
-            let id = MessageId::from(id);
             self.relay_command(RelayCommand::Revoke { id }).await;
         }
         self.schedule_deadlines().await;

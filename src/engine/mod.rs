@@ -67,7 +67,7 @@ impl Event {
     /// The status change that leaves `m` as it is now.
     pub fn status_of(m: Message) -> Event {
         Event::StatusChanged {
-            id: m.id,
+            id: m.id.into_string(),
             status: m.status,
             channel: m.channel,
         }
@@ -320,7 +320,7 @@ impl Engine {
             Ok(unannounced) => {
                 for message in unannounced {
                     info!(id = %message.id, "announcing a message stored before the daemon stopped");
-                    let id = message.id.clone();
+                    let id = message.id.to_string();
                     if !self.announce_received(message).await {
                         self.defer(Deferred::Announced { id, delete: None });
                     }
@@ -334,7 +334,7 @@ impl Engine {
         };
         // Messages on the relay are picked up again after the next login (resent with
         // the same id: the relay tells what became of them).
-        let on_relay: HashSet<String> = match self.store.call(|s| s.relay_pending()).await {
+        let on_relay: HashSet<MessageId> = match self.store.call(|s| s.relay_pending()).await {
             Ok(pending) => pending.into_iter().map(|p| p.message.id).collect(),
             Err(e) => return warn!(cause = %e, "cannot read messages on the relay"),
         };
@@ -487,7 +487,7 @@ impl Engine {
             Ok(Some(message)) => {
                 info!(id = %message.id, peer = %message.peer, "sms received");
                 let new_contact = !self.ip.follows(&message.peer);
-                let id = message.id.clone();
+                let id = message.id.to_string();
                 let marked = self.announce_received(message).await;
                 self.recount().await;
                 if new_contact {
@@ -730,7 +730,11 @@ impl Engine {
         let key = id.to_owned();
         let entry = self
             .store
-            .call(move |s| Ok(s.outbox()?.into_iter().find(|e| e.message.id == key)))
+            .call(move |s| {
+                Ok(s.outbox()?
+                    .into_iter()
+                    .find(|e| e.message.id == key.as_str()))
+            })
             .await;
         let entry = match entry {
             Ok(Some(entry)) => entry,
@@ -895,10 +899,10 @@ impl Engine {
             Route::Sms => {
                 // First the object; it is recorded (and the message marked `sending`)
                 // before it is sent: see `on_created`.
-                self.in_flight = Some(message.id.clone());
+                self.in_flight = Some(message.id.to_string());
                 self.command(ModemCommand::Create {
-                    id: message.id,
-                    number: message.peer,
+                    id: message.id.into_string(),
+                    number: message.peer.into_string(),
                     text: message.text,
                     delivery_report,
                 })
@@ -976,9 +980,9 @@ impl Engine {
     /// next start announce it (see [`Engine::recover`]); one after it never repeats it.
     async fn announce_received(&self, message: Message) -> bool {
         let (emitted, on_bus) = oneshot::channel();
-        let id = message.id.clone();
+        let id = message.id.to_string();
         let notice = Notice {
-            sender: message.peer.clone(),
+            sender: message.peer.to_string(),
             text: message.text.clone(),
         };
         let announcement = Announcement {
@@ -1309,6 +1313,7 @@ mod tests {
             .expect("queue")
             .0
             .id
+            .into_string()
     }
 
     /// A message accepted while the engine runs, as SendMessage does.
@@ -2290,7 +2295,7 @@ mod tests {
         registered(&rig).await;
         let mut sent = vec![rig.ip_send().await, rig.ip_send().await];
         sent.sort();
-        let mut want = vec![auto.clone(), forced.id.clone()];
+        let mut want = vec![auto.clone(), forced.id.to_string()];
         want.sort();
         assert_eq!(sent, want);
         let refused = || SendAnswer::Refused {

@@ -206,6 +206,18 @@ fn is_registered(state: i32) -> bool {
     state >= modem_state::REGISTERED
 }
 
+/// What a new SMS at `path` announces: its object, `Added` and the `Messages` property.
+fn appeared(key: u64, path: OwnedObjectPath, received: bool) -> Vec<Effect> {
+    vec![
+        Effect::Export {
+            key,
+            path: path.clone(),
+        },
+        Effect::Added { path, received },
+        Effect::Messages,
+    ]
+}
+
 impl ModemData {
     pub fn new(state: i32) -> Self {
         ModemData {
@@ -303,20 +315,7 @@ impl ModemData {
         self.check_enabled()?;
         let (key, path) = self.insert(props, 1, Vec::new(), alloc);
         let path = path.ok_or_else(|| MmError::wrong_state("modem not enabled"))?;
-        Ok((
-            path.clone(),
-            vec![
-                Effect::Export {
-                    key,
-                    path: path.clone(),
-                },
-                Effect::Added {
-                    path,
-                    received: false,
-                },
-                Effect::Messages,
-            ],
-        ))
+        Ok((path.clone(), appeared(key, path, false)))
     }
 
     /// `Messaging.Delete`: the SMS with all its parts.
@@ -477,21 +476,7 @@ impl ModemData {
         }
         let (key, path) = self.insert(props, total, parts, alloc);
         let path = path.ok_or(Unreachable)?;
-        Ok((
-            key,
-            path.clone(),
-            vec![
-                Effect::Export {
-                    key,
-                    path: path.clone(),
-                },
-                Effect::Added {
-                    path,
-                    received: true,
-                },
-                Effect::Messages,
-            ],
-        ))
+        Ok((key, path.clone(), appeared(key, path, true)))
     }
 
     /// The next part of a multipart SMS arrives; the last one completes it. Returns whether

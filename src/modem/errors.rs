@@ -212,99 +212,132 @@ fn mobile_equipment(code: &str) -> Kind {
 mod tests {
     use super::*;
 
-    #[track_caller]
-    fn check(name: &str, temporary: bool, reason: &str) {
-        let got = classify_name(name);
-        assert_eq!(
-            (got.temporary, got.reason.as_str()),
-            (temporary, reason),
-            "{name}"
-        );
+    fn mm(name: &str) -> String {
+        format!("org.freedesktop.ModemManager1.Error.{name}")
+    }
+
+    fn dbus(name: &str) -> String {
+        format!("org.freedesktop.DBus.Error.{name}")
     }
 
     #[test]
-    fn modem_manager_errors() {
-        let mm = |s: &str| format!("org.freedesktop.ModemManager1.Error.{s}");
-        check(&mm("Core.InvalidArgs"), false, "invalid number or text");
-        check(&mm("Core.Unsupported"), false, "not supported by the modem");
-        check(&mm("Core.Retry"), true, "modem busy");
-        check(&mm("Core.WrongState"), true, "modem not ready");
-        check(&mm("Core.Failed"), true, "modem error");
-        check(&mm("Core.SomethingNew"), true, "modem error");
-        check(
-            &mm("Message.InvalidPduParameter"),
-            false,
-            "invalid number or text",
-        );
-        check(&mm("Message.NotAllowed"), false, "refused by the network");
-        check(&mm("Message.NoNetwork"), true, "no network");
-        check(&mm("Message.NetworkTimeout"), true, "network timeout");
-        check(&mm("Message.Unknown"), true, "modem error");
-        check(
-            &mm("MessageError.InvalidTextParameter"),
-            false,
-            "invalid number or text",
-        );
-        check(&mm("Cms.NotSupported"), false, "not supported by the modem");
-        check(
-            &mm("MobileEquipment.DialStringInvalid"),
-            false,
-            "invalid number or text",
-        );
-        check(&mm("MobileEquipment.SimBusy"), true, "SIM not ready");
-        check(&mm("Serial.ResponseTimeout"), true, "modem not responding");
-        check(&mm("Whatever"), true, "modem error");
-    }
-
-    #[test]
-    fn dbus_errors() {
-        let dbus = |s: &str| format!("org.freedesktop.DBus.Error.{s}");
-        check(&dbus("NoReply"), true, "timed out");
-        check(&dbus("ServiceUnknown"), true, "ModemManager not running");
-        check(
-            &dbus("Disconnected"),
-            true,
-            "connection to ModemManager lost",
-        );
-        check(&dbus("UnknownObject"), true, "modem went away");
-        check(&dbus("InvalidArgs"), false, "invalid number or text");
-        check(&dbus("Failed"), true, "modem error");
-        check("com.example.Odd", true, "modem error");
+    fn error_names_classify() {
+        // (temporary, reason, the names that get it)
+        let verdicts = [
+            (
+                false,
+                "invalid number or text",
+                vec![
+                    mm("Core.InvalidArgs"),
+                    mm("Message.InvalidPduParameter"),
+                    mm("MessageError.InvalidTextParameter"),
+                    mm("MobileEquipment.DialStringInvalid"),
+                    dbus("InvalidArgs"),
+                ],
+            ),
+            (
+                false,
+                "not supported by the modem",
+                vec![mm("Core.Unsupported"), mm("Cms.NotSupported")],
+            ),
+            (
+                false,
+                "refused by the network",
+                vec![mm("Message.NotAllowed")],
+            ),
+            (true, "modem busy", vec![mm("Core.Retry")]),
+            (true, "modem not ready", vec![mm("Core.WrongState")]),
+            (true, "no network", vec![mm("Message.NoNetwork")]),
+            (true, "network timeout", vec![mm("Message.NetworkTimeout")]),
+            (true, "SIM not ready", vec![mm("MobileEquipment.SimBusy")]),
+            (
+                true,
+                "modem not responding",
+                vec![mm("Serial.ResponseTimeout")],
+            ),
+            (true, "timed out", vec![dbus("NoReply")]),
+            (
+                true,
+                "ModemManager not running",
+                vec![dbus("ServiceUnknown")],
+            ),
+            (
+                true,
+                "connection to ModemManager lost",
+                vec![dbus("Disconnected")],
+            ),
+            (true, "modem went away", vec![dbus("UnknownObject")]),
+            (
+                true,
+                "modem error",
+                vec![
+                    mm("Core.Failed"),
+                    mm("Core.SomethingNew"),
+                    mm("Message.Unknown"),
+                    mm("Whatever"),
+                    dbus("Failed"),
+                    "com.example.Odd".to_owned(),
+                ],
+            ),
+        ];
+        for (temporary, reason, names) in verdicts {
+            for name in names {
+                let got = classify_name(&name);
+                assert_eq!(
+                    (got.temporary, got.reason.as_str()),
+                    (temporary, reason),
+                    "{name}"
+                );
+            }
+        }
     }
 
     #[test]
     fn send_errors_that_leave_the_outcome_unknown() {
-        let unknown = |name: &str, detail: &str| {
-            matches!(classify_send_name(name, detail), SendVerdict::Unknown(_))
-        };
-        let mm = |s: &str| format!("org.freedesktop.ModemManager1.Error.{s}");
-        let dbus = |s: &str| format!("org.freedesktop.DBus.Error.{s}");
-        // Asked, and no answer: it may have gone.
-        for name in [
-            dbus("NoReply"),
-            dbus("Timeout"),
-            dbus("Disconnected"),
-            mm("Serial.ResponseTimeout"),
-            mm("Serial.ParseFailed"),
-            mm("Core.Aborted"),
-        ] {
-            assert!(unknown(&name, ""), "{name}");
-        }
-        assert!(unknown(
-            &mm("Core.Failed"),
-            "Couldn't read message reference: 0 fields parsed from response 'OK'"
-        ));
-        // Answered: it did not go (the call never reached ModemManager, or it said why).
-        for name in [
-            dbus("ServiceUnknown"),
-            dbus("UnknownObject"),
-            dbus("InvalidArgs"),
-            mm("Core.WrongState"),
-            mm("Core.Failed"),
-            mm("Message.NetworkTimeout"),
-            mm("Serial.SendFailed"),
-        ] {
-            assert!(!unknown(&name, "Cannot send SMS"), "{name}");
+        // (whether the SMS may have gone, the error's detail, names)
+        let cases = [
+            // Asked, and no answer: it may have gone.
+            (
+                true,
+                "",
+                vec![
+                    dbus("NoReply"),
+                    dbus("Timeout"),
+                    dbus("Disconnected"),
+                    mm("Serial.ResponseTimeout"),
+                    mm("Serial.ParseFailed"),
+                    mm("Core.Aborted"),
+                ],
+            ),
+            (
+                true,
+                "Couldn't read message reference: 0 fields parsed from response 'OK'",
+                vec![mm("Core.Failed")],
+            ),
+            // Answered: it did not go (the call never reached ModemManager, or it said why).
+            (
+                false,
+                "Cannot send SMS",
+                vec![
+                    dbus("ServiceUnknown"),
+                    dbus("UnknownObject"),
+                    dbus("InvalidArgs"),
+                    mm("Core.WrongState"),
+                    mm("Core.Failed"),
+                    mm("Message.NetworkTimeout"),
+                    mm("Serial.SendFailed"),
+                ],
+            ),
+        ];
+        for (may_have_gone, detail, names) in cases {
+            for name in names {
+                let verdict = classify_send_name(&name, detail);
+                assert_eq!(
+                    matches!(verdict, SendVerdict::Unknown(_)),
+                    may_have_gone,
+                    "{name}: {verdict:?}"
+                );
+            }
         }
         assert_eq!(
             classify_send_name(&mm("Message.NotAllowed"), ""),

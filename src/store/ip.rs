@@ -6,7 +6,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::codec::{request_from_code, status_code};
-use super::{NewIncoming, Result, Store, insert_incoming_in, message_from_row, parse_id};
+use super::{NewIncoming, Result, Store, all_rows, insert_incoming_in, message_from_row, parse_id};
 use crate::domain::{Channel, ChannelRequest, Message, Presence, Status};
 
 /// A contact's presence as the relay last told it.
@@ -173,11 +173,12 @@ impl Store {
 
     /// The numbers added with `Watch`, sorted.
     pub fn watched(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT number FROM watched ORDER BY number")?;
-        let rows = stmt.query_map([], |row| row.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            "SELECT number FROM watched ORDER BY number",
+            [],
+            |row| row.get(0),
+        )
     }
 
     /// Stores an IP message delivered to us, hidden until confirmed. False when it is
@@ -207,18 +208,19 @@ impl Store {
 
     /// The IP messages held, oldest first (to ack again after a login).
     pub fn held_incoming_ip(&self) -> Result<Vec<HeldIp>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT sender, id, body, ts FROM ip_inbox ORDER BY ts")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(HeldIp {
-                sender: row.get(0)?,
-                id: row.get(1)?,
-                text: row.get(2)?,
-                ts: row.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            "SELECT sender, id, body, ts FROM ip_inbox ORDER BY ts",
+            [],
+            |row| {
+                Ok(HeldIp {
+                    sender: row.get(0)?,
+                    id: row.get(1)?,
+                    text: row.get(2)?,
+                    ts: row.get(3)?,
+                })
+            },
+        )
     }
 
     /// The relay confirmed a held message as delivered: it moves into the inbox (as an
@@ -347,8 +349,7 @@ impl Store {
 
     /// Outgoing messages somewhere on the relay, in acceptance order.
     pub fn relay_pending(&self) -> Result<Vec<RelayPending>> {
-        let mut stmt = self.conn.prepare_cached(RELAY_PENDING)?;
-        let rows = stmt.query_map([], |row| {
+        all_rows(&self.conn, RELAY_PENDING, [], |row| {
             let requested: i64 = row.get(9)?;
             let stage: i64 = row.get(10)?;
             Ok(RelayPending {
@@ -359,8 +360,7 @@ impl Store {
                     .ok_or(rusqlite::Error::IntegralValueOutOfRange(10, stage))?,
                 deadline_ms: row.get(11)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 }
 
@@ -385,7 +385,7 @@ mod tests {
             .set_relay_stage(&m.id, Some(RelayStage::Sent), None)
             .expect("sent");
         store.mark_sent_ip(&m.id, None).expect("accepted");
-        m.id
+        m.id.into_string()
     }
 
     #[test]

@@ -45,7 +45,9 @@ use rusqlite::{
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::domain::{Channel, ChannelRequest, Conversation, Direction, Message, Status};
+use crate::domain::{
+    Channel, ChannelRequest, Conversation, Direction, Message, MessageId, Peer, Status,
+};
 use codec::{
     channel_code, channel_from_code, key_digest, request_code, request_from_code, status_code,
     status_from_code,
@@ -344,8 +346,8 @@ impl Store {
         tx.commit()?;
         debug!(id = %uuid, peer = m.peer, "outgoing message stored");
         let message = Message {
-            id: uuid.to_string(),
-            peer: m.peer.to_owned(),
+            id: MessageId::new(uuid.to_string()),
+            peer: Peer::from(m.peer),
             direction: Direction::Outgoing,
             text: m.text.to_owned(),
             channel: None,
@@ -439,9 +441,7 @@ impl Store {
 
     /// Incoming messages stored but not yet announced, oldest first.
     pub fn unannounced(&self) -> Result<Vec<Message>> {
-        let mut stmt = self.conn.prepare_cached(UNANNOUNCED)?;
-        let rows = stmt.query_map([], message_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(&self.conn, UNANNOUNCED, [], message_from_row)
     }
 
     /// Records that an incoming message was announced.
@@ -456,9 +456,12 @@ impl Store {
     /// Outgoing SMS still `Sent` that carry this message reference, newest first (at most
     /// `limit`): for a status report whose number does not match a peer as written.
     pub fn sent_with_reference(&self, reference: u32, limit: u32) -> Result<Vec<Message>> {
-        let mut stmt = self.conn.prepare_cached(SENT_WITH_REF)?;
-        let rows = stmt.query_map(params![reference, limit], message_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            SENT_WITH_REF,
+            params![reference, limit],
+            message_from_row,
+        )
     }
 
     /// Whether a conversation with exactly this peer exists.
@@ -493,8 +496,7 @@ impl Store {
 
     /// Outgoing messages with status Queued or Sending, oldest first (acceptance order).
     pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
-        let mut stmt = self.conn.prepare_cached(OUTBOX)?;
-        let rows = stmt.query_map([], |row| {
+        all_rows(&self.conn, OUTBOX, [], |row| {
             let requested: i64 = row.get(9)?;
             Ok(OutboxEntry {
                 message: message_from_row(row)?,
@@ -504,25 +506,27 @@ impl Store {
                 attempts: row.get::<_, Option<u32>>(11)?.unwrap_or(0),
                 next_attempt_ms: row.get::<_, Option<i64>>(12)?.unwrap_or(0),
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Newest activity first; see the contract's keys (peer, last-id, last-text,
     /// last-timestamp, last-direction, unread).
     pub fn list_conversations(&self, offset: u32, limit: u32) -> Result<Vec<Conversation>> {
-        let mut stmt = self.conn.prepare_cached(LIST_CONVERSATIONS)?;
-        let rows = stmt.query_map(params![limit, offset], |row| {
-            Ok(Conversation {
-                peer: row.get(0)?,
-                last_id: uuid_from_row(row, 1)?,
-                last_text: row.get(2)?,
-                last_timestamp_ms: row.get(3)?,
-                last_direction: direction(row.get(4)?),
-                unread: row.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            LIST_CONVERSATIONS,
+            params![limit, offset],
+            |row| {
+                Ok(Conversation {
+                    peer: Peer::new(row.get::<_, String>(0)?),
+                    last_id: MessageId::new(uuid_from_row(row, 1)?),
+                    last_text: row.get(2)?,
+                    last_timestamp_ms: row.get(3)?,
+                    last_direction: direction(row.get(4)?),
+                    unread: row.get(5)?,
+                })
+            },
+        )
     }
 
     /// Newest first; before_id Some = strictly older than that message (cursor), NotFound
@@ -556,9 +560,12 @@ impl Store {
         let Some(conv) = conv else {
             return Ok(Vec::new());
         };
-        let mut stmt = self.conn.prepare_cached(PAGE)?;
-        let rows = stmt.query_map(params![conv, before_seq, limit], message_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            PAGE,
+            params![conv, before_seq, limit],
+            message_from_row,
+        )
     }
 
     /// Full-text search (FTS5) over all bodies, newest first. Any user text works: it is
@@ -602,9 +609,7 @@ impl Store {
             let Some(expr) = fts_expression(&terms) else {
                 return Ok(Vec::new());
             };
-            let mut stmt = conn.prepare_cached(SEARCH)?;
-            let rows = stmt.query_map(params![expr, limit], message_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            all_rows(&conn, SEARCH, params![expr, limit], message_from_row)
         })();
         match found {
             Err(StoreError::Sqlite(e))
@@ -737,11 +742,12 @@ impl Store {
 
     /// Every conversation peer (for presence following, later), sorted.
     pub fn peers(&self) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT peer FROM conversations ORDER BY peer")?;
-        let rows = stmt.query_map([], |row| row.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            "SELECT peer FROM conversations ORDER BY peer",
+            [],
+            |row| row.get(0),
+        )
     }
 
     /// A write transaction, taking the write lock up front.
@@ -865,8 +871,8 @@ fn insert_incoming_in(tx: &Transaction, m: &NewIncoming) -> Result<Option<Messag
     advance_conversation(tx, conv, tx.last_insert_rowid(), m.timestamp_ms, 1)?;
     debug!(id = %uuid, peer = m.peer, channel = %m.channel, "incoming message inserted");
     Ok(Some(Message {
-        id: uuid.to_string(),
-        peer: m.peer.to_owned(),
+        id: MessageId::new(uuid.to_string()),
+        peer: Peer::from(m.peer),
         direction: Direction::Incoming,
         text: m.text.to_owned(),
         channel: Some(m.channel),
@@ -951,13 +957,25 @@ fn fts_expression(tokens: &[String]) -> Option<String> {
     (!terms.is_empty()).then(|| terms.join(" "))
 }
 
+/// Every row a (cached) statement answers, each read by `read`.
+fn all_rows<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, read)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Reads the columns of [`select_message!`] (indexes 0 to 8).
 fn message_from_row(row: &Row) -> rusqlite::Result<Message> {
     let status: i64 = row.get(5)?;
     let channel: Option<i64> = row.get(4)?;
     Ok(Message {
-        id: uuid_from_row(row, 0)?,
-        peer: row.get(1)?,
+        id: MessageId::new(uuid_from_row(row, 0)?),
+        peer: Peer::new(row.get::<_, String>(1)?),
         direction: direction(row.get(2)?),
         text: row.get(3)?,
         channel: match channel {

@@ -6,7 +6,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::codec::{channel_code, status_code};
-use super::{Result, Store, StoreError, parse_id, uuid_from_row};
+use super::{Result, Store, StoreError, all_rows, parse_id, uuid_from_row};
 use crate::domain::{Channel, Message, Status};
 
 /// The SMS object recorded for an outgoing message's current attempt: `Sms.Send` may have
@@ -110,8 +110,7 @@ impl Store {
 
     /// Every recorded attempt, oldest message first.
     pub fn sms_attempts(&self) -> Result<Vec<SmsAttempt>> {
-        let mut stmt = self.conn.prepare_cached(ATTEMPTS)?;
-        let rows = stmt.query_map([], |row| {
+        all_rows(&self.conn, ATTEMPTS, [], |row| {
             Ok(SmsAttempt {
                 id: uuid_from_row(row, 0)?,
                 owner: row.get(1)?,
@@ -120,8 +119,7 @@ impl Store {
                 since_ms: row.get(4)?,
                 budget_ms: row.get(5)?,
             })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// The attempt went out as SMS: status Sent, channel SMS, the message reference the SMS
@@ -199,17 +197,18 @@ impl Store {
 
     /// Every object waiting to be removed from the modem.
     pub fn sms_cleanups(&self) -> Result<Vec<SmsCleanup>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT owner, modem, path FROM sms_cleanup")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(SmsCleanup {
-                owner: row.get(0)?,
-                modem: row.get(1)?,
-                path: row.get(2)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            "SELECT owner, modem, path FROM sms_cleanup",
+            [],
+            |row| {
+                Ok(SmsCleanup {
+                    owner: row.get(0)?,
+                    modem: row.get(1)?,
+                    path: row.get(2)?,
+                })
+            },
+        )
     }
 
     /// The object is off the modem (or gone with its ModemManager).
@@ -256,12 +255,11 @@ impl Store {
 
     /// Every counter, by name.
     pub fn counters(&self) -> Result<Vec<(String, u64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, value FROM counters ORDER BY name")?;
-        let rows = stmt.query_map([], |row| {
-            Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        all_rows(
+            &self.conn,
+            "SELECT name, value FROM counters ORDER BY name",
+            [],
+            |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64)),
+        )
     }
 }

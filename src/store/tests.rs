@@ -577,7 +577,14 @@ fn summary(store: &Store) -> Vec<(String, String, Direction, u32)> {
         .list_conversations(0, 100)
         .expect("list")
         .into_iter()
-        .map(|c| (c.peer, c.last_text, c.last_direction, c.unread))
+        .map(|c| {
+            (
+                c.peer.into_string(),
+                c.last_text,
+                c.last_direction,
+                c.unread,
+            )
+        })
         .collect()
 }
 
@@ -623,7 +630,7 @@ fn conversation_list_follows_every_change() {
         .list_conversations(1, 5)
         .expect("list")
         .into_iter()
-        .map(|c| c.peer)
+        .map(|c| c.peer.into_string())
         .collect();
     assert_eq!(page, [BOB, ALICE]);
     assert!(store.list_conversations(3, 5).expect("list").is_empty());
@@ -700,7 +707,7 @@ fn cursor_paging_follows_arrival_whatever_the_timestamps() {
                 .expect("page");
             assert!(page.len() <= limit as usize);
             let Some(last) = page.last() else { break };
-            cursor = Some(last.id.clone());
+            cursor = Some(last.id.to_string());
             paged.extend(page);
         }
         assert_eq!(texts(&paged), want, "limit {limit}");
@@ -1340,7 +1347,7 @@ fn incoming_messages_are_unannounced_until_marked() {
             .unannounced()
             .expect("unannounced")
             .into_iter()
-            .map(|m| m.id)
+            .map(|m| m.id.into_string())
             .collect()
     };
     assert_eq!(ids(&store), [first.id.clone(), second.id.clone()]);
@@ -1392,7 +1399,7 @@ fn mark_sent_sms_sets_status_channel_and_reference_at_once() {
         .sent_with_reference(42, 10)
         .expect("by reference")
         .into_iter()
-        .map(|m| m.id)
+        .map(|m| m.id.into_string())
         .collect();
     assert_eq!(by_ref, [id]);
     assert!(store.sent_with_reference(43, 10).expect("none").is_empty());
@@ -1529,7 +1536,7 @@ fn relay_progress_of_outgoing_messages() {
         (sent.status, sent.channel),
         (Status::Sent, Some(Channel::Ip))
     );
-    let pending: Vec<(String, RelayStage, Option<i64>)> = store
+    let pending: Vec<(MessageId, RelayStage, Option<i64>)> = store
         .relay_pending()
         .expect("pending")
         .into_iter()
