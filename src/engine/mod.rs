@@ -1214,6 +1214,13 @@ mod tests {
             }
         }
 
+        /// An engine on an empty store that refuses every write (the disk is full).
+        fn on_a_full_store() -> Rig {
+            let mut store = Store::open_in_memory().expect("store");
+            store.set_full(true).expect("full");
+            Rig::start(store)
+        }
+
         /// An engine on an empty store.
         fn empty() -> Rig {
             Rig::start(Store::open_in_memory().expect("store"))
@@ -1268,6 +1275,14 @@ mod tests {
             assert_eq!(self.announced().await, Event::Presence { number, presence });
         }
 
+        /// Runs `f` on the store, as the engine's own calls do; its answer.
+        async fn with_store<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&mut Store) -> crate::store::Result<T> + Send + 'static,
+        ) -> T {
+            self.store.call(f).await.expect("the store answers")
+        }
+
         async fn modem(&self, event: ModemEvent) {
             self.modem_events.send(event).await.expect("send");
         }
@@ -1281,6 +1296,19 @@ mod tests {
             })
             .await;
             self.modem_command().await
+        }
+
+        /// The relay accepts `id`; no receipt comes in time, so the engine revokes it and
+        /// the relay answers `outcome`.
+        async fn accepted_then_revoked(&mut self, id: &str, outcome: Revocation) {
+            self.answer(id, accepted()).await;
+            self.revoke_answered(id, outcome).await;
+        }
+
+        /// Asserts that no modem command (no SMS) comes within `wait`, then stops.
+        async fn stop_after_no_sms(mut self, wait: Duration, why: &str) {
+            self.no_sms_within(wait, why).await;
+            self.stop().await;
         }
 
         /// Asserts that no SMS was asked for (no modem command is waiting), then stops.
@@ -1356,11 +1384,7 @@ mod tests {
         }
         let mut left = vec![stored];
         for _ in 0..100 {
-            left = rig
-                .store
-                .call(|s| s.unannounced())
-                .await
-                .expect("unannounced");
+            left = rig.with_store(|s| s.unannounced()).await;
             if left.is_empty() {
                 break;
             }
@@ -1390,7 +1414,7 @@ mod tests {
         // No new attempt until the adapter reports a state again.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err());
-        let entry = rig.store.call(|s| s.outbox()).await.expect("outbox");
+        let entry = rig.with_store(|s| s.outbox()).await;
         assert_eq!(
             (entry[0].attempts, entry[0].message.status),
             (0, Status::Queued)
@@ -1430,10 +1454,7 @@ mod tests {
 
     async fn message(rig: &Rig, id: &str) -> Message {
         let key = id.to_owned();
-        rig.store
-            .call(move |s| s.get_message(&key))
-            .await
-            .expect("message")
+        rig.with_store(move |s| s.get_message(&key)).await
     }
 
     /// Waits until the store shows `id` with `status`.
@@ -1478,10 +1499,7 @@ mod tests {
     }
 
     async fn sms_attempts(rig: &Rig) -> Vec<SmsAttempt> {
-        rig.store
-            .call(|s| s.sms_attempts())
-            .await
-            .expect("attempts")
+        rig.with_store(|s| s.sms_attempts()).await
     }
 
     #[tokio::test]
@@ -1519,10 +1537,7 @@ mod tests {
     async fn an_object_made_for_a_message_deleted_meanwhile_is_discarded_not_sent() {
         let (mut rig, id) = creating("never mind").await;
         let key = id.clone();
-        rig.store
-            .call(move |s| s.delete_message(&key))
-            .await
-            .expect("delete");
+        rig.with_store(move |s| s.delete_message(&key)).await;
         assert_eq!(
             rig.created(&id, 5).await,
             ModemCommand::Discard { object: object(5) }
@@ -1567,12 +1582,11 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Discard { object: object(3) }
         );
-        rig.no_sms_within(
+        rig.stop_after_no_sms(
             Duration::from_millis(100),
             "nothing more to do: it went out once",
         )
         .await;
-        rig.stop().await;
     }
 
     #[tokio::test]
@@ -1587,7 +1601,7 @@ mod tests {
         })
         .await;
         let entry = loop {
-            let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
+            let outbox = rig.with_store(|s| s.outbox()).await;
             if outbox[0].attempts == 1 {
                 break outbox[0].clone();
             }
@@ -1612,15 +1626,14 @@ mod tests {
         let error = failed.error.expect("a reason");
         assert!(error.contains("may not have been sent"), "{error}");
         assert!(error.contains("ModemManager restarted"), "{error}");
-        let counters = rig.store.call(|s| s.counters()).await.expect("counters");
+        let counters = rig.with_store(|s| s.counters()).await;
         assert_eq!(counters, vec![(COUNT_UNKNOWN_OUTCOME.to_owned(), 1)]);
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Discard { object: object(3) }
         );
-        rig.no_sms_within(Duration::from_millis(100), "not sent again")
+        rig.stop_after_no_sms(Duration::from_millis(100), "not sent again")
             .await;
-        rig.stop().await;
     }
 
     #[tokio::test]
@@ -1652,7 +1665,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err());
-        let counters = rig.store.call(|s| s.counters()).await.expect("counters");
+        let counters = rig.with_store(|s| s.counters()).await;
         assert_eq!(counters, vec![(COUNT_ORPHAN_REMOVED.to_owned(), 1)]);
         assert_eq!(message(&rig, &queued).await.status, Status::Queued);
         rig.stop().await;
@@ -1672,7 +1685,7 @@ mod tests {
         })
         .await;
         assert_eq!(rig.status_of(&id).await, (Status::Queued, None));
-        let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
+        let outbox = rig.with_store(|s| s.outbox()).await;
         assert_eq!(outbox[0].attempts, 0);
         assert!(sms_attempts(&rig).await.is_empty());
         rig.stop().await;
@@ -1680,9 +1693,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_sms_the_full_store_refused_is_stored_and_announced_once_room_is_made() {
-        let mut store = Store::open_in_memory().expect("store");
-        store.set_full(true).expect("full");
-        let mut rig = Rig::start(store);
+        let mut rig = Rig::on_a_full_store();
         let long = "a text too long to fit in the pages left. ".repeat(200);
         let incoming = sms("+15550002222", "2024-05-01T12:34:56+02", &long, "/sms/4");
         rig.modem(ModemEvent::Incoming(incoming.clone())).await;
@@ -1691,7 +1702,7 @@ mod tests {
         assert!(rig.announcements.try_recv().is_err(), "announced unstored");
         assert!(rig.modem_commands.try_recv().is_err(), "deleted unstored");
         // Room again: the next try (1 s after the failure) stores, announces, deletes.
-        rig.store.call(|s| s.set_full(false)).await.expect("room");
+        rig.with_store(|s| s.set_full(false)).await;
         match rig.announced().await {
             Event::Received(m) => assert_eq!(m.text, long),
             other => panic!("expected MessageReceived, got {other:?}"),
@@ -1822,11 +1833,7 @@ mod tests {
                 break;
             }
         }
-        let stored = rig
-            .store
-            .call(|s| s.get_messages(GATEWAY, None, 10))
-            .await
-            .expect("messages");
+        let stored = rig.with_store(|s| s.get_messages(GATEWAY, None, 10)).await;
         assert_eq!(
             stored.len(),
             1,
@@ -1886,17 +1893,11 @@ mod tests {
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.announcements.try_recv().is_err());
-        let held = rig
-            .store
-            .call(|s| s.held_incoming_ip())
-            .await
-            .expect("held");
+        let held = rig.with_store(|s| s.held_incoming_ip()).await;
         assert!(held.is_empty(), "{held:?}");
         let texts: Vec<String> = rig
-            .store
-            .call(|s| s.get_messages("+15550002222", None, 10))
+            .with_store(|s| s.get_messages("+15550002222", None, 10))
             .await
-            .expect("messages")
             .into_iter()
             .map(|m| m.text)
             .collect();
@@ -1956,11 +1957,7 @@ mod tests {
             Some(Presence::Typing)
         );
         // The cache keeps it for the next start.
-        let cached = rig
-            .store
-            .call(|s| s.presence_of("+15550002222"))
-            .await
-            .expect("cache");
+        let cached = rig.with_store(|s| s.presence_of("+15550002222")).await;
         assert_eq!(cached.map(|c| c.presence), Some(Presence::Typing));
         // Our own connection drops: nobody is known to be online any more.
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
@@ -2182,9 +2179,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ip_message_the_full_store_refused_is_held_and_acked_once_room_is_made() {
-        let mut store = Store::open_in_memory().expect("store");
-        store.set_full(true).expect("full");
-        let mut rig = Rig::start(store);
+        let mut rig = Rig::on_a_full_store();
         rig.logged_in().await;
         let long = "an IP message too long for the pages left. ".repeat(200);
         rig.relay(RelayEvent::Deliver {
@@ -2199,7 +2194,7 @@ mod tests {
         while let Ok(cmd) = rig.relay_commands.try_recv() {
             assert!(!matches!(cmd, RelayCommand::Ack { .. }), "acked unstored");
         }
-        rig.store.call(|s| s.set_full(false)).await.expect("room");
+        rig.with_store(|s| s.set_full(false)).await;
         loop {
             if let RelayCommand::Ack { from, id } = rig.relay_command().await {
                 assert_eq!((from.as_str(), id.as_str()), (BOB, "m-1"));
@@ -2244,8 +2239,7 @@ mod tests {
     #[tokio::test]
     async fn no_receipt_in_time_revokes_then_goes_by_sms() {
         let (mut rig, id) = sending_to_bob("are you there?").await;
-        rig.answer(&id, accepted()).await;
-        rig.revoke_answered(&id, Revocation::Revoked).await;
+        rig.accepted_then_revoked(&id, Revocation::Revoked).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
@@ -2256,17 +2250,16 @@ mod tests {
     #[tokio::test]
     async fn a_revoke_that_comes_too_late_means_delivered() {
         let (mut rig, id) = sending_to_bob("just in time").await;
-        rig.answer(&id, accepted()).await;
-        rig.revoke_answered(&id, Revocation::AlreadyDelivered).await;
+        rig.accepted_then_revoked(&id, Revocation::AlreadyDelivered)
+            .await;
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
         assert_eq!(
             rig.status_of(&id).await,
             (Status::Delivered, Some(Channel::Ip))
         );
-        rig.no_sms_within(Duration::from_millis(200), "delivered on both channels")
+        rig.stop_after_no_sms(Duration::from_millis(200), "delivered on both channels")
             .await;
-        rig.stop().await;
     }
 
     #[tokio::test]
@@ -2432,8 +2425,7 @@ mod tests {
     async fn a_recipient_coming_online_during_the_fallback_does_not_pull_it_back_to_ip() {
         let (mut rig, id) = to_bob_online("falling back").await;
         rig.ip_send().await;
-        rig.answer(&id, accepted()).await;
-        rig.revoke_answered(&id, Revocation::Revoked).await;
+        rig.accepted_then_revoked(&id, Revocation::Revoked).await;
         // No modem yet: it waits for SMS. Bob shows up online meanwhile.
         rig.relay(RelayEvent::Presence(PresenceReport {
             peer: BOB.into(),
@@ -2540,11 +2532,7 @@ mod tests {
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
         // The same send again: its answer says where the message is.
         rig.resent_after_login_was_delivered(&id).await;
-        let pending = rig
-            .store
-            .call(|s| s.relay_pending())
-            .await
-            .expect("pending");
+        let pending = rig.with_store(|s| s.relay_pending()).await;
         assert!(pending.is_empty(), "{pending:?}");
         rig.stop().await;
     }
