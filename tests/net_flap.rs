@@ -8,13 +8,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tandem::api::MessagesProxy;
-use tokio::net::{TcpListener, TcpStream};
+use tandem::net::Connectivity;
 
 const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
@@ -25,150 +23,15 @@ const FLAPS: usize = 30;
 const MESSAGES: usize = 40;
 
 // ---------------------------------------------------------------------------------
-// A fake NetworkManager
-
-const NM_PATH: &str = "/org/freedesktop/NetworkManager";
-/// `NMConnectivityState`.
-const CONNECTIVITY_NONE: u32 = 1;
-const CONNECTIVITY_FULL: u32 = 4;
-/// `NMState`.
-const STATE_DISCONNECTED: u32 = 20;
-const STATE_CONNECTED_GLOBAL: u32 = 70;
-
-struct FakeNm {
-    connectivity: u32,
-    state: u32,
-}
-
-#[zbus::interface(name = "org.freedesktop.NetworkManager")]
-impl FakeNm {
-    #[zbus(property)]
-    fn connectivity(&self) -> u32 {
-        self.connectivity
-    }
-
-    #[zbus(property)]
-    fn state(&self) -> u32 {
-        self.state
-    }
-}
-
-async fn fake_nm(bus: &Bus) -> zbus::Connection {
-    zbus::connection::Builder::address(bus.address.as_str())
-        .serve_at(
-            NM_PATH,
-            FakeNm {
-                connectivity: CONNECTIVITY_FULL,
-                state: STATE_CONNECTED_GLOBAL,
-            },
-        )
-        .name("org.freedesktop.NetworkManager")
-        .build()
-        .await
-        .expect("fake NetworkManager on the private bus")
-}
-
-/// The network up or down, as NetworkManager says it: `State`, then `Connectivity`.
-async fn set_network(nm: &zbus::Connection, up: bool) {
-    let iface = nm
-        .object_server()
-        .interface::<_, FakeNm>(NM_PATH)
-        .await
-        .expect("the fake's interface");
-    {
-        let mut fake = iface.get_mut().await;
-        (fake.state, fake.connectivity) = if up {
-            (STATE_CONNECTED_GLOBAL, CONNECTIVITY_FULL)
-        } else {
-            (STATE_DISCONNECTED, CONNECTIVITY_NONE)
-        };
-    }
-    let fake = iface.get().await;
-    let emitter = iface.signal_emitter();
-    fake.state_changed(emitter)
-        .await
-        .expect("PropertiesChanged");
-    fake.connectivity_changed(emitter)
-        .await
-        .expect("PropertiesChanged");
-}
-
-// ---------------------------------------------------------------------------------
 // Harness
 
-/// A TCP proxy in front of the relay that counts the connections made through it.
-async fn counting_proxy(target: String) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let count = Arc::new(AtomicUsize::new(0));
-    let counted = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    (format!("ws://{addr}"), count)
-}
-
-struct Phone {
-    _session: Bus,
-    _daemon: Daemon,
-    signals: SignalLog,
-    api: MessagesProxy<'static>,
-}
-
-impl Phone {
-    async fn start(system: &Bus, dir: &std::path::Path, number: &str, relay: &str) -> Phone {
-        let session = Bus::start();
-        let signals = SignalLog::start(&session).await;
-        // A short fallback: receipts that a dropped connection holds up end in revokes,
-        // the path where a message could go out on both channels.
-        let config = config_with_relay(number, relay, 2);
-        let daemon = Daemon::start(&session, system, dir, &config).await;
-        let api = client(&session).await;
-        Phone {
-            _session: session,
-            _daemon: daemon,
-            signals,
-            api,
-        }
+/// How often each text was received, on which channels.
+fn received_counts(phone: &Phone) -> HashMap<String, Vec<String>> {
+    let mut counts: HashMap<String, Vec<String>> = HashMap::new();
+    for m in phone.signals.received() {
+        counts.entry(m.text).or_default().push(m.channel);
     }
-
-    async fn online(&self) {
-        eventually("RelayState online", || async {
-            self.api.relay_state().await.ok().as_deref() == Some("online")
-        })
-        .await;
-    }
-
-    async fn sees(&self, number: &str, presence: &str) {
-        eventually(&format!("{number} {presence}"), || async {
-            self.api.get_presence(number).await.ok().as_deref() == Some(presence)
-        })
-        .await;
-    }
-
-    async fn send(&self, to: &str, text: &str) -> String {
-        self.api
-            .send_message(to, text, HashMap::new())
-            .await
-            .expect("SendMessage")
-    }
-
-    /// How often each text was received.
-    fn received_counts(&self) -> HashMap<String, Vec<String>> {
-        let mut counts: HashMap<String, Vec<String>> = HashMap::new();
-        for m in self.signals.received() {
-            counts.entry(m.text).or_default().push(m.channel);
-        }
-        counts
-    }
+    counts
 }
 
 /// A small deterministic generator of waits (xorshift), so a failure can be replayed.
@@ -210,19 +73,14 @@ async fn all_delivered(phone: &Phone, ids: &[String], who: &str) {
 async fn connectivity_flapping_loses_nothing_and_doubles_nothing() {
     let dir = temp_dir();
     let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
-    let ctl = SimCtl::new(&system.connect().await).await;
-    let nm = fake_nm(&system).await;
+    let (_sim, ctl) = Sim::with_ctl(&system, &[ALICE, BOB]).await;
+    let nm = Nm::start(&system, Connectivity::Full).await;
     let relay = Relay::start(dir.path());
-    let (url, connections) = counting_proxy(relay.addr.clone()).await;
-    let alice = Phone::start(&system, &dir.path().join("alice"), ALICE, &url).await;
-    let bob = Phone::start(&system, &dir.path().join("bob"), BOB, &url).await;
-    alice.online().await;
-    bob.online().await;
-    alice.api.watch(vec![BOB.into()]).await.expect("Watch");
-    bob.api.watch(vec![ALICE.into()]).await.expect("Watch");
-    alice.sees(BOB, "online").await;
-    bob.sees(ALICE, "online").await;
+    let (proxy, connections) = counting_proxy(relay.addr.parse().expect("address")).await;
+    let url = format!("ws://{proxy}");
+    // A short fallback: receipts that a dropped connection holds up end in revokes, the
+    // path where a message could go out on both channels.
+    let (alice, bob) = Phone::pair(&system, dir.path(), [ALICE, BOB], &url, 2).await;
     let before = connections.load(Ordering::SeqCst);
     assert_eq!(before, 2, "one connection each");
 
@@ -230,9 +88,9 @@ async fn connectivity_flapping_loses_nothing_and_doubles_nothing() {
     let flapping = async {
         let mut waits = Waits(0x9e37_79b9_7f4a_7c15);
         for _ in 0..FLAPS {
-            set_network(&nm, false).await;
+            nm.set_network(false).await;
             tokio::time::sleep(waits.next_ms(20, 300)).await;
-            set_network(&nm, true).await;
+            nm.set_network(true).await;
             tokio::time::sleep(waits.next_ms(20, 600)).await;
         }
     };
@@ -252,8 +110,8 @@ async fn connectivity_flapping_loses_nothing_and_doubles_nothing() {
     let ((), (from_alice, from_bob)) = tokio::join!(flapping, texting);
 
     // The network stays up now: both end online, seeing each other.
-    alice.online().await;
-    bob.online().await;
+    alice.relay_is("online").await;
+    bob.relay_is("online").await;
     alice.sees(BOB, "online").await;
     bob.sees(ALICE, "online").await;
 
@@ -266,7 +124,7 @@ async fn connectivity_flapping_loses_nothing_and_doubles_nothing() {
         (&alice, &bob, &from_alice, "alice to bob"),
         (&bob, &alice, &from_bob, "bob to alice"),
     ] {
-        let counts = recipient.received_counts();
+        let counts = received_counts(recipient);
         assert_eq!(counts.len(), MESSAGES, "{prefix}: {counts:?}");
         for (i, id) in ids.iter().enumerate() {
             let text = format!("{prefix} #{i}");

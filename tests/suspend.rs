@@ -19,20 +19,18 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::Read as _;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use tandem::api::MessagesProxy;
 use tandem::domain::RelayState;
 use tandem::logind::{CLOSE_BOUND, Sleep};
-use tandem::relay::client::{ClientConfig, RelayCommand, RelayEvent, SendAnswer};
+use tandem::net::Connectivity;
+use tandem::relay::client::{ClientConfig, RelayEvent, SendAnswer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use zbus::message::Header;
 use zbus::names::BusName;
 use zbus::object_server::SignalEmitter;
@@ -211,111 +209,15 @@ fn assert_tandemd_lock(lock: &Lock) {
 // ---------------------------------------------------------------------------------
 // End to end
 
-struct Phone {
-    _session: Bus,
-    daemon: Daemon,
-    signals: SignalLog,
-    api: MessagesProxy<'static>,
-}
-
-impl Phone {
-    async fn start(system: &Bus, dir: &std::path::Path, number: &str, relay: &str) -> Phone {
-        let session = Bus::start();
-        let signals = SignalLog::start(&session).await;
-        // A fallback far beyond the test: every IP message waits for its receipt.
-        let config = config_with_relay(number, relay, 600);
-        let daemon = Daemon::start(&session, system, dir, &config).await;
-        let api = client(&session).await;
-        Phone {
-            _session: session,
-            daemon,
-            signals,
-            api,
-        }
-    }
-
-    async fn relay_is(&self, state: &str) {
-        eventually(&format!("RelayState {state}"), || async {
-            self.api.relay_state().await.ok().as_deref() == Some(state)
-        })
-        .await;
-    }
-
-    async fn online(&self) {
-        self.relay_is("online").await;
-        eventually("ModemState registered", || async {
-            self.api.modem_state().await.ok().as_deref() == Some("registered")
-        })
-        .await;
-    }
-
-    async fn sees(&self, number: &str, presence: &str) {
-        eventually(&format!("{number} {presence}"), || async {
-            self.api.get_presence(number).await.ok().as_deref() == Some(presence)
-        })
-        .await;
-    }
-
-    async fn send(&self, to: &str, text: &str, channel: &str) -> String {
-        let channel = zbus::OwnedVariant::try_from(zbus::Variant::from(channel)).expect("a string");
-        let options = HashMap::from([("channel".to_owned(), channel)]);
-        self.api
-            .send_message(to, text, options)
-            .await
-            .expect("SendMessage")
-    }
-
-    async fn wait_status(&self, id: &str, status: &str) {
-        self.signals
-            .wait_until(&format!("{id} {status}"), |s| {
-                s.statuses(id).iter().any(|st| st == status)
-            })
-            .await;
-    }
-
-    async fn channel_of(&self, id: &str) -> String {
-        self.api.get_message(id).await.expect("GetMessage").channel
-    }
-
-    /// How many times a text was announced as received, and on which channels.
-    fn received(&self, text: &str) -> Vec<String> {
-        self.signals
-            .received()
-            .into_iter()
-            .filter(|m| m.text == text)
-            .map(|m| m.channel)
-            .collect()
-    }
-
-    fn pid(&self) -> u32 {
-        self.daemon.pid()
-    }
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
 #[tokio::test]
 async fn sleep_closes_the_session_first_and_resume_catches_up() {
     let dir = temp_dir();
     let system = Bus::start();
-    let _sim = Sim::start(&system, &[ALICE, BOB]);
-    let ctl = SimCtl::new(&system.connect().await).await;
+    let (_sim, ctl) = Sim::with_ctl(&system, &[ALICE, BOB]).await;
     let logind = FakeLogind::start(&system).await;
     let relay = Relay::start(dir.path());
-    let alice = Phone::start(&system, &dir.path().join("alice"), ALICE, &relay.url()).await;
-    let bob = Phone::start(&system, &dir.path().join("bob"), BOB, &relay.url()).await;
-    alice.online().await;
-    bob.online().await;
-    alice.api.watch(vec![BOB.into()]).await.expect("Watch");
-    bob.api.watch(vec![ALICE.into()]).await.expect("Watch");
-    alice.sees(BOB, "online").await;
-    bob.sees(ALICE, "online").await;
+    // A fallback far beyond the test: every IP message waits for its receipt.
+    let (alice, bob) = Phone::pair(&system, dir.path(), [ALICE, BOB], &relay.url(), 600).await;
 
     // Awake, each daemon holds a delay lock on sleep.
     let alice_lock = logind.held(alice.pid(), 1).await;
@@ -326,7 +228,7 @@ async fn sleep_closes_the_session_first_and_resume_catches_up() {
     // A receipt to owe Alice while she sleeps: Bob's daemon hangs, so her message is
     // delivered to his connection but not acked yet.
     signal(bob.pid(), "-STOP");
-    let before = alice.send(BOB, "good night (ip)", "ip").await;
+    let before = alice.send_on(BOB, "good night (ip)", "ip").await;
     alice.wait_status(&before, "sent").await;
 
     // Alice's phone goes to sleep. The kernel freezes her daemon once it lets go of the
@@ -362,8 +264,8 @@ async fn sleep_closes_the_session_first_and_resume_catches_up() {
 
     // Meanwhile the channel rule applies as for any offline peer: `auto` goes by SMS (IP
     // only when both are online), and a message sent as `ip` waits on the relay.
-    let by_rule = bob.send(ALICE, "asleep, so by SMS", "auto").await;
-    let kept = bob.send(ALICE, "asleep, kept by the relay", "ip").await;
+    let by_rule = bob.send_on(ALICE, "asleep, so by SMS", "auto").await;
+    let kept = bob.send_on(ALICE, "asleep, kept by the relay", "ip").await;
     bob.wait_status(&by_rule, "sent").await;
     bob.wait_status(&kept, "sent").await;
     assert_eq!(bob.channel_of(&by_rule).await, "sms");
@@ -402,9 +304,9 @@ async fn sleep_closes_the_session_first_and_resume_catches_up() {
 
     // Exactly once, and nothing more arriving late.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(alice.received("asleep, so by SMS"), ["sms"]);
-    assert_eq!(alice.received("asleep, kept by the relay"), ["ip"]);
-    assert_eq!(bob.received("good night (ip)"), ["ip"]);
+    assert_eq!(alice.received_channels("asleep, so by SMS"), ["sms"]);
+    assert_eq!(alice.received_channels("asleep, kept by the relay"), ["ip"]);
+    assert_eq!(bob.received_channels("good night (ip)"), ["ip"]);
     assert_eq!(alice.signals.received().len(), 2);
     assert_eq!(bob.signals.received().len(), 1);
     assert!(ctl.get_sent(ALICE).await.is_empty(), "Alice sent no SMS");
@@ -526,85 +428,31 @@ async fn without_logind_nothing_is_held_and_nothing_is_said() {
 // ---------------------------------------------------------------------------------
 // The relay client alone
 
-const NM_PATH: &str = "/org/freedesktop/NetworkManager";
-
-struct FakeNm {
-    connectivity: u32,
+/// A client of the relay at `url`, told of sleep, logged in as Alice.
+async fn sleeping_client(
+    url: String,
+    dir: &std::path::Path,
+    backoff: (Duration, Duration),
+    net: Option<tandem::net::ConnectivityWatch>,
+) -> RelayClient {
+    let config = ClientConfig {
+        url,
+        token_path: dir.join("token"),
+        min_backoff: backoff.0,
+        max_backoff: backoff.1,
+    };
+    let mut client = RelayClient::start_sleeping("alice", config, net);
+    client.own_number(ALICE).await;
+    client.until("login", logged_in).await;
+    client
 }
 
-#[zbus::interface(name = "org.freedesktop.NetworkManager")]
-impl FakeNm {
-    #[zbus(property)]
-    fn connectivity(&self) -> u32 {
-        self.connectivity
-    }
+fn logged_in(e: &RelayEvent) -> bool {
+    matches!(e, RelayEvent::LoggedIn { .. })
 }
 
-async fn set_connectivity(nm: &zbus::Connection, value: u32) {
-    let iface = nm
-        .object_server()
-        .interface::<_, FakeNm>(NM_PATH)
-        .await
-        .expect("the fake's interface");
-    iface.get_mut().await.connectivity = value;
-    iface
-        .get()
-        .await
-        .connectivity_changed(iface.signal_emitter())
-        .await
-        .expect("PropertiesChanged");
-}
-
-struct Client {
-    commands: mpsc::Sender<RelayCommand>,
-    events: mpsc::Receiver<RelayEvent>,
-    sleep: Option<mpsc::Sender<Sleep>>,
-    seen: Vec<RelayEvent>,
-}
-
-impl Client {
-    async fn next(&mut self, within: Duration) -> Option<RelayEvent> {
-        let event = tokio::time::timeout(within, self.events.recv())
-            .await
-            .ok()??;
-        self.seen.push(event.clone());
-        Some(event)
-    }
-
-    async fn expect(&mut self, what: &str, want: impl Fn(&RelayEvent) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.next(left).await {
-                Some(event) if want(&event) => return,
-                Some(_) => {}
-                None => panic!("no {what}; seen {:#?}", self.seen),
-            }
-        }
-    }
-
-    async fn never(&mut self, wait: Duration, what: &str, bad: impl Fn(&RelayEvent) -> bool) {
-        let until = Instant::now() + wait;
-        while let Some(event) = self
-            .next(until.saturating_duration_since(Instant::now()))
-            .await
-        {
-            assert!(!bad(&event), "{what}: {event:?}; seen {:#?}", self.seen);
-        }
-    }
-
-    async fn sleep(&mut self) {
-        let (closed, answer) = oneshot::channel();
-        let sleep = self.sleep.as_ref().expect("sleep channel");
-        sleep
-            .send(Sleep::Preparing { closed })
-            .await
-            .expect("the client runs");
-        tokio::time::timeout(WAIT, answer)
-            .await
-            .expect("the client answers in time")
-            .expect("the client answers");
-    }
+fn offline(e: &RelayEvent) -> bool {
+    *e == RelayEvent::State(RelayState::Offline)
 }
 
 #[tokio::test]
@@ -612,69 +460,23 @@ async fn asleep_the_client_stays_offline_until_resumed() {
     let dir = temp_dir();
     let relay = Relay::start(dir.path());
     let bus = Bus::start();
-    let nm = zbus::connection::Builder::address(bus.address.as_str())
-        .serve_at(NM_PATH, FakeNm { connectivity: 4 })
-        .name("org.freedesktop.NetworkManager")
-        .build()
-        .await
-        .expect("fake NetworkManager on the private bus");
-    let (commands, commands_rx) = mpsc::channel(16);
-    let (events_tx, events) = mpsc::channel(16);
-    let (sleep, sleep_rx) = mpsc::channel(4);
+    let nm = Nm::start(&bus, Connectivity::Full).await;
     // A slow backoff: a login within a second of the resume did not wait for it.
-    let config = ClientConfig {
-        url: relay.url(),
-        token_path: dir.path().join("token"),
-        min_backoff: Duration::from_secs(5),
-        max_backoff: Duration::from_secs(10),
-    };
-    let task = tokio::spawn(tandem::relay::client::run_with_sleep(
-        config,
-        commands_rx,
-        events_tx,
-        Some(tandem::net::spawn(bus.connect().await)),
-        sleep_rx,
-    ));
-    let mut client = Client {
-        commands,
-        events,
-        sleep: Some(sleep),
-        seen: Vec::new(),
-    };
-    let logged_in = |e: &RelayEvent| matches!(e, RelayEvent::LoggedIn { .. });
-    client
-        .commands
-        .send(RelayCommand::OwnNumber(Some(ALICE.into())))
-        .await
-        .expect("command");
-    client.expect("login", logged_in).await;
+    let backoff = (Duration::from_secs(5), Duration::from_secs(10));
+    let net = tandem::net::spawn(bus.connect().await);
+    let mut client = sleeping_client(relay.url(), dir.path(), backoff, Some(net)).await;
 
     // Going to sleep: answered once closed, and offline.
     client.sleep().await;
-    client
-        .expect("offline", |e| *e == RelayEvent::State(RelayState::Offline))
-        .await;
+    client.until("offline", offline).await;
     // Asleep, nothing makes it dial: not the network coming back, not a send.
-    set_connectivity(&nm, 1).await;
-    set_connectivity(&nm, 4).await;
-    client
-        .commands
-        .send(RelayCommand::Send {
-            id: "asleep-1".into(),
-            to: BOB.into(),
-            text: "not now".into(),
-            ts: 1,
-        })
-        .await
-        .expect("command");
-    client
-        .expect("the send's answer", |e| {
-            *e == RelayEvent::SendAnswer {
-                id: "asleep-1".into(),
-                answer: SendAnswer::NotConnected,
-            }
-        })
-        .await;
+    nm.set_connectivity(Connectivity::NoNetwork).await;
+    nm.set_connectivity(Connectivity::Full).await;
+    client.send("asleep-1", BOB, "not now").await;
+    assert_eq!(
+        client.send_answer("asleep-1").await,
+        SendAnswer::NotConnected
+    );
     client
         .never(Duration::from_millis(1500), "dialed while asleep", |e| {
             matches!(e, RelayEvent::State(_) | RelayEvent::LoggedIn { .. })
@@ -685,14 +487,8 @@ async fn asleep_the_client_stays_offline_until_resumed() {
 
     // Resumed: logged in at once, not after the 5 s backoff.
     let resumed = Instant::now();
-    client
-        .sleep
-        .as_ref()
-        .expect("sleep channel")
-        .send(Sleep::Resumed)
-        .await
-        .expect("the client runs");
-    client.expect("login after resume", logged_in).await;
+    client.resume().await;
+    client.until("login after resume", logged_in).await;
     assert!(
         resumed.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -701,17 +497,10 @@ async fn asleep_the_client_stays_offline_until_resumed() {
 
     // Asleep again, then nobody tells about sleep any more: awake, logged in again.
     client.sleep().await;
-    client
-        .expect("offline", |e| *e == RelayEvent::State(RelayState::Offline))
-        .await;
-    client.sleep = None;
-    client.expect("login without logind", logged_in).await;
-
-    drop(client);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("the client stops")
-        .expect("no panic");
+    client.until("offline", offline).await;
+    client.deaf_to_sleep();
+    client.until("login without logind", logged_in).await;
+    client.stop().await;
 }
 
 /// A TCP proxy in front of the relay that can hold every byte back (a relay, or a
@@ -757,35 +546,8 @@ async fn a_close_the_relay_does_not_answer_holds_the_sleep_back_briefly() {
     let dir = temp_dir();
     let relay = Relay::start(dir.path());
     let (url, open) = valve(relay.addr.clone()).await;
-    let (commands, commands_rx) = mpsc::channel(16);
-    let (events_tx, events) = mpsc::channel(16);
-    let (sleep, sleep_rx) = mpsc::channel(4);
-    let config = ClientConfig {
-        url,
-        token_path: dir.path().join("token"),
-        min_backoff: Duration::from_millis(100),
-        max_backoff: Duration::from_secs(1),
-    };
-    let task = tokio::spawn(tandem::relay::client::run_with_sleep(
-        config,
-        commands_rx,
-        events_tx,
-        None,
-        sleep_rx,
-    ));
-    let mut client = Client {
-        commands,
-        events,
-        sleep: Some(sleep),
-        seen: Vec::new(),
-    };
-    let logged_in = |e: &RelayEvent| matches!(e, RelayEvent::LoggedIn { .. });
-    client
-        .commands
-        .send(RelayCommand::OwnNumber(Some(ALICE.into())))
-        .await
-        .expect("command");
-    client.expect("login", logged_in).await;
+    let backoff = (Duration::from_millis(100), Duration::from_secs(1));
+    let mut client = sleeping_client(url, dir.path(), backoff, None).await;
 
     // Nothing gets through any more: our close frame is written, no answer comes.
     open.send_replace(false);
@@ -801,23 +563,11 @@ async fn a_close_the_relay_does_not_answer_holds_the_sleep_back_briefly() {
         held < CLOSE_BOUND,
         "held {held:?}, longer than logind's task waits"
     );
-    client
-        .expect("offline", |e| *e == RelayEvent::State(RelayState::Offline))
-        .await;
+    client.until("offline", offline).await;
 
     // Awake, with the relay reachable again: logged in again.
     open.send_replace(true);
-    client
-        .sleep
-        .as_ref()
-        .expect("sleep channel")
-        .send(Sleep::Resumed)
-        .await
-        .expect("the client runs");
-    client.expect("login after resume", logged_in).await;
-    drop(client);
-    tokio::time::timeout(WAIT, task)
-        .await
-        .expect("the client stops")
-        .expect("no panic");
+    client.resume().await;
+    client.until("login after resume", logged_in).await;
+    client.stop().await;
 }

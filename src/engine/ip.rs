@@ -1015,156 +1015,54 @@ mod tests {
             reason: crate::relay::client::Refusal::RecipientUnregistered,
             message: "not here".into(),
         };
-        // (requested, stage, deadline, fits SMS, resent, answer) -> step
+        // (requested, stage, deadline, fits SMS, resent), answer -> step. Mostly a
+        // message sent once, no deadline yet, that fits an SMS:
+        let auto = (Auto, Sent, None, true, false);
+        let ip_only = (Ip, Sent, None, true, false);
+        let auto_resent = (Auto, Sent, None, true, true);
+        let fallback = IpStep::Sent {
+            deadline_ms: Some(1000 + 60_000),
+        };
+        let no_deadline = IpStep::Sent { deadline_ms: None };
+        let wont = || leave("the relay will not deliver it");
+        let refusal = || leave("the relay refused it: not here");
         let rows = [
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                accepted(Placement::Online),
-                IpStep::Sent {
-                    deadline_ms: Some(1000 + 60_000),
-                },
-            ),
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                accepted(Placement::Queued),
-                IpStep::Sent {
-                    deadline_ms: Some(1000 + 60_000),
-                },
-            ),
+            (auto, accepted(Placement::Online), fallback.clone()),
+            (auto, accepted(Placement::Queued), fallback),
             // Too long for SMS, or asked for IP: no fallback, so no deadline.
             (
-                Auto,
-                Sent,
-                None,
-                false,
-                false,
+                (Auto, Sent, None, false, false),
                 accepted(Placement::Online),
-                IpStep::Sent { deadline_ms: None },
+                no_deadline.clone(),
             ),
-            (
-                Ip,
-                Sent,
-                None,
-                true,
-                false,
-                accepted(Placement::Online),
-                IpStep::Sent { deadline_ms: None },
-            ),
+            (ip_only, accepted(Placement::Online), no_deadline),
             // Asked again after a login: the deadline it had stands.
             (
-                Auto,
-                Accepted,
-                Some(5),
-                true,
-                true,
+                (Auto, Accepted, Some(5), true, true),
                 accepted(Placement::Queued),
                 IpStep::Sent {
                     deadline_ms: Some(5),
                 },
             ),
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                accepted(Placement::Delivered),
-                IpStep::Delivered,
-            ),
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                accepted(Placement::Revoked),
-                leave("the relay will not deliver it"),
-            ),
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                accepted(Placement::Expired),
-                leave("the relay will not deliver it"),
-            ),
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                refused.clone(),
-                leave("the relay refused it: not here"),
-            ),
-            (
-                Ip,
-                Sent,
-                None,
-                true,
-                false,
-                refused,
-                leave("the relay refused it: not here"),
-            ),
+            (auto, accepted(Placement::Delivered), IpStep::Delivered),
+            (auto, accepted(Placement::Revoked), wont()),
+            (auto, accepted(Placement::Expired), wont()),
+            (auto, refused.clone(), refusal()),
+            (ip_only, refused, refusal()),
             // Never sent: by SMS at once, or back to the outbox when IP was asked for.
             (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
+                auto,
                 SendAnswer::NotConnected,
                 leave("the relay is not reachable"),
             ),
-            (
-                Ip,
-                Sent,
-                None,
-                true,
-                false,
-                SendAnswer::NotConnected,
-                IpStep::Requeue,
-            ),
+            (ip_only, SendAnswer::NotConnected, IpStep::Requeue),
             // A resend that did not go says nothing of the first send: wait for the login.
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                true,
-                SendAnswer::NotConnected,
-                IpStep::Nothing,
-            ),
+            (auto_resent, SendAnswer::NotConnected, IpStep::Nothing),
             // Its fate is unknown: never by SMS before the relay's answer.
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                false,
-                SendAnswer::Lost,
-                IpStep::Nothing,
-            ),
-            (
-                Auto,
-                Sent,
-                None,
-                true,
-                true,
-                SendAnswer::Lost,
-                IpStep::Nothing,
-            ),
+            (auto, SendAnswer::Lost, IpStep::Nothing),
+            (auto_resent, SendAnswer::Lost, IpStep::Nothing),
         ];
-        for (requested, stage, deadline, fits, resent, answer, expected) in rows {
+        for ((requested, stage, deadline, fits, resent), answer, expected) in rows {
             let mut ip = IpSide::new();
             let entry = pending(requested, stage, deadline);
             if resent {

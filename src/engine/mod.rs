@@ -1214,6 +1214,18 @@ mod tests {
             }
         }
 
+        /// An engine on an empty store that refuses every write (the disk is full).
+        fn on_a_full_store() -> Rig {
+            let mut store = Store::open_in_memory().expect("store");
+            store.set_full(true).expect("full");
+            Rig::start(store)
+        }
+
+        /// An engine on an empty store.
+        fn empty() -> Rig {
+            Rig::start(Store::open_in_memory().expect("store"))
+        }
+
         /// The next announcement, confirmed as emitted like the publisher does.
         async fn announced(&mut self) -> Event {
             let a = tokio::time::timeout(Duration::from_secs(5), self.announcements.recv())
@@ -1248,6 +1260,61 @@ mod tests {
 
         async fn relay(&self, event: RelayEvent) {
             self.relay_events.send(event).await.expect("send");
+        }
+
+        /// The code SMS `code` arrives before the relay asked for it: kept aside, not
+        /// deleted within 100 ms (`why` it must not be).
+        async fn code_kept_aside(&mut self, code: &IncomingSms, why: &str) {
+            self.modem(ModemEvent::Incoming(code.clone())).await;
+            self.no_sms_within(Duration::from_millis(100), why).await;
+        }
+
+        /// The next announcement is `number`'s presence, now `presence`.
+        async fn presence_announced(&mut self, number: &str, presence: Presence) {
+            let number = number.into();
+            assert_eq!(self.announced().await, Event::Presence { number, presence });
+        }
+
+        /// Runs `f` on the store, as the engine's own calls do; its answer.
+        async fn with_store<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&mut Store) -> crate::store::Result<T> + Send + 'static,
+        ) -> T {
+            self.store.call(f).await.expect("the store answers")
+        }
+
+        async fn modem(&self, event: ModemEvent) {
+            self.modem_events.send(event).await.expect("send");
+        }
+
+        /// The modem made SMS object `n` for `id`; the engine's next modem command.
+        async fn created(&mut self, id: &str, n: u32) -> ModemCommand {
+            let id = id.to_owned();
+            self.modem(ModemEvent::Created {
+                id,
+                object: object(n),
+            })
+            .await;
+            self.modem_command().await
+        }
+
+        /// The relay accepts `id`; no receipt comes in time, so the engine revokes it and
+        /// the relay answers `outcome`.
+        async fn accepted_then_revoked(&mut self, id: &str, outcome: Revocation) {
+            self.answer(id, accepted()).await;
+            self.revoke_answered(id, outcome).await;
+        }
+
+        /// Asserts that no modem command (no SMS) comes within `wait`, then stops.
+        async fn stop_after_no_sms(mut self, wait: Duration, why: &str) {
+            self.no_sms_within(wait, why).await;
+            self.stop().await;
+        }
+
+        /// Asserts that no SMS was asked for (no modem command is waiting), then stops.
+        async fn stop_without_sms(mut self) {
+            assert!(self.modem_commands.try_recv().is_err(), "an SMS too");
+            self.stop().await;
         }
 
         async fn stop(self) {
@@ -1317,11 +1384,7 @@ mod tests {
         }
         let mut left = vec![stored];
         for _ in 0..100 {
-            left = rig
-                .store
-                .call(|s| s.unannounced())
-                .await
-                .expect("unannounced");
+            left = rig.with_store(|s| s.unannounced()).await;
             if left.is_empty() {
                 break;
             }
@@ -1329,10 +1392,7 @@ mod tests {
         }
         assert!(left.is_empty(), "still unannounced: {left:?}");
         // Then the adapter finds it on the modem: a duplicate, deleted, not announced.
-        rig.modem_events
-            .send(ModemEvent::Incoming(on_modem.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(on_modem.clone())).await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Delete {
@@ -1345,36 +1405,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_send_waits_for_the_modem_without_counting_an_attempt() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "hello");
-        let mut rig = Rig::start(store);
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Create { .. }
-        ));
-        rig.modem_events
-            .send(ModemEvent::SendRefused {
-                id: id.clone(),
-                reason: "modem not registered".into(),
-            })
-            .await
-            .expect("send");
+        let (mut rig, id) = creating("hello").await;
+        rig.modem(ModemEvent::SendRefused {
+            id: id.clone(),
+            reason: "modem not registered".into(),
+        })
+        .await;
         // No new attempt until the adapter reports a state again.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err());
-        let entry = rig.store.call(|s| s.outbox()).await.expect("outbox");
+        let entry = rig.with_store(|s| s.outbox()).await;
         assert_eq!(
             (entry[0].attempts, entry[0].message.status),
             (0, Status::Queued)
         );
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        registered(&rig).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: again, .. } if again == id)
         );
@@ -1390,19 +1435,26 @@ mod tests {
         .expect("object")
     }
 
+    /// A rig with one message (`text`) queued for +15550002222 and the modem registered,
+    /// once the engine asked to create its SMS.
+    async fn creating(text: &str) -> (Rig, String) {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue(&mut store, "+15550002222", text);
+        let mut rig = Rig::start(store);
+        registered(&rig).await;
+        assert!(
+            matches!(rig.modem_command().await, ModemCommand::Create { id: got, number, .. } if got == id && number == "+15550002222")
+        );
+        (rig, id)
+    }
+
     async fn registered(rig: &Rig) {
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::State(ModemState::Registered)).await;
     }
 
     async fn message(rig: &Rig, id: &str) -> Message {
         let key = id.to_owned();
-        rig.store
-            .call(move |s| s.get_message(&key))
-            .await
-            .expect("message")
+        rig.with_store(move |s| s.get_message(&key)).await
     }
 
     /// Waits until the store shows `id` with `status`.
@@ -1446,95 +1498,48 @@ mod tests {
         (rig, id)
     }
 
-    async fn modem_event(rig: &Rig, event: ModemEvent) {
-        rig.modem_events.send(event).await.expect("send");
-    }
-
-    async fn attempts(rig: &Rig) -> Vec<SmsAttempt> {
-        rig.store
-            .call(|s| s.sms_attempts())
-            .await
-            .expect("attempts")
+    async fn sms_attempts(rig: &Rig) -> Vec<SmsAttempt> {
+        rig.with_store(|s| s.sms_attempts()).await
     }
 
     #[tokio::test]
     async fn an_sms_is_recorded_before_it_is_sent_and_sent_once() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "hello");
-        let mut rig = Rig::start(store);
-        registered(&rig).await;
-        assert!(
-            matches!(rig.modem_command().await, ModemCommand::Create { id: got, number, .. } if got == id && number == "+15550002222")
-        );
+        let (mut rig, id) = creating("hello").await;
         // Nothing recorded yet: a crash now sends it again (no object was ever sent).
         assert_eq!(message(&rig, &id).await.status, Status::Queued);
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(4),
-            })
-            .await
-            .expect("send");
         let ModemCommand::Send {
             id: sent,
             object: sent_object,
             budget,
-        } = rig.modem_command().await
+        } = rig.created(&id, 4).await
         else {
             panic!("expected Send");
         };
         assert_eq!((sent.as_str(), sent_object), (id.as_str(), object(4)));
         assert_eq!(budget, Duration::from_secs(5), "one part");
         // Recorded before the Send was asked for.
-        let attempts = rig
-            .store
-            .call(|s| s.sms_attempts())
-            .await
-            .expect("attempts");
+        let attempts = sms_attempts(&rig).await;
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].path, "/org/freedesktop/ModemManager1/SMS/4");
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.modem_events
-            .send(ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Sent { reference: Some(9) },
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Sent { reference: Some(9) },
+        })
+        .await;
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Sms)));
-        let attempts = rig
-            .store
-            .call(|s| s.sms_attempts())
-            .await
-            .expect("attempts");
+        let attempts = sms_attempts(&rig).await;
         assert!(attempts.is_empty(), "{attempts:?}");
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn an_object_made_for_a_message_deleted_meanwhile_is_discarded_not_sent() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "never mind");
-        let mut rig = Rig::start(store);
-        registered(&rig).await;
-        assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Create { .. }
-        ));
+        let (mut rig, id) = creating("never mind").await;
         let key = id.clone();
-        rig.store
-            .call(move |s| s.delete_message(&key))
-            .await
-            .expect("delete");
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(5),
-            })
-            .await
-            .expect("send");
+        rig.with_store(move |s| s.delete_message(&key)).await;
         assert_eq!(
-            rig.modem_command().await,
+            rig.created(&id, 5).await,
             ModemCommand::Discard { object: object(5) }
         );
         rig.stop().await;
@@ -1563,15 +1568,13 @@ mod tests {
             "{left:?}"
         );
         registered(&rig).await;
-        rig.modem_events
-            .send(ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Sent {
-                    reference: Some(12),
-                },
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Sent {
+                reference: Some(12),
+            },
+        })
+        .await;
         let sent = until_status(&rig, &id, Status::Sent).await;
         assert_eq!(sent.channel, Some(Channel::Sms));
         // Stored sent: now its object may go.
@@ -1579,66 +1582,58 @@ mod tests {
             rig.modem_command().await,
             ModemCommand::Discard { object: object(3) }
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "nothing more to do: it went out once"
-        );
-        rig.stop().await;
+        rig.stop_after_no_sms(
+            Duration::from_millis(100),
+            "nothing more to do: it went out once",
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn an_sms_found_unsent_after_a_crash_goes_again_as_a_counted_attempt() {
         let (rig, id) = resolving("not yet", now_ms()).await;
-        modem_event(
-            &rig,
-            ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::NotSent(SendFailure {
-                    temporary: true,
-                    reason: "not sent when the daemon stopped".into(),
-                }),
-            },
-        )
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::NotSent(SendFailure {
+                temporary: true,
+                reason: "not sent when the daemon stopped".into(),
+            }),
+        })
         .await;
         let entry = loop {
-            let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
+            let outbox = rig.with_store(|s| s.outbox()).await;
             if outbox[0].attempts == 1 {
                 break outbox[0].clone();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert_eq!(entry.message.status, Status::Queued);
-        assert!(attempts(&rig).await.is_empty());
+        assert!(sms_attempts(&rig).await.is_empty());
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn an_sms_of_unknown_fate_fails_counted_and_is_never_sent_again() {
         let (mut rig, id) = resolving("maybe", now_ms()).await;
-        modem_event(
-            &rig,
-            ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Unknown {
-                    reason: "ModemManager restarted while it was being sent".into(),
-                },
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Unknown {
+                reason: "ModemManager restarted while it was being sent".into(),
             },
-        )
+        })
         .await;
         let failed = until_status(&rig, &id, Status::Failed).await;
         let error = failed.error.expect("a reason");
         assert!(error.contains("may not have been sent"), "{error}");
         assert!(error.contains("ModemManager restarted"), "{error}");
-        let counters = rig.store.call(|s| s.counters()).await.expect("counters");
+        let counters = rig.with_store(|s| s.counters()).await;
         assert_eq!(counters, vec![(COUNT_UNKNOWN_OUTCOME.to_owned(), 1)]);
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Discard { object: object(3) }
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(rig.modem_commands.try_recv().is_err(), "not sent again");
-        rig.stop().await;
+        rig.stop_after_no_sms(Duration::from_millis(100), "not sent again")
+            .await;
     }
 
     #[tokio::test]
@@ -1658,26 +1653,19 @@ mod tests {
             text: text.into(),
         };
         // Someone else's draft, and the object recorded for a message: left alone.
-        rig.modem_events
-            .send(draft(6, "+15550002222", "a draft of another app"))
-            .await
-            .expect("send");
-        rig.modem_events
-            .send(draft(8, "+15550003333", "being resolved"))
-            .await
-            .expect("send");
+        rig.modem(draft(6, "+15550002222", "a draft of another app"))
+            .await;
+        rig.modem(draft(8, "+15550003333", "being resolved")).await;
         // Ours, made before a crash and never recorded (so never sent): removed.
-        rig.modem_events
-            .send(draft(7, "+1 555 000 2222", "orphaned once"))
-            .await
-            .expect("send");
+        rig.modem(draft(7, "+1 555 000 2222", "orphaned once"))
+            .await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Discard { object: object(7) }
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.modem_commands.try_recv().is_err());
-        let counters = rig.store.call(|s| s.counters()).await.expect("counters");
+        let counters = rig.with_store(|s| s.counters()).await;
         assert_eq!(counters, vec![(COUNT_ORPHAN_REMOVED.to_owned(), 1)]);
         assert_eq!(message(&rig, &queued).await.status, Status::Queued);
         rig.stop().await;
@@ -1685,63 +1673,36 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_refused_after_recording_requeues_without_an_attempt() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, "+15550002222", "hold on");
-        let mut rig = Rig::start(store);
-        registered(&rig).await;
+        let (mut rig, id) = creating("hold on").await;
         assert!(matches!(
-            rig.modem_command().await,
-            ModemCommand::Create { .. }
-        ));
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(1),
-            })
-            .await
-            .expect("send");
-        assert!(matches!(
-            rig.modem_command().await,
+            rig.created(&id, 1).await,
             ModemCommand::Send { .. }
         ));
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.modem_events
-            .send(ModemEvent::SendRefused {
-                id: id.clone(),
-                reason: "modem not registered".into(),
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendRefused {
+            id: id.clone(),
+            reason: "modem not registered".into(),
+        })
+        .await;
         assert_eq!(rig.status_of(&id).await, (Status::Queued, None));
-        let outbox = rig.store.call(|s| s.outbox()).await.expect("outbox");
+        let outbox = rig.with_store(|s| s.outbox()).await;
         assert_eq!(outbox[0].attempts, 0);
-        assert!(
-            rig.store
-                .call(|s| s.sms_attempts())
-                .await
-                .expect("attempts")
-                .is_empty()
-        );
+        assert!(sms_attempts(&rig).await.is_empty());
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn an_sms_the_full_store_refused_is_stored_and_announced_once_room_is_made() {
-        let mut store = Store::open_in_memory().expect("store");
-        store.set_full(true).expect("full");
-        let mut rig = Rig::start(store);
+        let mut rig = Rig::on_a_full_store();
         let long = "a text too long to fit in the pages left. ".repeat(200);
         let incoming = sms("+15550002222", "2024-05-01T12:34:56+02", &long, "/sms/4");
-        rig.modem_events
-            .send(ModemEvent::Incoming(incoming.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(incoming.clone())).await;
         // Not stored: not announced, and left on the modem.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(rig.announcements.try_recv().is_err(), "announced unstored");
         assert!(rig.modem_commands.try_recv().is_err(), "deleted unstored");
         // Room again: the next try (1 s after the failure) stores, announces, deletes.
-        rig.store.call(|s| s.set_full(false)).await.expect("room");
+        rig.with_store(|s| s.set_full(false)).await;
         match rig.announced().await {
             Event::Received(m) => assert_eq!(m.text, long),
             other => panic!("expected MessageReceived, got {other:?}"),
@@ -1753,10 +1714,7 @@ mod tests {
             }
         );
         // Found again on the modem later: a no-op, never a second message.
-        rig.modem_events
-            .send(ModemEvent::Incoming(incoming.clone()))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::Incoming(incoming.clone())).await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Delete {
@@ -1782,26 +1740,8 @@ mod tests {
             .expect("sending");
         store.record_attempt(&id, 2, 0).expect("attempts");
         let rig = Rig::start(store);
-        let key = id.clone();
-        let mut status = Status::Sending;
-        for _ in 0..100 {
-            let k = key.clone();
-            status = rig
-                .store
-                .call(move |s| s.get_message(&k))
-                .await
-                .expect("get")
-                .status;
-            if status == Status::Failed {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(
-            status,
-            Status::Failed,
-            "the third interrupted attempt is the last"
-        );
+        // The third interrupted attempt is the last.
+        until_status(&rig, &id, Status::Failed).await;
         rig.stop().await;
     }
 
@@ -1811,15 +1751,13 @@ mod tests {
         let id = queue(&mut store, "+15550002222", "hello");
         store.mark_sent_sms(&id, Some(17), true).expect("sent");
         let mut rig = Rig::start(store);
-        rig.modem_events
-            .send(ModemEvent::StatusReport(StatusReport {
-                path: zbus::OwnedObjectPath::try_from("/sms/9").expect("path"),
-                number: "5550002222".into(),
-                reference: 17,
-                delivery_state: 0,
-            }))
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::StatusReport(StatusReport {
+            path: zbus::OwnedObjectPath::try_from("/sms/9").expect("path"),
+            number: "5550002222".into(),
+            reference: 17,
+            delivery_state: 0,
+        }))
+        .await;
         assert_eq!(
             rig.announced().await,
             Event::StatusChanged {
@@ -1875,62 +1813,27 @@ mod tests {
 
     #[tokio::test]
     async fn the_registration_code_sms_goes_to_the_relay_and_nowhere_else() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let mut rig = Rig::empty();
         // The code SMS beats the relay's code-sent: kept aside, on the modem, unstored.
-        let code = sms(
-            "+15559990000",
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 482913",
-            "/sms/1",
-        );
-        rig.modem_events
-            .send(ModemEvent::Incoming(code.clone()))
-            .await
-            .expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "deleted before it was used"
-        );
+        let code = code_sms("482913", "00:00", 1);
+        rig.code_kept_aside(&code, "deleted before it was used")
+            .await;
         assert!(rig.announcements.try_recv().is_err(), "shown");
         // The registration asks for it: the code goes to the relay, the SMS away.
-        rig.relay(RelayEvent::AwaitingCode {
-            number: "+15550001111".into(),
-        })
-        .await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Code("482913".into())
-        );
-        assert_eq!(
-            rig.modem_command().await,
-            ModemCommand::Delete { path: code.path }
-        );
+        rig.code_used("482913", code).await;
         // Logged in: a text that merely looks like a code is an ordinary message.
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let later = sms(
-            "+15559990000",
-            "2024-05-01T12:05:00+00",
-            "Tandem code: 111111",
-            "/sms/2",
-        );
-        rig.modem_events
-            .send(ModemEvent::Incoming(later))
-            .await
-            .expect("send");
+        let later = code_sms("111111", "05:00", 2);
+        rig.modem(ModemEvent::Incoming(later)).await;
         loop {
             if let Event::Received(m) = rig.announced().await {
                 assert_eq!(m.text, "Tandem code: 111111");
                 break;
             }
         }
-        let stored = rig
-            .store
-            .call(|s| s.get_messages("+15559990000", None, 10))
-            .await
-            .expect("messages");
+        let stored = rig.with_store(|s| s.get_messages(GATEWAY, None, 10)).await;
         assert_eq!(
             stored.len(),
             1,
@@ -1941,7 +1844,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ip_message_is_shown_only_when_the_relay_confirms_it() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
+        let mut rig = Rig::empty();
         let deliver = |id: &str, text: &str| RelayEvent::Deliver {
             from: "+15550002222".into(),
             id: id.into(),
@@ -1990,17 +1893,11 @@ mod tests {
         .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rig.announcements.try_recv().is_err());
-        let held = rig
-            .store
-            .call(|s| s.held_incoming_ip())
-            .await
-            .expect("held");
+        let held = rig.with_store(|s| s.held_incoming_ip()).await;
         assert!(held.is_empty(), "{held:?}");
         let texts: Vec<String> = rig
-            .store
-            .call(|s| s.get_messages("+15550002222", None, 10))
+            .with_store(|s| s.get_messages("+15550002222", None, 10))
             .await
-            .expect("messages")
             .into_iter()
             .map(|m| m.text)
             .collect();
@@ -2043,25 +1940,15 @@ mod tests {
             entry("+15550003333", Presence::Offline),
         ]))
         .await;
-        assert_eq!(
-            rig.announced().await,
-            Event::Presence {
-                number: "+15550002222".into(),
-                presence: Presence::Online
-            }
-        );
+        rig.presence_announced("+15550002222", Presence::Online)
+            .await;
         rig.relay(RelayEvent::Presence(entry(
             "+15550002222",
             Presence::Typing,
         )))
         .await;
-        assert_eq!(
-            rig.announced().await,
-            Event::Presence {
-                number: "+15550002222".into(),
-                presence: Presence::Typing
-            }
-        );
+        rig.presence_announced("+15550002222", Presence::Typing)
+            .await;
         assert_eq!(
             rig.presence
                 .borrow()
@@ -2070,21 +1957,12 @@ mod tests {
             Some(Presence::Typing)
         );
         // The cache keeps it for the next start.
-        let cached = rig
-            .store
-            .call(|s| s.presence_of("+15550002222"))
-            .await
-            .expect("cache");
+        let cached = rig.with_store(|s| s.presence_of("+15550002222")).await;
         assert_eq!(cached.map(|c| c.presence), Some(Presence::Typing));
         // Our own connection drops: nobody is known to be online any more.
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        assert_eq!(
-            rig.announced().await,
-            Event::Presence {
-                number: "+15550002222".into(),
-                presence: Presence::Offline
-            }
-        );
+        rig.presence_announced("+15550002222", Presence::Offline)
+            .await;
         assert!(rig.presence.borrow().is_empty());
         rig.stop().await;
     }
@@ -2134,6 +2012,17 @@ mod tests {
             ));
         }
 
+        /// The relay answers the send of `id` again as a duplicate already delivered:
+        /// the message becomes delivered over IP.
+        async fn delivered_as_duplicate(&mut self, id: &str) {
+            let answer = SendAnswer::Accepted {
+                state: Placement::Delivered,
+                duplicate: true,
+            };
+            self.answer(id, answer).await;
+            while self.status_of(id).await != (Status::Delivered, Some(Channel::Ip)) {}
+        }
+
         /// `number` becomes a followed contact (Watch), subscribed to on the relay.
         async fn follow(&mut self, number: &str) {
             let n = number.to_owned();
@@ -2169,6 +2058,82 @@ mod tests {
 
     const BOB: &str = "+15550002222";
 
+    /// A rig with the modem registered, logged in on the relay, and Bob followed (his
+    /// presence not come yet).
+    async fn following_bob() -> Rig {
+        let mut rig = Rig::empty();
+        registered(&rig).await;
+        rig.logged_in().await;
+        rig.follow(BOB).await;
+        rig
+    }
+
+    /// A rig with one message (`text`) queued for Bob, Bob online on the relay.
+    async fn to_bob_online(text: &str) -> (Rig, String) {
+        to_bob_online_as(text, ChannelRequest::Auto).await
+    }
+
+    /// The same with the modem registered too, once the engine sent it over IP.
+    async fn sending_to_bob(text: &str) -> (Rig, String) {
+        let (mut rig, id) = to_bob_online(text).await;
+        registered(&rig).await;
+        assert_eq!(rig.ip_send().await, id);
+        (rig, id)
+    }
+
+    /// [`to_bob_online`] with the channel the sender asked for.
+    async fn to_bob_online_as(text: &str, requested: ChannelRequest) -> (Rig, String) {
+        let mut store = Store::open_in_memory().expect("store");
+        let id = queue_as(&mut store, BOB, text, requested);
+        let mut rig = Rig::start(store);
+        rig.peer_online(BOB).await;
+        (rig, id)
+    }
+
+    impl Rig {
+        /// The engine revokes `id` on the relay, which answers `outcome`.
+        async fn revoke_answered(&mut self, id: &str, outcome: Revocation) {
+            assert_eq!(
+                self.relay_command().await,
+                RelayCommand::Revoke { id: id.into() }
+            );
+            self.relay(RelayEvent::RevokeAnswer {
+                id: id.into(),
+                outcome: Some(outcome),
+            })
+            .await;
+        }
+
+        /// The engine sends `id` over IP (Sending), the relay accepts it (Sent over IP).
+        async fn sent_over_ip(&mut self, id: &str) {
+            assert_eq!(self.ip_send().await, id);
+            assert_eq!(self.status_of(id).await, (Status::Sending, None));
+            self.answer(id, accepted()).await;
+            assert_eq!(self.status_of(id).await, (Status::Sent, Some(Channel::Ip)));
+        }
+
+        /// The relay connection drops; the message may be on the relay: no SMS.
+        async fn dropped_without_sms(&mut self) {
+            self.relay(RelayEvent::State(RelayState::Offline)).await;
+            let why = "sent by SMS while it may be on the relay";
+            self.no_sms_within(Duration::from_millis(200), why).await;
+        }
+
+        /// Logged in again, the engine sends `id` again, and the relay answers that it was
+        /// delivered already: delivered over IP.
+        async fn resent_after_login_was_delivered(&mut self, id: &str) {
+            self.logged_in().await;
+            assert_eq!(self.ip_send().await, id);
+            self.delivered_as_duplicate(id).await;
+        }
+
+        /// Asserts that no modem command (no SMS) comes within `wait`.
+        async fn no_sms_within(&mut self, wait: Duration, why: &str) {
+            tokio::time::sleep(wait).await;
+            assert!(self.modem_commands.try_recv().is_err(), "{why}");
+        }
+    }
+
     fn accepted() -> SendAnswer {
         SendAnswer::Accepted {
             state: Placement::Online,
@@ -2178,11 +2143,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_to_a_contact_just_followed_waits_for_its_presence() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        registered(&rig).await;
-        rig.logged_in().await;
         // Bob becomes a contact (Watch): subscribed, his presence not come yet.
-        rig.follow(BOB).await;
+        let mut rig = following_bob().await;
         let id = send_now(&rig, BOB, "quick reply").await;
         // Not by SMS at once because his presence is still unknown.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -2197,16 +2159,12 @@ mod tests {
         }]))
         .await;
         assert_eq!(rig.ip_send().await, id);
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
     async fn a_contact_whose_presence_never_comes_gets_sms_after_a_short_wait() {
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        registered(&rig).await;
-        rig.logged_in().await;
-        rig.follow(BOB).await;
+        let mut rig = following_bob().await;
         let asked = Instant::now();
         let id = send_now(&rig, BOB, "anyone?").await;
         assert!(
@@ -2221,9 +2179,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ip_message_the_full_store_refused_is_held_and_acked_once_room_is_made() {
-        let mut store = Store::open_in_memory().expect("store");
-        store.set_full(true).expect("full");
-        let mut rig = Rig::start(store);
+        let mut rig = Rig::on_a_full_store();
         rig.logged_in().await;
         let long = "an IP message too long for the pages left. ".repeat(200);
         rig.relay(RelayEvent::Deliver {
@@ -2238,7 +2194,7 @@ mod tests {
         while let Ok(cmd) = rig.relay_commands.try_recv() {
             assert!(!matches!(cmd, RelayCommand::Ack { .. }), "acked unstored");
         }
-        rig.store.call(|s| s.set_full(false)).await.expect("room");
+        rig.with_store(|s| s.set_full(false)).await;
         loop {
             if let RelayCommand::Ack { from, id } = rig.relay_command().await {
                 assert_eq!((from.as_str(), id.as_str()), (BOB, "m-1"));
@@ -2262,14 +2218,8 @@ mod tests {
 
     #[tokio::test]
     async fn both_online_goes_over_ip_to_delivered() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "hi over IP");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        assert_eq!(rig.ip_send().await, id);
-        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.answer(&id, accepted()).await;
-        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        let (mut rig, id) = to_bob_online("hi over IP").await;
+        rig.sent_over_ip(&id).await;
         rig.relay(RelayEvent::Receipt {
             id: id.as_str().into(),
             to: BOB.into(),
@@ -2283,33 +2233,13 @@ mod tests {
         // Well before the fallback timeout would have fired: no revoke, no SMS.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(rig.relay_commands.try_recv().is_err());
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
     async fn no_receipt_in_time_revokes_then_goes_by_sms() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "are you there?");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
-        assert_eq!(rig.ip_send().await, id);
-        rig.answer(&id, accepted()).await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Revoke {
-                id: id.as_str().into()
-            }
-        );
-        rig.relay(RelayEvent::RevokeAnswer {
-            id: id.as_str().into(),
-            outcome: Some(Revocation::Revoked),
-        })
-        .await;
+        let (mut rig, id) = sending_to_bob("are you there?").await;
+        rig.accepted_then_revoked(&id, Revocation::Revoked).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
@@ -2319,39 +2249,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_revoke_that_comes_too_late_means_delivered() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "just in time");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
-        rig.ip_send().await;
-        rig.answer(&id, accepted()).await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Revoke {
-                id: id.as_str().into()
-            }
-        );
-        rig.relay(RelayEvent::RevokeAnswer {
-            id: id.as_str().into(),
-            outcome: Some(Revocation::AlreadyDelivered),
-        })
-        .await;
+        let (mut rig, id) = sending_to_bob("just in time").await;
+        rig.accepted_then_revoked(&id, Revocation::AlreadyDelivered)
+            .await;
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
         assert_eq!(
             rig.status_of(&id).await,
             (Status::Delivered, Some(Channel::Ip))
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "delivered on both channels"
-        );
-        rig.stop().await;
+        rig.stop_after_no_sms(Duration::from_millis(200), "delivered on both channels")
+            .await;
     }
 
     #[tokio::test]
@@ -2377,10 +2285,7 @@ mod tests {
         }]))
         .await;
         rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        registered(&rig).await;
         let mut sent = vec![rig.ip_send().await, rig.ip_send().await];
         sent.sort();
         let mut want = vec![auto.clone(), forced.id.to_string()];
@@ -2393,63 +2298,19 @@ mod tests {
         rig.answer(&auto, refused()).await;
         assert!(matches!(rig.modem_command().await, ModemCommand::Create { id, .. } if id == auto));
         rig.answer(&forced.id, refused()).await;
-        let failed = loop {
-            let id = forced.id.clone();
-            let m = rig
-                .store
-                .call(move |s| s.get_message(&id))
-                .await
-                .expect("get");
-            if m.status == Status::Failed {
-                break m;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
+        let failed = until_status(&rig, &forced.id, Status::Failed).await;
         assert!(failed.error.expect("a reason").contains("refused"));
         rig.stop().await;
     }
 
     #[tokio::test]
     async fn a_send_lost_with_the_connection_is_asked_again_never_sent_twice() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "in the tunnel");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
-        assert_eq!(rig.ip_send().await, id);
+        let (mut rig, id) = sending_to_bob("in the tunnel").await;
         rig.answer(&id, SendAnswer::Lost).await;
-        rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "sent by SMS while it may be on the relay"
-        );
-        rig.relay(RelayEvent::State(RelayState::Online)).await;
-        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
+        rig.dropped_without_sms().await;
         // After the login: the subscription, then the same send again.
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Subscribe { .. }
-        ));
-        assert_eq!(rig.ip_send().await, id);
-        rig.answer(
-            &id,
-            SendAnswer::Accepted {
-                state: Placement::Delivered,
-                duplicate: true,
-            },
-        )
-        .await;
-        loop {
-            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
-                break;
-            }
-        }
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.resent_after_login_was_delivered(&id).await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
@@ -2458,12 +2319,7 @@ mod tests {
         // login makes the engine send it again; the connection is gone by the time the
         // client takes the resend, so that one is answered `NotConnected`. The relay may
         // well hold the first one (here it did, and delivered it): no SMS for it.
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "flapping");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        registered(&rig).await;
-        assert_eq!(rig.ip_send().await, id);
+        let (mut rig, id) = sending_to_bob("flapping").await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         assert!(matches!(
             rig.relay_command().await,
@@ -2472,46 +2328,16 @@ mod tests {
         assert_eq!(rig.ip_send().await, id, "sent again after the login");
         rig.answer(&id, SendAnswer::Lost).await;
         rig.answer(&id, SendAnswer::NotConnected).await;
-        rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "sent by SMS while it may be on the relay"
-        );
+        rig.dropped_without_sms().await;
         assert_eq!(message(&rig, &id).await.status, Status::Sending);
         // The next login asks again, and the relay's answer decides.
-        rig.relay(RelayEvent::State(RelayState::Online)).await;
-        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Subscribe { .. }
-        ));
-        assert_eq!(rig.ip_send().await, id);
-        rig.answer(
-            &id,
-            SendAnswer::Accepted {
-                state: Placement::Delivered,
-                duplicate: true,
-            },
-        )
-        .await;
-        until_status(&rig, &id, Status::Delivered).await;
-        assert_eq!(message(&rig, &id).await.channel, Some(Channel::Ip));
-        assert!(rig.modem_commands.try_recv().is_err());
-        rig.stop().await;
+        rig.resent_after_login_was_delivered(&id).await;
+        rig.stop_without_sms().await;
     }
 
     #[tokio::test]
     async fn the_relay_dying_after_the_ack_delays_the_fallback_until_the_revoke_is_answered() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "ack, then silence");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
-        rig.ip_send().await;
+        let (mut rig, id) = sending_to_bob("ack, then silence").await;
         rig.answer(&id, accepted()).await;
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
         // The deadline passes while offline: the revoke goes out and is not answered.
@@ -2526,11 +2352,11 @@ mod tests {
             outcome: None,
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            rig.modem_commands.try_recv().is_err(),
-            "SMS before the relay said revoked"
-        );
+        rig.no_sms_within(
+            Duration::from_millis(200),
+            "SMS before the relay said revoked",
+        )
+        .await;
         // Back: the revoke is asked again, and only its answer sends the SMS.
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
@@ -2577,24 +2403,15 @@ mod tests {
                 "sent over IP while its SMS is being made: {cmd:?}"
             );
         }
-        rig.modem_events
-            .send(ModemEvent::Created {
-                id: id.clone(),
-                object: object(5),
-            })
-            .await
-            .expect("send");
         assert!(matches!(
-            rig.modem_command().await,
+            rig.created(&id, 5).await,
             ModemCommand::Send { .. }
         ));
-        rig.modem_events
-            .send(ModemEvent::SendResult {
-                id: id.clone(),
-                outcome: SendOutcome::Sent { reference: Some(3) },
-            })
-            .await
-            .expect("send");
+        rig.modem(ModemEvent::SendResult {
+            id: id.clone(),
+            outcome: SendOutcome::Sent { reference: Some(3) },
+        })
+        .await;
         until_status(&rig, &id, Status::Sent).await;
         assert_eq!(message(&rig, &id).await.channel, Some(Channel::Sms));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -2606,23 +2423,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_recipient_coming_online_during_the_fallback_does_not_pull_it_back_to_ip() {
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue(&mut store, BOB, "falling back");
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
+        let (mut rig, id) = to_bob_online("falling back").await;
         rig.ip_send().await;
-        rig.answer(&id, accepted()).await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Revoke {
-                id: id.as_str().into()
-            }
-        );
-        rig.relay(RelayEvent::RevokeAnswer {
-            id: id.as_str().into(),
-            outcome: Some(Revocation::Revoked),
-        })
-        .await;
+        rig.accepted_then_revoked(&id, Revocation::Revoked).await;
         // No modem yet: it waits for SMS. Bob shows up online meanwhile.
         rig.relay(RelayEvent::Presence(PresenceReport {
             peer: BOB.into(),
@@ -2637,14 +2440,33 @@ mod tests {
                 "sent over IP again: {cmd:?}"
             );
         }
-        rig.modem_events
-            .send(ModemEvent::State(ModemState::Registered))
-            .await
-            .expect("send");
+        registered(&rig).await;
         assert!(
             matches!(rig.modem_command().await, ModemCommand::Create { id: sms, .. } if sms == id)
         );
         rig.stop().await;
+    }
+
+    /// Where the code SMS come from.
+    const GATEWAY: &str = "+15559990000";
+
+    /// A code SMS from the gateway, received at 12:`at` (minutes:seconds), at `/sms/n`.
+    fn code_sms(code: &str, at: &str, n: u32) -> IncomingSms {
+        let ts = format!("2024-05-01T12:{at}+00");
+        let text = format!("Tandem code: {code}");
+        sms(GATEWAY, &ts, &text, &format!("/sms/{n}"))
+    }
+
+    impl Rig {
+        /// The relay asks for the code (registering our number): `code` goes to it, and
+        /// `sms`, the code SMS kept aside, is deleted.
+        async fn code_used(&mut self, code: &str, sms: IncomingSms) {
+            let number = "+15550001111".into();
+            self.relay(RelayEvent::AwaitingCode { number }).await;
+            assert_eq!(self.relay_command().await, RelayCommand::Code(code.into()));
+            let path = sms.path;
+            assert_eq!(self.modem_command().await, ModemCommand::Delete { path });
+        }
     }
 
     /// Nothing of the code SMS `from` was stored or announced.
@@ -2669,43 +2491,18 @@ mod tests {
     async fn of_two_early_code_sms_the_newer_is_used_and_the_older_deleted_unseen() {
         // A daemon killed after its code was sent left code 1 on the modem; its restart
         // asked for code 2 (which voids code 1), and both came before `code-sent`.
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        let gateway = "+15559990000";
-        let old = sms(
-            gateway,
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 111111",
-            "/sms/1",
-        );
-        let new = sms(
-            gateway,
-            "2024-05-01T12:00:05+00",
-            "Tandem code: 222222",
-            "/sms/2",
-        );
+        let mut rig = Rig::empty();
+        let old = code_sms("111111", "00:00", 1);
+        let new = code_sms("222222", "00:05", 2);
         for code in [old.clone(), new.clone()] {
-            rig.modem_events
-                .send(ModemEvent::Incoming(code))
-                .await
-                .expect("send");
+            rig.modem(ModemEvent::Incoming(code)).await;
         }
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Delete { path: old.path }
         );
-        rig.relay(RelayEvent::AwaitingCode {
-            number: "+15550001111".into(),
-        })
-        .await;
-        assert_eq!(
-            rig.relay_command().await,
-            RelayCommand::Code("222222".into())
-        );
-        assert_eq!(
-            rig.modem_command().await,
-            ModemCommand::Delete { path: new.path }
-        );
-        code_never_shown(&mut rig, gateway).await;
+        rig.code_used("222222", new).await;
+        code_never_shown(&mut rig, GATEWAY).await;
         rig.stop().await;
     }
 
@@ -2713,27 +2510,16 @@ mod tests {
     async fn a_code_sms_still_kept_aside_at_login_is_deleted_unseen() {
         // Killed after the token was stored and before the modem deleted the code SMS:
         // the next start finds it, then logs in with the token.
-        let mut rig = Rig::start(Store::open_in_memory().expect("store"));
-        let gateway = "+15559990000";
-        let code = sms(
-            gateway,
-            "2024-05-01T12:00:00+00",
-            "Tandem code: 482913",
-            "/sms/1",
-        );
-        rig.modem_events
-            .send(ModemEvent::Incoming(code.clone()))
-            .await
-            .expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(rig.modem_commands.try_recv().is_err(), "deleted too early");
+        let mut rig = Rig::empty();
+        let code = code_sms("482913", "00:00", 1);
+        rig.code_kept_aside(&code, "deleted too early").await;
         rig.relay(RelayEvent::State(RelayState::Online)).await;
         rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
         assert_eq!(
             rig.modem_command().await,
             ModemCommand::Delete { path: code.path }
         );
-        code_never_shown(&mut rig, gateway).await;
+        code_never_shown(&mut rig, GATEWAY).await;
         rig.stop().await;
     }
 
@@ -2741,41 +2527,12 @@ mod tests {
     async fn a_receipt_lost_with_the_connection_is_asked_for_after_the_login() {
         // Asked for IP, so no deadline: only its receipt ends it, and the relay sends a
         // receipt once; this one went into the connection that died.
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue_as(&mut store, BOB, "ip only", ChannelRequest::Ip);
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
-        assert_eq!(rig.ip_send().await, id);
-        assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
-        rig.answer(&id, accepted()).await;
-        assert_eq!(rig.status_of(&id).await, (Status::Sent, Some(Channel::Ip)));
+        let (mut rig, id) = to_bob_online_as("ip only", ChannelRequest::Ip).await;
+        rig.sent_over_ip(&id).await;
         rig.relay(RelayEvent::State(RelayState::Offline)).await;
-        rig.relay(RelayEvent::State(RelayState::Online)).await;
-        rig.relay(RelayEvent::LoggedIn { queued: 0 }).await;
-        assert!(matches!(
-            rig.relay_command().await,
-            RelayCommand::Subscribe { .. }
-        ));
         // The same send again: its answer says where the message is.
-        assert_eq!(rig.ip_send().await, id);
-        rig.answer(
-            &id,
-            SendAnswer::Accepted {
-                state: Placement::Delivered,
-                duplicate: true,
-            },
-        )
-        .await;
-        loop {
-            if rig.status_of(&id).await == (Status::Delivered, Some(Channel::Ip)) {
-                break;
-            }
-        }
-        let pending = rig
-            .store
-            .call(|s| s.relay_pending())
-            .await
-            .expect("pending");
+        rig.resent_after_login_was_delivered(&id).await;
+        let pending = rig.with_store(|s| s.relay_pending()).await;
         assert!(pending.is_empty(), "{pending:?}");
         rig.stop().await;
     }
@@ -2784,10 +2541,7 @@ mod tests {
     async fn a_message_asked_for_ip_waits_for_the_relay_when_the_connection_just_dropped() {
         // The router chose IP while the relay was online; the connection dropped before
         // the client could send it: not failed, queued until the relay is back.
-        let mut store = Store::open_in_memory().expect("store");
-        let id = queue_as(&mut store, BOB, "ip only, later", ChannelRequest::Ip);
-        let mut rig = Rig::start(store);
-        rig.peer_online(BOB).await;
+        let (mut rig, id) = to_bob_online_as("ip only, later", ChannelRequest::Ip).await;
         assert_eq!(rig.ip_send().await, id);
         assert_eq!(rig.status_of(&id).await, (Status::Sending, None));
         rig.relay(RelayEvent::State(RelayState::Offline)).await;

@@ -178,6 +178,28 @@ impl Phone {
         }
     }
 
+    /// Two phones texting through the relay at `url`, numbers `a` and `b` (their modems
+    /// on the simulator on `system`), in `dir/alice` and `dir/bob`: both online, each
+    /// watching the other and seeing it online.
+    pub async fn pair(
+        system: &Bus,
+        dir: &Path,
+        [a, b]: [&str; 2],
+        url: &str,
+        fallback_timeout_s: u32,
+    ) -> (Phone, Phone) {
+        let config = |number| config_with_relay(number, url, fallback_timeout_s);
+        let alice = Phone::start(system, &dir.join("alice"), &config(a)).await;
+        let bob = Phone::start(system, &dir.join("bob"), &config(b)).await;
+        for (phone, other) in [(&alice, b), (&bob, a)] {
+            phone.online().await;
+            phone.api.watch(vec![other.into()]).await.expect("Watch");
+        }
+        alice.sees(b, "online").await;
+        bob.sees(a, "online").await;
+        (alice, bob)
+    }
+
     /// Waits until `check` holds of the daemon's API.
     pub async fn until<F>(&self, what: &str, check: F)
     where
@@ -269,6 +291,12 @@ impl Phone {
         let mut all = self.signals.received();
         all.retain(|m| m.text == text);
         all
+    }
+
+    /// The channels a message with this text was announced as received on, once each
+    /// time it was.
+    pub fn received_channels(&self, text: &str) -> Vec<String> {
+        self.received(text).into_iter().map(|m| m.channel).collect()
     }
 
     pub fn pid(&self) -> u32 {

@@ -13,18 +13,24 @@
 pub mod bus;
 pub mod daemon;
 pub mod faults;
+pub mod nm;
 pub mod notifications;
 pub mod opts;
 pub mod proc;
+pub mod proxy;
 pub mod relay;
+pub mod relay_client;
 pub mod signals;
 pub mod sim;
 
 pub use bus::{Bus, WAIT, eventually, temp_dir, wait_for};
 pub use daemon::{Daemon, DaemonRig, Machine, Phone, client, config_for, config_with_relay};
 pub use faults::{FaultRng, fault_points};
+pub use nm::Nm;
 pub use opts::{Dict, dict_str, get, no_opts, opts};
 pub use proc::{Proc, Ran, program, signal};
+pub use proxy::{counting_proxy, counting_server};
 pub use relay::{Endpoint, LocalRelay, Relay, WsClient};
+pub use relay_client::{RelayClient, client_config};
 pub use signals::{Signal, SignalLog};
 pub use sim::{Sim, SimCtl};

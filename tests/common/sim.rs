@@ -23,6 +23,12 @@ impl Sim {
         Self::with_report_delay(bus, modems, 50)
     }
 
+    /// [`Sim::start`], and its control interface.
+    pub async fn with_ctl(bus: &Bus, modems: &[&str]) -> (Sim, SimCtl) {
+        let sim = Sim::start(bus, modems);
+        (sim, SimCtl::new(&bus.connect().await).await)
+    }
+
     /// Same, with the carrier's status reports coming `report_delay_ms` after delivery.
     pub fn with_report_delay(bus: &Bus, modems: &[&str], report_delay_ms: u32) -> Sim {
         let delay = report_delay_ms.to_string();
