@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 use super::localtime;
 use crate::api::{ConversationDict, MessageDict};
@@ -135,18 +136,35 @@ pub(super) fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// [`one_line`], shortened to `max` characters with a trailing `…`.
+/// The columns `text` takes on a terminal: 2 for a CJK character or an emoji, 0 for a
+/// combining mark (Unicode's East Asian Width, as terminals count).
+fn display_width(text: &str) -> usize {
+    UnicodeWidthStr::width(text)
+}
+
+/// [`one_line`], shortened to `max` terminal columns with a trailing `…`.
 pub(super) fn shorten(text: &str, max: usize) -> String {
     let line = one_line(text);
-    if line.chars().count() <= max {
+    if display_width(&line) <= max {
         return line;
     }
-    let mut short: String = line.chars().take(max.saturating_sub(1)).collect();
+    let room = max.saturating_sub(1);
+    let mut short = String::new();
+    let mut used = 0;
+    for c in line.chars() {
+        let width = UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + width > room {
+            break;
+        }
+        used += width;
+        short.push(c);
+    }
     short.push('…');
     short
 }
 
-/// Columns aligned on the widest cell (in characters); the last column is not padded.
+/// Columns aligned on the widest cell (in terminal columns, so that CJK text and emoji
+/// line up); the last column is not padded.
 pub(super) struct Table {
     rows: Vec<Vec<String>>,
 }
@@ -169,7 +187,7 @@ impl Table {
                 self.rows
                     .iter()
                     .filter_map(|r| r.get(c))
-                    .map(|cell| cell.chars().count())
+                    .map(|cell| display_width(cell))
                     .max()
                     .unwrap_or(0)
             })
@@ -181,7 +199,7 @@ impl Table {
                     line.push_str(cell);
                 } else {
                     line.push_str(cell);
-                    let pad = widths[c] - cell.chars().count() + 2;
+                    let pad = widths[c] - display_width(cell) + 2;
                     line.extend(std::iter::repeat_n(' ', pad));
                 }
             }
@@ -391,7 +409,11 @@ mod tests {
             ("exactly ten", 11, "exactly ten"),
             ("a bit too long", 8, "a bit t…"),
             ("two\nlines\ttab", 20, "two lines tab"),
-            ("😀😀😀😀", 3, "😀😀…"),
+            // Emoji and CJK take two columns each.
+            ("😀😀😀😀", 5, "😀😀…"),
+            ("😀😀😀😀", 4, "😀…"),
+            ("東京で会いましょう", 9, "東京で会…"),
+            ("東京で", 6, "東京で"),
             ("", 3, ""),
         ];
         for (text, max, expected) in rows {
@@ -483,5 +505,26 @@ mod tests {
             String::from_utf8(out).expect("utf-8"),
             "A          LONGER  C\nwide cell  x\n"
         );
+    }
+
+    #[test]
+    fn cjk_and_emoji_cells_align_by_terminal_columns() {
+        // 8 CJK characters are 16 columns: the next column starts at the same place
+        // after them as after 16 ASCII characters.
+        let mut t = Table::new(&["TEXT", "ID"]);
+        t.row(vec!["東京で会いましょう".into(), "a".into()]);
+        t.row(vec!["sixteen columns!".into(), "b".into()]);
+        t.row(vec!["🙂 ok".into(), "c".into()]);
+        let mut out = Vec::new();
+        t.write(&mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        let id_column: Vec<usize> = text
+            .lines()
+            .map(|line| {
+                let (before, _) = line.rsplit_once(' ').expect("two columns");
+                display_width(before) + 1
+            })
+            .collect();
+        assert_eq!(id_column, [20, 20, 20, 20], "{text}");
     }
 }
