@@ -711,7 +711,8 @@ impl Engine {
             .await
         {
             Ok(Some(message)) => {
-                info!(id = %message.id, peer = %message.peer, "ip message received");
+                info!(id = %message.id, "ip message received");
+                debug!(id = %message.id, peer = %message.peer, "ip message received from");
                 let new_contact = !self.ip.follows(&message.peer);
                 let id = message.id.to_string();
                 if !self.announce_received(message).await {

@@ -485,7 +485,9 @@ impl Engine {
             .await;
         match stored {
             Ok(Some(message)) => {
-                info!(id = %message.id, peer = %message.peer, "sms received");
+                // Who wrote is the user's business: the journal keeps INFO for long.
+                info!(id = %message.id, "sms received");
+                debug!(id = %message.id, peer = %message.peer, "sms received from");
                 let new_contact = !self.ip.follows(&message.peer);
                 let id = message.id.to_string();
                 let marked = self.announce_received(message).await;
