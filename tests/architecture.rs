@@ -71,13 +71,26 @@ fn offenders(
     allowed: &[&str],
     needles: &[&str],
 ) -> Vec<String> {
+    offenders_but(files, scope, allowed, needles, &[])
+}
+
+/// [`offenders`], with the phrases of `exempt` not counted where they stand.
+fn offenders_but(
+    files: &[(String, String)],
+    scope: &[&str],
+    allowed: &[&str],
+    needles: &[&str],
+    exempt: &[&str],
+) -> Vec<String> {
     let mut found = Vec::new();
     for (path, text) in files {
         if !in_any(path, scope) || in_any(path, allowed) {
             continue;
         }
         for (n, line) in code_lines(path, text) {
-            let line = line.replace("zbus::OwnedObjectPath", "");
+            let line = exempt
+                .iter()
+                .fold(line.to_owned(), |line, phrase| line.replace(phrase, ""));
             if let Some(needle) = needles.iter().find(|needle| line.contains(*needle)) {
                 found.push(format!("{path}:{n}: {needle:?} in {:?}", line.trim()));
             }
@@ -130,7 +143,13 @@ fn the_daemons_core_knows_no_dbus() {
         "src/config.rs",
         "src/relay/",
     ];
-    let found = offenders(&sources(), &core, &[], &["zbus", "notify_rust"]);
+    let found = offenders_but(
+        &sources(),
+        &core,
+        &[],
+        &["zbus", "notify_rust"],
+        &["zbus::OwnedObjectPath"],
+    );
     assert!(found.is_empty(), "D-Bus in the core:\n{}", found.join("\n"));
 }
 

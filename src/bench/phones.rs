@@ -35,7 +35,7 @@ pub(super) struct Phones {
     pub bob: MessagesProxy<'static>,
     pub alice_conn: zbus::Connection,
     pub system: PrivateBus,
-    _daemons: [Daemon; 2],
+    _daemons: Vec<Daemon>,
     _buses: [PrivateBus; 2],
     _sim: SimThread,
 }
@@ -56,9 +56,6 @@ impl Phones {
             let (daemon, _) = Daemon::start(setup, bus, &system, &dir.join(name), &config).await?;
             daemons.push(daemon);
         }
-        let [alice_daemon, bob_daemon]: [Daemon; 2] = daemons
-            .try_into()
-            .map_err(|_| BenchError::Unexpected("two daemons expected".into()))?;
         let alice_conn = buses[0].connect().await?;
         let alice = MessagesProxy::new(&alice_conn).await?;
         let bob = MessagesProxy::new(&buses[1].connect().await?).await?;
@@ -78,7 +75,7 @@ impl Phones {
             bob,
             alice_conn,
             system,
-            _daemons: [alice_daemon, bob_daemon],
+            _daemons: daemons,
             _buses: buses,
             _sim: sim,
         })
