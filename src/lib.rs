@@ -11,6 +11,7 @@
 //! - [`logging`]: the one logging set-up of the binaries (journal under systemd, else stderr).
 //! - [`logind`]: the system's sleep (logind, system bus): closes the relay session before.
 //! - [`net`]: the network's state (NetworkManager, system bus), for the relay client.
+//! - [`contacts`]: names (and photos) of numbers from the address book; never blocks.
 //! - [`notifier`]: desktop notifications, a task that can never block a message.
 //! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
@@ -29,6 +30,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod contacts;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;
