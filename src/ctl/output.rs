@@ -79,6 +79,8 @@ pub(super) struct StatusJson {
     pub modem_state: String,
     pub relay_state: String,
     pub unread_count: u32,
+    /// `OtherSmsApps`: other apps on the bus that take incoming SMS too.
+    pub other_sms_apps: Vec<String>,
     /// `GetCounters`: the cases the reliability rules count, by name.
     pub counters: std::collections::BTreeMap<String, u64>,
 }
@@ -313,6 +315,13 @@ pub(super) fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()
     writeln!(out, "modem       {}", s.modem_state)?;
     writeln!(out, "relay       {}", s.relay_state)?;
     writeln!(out, "unread      {}", s.unread_count)?;
+    for bus_name in &s.other_sms_apps {
+        let app = crate::sms_apps::describe(bus_name).map_or("an SMS app", |app| app.name);
+        writeln!(
+            out,
+            "warning     {app} ({bus_name}) also takes incoming SMS; stop one, or set [sms] receive = false"
+        )?;
+    }
     for (name, count) in &s.counters {
         writeln!(out, "counted     {name} {count}")?;
     }
@@ -376,12 +385,14 @@ mod tests {
             modem_state: "absent".into(),
             relay_state: "offline".into(),
             unread_count: 2,
+            other_sms_apps: vec!["sm.puri.Chatty".into()],
             counters: [("sms-outcome-unknown".to_owned(), 1)].into(),
         };
         status_lines(&mut out, &status).expect("write");
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "own number  unknown\nmodem       absent\nrelay       offline\nunread      2\n\
+             warning     Chatty (sm.puri.Chatty) also takes incoming SMS; stop one, or set [sms] receive = false\n\
              counted     sms-outcome-unknown 1\n"
         );
     }
