@@ -5,7 +5,8 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::UnicodeWidthStr;
 
 use super::localtime;
 use crate::api::{ConversationDict, MessageDict};
@@ -153,13 +154,15 @@ pub(super) fn shorten(text: &str, max: usize) -> String {
     let room = max.saturating_sub(1);
     let mut short = String::new();
     let mut used = 0;
-    for c in line.chars() {
-        let width = UnicodeWidthChar::width(c).unwrap_or(0);
+    // Cut between graphemes, never inside one: an emoji with its skin tone or its ZWJ
+    // family, a letter with its combining accent stay whole or go together.
+    for grapheme in line.graphemes(true) {
+        let width = display_width(grapheme);
         if used + width > room {
             break;
         }
         used += width;
-        short.push(c);
+        short.push_str(grapheme);
     }
     short.push('…');
     short
@@ -426,6 +429,15 @@ mod tests {
             ("東京で会いましょう", 9, "東京で会…"),
             ("東京で", 6, "東京で"),
             ("", 3, ""),
+            // Graphemes are never cut: a thumb with its skin tone, a ZWJ family, an e with
+            // a combining acute accent.
+            ("ok 👍🏽👍🏽👍🏽", 7, "ok 👍🏽…"),
+            (
+                "👨\u{200d}👩\u{200d}👧 family",
+                3,
+                "👨\u{200d}👩\u{200d}👧…",
+            ),
+            ("cafe\u{301}s and more", 5, "cafe\u{301}…"),
         ];
         for (text, max, expected) in rows {
             assert_eq!(shorten(text, max), expected, "{text:?} {max}");
