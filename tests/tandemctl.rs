@@ -579,7 +579,8 @@ async fn status_estimate_presence_and_bad_input() {
     assert_eq!(
         w.ctl.run(&["status", "--json"]).ok().json(),
         json!({"own-number": ALICE, "modem-state": "registered",
-               "relay-state": "disabled", "unread-count": 0, "counters": {}})
+               "relay-state": "disabled", "unread-count": 0, "other-sms-apps": [],
+               "counters": {}})
     );
 
     let estimate = w.ctl.run(&["estimate", "hello"]).ok();
