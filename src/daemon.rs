@@ -13,11 +13,12 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
+use crate::contacts::Contacts;
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
 use crate::net;
-use crate::notifier::Notifier;
+use crate::notifier::{self, Notifier};
 use crate::relay::{
     self,
     client::{ClientConfig, RelayCommand, RelayEvent},
@@ -90,7 +91,8 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
-    let notifier = Notifier::spawn(config.notifications.enabled);
+    // The notification task starts below, once the outbox it sends replies through exists.
+    let (notifier, notifications) = Notifier::new(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
         store.clone(),
@@ -109,7 +111,16 @@ pub async fn run(
         engine.presence_view(),
         api_config(&config),
     );
+    let outbox = messages.outbox();
     let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
+    if let Some(inbox) = notifications {
+        inbox.start(notifier::Wiring {
+            address: buses.session.clone(),
+            contacts: Contacts::none(),
+            engine: engine_tx.clone(),
+            outbox,
+        });
+    }
     info!(name = api::BUS_NAME, "serving on the session bus");
     let relay_task = relay_client.map(|(client, commands, events)| {
         tokio::spawn(run_relay(client, buses.system.clone(), commands, events))
