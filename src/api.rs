@@ -203,6 +203,12 @@ impl Outbox {
         }
     }
 
+    /// Whether a message can be sent to `peer` at all (a sender name such as "Bank"
+    /// cannot be answered).
+    pub fn can_send_to(&self, peer: &str) -> bool {
+        self.recipient(peer).is_ok()
+    }
+
     /// Validates, stores the message durably in the outbox (status `queued`), tells the
     /// engine, and returns its id (the id of the first message with the same
     /// `client-token`, which is not stored twice).
@@ -440,6 +446,12 @@ fn check_limit(limit: u32) -> Result<()> {
     )
 )]
 impl Messages {
+    /// Whether a message can be sent to `peer` at all (a sender name such as "Bank"
+    /// cannot be answered).
+    pub fn can_send_to(&self, peer: &str) -> bool {
+        self.recipient(peer).is_ok()
+    }
+
     /// Validates, stores the message durably in the outbox (status `queued`), replies with
     /// its id and delivers it asynchronously.
     ///

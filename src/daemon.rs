@@ -91,7 +91,6 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
-    // The notification task starts below, once the outbox it sends replies through exists.
     let (notifier, notifications) = Notifier::new(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
@@ -111,16 +110,8 @@ pub async fn run(
         engine.presence_view(),
         api_config(&config),
     );
-    let outbox = messages.outbox();
+    start_notifier(notifications, &buses, &engine_tx, messages.outbox());
     let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
-    if let Some(inbox) = notifications {
-        inbox.start(notifier::Wiring {
-            address: buses.session.clone(),
-            contacts: Contacts::none(),
-            engine: engine_tx.clone(),
-            outbox,
-        });
-    }
     info!(name = api::BUS_NAME, "serving on the session bus");
     let relay_task = relay_client.map(|(client, commands, events)| {
         tokio::spawn(run_relay(client, buses.system.clone(), commands, events))
@@ -157,6 +148,24 @@ pub async fn run(
         });
     }
     Ok(())
+}
+
+/// Starts the notification task (when enabled), once the outbox its inline replies go
+/// through exists.
+fn start_notifier(
+    inbox: Option<notifier::Inbox>,
+    buses: &Buses,
+    engine: &mpsc::Sender<EngineCmd>,
+    outbox: api::Outbox,
+) {
+    if let Some(inbox) = inbox {
+        inbox.start(notifier::Wiring {
+            address: buses.session.clone(),
+            contacts: Contacts::none(),
+            engine: engine.clone(),
+            outbox,
+        });
+    }
 }
 
 /// The engine's part of the configuration.

@@ -555,7 +555,9 @@ impl Task {
                 .is_none_or(|all| all.iter().any(|a| a == c))
         };
         let markup = can("body-markup");
-        let reply = s.capabilities.is_some() && can(ACTION_REPLY);
+        // A sender name (a bank, a carrier) cannot be answered: no reply offered.
+        let reply =
+            s.capabilities.is_some() && can(ACTION_REPLY) && self.wiring.outbox.can_send_to(peer);
         let contact = self.wiring.contacts.lookup(peer);
         let mut summary = title.unwrap_or_else(|| {
             contact

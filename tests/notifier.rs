@@ -311,6 +311,11 @@ async fn an_inline_reply_is_sent_once_through_the_outbox() {
         refused.body
     );
     assert_eq!(sent(&rig.ctl).await.len(), 1, "nothing more was sent");
+
+    // A sender name cannot be answered: no reply offered.
+    let bank = rig.sms("ACME Bank", "your code").await;
+    assert_eq!(bank.summary, "ACME Bank");
+    assert_eq!(bank.action_keys(), ["mark-read"]);
 }
 
 #[tokio::test]

@@ -1464,6 +1464,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn mark_read_from_a_notification_is_stored_and_announced_like_the_apis() {
+        let mut store = Store::open_in_memory().expect("store");
+        for (n, peer) in [
+            (1, "+15550002222"),
+            (2, "+15550002222"),
+            (3, "+15550003333"),
+        ] {
+            let key = format!("key-{n}");
+            let m = store
+                .insert_incoming(&NewIncoming {
+                    peer,
+                    text: "hi",
+                    channel: Channel::Sms,
+                    timestamp_ms: n,
+                    dedupe_key: &key,
+                })
+                .expect("insert")
+                .expect("new");
+            store.mark_announced(m.id.as_str()).expect("announced");
+        }
+        let mut rig = Rig::start(store);
+        let peer = "+15550002222".to_owned();
+        let cmd = EngineCmd::MarkRead { peer: peer.clone() };
+        rig.commands.send(cmd.clone()).await.expect("send");
+        assert_eq!(
+            rig.announced().await,
+            Event::ConversationRead { peer: peer.clone() }
+        );
+        assert_eq!(rig.with_store(|s| s.unread_count()).await, 1);
+        // Nothing left unread: nothing to announce.
+        rig.commands.send(cmd).await.expect("send");
+        let deleted = EngineCmd::ConversationDeleted { peer: peer.clone() };
+        rig.commands.send(deleted).await.expect("send");
+        assert_eq!(
+            rig.announced().await,
+            Event::ConversationDeleted { peer },
+            "MarkRead of a read conversation announced nothing"
+        );
+        rig.stop().await;
+    }
+
+    #[tokio::test]
     async fn a_refused_send_waits_for_the_modem_without_counting_an_attempt() {
         let (mut rig, id) = creating("hello").await;
         rig.modem(ModemEvent::SendRefused {
