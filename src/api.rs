@@ -269,6 +269,8 @@ pub struct Messages {
     status: watch::Receiver<DaemonStatus>,
     /// Contacts' presence, as the engine publishes it.
     presence: watch::Receiver<PresenceView>,
+    /// Other apps on the bus that take incoming SMS too (`sms_apps`).
+    sms_apps: watch::Receiver<Vec<String>>,
     config: ApiConfig,
     /// `SendMessage`'s way into the outbox, shared with the notifier's inline replies.
     outbox: Outbox,
@@ -280,6 +282,7 @@ impl Messages {
         engine: mpsc::Sender<EngineCmd>,
         status: watch::Receiver<DaemonStatus>,
         presence: watch::Receiver<PresenceView>,
+        sms_apps: watch::Receiver<Vec<String>>,
         config: ApiConfig,
     ) -> Self {
         let outbox = Outbox {
@@ -294,6 +297,7 @@ impl Messages {
             engine,
             status,
             presence,
+            sms_apps,
             config,
             outbox,
         }
@@ -742,6 +746,13 @@ impl Messages {
     async fn unread_count(&self) -> u32 {
         self.status.borrow().unread
     }
+
+    /// Well-known bus names of other apps running on this bus that also take incoming
+    /// SMS from the modem (Chatty, Spacebar), sorted; empty when there is none.
+    #[zbus(property)]
+    async fn other_sms_apps(&self) -> Vec<String> {
+        self.sms_apps.borrow().clone()
+    }
 }
 
 /// Serves `iface` on `conn` and only then requests the well-known name, so that an
@@ -853,6 +864,28 @@ pub async fn publish(
                     let _ = emitted.send(());
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Emits `PropertiesChanged` for `OtherSmsApps` each time the apps present change, until
+/// their watcher stops.
+pub async fn publish_sms_apps(
+    conn: zbus::Connection,
+    mut apps: watch::Receiver<Vec<String>>,
+) -> zbus::Result<()> {
+    let iface = conn
+        .object_server()
+        .interface::<_, Messages>(OBJECT_PATH)
+        .await?;
+    while apps.changed().await.is_ok() {
+        let messages = iface.get().await;
+        if let Err(e) = messages
+            .other_sms_apps_changed(iface.signal_emitter())
+            .await
+        {
+            warn!(property = "OtherSmsApps", cause = %e, "could not emit PropertiesChanged");
         }
     }
     Ok(())

@@ -59,6 +59,11 @@ pub struct SmsConfig {
     /// Ask the SMS centre for a status report (the default of `SendMessage`'s
     /// `delivery-report` option).
     pub delivery_reports: bool,
+    /// Take incoming SMS: store them, announce them and (with `delete_received`) remove
+    /// them from the modem. `false` leaves every incoming SMS on the modem for another app
+    /// that owns them (Chatty, Spacebar): Tandem then still sends SMS, applies status
+    /// reports to its own messages and takes the relay's registration-code SMS, nothing else.
+    pub receive: bool,
     /// Remove received SMS from the modem once stored (the modem's memory is small).
     pub delete_received: bool,
     /// Remove sent SMS from the modem once their final status is stored.
@@ -98,6 +103,7 @@ impl Default for SmsConfig {
         SmsConfig {
             modem: None,
             delivery_reports: true,
+            receive: true,
             delete_received: true,
             delete_sent: true,
             max_parts: 10,
@@ -502,6 +508,7 @@ mod tests {
             "presence_refresh_s",
             "modem",
             "delivery_reports",
+            "receive",
             "delete_received",
             "delete_sent",
             "max_parts",
@@ -528,7 +535,7 @@ mod tests {
             config.relay.presence_refresh(),
             Some(Duration::from_secs(900))
         );
-        assert!(config.sms.delivery_reports && config.sms.delete_received);
+        assert!(config.sms.delivery_reports && config.sms.delete_received && config.sms.receive);
         assert!(config.sms.delete_sent && config.notifications.enabled);
         assert_eq!(
             (
@@ -555,6 +562,7 @@ mod tests {
             [sms]
             modem = "/org/freedesktop/ModemManager1/Modem/0"
             delivery_reports = false
+            receive = false
             delete_received = false
             delete_sent = false
             max_parts = 3
@@ -576,6 +584,7 @@ mod tests {
             SmsConfig {
                 modem: Some("/org/freedesktop/ModemManager1/Modem/0".to_owned()),
                 delivery_reports: false,
+                receive: false,
                 delete_received: false,
                 delete_sent: false,
                 max_parts: 3,

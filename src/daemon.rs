@@ -23,6 +23,7 @@ use crate::relay::{
     self,
     client::{ClientConfig, RelayCommand, RelayEvent},
 };
+use crate::sms_apps;
 use crate::store::{Store, StoreError, StoreHandle};
 
 /// Why the daemon could not start or run.
@@ -103,16 +104,25 @@ pub async fn run(
     // The IP channel, when a relay is configured. Its client starts once the bus name is
     // ours: a second daemon must not log in and take the first one's session.
     let (engine, relay_client) = with_relay(engine, &config, db_path);
+    let (sms_apps_tx, sms_apps_rx) = watch::channel(Vec::new());
     let messages = Messages::new(
         store,
         engine_tx.clone(),
         status_rx.clone(),
         engine.presence_view(),
+        sms_apps_rx.clone(),
         api_config(&config),
     );
     start_notifier(notifications, &buses, &engine_tx, messages.outbox());
     let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
     info!(name = api::BUS_NAME, "serving on the session bus");
+    let receiving = if config.sms.receive {
+        sms_apps::Receiving::Takes
+    } else {
+        sms_apps::Receiving::LeavesThem
+    };
+    let sms_apps_task = tokio::spawn(sms_apps::follow(session.clone(), receiving, sms_apps_tx));
+    let sms_apps_publisher = tokio::spawn(api::publish_sms_apps(session.clone(), sms_apps_rx));
     let relay_task = relay_client.map(|(client, commands, events)| {
         tokio::spawn(run_relay(client, buses.system.clone(), commands, events))
     });
@@ -141,6 +151,9 @@ pub async fn run(
     // the modem adapter and the publisher running.
     let _ = session.release_name(api::BUS_NAME).await;
     let _ = engine_tx.send(EngineCmd::Shutdown).await;
+    // They hold the session connection and would follow the bus for ever.
+    sms_apps_task.abort();
+    sms_apps_publisher.abort();
     join(engine, modem, relay_task, publisher).await;
     if lost {
         return Err(DaemonError::NameLost {
@@ -173,6 +186,7 @@ fn engine_config(config: &Config) -> EngineConfig {
     EngineConfig {
         default_region: config.default_region.clone(),
         own_number: config.own_number.clone(),
+        receive: config.sms.receive,
         delete_received: config.sms.delete_received,
         delete_sent: config.sms.delete_sent,
         max_parts: config.sms.max_parts,

@@ -13,6 +13,7 @@
 //! - [`net`]: the network's state (NetworkManager, system bus), for the relay client.
 //! - [`contacts`]: names (and photos) of numbers from the address book; never blocks.
 //! - [`notifier`]: desktop notifications, a task that can never block a message.
+//! - [`sms_apps`]: other SMS apps on the session bus (Chatty, Spacebar), said loudly.
 //! - [`engine`]: the daemon's core task: applies router decisions to store and adapters.
 //! - [`api`]: the `org.tandem.Messages1` D-Bus interface (session bus).
 //! - [`daemon`]: wires everything together: `run(config, db_path, buses, shutdown)`.
@@ -48,6 +49,7 @@ pub mod notifier;
 mod number;
 pub mod relay;
 mod router;
+pub mod sms_apps;
 #[allow(unreachable_pub)]
 mod sms_text;
 pub mod store;

@@ -243,3 +243,53 @@ async fn typing_reaches_the_peer_and_ends_by_itself() {
         "{seen:?}"
     );
 }
+
+/// The journal keeps INFO for long and is read by more than the user: numbers (the phone's
+/// own among them) and texts are logged at DEBUG only. Two phones register, text over IP
+/// and by SMS, with the daemon's default filter at INFO.
+#[tokio::test]
+async fn at_info_the_log_names_no_number_and_no_text() {
+    let dir = temp_dir();
+    let system = Bus::start();
+    let _sim = Sim::start(&system, &[ALICE, BOB]);
+    let relay = Relay::start(dir.path());
+    let info = Some("warn,tandem=info,tandemd=info");
+    let config = |number| config_with_relay(number, &relay.url(), 2);
+    let start = |name: &str, number| {
+        let path = dir.path().join(name);
+        let config = config(number);
+        let system = &system;
+        async move { Phone::on_logging(Bus::start(), system, &path, &config, info).await }
+    };
+    let alice = start("alice", ALICE).await;
+    let bob = start("bob", BOB).await;
+    alice.online().await;
+    bob.online().await;
+    alice.api.watch(vec![BOB.into()]).await.expect("Watch");
+    alice.sees(BOB, "online").await;
+    let ip = alice.send(BOB, "secret over ip").await;
+    alice.wait_status(&ip, "delivered").await;
+    let sms = bob.send_on(ALICE, "secret by sms", "sms").await;
+    bob.wait_status(&sms, "delivered").await;
+    alice.gets("secret by sms", "sms").await;
+
+    for (who, log) in [
+        ("alice", alice.daemon.log_text()),
+        ("bob", bob.daemon.log_text()),
+    ] {
+        // What the user sees in the journal is there: the test reads the right log.
+        assert!(log.contains("logged in to the relay"), "{who}: {log}");
+        assert!(!log.contains("DEBUG"), "{who} logged at DEBUG: {log}");
+        for secret in [
+            "5550001111",
+            "5550002222",
+            "secret over ip",
+            "secret by sms",
+        ] {
+            assert!(
+                !log.contains(secret),
+                "{who} logged {secret:?} at INFO:\n{log}"
+            );
+        }
+    }
+}

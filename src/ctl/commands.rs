@@ -146,13 +146,14 @@ impl Client {
         }
     }
 
-    /// The daemon's four properties.
+    /// The daemon's properties and counters.
     pub(super) async fn status(&self) -> Result<StatusJson> {
         Ok(StatusJson {
             own_number: self.api.own_number().await?,
             modem_state: self.api.modem_state().await?,
             relay_state: self.api.relay_state().await?,
             unread_count: self.api.unread_count().await?,
+            other_sms_apps: self.api.other_sms_apps().await?,
             counters: self.api.get_counters().await?.into_iter().collect(),
         })
     }

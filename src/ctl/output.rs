@@ -5,7 +5,8 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+use unicode_segmentation::UnicodeSegmentation;
+use unicode_width::UnicodeWidthStr;
 
 use super::localtime;
 use crate::api::{ConversationDict, MessageDict};
@@ -79,6 +80,8 @@ pub(super) struct StatusJson {
     pub modem_state: String,
     pub relay_state: String,
     pub unread_count: u32,
+    /// `OtherSmsApps`: other apps on the bus that take incoming SMS too.
+    pub other_sms_apps: Vec<String>,
     /// `GetCounters`: the cases the reliability rules count, by name.
     pub counters: std::collections::BTreeMap<String, u64>,
 }
@@ -151,13 +154,15 @@ pub(super) fn shorten(text: &str, max: usize) -> String {
     let room = max.saturating_sub(1);
     let mut short = String::new();
     let mut used = 0;
-    for c in line.chars() {
-        let width = UnicodeWidthChar::width(c).unwrap_or(0);
+    // Cut between graphemes, never inside one: an emoji with its skin tone or its ZWJ
+    // family, a letter with its combining accent stay whole or go together.
+    for grapheme in line.graphemes(true) {
+        let width = display_width(grapheme);
         if used + width > room {
             break;
         }
         used += width;
-        short.push(c);
+        short.push_str(grapheme);
     }
     short.push('…');
     short
@@ -313,6 +318,13 @@ pub(super) fn status_lines(out: &mut dyn Write, s: &StatusJson) -> io::Result<()
     writeln!(out, "modem       {}", s.modem_state)?;
     writeln!(out, "relay       {}", s.relay_state)?;
     writeln!(out, "unread      {}", s.unread_count)?;
+    for bus_name in &s.other_sms_apps {
+        let app = crate::sms_apps::describe(bus_name).map_or("an SMS app", |app| app.name);
+        writeln!(
+            out,
+            "warning     {app} ({bus_name}) also takes incoming SMS; stop one, or set [sms] receive = false"
+        )?;
+    }
     for (name, count) in &s.counters {
         writeln!(out, "counted     {name} {count}")?;
     }
@@ -376,12 +388,14 @@ mod tests {
             modem_state: "absent".into(),
             relay_state: "offline".into(),
             unread_count: 2,
+            other_sms_apps: vec!["sm.puri.Chatty".into()],
             counters: [("sms-outcome-unknown".to_owned(), 1)].into(),
         };
         status_lines(&mut out, &status).expect("write");
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             "own number  unknown\nmodem       absent\nrelay       offline\nunread      2\n\
+             warning     Chatty (sm.puri.Chatty) also takes incoming SMS; stop one, or set [sms] receive = false\n\
              counted     sms-outcome-unknown 1\n"
         );
     }
@@ -415,6 +429,15 @@ mod tests {
             ("東京で会いましょう", 9, "東京で会…"),
             ("東京で", 6, "東京で"),
             ("", 3, ""),
+            // Graphemes are never cut: a thumb with its skin tone, a ZWJ family, an e with
+            // a combining acute accent.
+            ("ok 👍🏽👍🏽👍🏽", 7, "ok 👍🏽…"),
+            (
+                "👨\u{200d}👩\u{200d}👧 family",
+                3,
+                "👨\u{200d}👩\u{200d}👧…",
+            ),
+            ("cafe\u{301}s and more", 5, "cafe\u{301}…"),
         ];
         for (text, max, expected) in rows {
             assert_eq!(shorten(text, max), expected, "{text:?} {max}");

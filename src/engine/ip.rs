@@ -593,7 +593,8 @@ impl Engine {
                 self.resume_on_relay().await;
             }
             RelayEvent::AwaitingCode { number } => {
-                info!(%number, "relay registration: waiting for the code SMS");
+                info!("relay registration: waiting for the code SMS");
+                debug!(%number, "the code SMS is awaited for");
                 if let Some(sms) = self.ip.awaiting_code() {
                     Box::pin(self.on_incoming(sms)).await;
                 }

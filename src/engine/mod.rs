@@ -126,6 +126,9 @@ pub(crate) struct EngineConfig {
     pub default_region: Option<String>,
     /// Our number when the SIM does not carry it (already E.164).
     pub own_number: Option<String>,
+    /// Take incoming SMS (`sms.receive`): `false` leaves them on the modem for another
+    /// app, and status reports too unless they are about a message of ours.
+    pub receive: bool,
     /// Remove incoming SMS and status reports from the modem once applied.
     pub delete_received: bool,
     /// Remove our SMS objects from the modem once they are sent and that is stored.
@@ -504,6 +507,11 @@ impl Engine {
         let Some(sms) = self.take_code_sms(sms).await else {
             return;
         };
+        if !self.config.receive {
+            // Another app owns incoming SMS (`sms.receive = false`): not read, not deleted.
+            info!(path = %sms.path.as_str(), "incoming sms left on the modem for another app (sms.receive = false)");
+            return;
+        }
         let peer = self.peer_of(&sms.number);
         let key = dedupe_key(&sms);
         let timestamp_ms = sms.timestamp_ms.unwrap_or_else(now_ms);
@@ -569,6 +577,7 @@ impl Engine {
                     .find(|m| same_subscriber(&m.peer, &raw)))
             })
             .await;
+        let ours = matches!(found, Ok(Some(_)));
         match found {
             Ok(Some(message)) => match router::delivery(report.delivery_state) {
                 Delivery::Delivered => {
@@ -591,7 +600,8 @@ impl Engine {
                 return self.defer(Deferred::Report(report));
             }
         }
-        if self.config.delete_received {
+        // A report about no message of ours may be another SMS app's.
+        if self.config.delete_received && (ours || self.config.receive) {
             self.command(ModemCommand::Delete { path: report.path })
                 .await;
         }
@@ -1241,6 +1251,7 @@ mod tests {
                 EngineConfig {
                     default_region: Some("US".into()),
                     own_number: None,
+                    receive: true,
                     delete_received: true,
                     delete_sent: true,
                     max_parts: 10,

@@ -93,6 +93,9 @@ fn value<'a>(v: impl Into<Variant<'a>>) -> Result<OwnedVariant, ControlError> {
     Ok(v.try_into_owned()?)
 }
 
+/// The user data of one SMS PDU.
+const MAX_DATA_BYTES: usize = 140;
+
 fn root_path() -> OwnedObjectPath {
     OwnedObjectPath::from(ObjectPath::from_static_str_unchecked("/"))
 }
@@ -168,8 +171,9 @@ impl ControlIface {
     }
 
     /// An SMS from the outside world. Options: `timestamp` (s), `smsc` (s), `parts` (u),
-    /// `part-interval-ms` (u, default 50). Returns the SMS object, or `/` when the modem
-    /// is not registered (the carrier delivers it later).
+    /// `part-interval-ms` (u, default 50), `data` (ay, at most 140 bytes: a data SMS such
+    /// as an MMS notification, whose `text` must then be ""). Returns the SMS object, or
+    /// `/` when the modem is not registered (the carrier delivers it later).
     async fn inject_sms(
         &self,
         modem: String,
@@ -196,11 +200,17 @@ impl ControlIface {
             None => text::split_parts(&text),
         };
         let interval = options.take::<u32>("part-interval-ms")?.unwrap_or(50);
+        let data = options.take::<Vec<u8>>("data")?.unwrap_or_default();
         options.finish()?;
+        if !data.is_empty() && (!text.is_empty() || data.len() > MAX_DATA_BYTES) {
+            return Err(ControlError::InvalidArgument(format!(
+                "a data SMS has an empty text and 1 to {MAX_DATA_BYTES} bytes of data"
+            )));
+        }
         let item = Delivery::Sms {
             from,
             parts,
-            data: Vec::new(),
+            data,
             timestamp,
             smsc,
             interval: Duration::from_millis(u64::from(interval)),

@@ -759,6 +759,11 @@ impl Adapter {
                     });
                 }
             }
+            Ok(SmsFound::Binary { bytes }) => {
+                // mmsd-tng reads MMS notifications from ModemManager itself, and deletes them.
+                info!(modem = %modem, sms = %path, bytes, "data SMS (not text) left on the modem");
+                self.tracked.insert(path, Tracked::Done);
+            }
             Ok(SmsFound::Other(state)) => {
                 debug!(modem = %modem, sms = %path, state, "SMS not received one, ignored");
                 self.tracked.insert(path, Tracked::Done);

@@ -137,6 +137,12 @@ pub(crate) enum SmsFound {
     },
     /// Not something received (one of ours, or a draft): in this `MMSmsState`.
     Other(u32),
+    /// A received SMS of data, not text (an MMS notification for mmsd-tng, a WAP push, a
+    /// SIM toolkit message): not a message for the inbox, and not ours to delete.
+    Binary {
+        /// Its size in bytes.
+        bytes: usize,
+    },
 }
 
 /// Reads every property of the SMS at `path` in one call and says what it is.
@@ -205,11 +211,21 @@ pub(crate) fn interpret(
                 .ok_or(CallError::BadProperty("DeliveryState"))?,
         }));
     }
+    let text = string_of("Text");
+    if text.is_empty() {
+        let bytes = props
+            .get("Data")
+            .and_then(|v| v.downcast_ref::<zbus::Array>().ok())
+            .map_or(0, |data| data.len());
+        if bytes > 0 {
+            return Ok(SmsFound::Binary { bytes });
+        }
+    }
     let smsc_timestamp = string_of("Timestamp");
     Ok(SmsFound::Incoming(IncomingSms {
         path: path.clone(),
         number: string_of("Number"),
-        text: string_of("Text"),
+        text,
         timestamp_ms: parse_mm_timestamp(&smsc_timestamp),
         smsc_timestamp,
     }))
@@ -446,6 +462,38 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), OwnedVariant::try_from(v).unwrap()))
             .collect()
+    }
+
+    #[test]
+    fn data_sms_is_not_a_text_message() {
+        let wap_push = props(&[
+            ("State", 3u32.into()),
+            ("PduType", 1u32.into()),
+            ("Number", "+15550002222".into()),
+            ("Text", "".into()),
+            (
+                "Data",
+                Variant::from(vec![0x01u8, 0x06, 0x04, 0xbe, 0xaf, 0x84]),
+            ),
+        ]);
+        assert_eq!(
+            interpret(&path(), &wap_push).unwrap(),
+            SmsFound::Binary { bytes: 6 }
+        );
+        // Text wins when a modem fills both; an empty SMS is still a text message.
+        for (text, data) in [("hi", vec![1u8]), ("", vec![])] {
+            let p = props(&[
+                ("State", 3u32.into()),
+                ("PduType", 1u32.into()),
+                ("Number", "+15550002222".into()),
+                ("Text", text.into()),
+                ("Data", Variant::from(data)),
+            ]);
+            assert!(
+                matches!(interpret(&path(), &p).unwrap(), SmsFound::Incoming(ref m) if m.text == text),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

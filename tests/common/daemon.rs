@@ -22,12 +22,25 @@ pub struct Daemon {
     session: String,
     system: String,
     log: PathBuf,
+    /// `RUST_LOG` when not the tests' usual `-v` (debug).
+    filter: Option<String>,
 }
 
 impl Daemon {
     /// Writes `config` as the daemon's config file and starts it; returns once it owns
     /// its bus name.
     pub async fn start(session: &Bus, system: &Bus, dir: &Path, config: &str) -> Daemon {
+        Daemon::start_logging(session, system, dir, config, None).await
+    }
+
+    /// The same, logging with the filter `filter` (`RUST_LOG`) instead of at debug.
+    pub async fn start_logging(
+        session: &Bus,
+        system: &Bus,
+        dir: &Path,
+        config: &str,
+        filter: Option<&str>,
+    ) -> Daemon {
         std::fs::create_dir_all(dir).expect("daemon dir");
         std::fs::write(dir.join("config.toml"), config).expect("write config");
         let mut daemon = Daemon {
@@ -36,6 +49,7 @@ impl Daemon {
             session: session.address.clone(),
             system: system.address.clone(),
             log: dir.join("tandemd.log"),
+            filter: filter.map(str::to_owned),
         };
         daemon.spawn().await;
         daemon
@@ -58,6 +72,9 @@ impl Daemon {
             .env("HOME", &self.dir)
             .env_remove("JOURNAL_STREAM")
             .env_remove("RUST_LOG");
+        if let Some(filter) = &self.filter {
+            cmd.env("RUST_LOG", filter);
+        }
         cmd
     }
 
@@ -166,8 +183,19 @@ impl Phone {
 
     /// The same on a session bus made ready already (with a fake service, say).
     pub async fn on(session: Bus, system: &Bus, dir: &Path, config: &str) -> Phone {
+        Phone::on_logging(session, system, dir, config, None).await
+    }
+
+    /// The same, its daemon logging with `filter` (`RUST_LOG`) instead of at debug.
+    pub async fn on_logging(
+        session: Bus,
+        system: &Bus,
+        dir: &Path,
+        config: &str,
+        filter: Option<&str>,
+    ) -> Phone {
         let signals = SignalLog::start(&session).await;
-        let daemon = Daemon::start(&session, system, dir, config).await;
+        let daemon = Daemon::start_logging(&session, system, dir, config, filter).await;
         let api = client(&session).await;
         Phone {
             daemon,

@@ -23,8 +23,14 @@ impl Proc {
             .append(true)
             .open(log)
             .expect("log file");
+        // The tests' own RUST_LOG is not the program's, unless the command sets one.
+        let chosen = cmd
+            .get_envs()
+            .any(|(key, value)| key == "RUST_LOG" && value.is_some());
+        if !chosen {
+            cmd.env_remove("RUST_LOG");
+        }
         let child = cmd
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stderr(stderr)
             .spawn()

@@ -581,7 +581,7 @@ impl Core {
         }
         if let Some(registration) = self.registration.as_ref().filter(|r| r.number == number) {
             if let Some(code) = &registration.code {
-                info!(%number, "verifying the registration code");
+                info!("verifying the registration code");
                 return session.verify(code.clone(), &mut self.out);
             }
             if registration.code_expires.is_some() {
@@ -590,7 +590,9 @@ impl Core {
                 return;
             }
         }
-        info!(%number, "registering with the relay");
+        // The phone's own number is the user's: in the journal at DEBUG only.
+        info!("registering with the relay");
+        debug!(%number, "registering as");
         self.registration = Some(Registration {
             number: number.clone(),
             code_expires: None,
@@ -811,14 +813,16 @@ impl Core {
         let number = number.filter(|number| {
             let valid = is_e164(number);
             if !valid {
-                error!(%number, "the own number is not E.164: the relay client stays offline");
+                error!("the own number is not E.164: the relay client stays offline");
+                debug!(%number, "the own number that is not E.164");
             }
             valid
         });
         if number == self.number {
             return;
         }
-        info!(
+        info!(known = number.is_some(), "own number changed");
+        debug!(
             number = number.as_deref().unwrap_or("unknown"),
             "own number"
         );
@@ -846,7 +850,7 @@ impl Core {
         let Some(registration) = &mut self.registration else {
             return debug!("a registration code, but no registration is under way: ignored");
         };
-        info!(number = %registration.number, "registration code received");
+        info!("registration code received");
         registration.code = Some(code.clone());
         let number = registration.number.clone();
         match &mut self.link {
@@ -980,7 +984,7 @@ impl Core {
             Some(r) if r.number == number && session.phase == Phase::Register => r,
             _ => return,
         };
-        info!(%number, expires_in_ms, "the relay sent a code by SMS");
+        info!(expires_in_ms, "the relay sent a code by SMS");
         let expires = later(now, Duration::from_millis(expires_in_ms));
         registration.code_expires = Some(expires);
         let code = registration.code.clone();
@@ -998,9 +1002,9 @@ impl Core {
             return;
         };
         if number != session.number || !matches!(session.phase, Phase::Register | Phase::Verify) {
-            return warn!(%number, "unexpected `registered`: ignored");
+            return warn!("unexpected `registered`: ignored");
         }
-        info!(%number, "registered with the relay");
+        info!("registered with the relay");
         let stored = StoredToken { number, token };
         self.out.push(Action::SaveToken(stored.clone()));
         self.registration = None;
@@ -1019,7 +1023,8 @@ impl Core {
         if session.phase != Phase::Login {
             return;
         }
-        info!(%number, queued, "logged in to the relay");
+        info!(queued, "logged in to the relay");
+        debug!(%number, "logged in as");
         session.phase = Phase::Online;
         session.logged_in_at = Some(now);
         let max_subscriptions = session.max_subscriptions;
@@ -1110,13 +1115,16 @@ impl Core {
         if error.code == ErrorCode::RateLimited {
             // A code may well be on its way: keep the registration, so it is used.
             let wait = Duration::from_millis(error.retry_after_ms.unwrap_or(0));
-            info!(%number, retry_after_ms = wait.as_millis() as u64, "registration rate-limited by the relay");
+            info!(
+                retry_after_ms = wait.as_millis() as u64,
+                "registration rate-limited by the relay"
+            );
             return Err(End::Pause(wait, "registration rate-limited"));
         }
         self.registration = None;
         Err(match error.code {
             ErrorCode::NumberTaken => {
-                warn!(%number, reason = %error.message,
+                warn!(reason = %error.message,
                       "the number is registered on another device, and this relay cannot verify numbers: \
                        trying again rarely");
                 End::Pause(self.backoff.max(), "number taken")
@@ -1126,7 +1134,7 @@ impl Core {
                 End::Pause(self.backoff.max(), "invalid own number")
             }
             _ => {
-                warn!(%number, code, reason = %error.message, "registration failed");
+                warn!(code, reason = %error.message, "registration failed");
                 End::Pause(Duration::ZERO, "registration failed")
             }
         })
@@ -1137,11 +1145,13 @@ impl Core {
         let Some(registration) = &mut self.registration else {
             return Ok(());
         };
-        let number = registration.number.clone();
+        debug!(number = %registration.number, code, "registration refused");
         match error.code {
             ErrorCode::CodeInvalid => {
-                warn!(%number, attempts_left = error.attempts_left.unwrap_or(0),
-                      "the relay says the code is wrong");
+                warn!(
+                    attempts_left = error.attempts_left.unwrap_or(0),
+                    "the relay says the code is wrong"
+                );
                 let Link::Up(session) = &mut self.link else {
                     return Ok(());
                 };
@@ -1159,18 +1169,18 @@ impl Core {
                 Ok(())
             }
             ErrorCode::CodeExpired | ErrorCode::NoCode => {
-                info!(%number, code, "the code is no longer valid; asking for a new one");
+                info!(code, "the code is no longer valid; asking for a new one");
                 self.registration = None;
                 self.authenticate();
                 Ok(())
             }
             ErrorCode::TooManyAttempts => {
-                warn!(%number, "too many wrong codes; registering again later");
+                warn!("too many wrong codes; registering again later");
                 self.registration = None;
                 Err(End::Pause(Duration::ZERO, "too many attempts"))
             }
             _ => {
-                warn!(%number, code, reason = %error.message, "verification failed");
+                warn!(code, reason = %error.message, "verification failed");
                 self.registration = None;
                 Err(End::Pause(Duration::ZERO, "verification failed"))
             }
