@@ -450,12 +450,6 @@ fn check_limit(limit: u32) -> Result<()> {
     )
 )]
 impl Messages {
-    /// Whether a message can be sent to `peer` at all (a sender name such as "Bank"
-    /// cannot be answered).
-    pub fn can_send_to(&self, peer: &str) -> bool {
-        self.recipient(peer).is_ok()
-    }
-
     /// Validates, stores the message durably in the outbox (status `queued`), replies with
     /// its id and delivers it asynchronously.
     ///
