@@ -197,13 +197,16 @@ impl Notifier {
         let Some(queue) = &self.queue else {
             return;
         };
+        // Numbers and texts are logged at DEBUG only.
         match queue.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
-                warn!(?job, "notification queue full, dropped");
+                warn!("notification queue full, dropped");
+                debug!(?job, "dropped");
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
-                warn!(?job, "notification task has stopped, dropped");
+                warn!("notification task has stopped, dropped");
+                debug!(?job, "dropped");
             }
         }
     }
@@ -327,14 +330,20 @@ enum ServerEvent {
         id: u32,
         text: String,
     },
-    /// The server's name has a new owner (or none): its ids are gone.
-    NewServer,
+    /// The server's name has a new owner (its unique name), or none: its ids are gone.
+    NewServer(Option<String>),
 }
+
+/// A server event, with the unique name of the connection that sent it.
+type FromServer = (Option<String>, ServerEvent);
 
 /// The connection to the session bus, with the subscriptions to the server's signals.
 struct Session {
     proxy: NotificationsProxy<'static>,
-    events: BoxStream<'static, ServerEvent>,
+    events: BoxStream<'static, FromServer>,
+    /// The current owner of the server's name: signals from anyone else are ignored (the
+    /// bus filters broadcasts by that name, but a signal sent to us directly is not).
+    owner: Option<String>,
     /// The server's capabilities, asked once per server.
     capabilities: Option<Vec<String>>,
 }
@@ -379,17 +388,26 @@ async fn connect(address: Option<&str>) -> Result<Session, NotifyError> {
             .interface(NOTIFICATIONS_NAME)
             .build()?;
         let signals = zbus::MessageStream::for_match_rule(rule, &conn, SIGNAL_QUEUE).await?;
-        let signals = signals.filter_map(|msg| async move { server_event(&msg.ok()?) });
+        let signals = signals.filter_map(|msg| async move {
+            let msg = msg.ok()?;
+            let sender = msg.header().sender().map(|s| s.to_string());
+            Some((sender, server_event(&msg)?))
+        });
         let owners = proxy
             .inner()
             .receive_owner_changed()
             .await?
-            .map(|_| ServerEvent::NewServer);
+            .map(|owner| (None, ServerEvent::NewServer(owner.map(|o| o.to_string()))));
+        // Asked once subscribed, so that no change in between is missed; none yet: `None`.
+        let name = zbus::names::BusName::try_from(NOTIFICATIONS_NAME)?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let owner = dbus.get_name_owner(name).await.ok().map(|o| o.to_string());
         // Both end with the connection; then the merged stream ends too.
         let events = stream::select(signals.boxed(), owners.boxed()).boxed();
         Ok(Session {
             proxy,
             events,
+            owner,
             capabilities: None,
         })
     })
@@ -600,15 +618,23 @@ impl Task {
         Ok(id)
     }
 
-    async fn on_server(&mut self, session: &mut Option<Session>, event: ServerEvent) {
+    async fn on_server(&mut self, session: &mut Option<Session>, (sender, event): FromServer) {
+        let Some(s) = session.as_mut() else { return };
+        if let ServerEvent::NewServer(owner) = event {
+            info!("the notification server changed; its notifications are gone");
+            self.shown.clear();
+            s.owner = owner;
+            s.capabilities = None;
+            return;
+        }
+        if sender.is_none() || sender != s.owner {
+            return debug!(
+                ?sender,
+                "a signal not from the notification server, ignored"
+            );
+        }
         match event {
-            ServerEvent::NewServer => {
-                info!("the notification server changed; its notifications are gone");
-                self.shown.clear();
-                if let Some(s) = session.as_mut() {
-                    s.capabilities = None;
-                }
-            }
+            ServerEvent::NewServer(_) => {}
             ServerEvent::Closed { id } => self.shown.forget_id(id),
             ServerEvent::Token { id, token } => {
                 if self.shown.peer_of(id).is_some() {
@@ -622,10 +648,8 @@ impl Task {
                 let token = self.shown.tokens.remove(&id);
                 match key.as_str() {
                     ACTION_DEFAULT => {
-                        if let Some(s) = session.as_ref() {
-                            let conn = s.proxy.inner().connection().clone();
-                            tokio::spawn(open_conversation(conn, peer, token));
-                        }
+                        let conn = s.proxy.inner().connection().clone();
+                        tokio::spawn(open_conversation(conn, peer, token));
                     }
                     ACTION_MARK_READ => {
                         let engine = self.wiring.engine.clone();

@@ -225,6 +225,21 @@ async fn mark_as_read_on_the_notification_reads_the_conversation() {
     rig.sms(CAROL, "not this one").await;
     rig.unread_is(3).await;
 
+    // Another program on the bus faking the server's signal is not listened to.
+    let rogue = rig.phone.session.connect().await;
+    rogue
+        .emit_signal(
+            None::<zbus::names::BusName<'_>>,
+            "/org/freedesktop/Notifications",
+            "org.freedesktop.Notifications",
+            "ActionInvoked",
+            &(call.id, "mark-read"),
+        )
+        .await
+        .expect("emit");
+    rig.quiet().await;
+    rig.unread_is(3).await;
+
     rig.server.action(call.id, "mark-read").await;
     rig.phone
         .signals
