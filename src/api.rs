@@ -160,6 +160,105 @@ pub struct ApiConfig {
     pub max_parts: u32,
 }
 
+/// The one way into the outbox: what `SendMessage` does after parsing its options
+/// (validation, the router's refusals, the durable insert, [`EngineCmd::Outbox`]). The API
+/// and a notification's inline reply (`notifier`) both send through it, so that a message
+/// is checked and stored the same way whoever wrote it. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    store: StoreHandle,
+    engine: mpsc::Sender<EngineCmd>,
+    status: watch::Receiver<DaemonStatus>,
+    presence: watch::Receiver<PresenceView>,
+    config: ApiConfig,
+}
+
+impl Outbox {
+    /// A number to send to (or to follow over IP): E.164 or a short code; a sender name
+    /// such as "Bank" is refused, since nothing can be sent to it.
+    fn recipient(&self, input: &str) -> Result<String> {
+        number::normalize_recipient(input, self.config.default_region.as_deref())
+            .map_err(|e| ApiError::InvalidNumber(e.to_string()))
+    }
+
+    /// Refuses a text longer than the configured limit, without counting the characters
+    /// of a text whose size in bytes already says so.
+    fn check_text(&self, text: &str) -> Result<()> {
+        let max = self.config.max_text_chars;
+        // A character is at most 4 bytes of UTF-8.
+        let chars = if text.len() > max.saturating_mul(4) {
+            None
+        } else {
+            Some(text.chars().count())
+        };
+        match chars {
+            Some(chars) if chars <= max => Ok(()),
+            Some(chars) => Err(ApiError::InvalidArgument(format!(
+                "the text is {chars} characters long, more than the limit of {max}"
+            ))),
+            None => Err(ApiError::InvalidArgument(format!(
+                "the text is {} bytes long, more than the limit of {max} characters",
+                text.len()
+            ))),
+        }
+    }
+
+    /// Whether a message can be sent to `peer` at all (a sender name such as "Bank"
+    /// cannot be answered).
+    pub fn can_send_to(&self, peer: &str) -> bool {
+        self.recipient(peer).is_ok()
+    }
+
+    /// Validates, stores the message durably in the outbox (status `queued`), tells the
+    /// engine, and returns its id (the id of the first message with the same
+    /// `client-token`, which is not stored twice).
+    pub async fn send(&self, recipient: &str, text: &str, options: SendOptions) -> Result<String> {
+        let peer = self.recipient(recipient)?;
+        if text.trim().is_empty() {
+            return Err(ApiError::InvalidArgument("the text is empty".into()));
+        }
+        self.check_text(text)?;
+        let status = self.status.borrow().clone();
+        let facts = routing_facts(
+            options.channel,
+            &status,
+            &self.presence.borrow(),
+            &peer,
+            text,
+            self.config.max_parts,
+        );
+        match router::refuse_at_once(&facts) {
+            Some(Refusal::Unavailable(why)) => return Err(ApiError::Unavailable(why)),
+            Some(Refusal::InvalidArgument(why)) => return Err(ApiError::InvalidArgument(why)),
+            None => {}
+        }
+        let delivery_report = options
+            .delivery_report
+            .unwrap_or(self.config.delivery_reports);
+        let text = text.to_owned();
+        let (message, created) = self
+            .store
+            .call(move |s| {
+                s.insert_outgoing(&NewOutgoing {
+                    peer: &peer,
+                    text: &text,
+                    requested: options.channel,
+                    delivery_report,
+                    client_token: options.client_token.as_deref(),
+                    timestamp_ms: crate::domain::now_ms(),
+                })
+            })
+            .await?;
+        if created {
+            debug!(id = %message.id, peer = %message.peer, "message queued");
+            if self.engine.send(EngineCmd::Outbox).await.is_err() {
+                warn!("the engine is gone; request not forwarded");
+            }
+        }
+        Ok(message.id.into_string())
+    }
+}
+
 /// The served object. Cheap to construct; everything it holds is a handle.
 pub struct Messages {
     /// Reads and the outbox insert go straight to the store actor.
@@ -173,6 +272,8 @@ pub struct Messages {
     /// Other apps on the bus that take incoming SMS too (`sms_apps`).
     sms_apps: watch::Receiver<Vec<String>>,
     config: ApiConfig,
+    /// `SendMessage`'s way into the outbox, shared with the notifier's inline replies.
+    outbox: Outbox,
 }
 
 impl Messages {
@@ -184,6 +285,13 @@ impl Messages {
         sms_apps: watch::Receiver<Vec<String>>,
         config: ApiConfig,
     ) -> Self {
+        let outbox = Outbox {
+            store: store.clone(),
+            engine: engine.clone(),
+            status: status.clone(),
+            presence: presence.clone(),
+            config: config.clone(),
+        };
         Messages {
             store,
             engine,
@@ -191,7 +299,14 @@ impl Messages {
             presence,
             sms_apps,
             config,
+            outbox,
         }
+    }
+
+    /// The way into the outbox that `SendMessage` uses, for other senders (the
+    /// notifier's inline reply).
+    pub fn outbox(&self) -> Outbox {
+        self.outbox.clone()
     }
 
     fn normalize(&self, input: &str) -> Result<String> {
@@ -199,11 +314,8 @@ impl Messages {
             .map_err(|e| ApiError::InvalidNumber(e.to_string()))
     }
 
-    /// A number to send to (or to follow over IP): E.164 or a short code; a sender name
-    /// such as "Bank" is refused, since nothing can be sent to it.
     fn recipient(&self, input: &str) -> Result<String> {
-        number::normalize_recipient(input, self.config.default_region.as_deref())
-            .map_err(|e| ApiError::InvalidNumber(e.to_string()))
+        self.outbox.recipient(input)
     }
 
     /// The conversation a frontend names: normalised like any number, or, for senders kept
@@ -230,28 +342,6 @@ impl Messages {
                     Err(invalid)
                 }
             }
-        }
-    }
-
-    /// Refuses a text longer than the configured limit, without counting the characters
-    /// of a text whose size in bytes already says so.
-    fn check_text(&self, text: &str) -> Result<()> {
-        let max = self.config.max_text_chars;
-        // A character is at most 4 bytes of UTF-8.
-        let chars = if text.len() > max.saturating_mul(4) {
-            None
-        } else {
-            Some(text.chars().count())
-        };
-        match chars {
-            Some(chars) if chars <= max => Ok(()),
-            Some(chars) => Err(ApiError::InvalidArgument(format!(
-                "the text is {chars} characters long, more than the limit of {max}"
-            ))),
-            None => Err(ApiError::InvalidArgument(format!(
-                "the text is {} bytes long, more than the limit of {max} characters",
-                text.len()
-            ))),
         }
     }
 
@@ -374,47 +464,7 @@ impl Messages {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<String> {
         let options = parse_send_options(&options)?;
-        let peer = self.recipient(recipient)?;
-        if text.trim().is_empty() {
-            return Err(ApiError::InvalidArgument("the text is empty".into()));
-        }
-        self.check_text(text)?;
-        let status = self.status.borrow().clone();
-        let facts = routing_facts(
-            options.channel,
-            &status,
-            &self.presence.borrow(),
-            &peer,
-            text,
-            self.config.max_parts,
-        );
-        match router::refuse_at_once(&facts) {
-            Some(Refusal::Unavailable(why)) => return Err(ApiError::Unavailable(why)),
-            Some(Refusal::InvalidArgument(why)) => return Err(ApiError::InvalidArgument(why)),
-            None => {}
-        }
-        let delivery_report = options
-            .delivery_report
-            .unwrap_or(self.config.delivery_reports);
-        let text = text.to_owned();
-        let (message, created) = self
-            .store
-            .call(move |s| {
-                s.insert_outgoing(&NewOutgoing {
-                    peer: &peer,
-                    text: &text,
-                    requested: options.channel,
-                    delivery_report,
-                    client_token: options.client_token.as_deref(),
-                    timestamp_ms: crate::domain::now_ms(),
-                })
-            })
-            .await?;
-        if created {
-            debug!(id = %message.id, peer = %message.peer, "message queued");
-            self.tell_engine(EngineCmd::Outbox).await;
-        }
-        Ok(message.id.into_string())
+        self.outbox.send(recipient, text, options).await
     }
 
     /// Conversations, newest activity first.
@@ -468,9 +518,10 @@ impl Messages {
     /// Bounds: `peer` at most 256 bytes.
     async fn mark_read(&self, peer: &str) -> Result<()> {
         let peer = self.conversation_peer(peer).await?;
-        let changed = self.store.call(move |s| s.mark_read(&peer)).await?;
+        let key = peer.clone();
+        let changed = self.store.call(move |s| s.mark_read(&key)).await?;
         if changed > 0 {
-            self.tell_engine(EngineCmd::Recount).await;
+            self.tell_engine(EngineCmd::Read { peer }).await;
         }
         Ok(())
     }
@@ -479,8 +530,14 @@ impl Messages {
     async fn delete_message(&self, id: &str) -> Result<()> {
         check_id("the id", id)?;
         let id = id.to_owned();
-        self.store.call(move |s| s.delete_message(&id)).await?;
-        self.tell_engine(EngineCmd::Recount).await;
+        let deleted = self.store.call(move |s| s.delete_message(&id)).await?;
+        let unread = deleted.direction == crate::domain::Direction::Incoming && !deleted.read;
+        self.tell_engine(EngineCmd::MessageDeleted {
+            id: deleted.id.into_string(),
+            peer: deleted.peer.into_string(),
+            unread,
+        })
+        .await;
         Ok(())
     }
 
@@ -507,7 +564,8 @@ impl Messages {
                 shown(&peer)
             )));
         }
-        self.tell_engine(EngineCmd::Recount).await;
+        self.tell_engine(EngineCmd::ConversationDeleted { peer })
+            .await;
         Ok(())
     }
 
@@ -610,7 +668,7 @@ impl Messages {
     /// Bounds: `text` has at most `sms.max_text_chars` characters, as for SendMessage.
     #[zbus(out_args("segments", "encoding", "remaining"))]
     async fn estimate_sms(&self, text: &str) -> Result<(u32, String, u32)> {
-        self.check_text(text)?;
+        self.outbox.check_text(text)?;
         let e = sms_text::estimate(text);
         Ok((e.segments, e.encoding.as_str().to_owned(), e.remaining))
     }
@@ -645,6 +703,23 @@ impl Messages {
         number: &str,
         presence: &str,
     ) -> zbus::Result<()>;
+
+    /// Every incoming message of the conversation with `peer` is read now (`MarkRead`
+    /// from any frontend, or a notification's "Mark as read").
+    #[zbus(signal)]
+    pub async fn conversation_read(emitter: &SignalEmitter<'_>, peer: &str) -> zbus::Result<()>;
+
+    /// The message `id` of the conversation with `peer` was deleted.
+    #[zbus(signal)]
+    pub async fn message_deleted(
+        emitter: &SignalEmitter<'_>,
+        id: &str,
+        peer: &str,
+    ) -> zbus::Result<()>;
+
+    /// The conversation with `peer` was deleted, every message of it.
+    #[zbus(signal)]
+    pub async fn conversation_deleted(emitter: &SignalEmitter<'_>, peer: &str) -> zbus::Result<()>;
 
     #[zbus(property)]
     async fn own_number(&self) -> String {
@@ -765,6 +840,15 @@ pub async fn publish(
                     }
                     Event::Presence { number, presence } => {
                         Messages::presence_changed(&emitter, &number, presence.as_str()).await
+                    }
+                    Event::ConversationRead { peer } => {
+                        Messages::conversation_read(&emitter, &peer).await
+                    }
+                    Event::MessageDeleted { id, peer } => {
+                        Messages::message_deleted(&emitter, &id, &peer).await
+                    }
+                    Event::ConversationDeleted { peer } => {
+                        Messages::conversation_deleted(&emitter, &peer).await
                     }
                 };
                 if let Err(e) = sent {

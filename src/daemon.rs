@@ -13,11 +13,12 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
+use crate::contacts::Contacts;
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
 use crate::net;
-use crate::notifier::Notifier;
+use crate::notifier::{self, Notifier};
 use crate::relay::{
     self,
     client::{ClientConfig, RelayCommand, RelayEvent},
@@ -91,7 +92,7 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
-    let notifier = Notifier::spawn(config.notifications.enabled);
+    let (notifier, notifications) = Notifier::new(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
         store.clone(),
@@ -112,6 +113,7 @@ pub async fn run(
         sms_apps_rx.clone(),
         api_config(&config),
     );
+    start_notifier(notifications, &buses, &engine_tx, messages.outbox());
     let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
     info!(name = api::BUS_NAME, "serving on the session bus");
     let receiving = if config.sms.receive {
@@ -159,6 +161,24 @@ pub async fn run(
         });
     }
     Ok(())
+}
+
+/// Starts the notification task (when enabled), once the outbox its inline replies go
+/// through exists.
+fn start_notifier(
+    inbox: Option<notifier::Inbox>,
+    buses: &Buses,
+    engine: &mpsc::Sender<EngineCmd>,
+    outbox: api::Outbox,
+) {
+    if let Some(inbox) = inbox {
+        inbox.start(notifier::Wiring {
+            address: buses.session.clone(),
+            contacts: Contacts::none(),
+            engine: engine.clone(),
+            outbox,
+        });
+    }
 }
 
 /// The engine's part of the configuration.

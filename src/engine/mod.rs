@@ -37,8 +37,21 @@ pub(crate) use ip::{PresenceView, routing_facts};
 pub enum EngineCmd {
     /// A message was stored in the outbox: see whether it can go.
     Outbox,
-    /// Messages were read or deleted: recount the unread ones.
-    Recount,
+    /// The API marked the conversation with `peer` read (it is stored): recount, announce
+    /// `ConversationRead`, withdraw its notification.
+    Read { peer: String },
+    /// A notification's "Mark as read": store it, then the same as [`EngineCmd::Read`].
+    MarkRead { peer: String },
+    /// The API deleted message `id` of `peer`'s conversation (`unread`: an incoming
+    /// message not read yet, whose notification goes with it): recount, announce.
+    MessageDeleted {
+        id: String,
+        peer: String,
+        unread: bool,
+    },
+    /// The API deleted the conversation with `peer`: recount, announce, withdraw its
+    /// notification.
+    ConversationDeleted { peer: String },
     /// Numbers were added to the followed ones (`Watch`): follow them on the relay.
     Followed,
     /// Tell a peer, over IP, that we are (or stopped) typing.
@@ -60,6 +73,17 @@ pub enum Event {
     Presence {
         number: String,
         presence: Presence,
+    },
+    /// Every incoming message of the conversation is read now.
+    ConversationRead {
+        peer: String,
+    },
+    MessageDeleted {
+        id: String,
+        peer: String,
+    },
+    ConversationDeleted {
+        peer: String,
     },
 }
 
@@ -271,7 +295,20 @@ impl Engine {
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(EngineCmd::Outbox) => self.pump().await,
-                    Some(EngineCmd::Recount) => self.recount().await,
+                    Some(EngineCmd::Read { peer }) => self.on_read(peer).await,
+                    Some(EngineCmd::MarkRead { peer }) => self.mark_read(peer).await,
+                    Some(EngineCmd::MessageDeleted { id, peer, unread }) => {
+                        if unread {
+                            self.notifier.withdraw(&peer);
+                        }
+                        self.recount().await;
+                        self.announce(Event::MessageDeleted { id, peer }).await;
+                    }
+                    Some(EngineCmd::ConversationDeleted { peer }) => {
+                        self.notifier.withdraw(&peer);
+                        self.recount().await;
+                        self.announce(Event::ConversationDeleted { peer }).await;
+                    }
                     Some(EngineCmd::Followed) => self.subscribe_followed().await,
                     Some(EngineCmd::Typing { peer, active }) => {
                         let to = Peer::from(peer);
@@ -977,6 +1014,27 @@ impl Engine {
         }
     }
 
+    /// The conversation with `peer` is read (stored already): its notification goes, the
+    /// count follows, and every frontend is told.
+    async fn on_read(&self, peer: String) {
+        self.notifier.withdraw(&peer);
+        self.recount().await;
+        self.announce(Event::ConversationRead { peer }).await;
+    }
+
+    /// A notification's "Mark as read": stored, then announced as an API `MarkRead` is.
+    async fn mark_read(&self, peer: String) {
+        let key = peer.clone();
+        match self.store.call(move |s| s.mark_read(&key)).await {
+            Ok(0) => {
+                debug!(%peer, "nothing unread in the conversation");
+                self.notifier.withdraw(&peer);
+            }
+            Ok(_) => self.on_read(peer).await,
+            Err(e) => warn!(cause = %e, "cannot mark a conversation read"),
+        }
+    }
+
     async fn announce(&self, event: Event) {
         let announcement = Announcement {
             event,
@@ -994,7 +1052,7 @@ impl Engine {
         let (emitted, on_bus) = oneshot::channel();
         let id = message.id.to_string();
         let notice = Notice {
-            sender: message.peer.to_string(),
+            peer: message.peer.to_string(),
             text: message.text.clone(),
         };
         let announcement = Announcement {
@@ -1207,7 +1265,7 @@ mod tests {
                 modem_tx,
                 events_tx,
                 status,
-                Notifier::spawn(false),
+                Notifier::disabled(),
             );
             let (relay_tx, relay_commands) = mpsc::channel(16);
             let (relay_events, relay_rx) = mpsc::channel(16);
@@ -1413,6 +1471,48 @@ mod tests {
             }
         );
         assert!(rig.announcements.try_recv().is_err(), "announced twice");
+        rig.stop().await;
+    }
+
+    #[tokio::test]
+    async fn mark_read_from_a_notification_is_stored_and_announced_like_the_apis() {
+        let mut store = Store::open_in_memory().expect("store");
+        for (n, peer) in [
+            (1, "+15550002222"),
+            (2, "+15550002222"),
+            (3, "+15550003333"),
+        ] {
+            let key = format!("key-{n}");
+            let m = store
+                .insert_incoming(&NewIncoming {
+                    peer,
+                    text: "hi",
+                    channel: Channel::Sms,
+                    timestamp_ms: n,
+                    dedupe_key: &key,
+                })
+                .expect("insert")
+                .expect("new");
+            store.mark_announced(m.id.as_str()).expect("announced");
+        }
+        let mut rig = Rig::start(store);
+        let peer = "+15550002222".to_owned();
+        let cmd = EngineCmd::MarkRead { peer: peer.clone() };
+        rig.commands.send(cmd.clone()).await.expect("send");
+        assert_eq!(
+            rig.announced().await,
+            Event::ConversationRead { peer: peer.clone() }
+        );
+        assert_eq!(rig.with_store(|s| s.unread_count()).await, 1);
+        // Nothing left unread: nothing to announce.
+        rig.commands.send(cmd).await.expect("send");
+        let deleted = EngineCmd::ConversationDeleted { peer: peer.clone() };
+        rig.commands.send(deleted).await.expect("send");
+        assert_eq!(
+            rig.announced().await,
+            Event::ConversationDeleted { peer },
+            "MarkRead of a read conversation announced nothing"
+        );
         rig.stop().await;
     }
 

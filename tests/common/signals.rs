@@ -22,6 +22,16 @@ pub enum Signal {
         number: String,
         presence: String,
     },
+    ConversationRead {
+        peer: String,
+    },
+    MessageDeleted {
+        id: String,
+        peer: String,
+    },
+    ConversationDeleted {
+        peer: String,
+    },
 }
 
 impl Signal {
@@ -45,6 +55,18 @@ impl Signal {
             "PresenceChanged" => {
                 let (number, presence) = body.deserialize().ok()?;
                 Some(Signal::Presence { number, presence })
+            }
+            "ConversationRead" => {
+                let (peer,) = body.deserialize().ok()?;
+                Some(Signal::ConversationRead { peer })
+            }
+            "MessageDeleted" => {
+                let (id, peer) = body.deserialize().ok()?;
+                Some(Signal::MessageDeleted { id, peer })
+            }
+            "ConversationDeleted" => {
+                let (peer,) = body.deserialize().ok()?;
+                Some(Signal::ConversationDeleted { peer })
             }
             _ => None,
         }
@@ -99,6 +121,12 @@ impl SignalLog {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Waits until `signal` is in the log.
+    pub async fn wait_for(&self, signal: &Signal) {
+        self.wait_until(&format!("{signal:?}"), |s| s.all().contains(signal))
+            .await
     }
 
     /// Waits until `check` holds for the log.
