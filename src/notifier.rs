@@ -235,11 +235,12 @@ pub fn escape_markup(text: &str) -> String {
     escaped
 }
 
-/// The text shown as the body: trimmed, at most [`PREVIEW_CHARS`] characters (cut on a
-/// char boundary), "…" when cut.
+/// The text shown as the body: trimmed, at most [`PREVIEW_CHARS`] graphemes (cut between
+/// two, never inside one: an emoji keeps its skin tone), "…" when cut.
 pub fn preview(text: &str) -> String {
+    use unicode_segmentation::UnicodeSegmentation;
     let text = text.trim();
-    match text.char_indices().nth(PREVIEW_CHARS) {
+    match text.grapheme_indices(true).nth(PREVIEW_CHARS) {
         Some((cut, _)) => format!("{}…", text[..cut].trim_end()),
         None => text.to_owned(),
     }
@@ -772,6 +773,9 @@ mod tests {
         // Multi-byte characters are cut on a char boundary, counted as characters.
         let emoji = "😀".repeat(PREVIEW_CHARS + 5);
         assert_eq!(preview(&emoji), format!("{}…", "😀".repeat(PREVIEW_CHARS)));
+        // A thumb with its skin tone is one grapheme of two chars: never split.
+        let thumbs = "👍🏽".repeat(PREVIEW_CHARS + 1);
+        assert_eq!(preview(&thumbs), format!("{}…", "👍🏽".repeat(PREVIEW_CHARS)));
         let cyrillic = "ж".repeat(PREVIEW_CHARS * 3);
         assert_eq!(preview(&cyrillic).chars().count(), PREVIEW_CHARS + 1);
         // No space before the ellipsis when the cut falls after a word.
