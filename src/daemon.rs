@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
+use crate::contacts::{self, ContactsConfig};
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
@@ -90,6 +91,10 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
+    // Names from the address book: a task of its own, on a connection of its own; no
+    // address book is no error, only peers without names.
+    let (contacts, contacts_task) =
+        contacts::spawn(buses.session.clone(), contacts_config(&config, db_path));
     let notifier = Notifier::spawn(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
@@ -108,7 +113,8 @@ pub async fn run(
         status_rx.clone(),
         engine.presence_view(),
         api_config(&config),
-    );
+    )
+    .with_contacts(contacts.clone());
     let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
     info!(name = api::BUS_NAME, "serving on the session bus");
     let relay_task = relay_client.map(|(client, commands, events)| {
@@ -116,6 +122,8 @@ pub async fn run(
     });
 
     let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
+    let contacts_publisher =
+        tokio::spawn(api::publish_contacts(session.clone(), contacts.changes()));
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
     let modem_config = ModemConfig {
         modem: config.sms.modem,
@@ -139,6 +147,8 @@ pub async fn run(
     // the modem adapter and the publisher running.
     let _ = session.release_name(api::BUS_NAME).await;
     let _ = engine_tx.send(EngineCmd::Shutdown).await;
+    contacts_task.abort();
+    contacts_publisher.abort();
     join(engine, modem, relay_task, publisher).await;
     if lost {
         return Err(DaemonError::NameLost {
@@ -171,6 +181,18 @@ fn api_config(config: &Config) -> ApiConfig {
         delivery_reports: config.sms.delivery_reports,
         max_text_chars: config.sms.max_text_chars as usize,
         max_parts: config.sms.max_parts,
+    }
+}
+
+/// The address book's part of the configuration: contacts' inline photos are written
+/// next to the database.
+fn contacts_config(config: &Config, db_path: &Path) -> ContactsConfig {
+    ContactsConfig {
+        default_region: config.default_region.clone(),
+        photo_dir: db_path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("contact-photos"),
     }
 }
 

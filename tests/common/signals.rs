@@ -22,6 +22,7 @@ pub enum Signal {
         number: String,
         presence: String,
     },
+    ContactsChanged,
 }
 
 impl Signal {
@@ -46,6 +47,7 @@ impl Signal {
                 let (number, presence) = body.deserialize().ok()?;
                 Some(Signal::Presence { number, presence })
             }
+            "ContactsChanged" => Some(Signal::ContactsChanged),
             _ => None,
         }
     }
@@ -99,6 +101,14 @@ impl SignalLog {
                 _ => None,
             })
             .collect()
+    }
+
+    /// How many `ContactsChanged` were seen.
+    pub fn contacts_changed(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|s| **s == Signal::ContactsChanged)
+            .count()
     }
 
     /// Waits until `check` holds for the log.
