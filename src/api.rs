@@ -831,23 +831,25 @@ pub async fn publish(
     Ok(())
 }
 
-/// Emits `ContactsChanged` for each new snapshot of the address book, until it is no
-/// longer followed.
+/// Emits `ContactsChanged` for each new snapshot of the address book once the interface
+/// is served (before, no one can have read a name), until the address book is no longer
+/// followed.
 pub async fn publish_contacts(
     conn: zbus::Connection,
     mut changes: watch::Receiver<Arc<contacts::Book>>,
-) -> zbus::Result<()> {
-    let iface = conn
-        .object_server()
-        .interface::<_, Messages>(OBJECT_PATH)
-        .await?;
-    let emitter = iface.signal_emitter().clone();
+) {
     while changes.changed().await.is_ok() {
-        if let Err(e) = Messages::contacts_changed(&emitter).await {
+        let Ok(iface) = conn
+            .object_server()
+            .interface::<_, Messages>(OBJECT_PATH)
+            .await
+        else {
+            continue;
+        };
+        if let Err(e) = Messages::contacts_changed(iface.signal_emitter()).await {
             warn!(cause = %e, "could not emit ContactsChanged");
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
-use crate::contacts::{self, ContactsConfig};
+use crate::contacts::{self, Contacts, ContactsConfig};
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
@@ -91,10 +91,7 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
-    // Names from the address book: a task of its own, on a connection of its own; no
-    // address book is no error, only peers without names.
-    let (contacts, contacts_task) =
-        contacts::spawn(buses.session.clone(), contacts_config(&config, db_path));
+    let (contacts, _following) = start_contacts(&config, db_path, &buses, &session);
     let notifier = Notifier::spawn(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
@@ -122,14 +119,9 @@ pub async fn run(
     });
 
     let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
-    let contacts_publisher =
-        tokio::spawn(api::publish_contacts(session.clone(), contacts.changes()));
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
-    let modem_config = ModemConfig {
-        modem: config.sms.modem,
-    };
     let modem = tokio::spawn(run_modem(
-        modem_config,
+        modem_config(&config),
         buses.system,
         modem_cmd_rx,
         modem_ev_tx,
@@ -147,8 +139,6 @@ pub async fn run(
     // the modem adapter and the publisher running.
     let _ = session.release_name(api::BUS_NAME).await;
     let _ = engine_tx.send(EngineCmd::Shutdown).await;
-    contacts_task.abort();
-    contacts_publisher.abort();
     join(engine, modem, relay_task, publisher).await;
     if lost {
         return Err(DaemonError::NameLost {
@@ -184,16 +174,33 @@ fn api_config(config: &Config) -> ApiConfig {
     }
 }
 
-/// The address book's part of the configuration: contacts' inline photos are written
-/// next to the database.
-fn contacts_config(config: &Config, db_path: &Path) -> ContactsConfig {
-    ContactsConfig {
+/// The modem adapter's part of the configuration.
+fn modem_config(config: &Config) -> ModemConfig {
+    ModemConfig {
+        modem: config.sms.modem.clone(),
+    }
+}
+
+/// Names from the address book: a task of its own, on a connection of its own (no
+/// address book is no error, only peers without names), and `ContactsChanged` on the
+/// API's connection. Contacts' inline photos are written next to the database. Both
+/// stop when the returned guard is dropped.
+fn start_contacts(
+    config: &Config,
+    db_path: &Path,
+    buses: &Buses,
+    session: &zbus::Connection,
+) -> (Contacts, contacts::Following) {
+    let contacts_config = ContactsConfig {
         default_region: config.default_region.clone(),
         photo_dir: db_path
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join("contact-photos"),
-    }
+    };
+    let (contacts, following) = contacts::spawn(buses.session.clone(), contacts_config);
+    tokio::spawn(api::publish_contacts(session.clone(), contacts.changes()));
+    (contacts, following)
 }
 
 /// Waits for the tasks to end, at most [`SHUTDOWN_GRACE`].

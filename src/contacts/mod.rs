@@ -92,13 +92,24 @@ pub struct ContactsConfig {
 }
 
 /// Starts following the address books on the session bus at `address` (`None`: the
-/// usual one), in a task of its own: the handle it fills, and the task (aborted at
-/// shutdown). The handle knows no one until the first address book is read, and stays
-/// so when there is none.
-pub fn spawn(address: Option<String>, config: ContactsConfig) -> (Contacts, JoinHandle<()>) {
+/// usual one), in a task of its own: the handle it fills, and the task, stopped when
+/// [`Following`] is dropped. The handle knows no one until the first address book is
+/// read, and stays so when there is none.
+pub fn spawn(address: Option<String>, config: ContactsConfig) -> (Contacts, Following) {
     let (tx, book) = watch::channel(Arc::new(Book::new()));
     let task = tokio::spawn(eds::run(address, config, tx));
-    (Contacts { book }, task)
+    (Contacts { book }, Following(task))
+}
+
+/// The task that follows the address books; dropping this stops it (its connection to
+/// the bus closes, and [`Contacts::changes`] ends).
+#[derive(Debug)]
+pub struct Following(JoinHandle<()>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

