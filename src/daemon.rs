@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
-use crate::contacts::{self, Contacts, ContactsConfig};
+use crate::contacts::{self, ContactsConfig};
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
@@ -91,7 +91,7 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
-    let (contacts, _following) = start_contacts(&config, db_path, &buses, &session);
+    let (contacts, filler) = contacts::pending();
     let notifier = Notifier::spawn(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
@@ -126,6 +126,7 @@ pub async fn run(
         modem_cmd_rx,
         modem_ev_tx,
     ));
+    let _following = follow_contacts(filler, &config, db_path, &buses.session, &session);
 
     let lost = tokio::select! {
         () = shutdown => false,
@@ -181,16 +182,17 @@ fn modem_config(config: &Config) -> ModemConfig {
     }
 }
 
-/// Names from the address book: a task of its own, on a connection of its own (no
-/// address book is no error, only peers without names), and `ContactsChanged` on the
-/// API's connection. Contacts' inline photos are written next to the database. Both
-/// stop when the returned guard is dropped.
-fn start_contacts(
+/// Names from the address book, once the daemon's own start-up is done: a task of its
+/// own, on a connection of its own (no address book is no error, only peers without
+/// names), and `ContactsChanged` on the API's connection. Contacts' inline photos are
+/// written next to the database. Both stop when the returned guard is dropped.
+fn follow_contacts(
+    filler: contacts::Filler,
     config: &Config,
     db_path: &Path,
-    buses: &Buses,
+    address: &Option<String>,
     session: &zbus::Connection,
-) -> (Contacts, contacts::Following) {
+) -> contacts::Following {
     let contacts_config = ContactsConfig {
         default_region: config.default_region.clone(),
         photo_dir: db_path
@@ -198,9 +200,8 @@ fn start_contacts(
             .unwrap_or_else(|| Path::new("."))
             .join("contact-photos"),
     };
-    let (contacts, following) = contacts::spawn(buses.session.clone(), contacts_config);
-    tokio::spawn(api::publish_contacts(session.clone(), contacts.changes()));
-    (contacts, following)
+    tokio::spawn(api::publish_contacts(session.clone(), filler.changes()));
+    filler.follow(address.clone(), contacts_config)
 }
 
 /// Waits for the tasks to end, at most [`SHUTDOWN_GRACE`].

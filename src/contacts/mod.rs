@@ -5,7 +5,7 @@
 //! caller (an unknown number, or no address book at all, is simply `None`), or be asked
 //! over D-Bus per lookup: lookups read an in-memory snapshot.
 //!
-//! The snapshot is filled by [`spawn`]: a task that owns a session-bus connection of its
+//! The snapshot is filled by [`Filler::follow`]: a task that owns a session-bus connection of its
 //! own and follows Evolution Data Server's address books (`eds.rs`: the source registry,
 //! each address book's live view), as Phosh, GNOME Contacts and Chatty do. Each contact's
 //! vCard is read by `vcard.rs`, its numbers normalised to E.164 with [`crate::number`]
@@ -91,14 +91,30 @@ pub struct ContactsConfig {
     pub photo_dir: PathBuf,
 }
 
-/// Starts following the address books on the session bus at `address` (`None`: the
-/// usual one), in a task of its own: the handle it fills, and the task, stopped when
-/// [`Following`] is dropped. The handle knows no one until the first address book is
-/// read, and stays so when there is none.
-pub fn spawn(address: Option<String>, config: ContactsConfig) -> (Contacts, Following) {
+/// A handle that knows no one yet, and what fills it once [`Filler::follow`] starts
+/// following the address books (the daemon starts that after its own start-up work).
+pub fn pending() -> (Contacts, Filler) {
     let (tx, book) = watch::channel(Arc::new(Book::new()));
-    let task = tokio::spawn(eds::run(address, config, tx));
-    (Contacts { book }, Following(task))
+    (Contacts { book }, Filler(tx))
+}
+
+/// Fills the [`Contacts`] handle made with it by [`pending`].
+#[derive(Debug)]
+pub struct Filler(watch::Sender<Arc<Book>>);
+
+impl Filler {
+    /// A receiver of the snapshots this fills.
+    pub fn changes(&self) -> watch::Receiver<Arc<Book>> {
+        self.0.subscribe()
+    }
+
+    /// Starts following the address books on the session bus at `address` (`None`: the
+    /// usual one), in a task of its own, stopped when [`Following`] is dropped. The
+    /// handle knows no one until the first address book is read, and stays so when
+    /// there is none.
+    pub fn follow(self, address: Option<String>, config: ContactsConfig) -> Following {
+        Following(tokio::spawn(eds::run(address, config, self.0)))
+    }
 }
 
 /// The task that follows the address books; dropping this stops it (its connection to

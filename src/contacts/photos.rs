@@ -27,20 +27,13 @@ pub(super) struct PhotoCache {
 }
 
 impl PhotoCache {
-    /// The cache in `dir`, made (private) if missing; the files already there count.
+    /// The cache in `dir` (made, private, with its first photo); the files already there
+    /// count.
     pub(super) fn open(dir: &Path) -> PhotoCache {
         PhotoCache::with_budget(dir, PHOTO_BUDGET_BYTES)
     }
 
     pub(super) fn with_budget(dir: &Path, budget: u64) -> PhotoCache {
-        if let Err(e) = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-        {
-            warn!(dir = %dir.display(), cause = %e, "cannot make the contact photo directory");
-        }
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         let mut files = HashMap::new();
         if let Ok(list) = std::fs::read_dir(dir) {
             for item in list.flatten() {
@@ -78,7 +71,7 @@ impl PhotoCache {
             debug!(size, "contact photo not cached: over the photo budget");
             return None;
         }
-        match write_private(&self.dir, &name, bytes) {
+        match make_private_dir(&self.dir).and_then(|()| write_private(&self.dir, &name, bytes)) {
             Ok(()) => {
                 self.files.insert(name, size);
                 Some(path)
@@ -108,6 +101,15 @@ impl PhotoCache {
             }
         });
     }
+}
+
+/// Makes `dir` (and its parents) if missing, and private (0700).
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Writes `bytes` to `dir/name` with mode 0600, whole or not at all (a temporary file
@@ -147,6 +149,7 @@ mod tests {
     fn photos_are_private_shared_bounded_and_pruned() {
         let dir = temp();
         let mut cache = PhotoCache::with_budget(&dir, 10);
+        assert!(!dir.exists(), "made with the first photo only");
         let a = cache.store(b"aaaa", "png").expect("stored");
         assert_eq!(std::fs::read(&a).expect("file"), b"aaaa");
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;

@@ -557,6 +557,26 @@ mod tests {
     }
 
     #[test]
+    fn monitor_names_the_sender() {
+        let mut m = message("incoming", "received", false, None);
+        let line = |m: &MessageDict| {
+            let event = EventJson::MessageReceived {
+                message: MessageJson::from(m),
+            };
+            let mut out = Vec::new();
+            event_line(&mut out, 0, &event).expect("write");
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert!(line(&m).ends_with("  received  +15550002222  hello there\n"));
+        m.name = Some("Alice".into());
+        let named = line(&m);
+        assert!(
+            named.ends_with("  received  Alice (+15550002222)  hello there\n"),
+            "{named}"
+        );
+    }
+
+    #[test]
     fn table_alignment() {
         let mut t = Table::new(&["A", "LONGER", "C"]);
         t.row(vec!["wide cell".into(), "x".into(), "".into()]);
