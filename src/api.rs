@@ -10,6 +10,7 @@
 //! relay client do not.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -17,6 +18,7 @@ use tracing::{debug, warn};
 use zbus::object_server::SignalEmitter;
 use zbus::{DeserializeDict, OwnedVariant, SerializeDict, Type, interface};
 
+use crate::contacts::{self, Contact, Contacts};
 use crate::domain::{Channel, ChannelRequest, Conversation, Message, Presence, RelayState};
 use crate::engine::{Announcement, DaemonStatus, EngineCmd, Event, PresenceView, routing_facts};
 use crate::router::{self, Refusal};
@@ -94,6 +96,29 @@ pub struct MessageDict {
     pub timestamp: i64,
     pub read: bool,
     pub error: Option<String>,
+    /// The peer's name in the address book, when it knows the peer.
+    pub name: Option<String>,
+    /// The peer's photo (an image file's absolute path), when the address book has one.
+    pub photo: Option<String>,
+}
+
+impl MessageDict {
+    /// With the peer's name and photo, when the address book knows the peer.
+    pub fn with_contact(mut self, contact: Option<Contact>) -> Self {
+        (self.name, self.photo) = contact_keys(contact);
+        self
+    }
+}
+
+/// The `name` and `photo` keys of a peer's contact.
+fn contact_keys(contact: Option<Contact>) -> (Option<String>, Option<String>) {
+    match contact {
+        Some(c) => (
+            Some(c.name),
+            c.photo.map(|p| p.to_string_lossy().into_owned()),
+        ),
+        None => (None, None),
+    }
 }
 
 impl From<Message> for MessageDict {
@@ -108,6 +133,8 @@ impl From<Message> for MessageDict {
             timestamp: m.timestamp_ms,
             read: m.read,
             error: m.error,
+            name: None,
+            photo: None,
         }
     }
 }
@@ -123,6 +150,10 @@ pub struct ConversationDict {
     pub last_direction: String,
     pub unread: u32,
     pub presence: String,
+    /// The peer's name in the address book, when it knows the peer.
+    pub name: Option<String>,
+    /// The peer's photo (an image file's absolute path), when the address book has one.
+    pub photo: Option<String>,
 }
 
 impl ConversationDict {
@@ -135,7 +166,15 @@ impl ConversationDict {
             last_direction: c.last_direction.to_string(),
             unread: c.unread,
             presence: presence.to_string(),
+            name: None,
+            photo: None,
         }
+    }
+
+    /// With the peer's name and photo, when the address book knows the peer.
+    pub fn with_contact(mut self, contact: Option<Contact>) -> Self {
+        (self.name, self.photo) = contact_keys(contact);
+        self
     }
 }
 
@@ -271,6 +310,8 @@ pub struct Messages {
     presence: watch::Receiver<PresenceView>,
     /// Other apps on the bus that take incoming SMS too (`sms_apps`).
     sms_apps: watch::Receiver<Vec<String>>,
+    /// Peers' names and photos, from the address book.
+    contacts: Contacts,
     config: ApiConfig,
     /// `SendMessage`'s way into the outbox, shared with the notifier's inline replies.
     outbox: Outbox,
@@ -298,6 +339,7 @@ impl Messages {
             status,
             presence,
             sms_apps,
+            contacts: Contacts::none(),
             config,
             outbox,
         }
@@ -307,6 +349,18 @@ impl Messages {
     /// notifier's inline reply).
     pub fn outbox(&self) -> Outbox {
         self.outbox.clone()
+    }
+
+    /// The same, naming peers from `contacts` (the address book).
+    pub fn with_contacts(mut self, contacts: Contacts) -> Self {
+        self.contacts = contacts;
+        self
+    }
+
+    /// A message as the contract's dictionary, with its peer's name when known.
+    fn message_dict(&self, m: Message) -> MessageDict {
+        let contact = self.contacts.lookup(m.peer.as_str());
+        MessageDict::from(m).with_contact(contact)
     }
 
     fn normalize(&self, input: &str) -> Result<String> {
@@ -480,7 +534,8 @@ impl Messages {
             .into_iter()
             .map(|c| {
                 let presence = self.presence_of(&c.peer);
-                ConversationDict::new(c, presence)
+                let contact = self.contacts.lookup(&c.peer);
+                ConversationDict::new(c, presence).with_contact(contact)
             })
             .collect())
     }
@@ -503,14 +558,15 @@ impl Messages {
             .store
             .call(move |s| s.get_messages(&peer, before.as_deref(), limit))
             .await?;
-        Ok(list.into_iter().map(MessageDict::from).collect())
+        Ok(list.into_iter().map(|m| self.message_dict(m)).collect())
     }
 
     /// Bounds: `id` at most 64 bytes (ids are UUIDs).
     async fn get_message(&self, id: &str) -> Result<MessageDict> {
         check_id("the id", id)?;
         let id = id.to_owned();
-        Ok(self.store.call(move |s| s.get_message(&id)).await?.into())
+        let message = self.store.call(move |s| s.get_message(&id)).await?;
+        Ok(self.message_dict(message))
     }
 
     /// Marks every incoming message of the conversation read.
@@ -594,7 +650,7 @@ impl Messages {
             .store
             .call_read(move |s| s.search(&query, limit))
             .await?;
-        Ok(found.into_iter().map(MessageDict::from).collect())
+        Ok(found.into_iter().map(|m| self.message_dict(m)).collect())
     }
 
     /// Bounds: `number` at most 64 bytes.
@@ -721,6 +777,10 @@ impl Messages {
     #[zbus(signal)]
     pub async fn conversation_deleted(emitter: &SignalEmitter<'_>, peer: &str) -> zbus::Result<()>;
 
+    /// The address book changed: peers' names and photos may be different.
+    #[zbus(signal)]
+    pub async fn contacts_changed(emitter: &SignalEmitter<'_>) -> zbus::Result<()>;
+
     #[zbus(property)]
     async fn own_number(&self) -> String {
         self.status.borrow().own_number.clone()
@@ -833,7 +893,10 @@ pub async fn publish(
             announcement = events.recv() => {
                 let Some(Announcement { event, emitted }) = announcement else { break };
                 let sent = match event {
-                    Event::Received(m) => Messages::message_received(&emitter, m.into()).await,
+                    Event::Received(m) => {
+                        let message = iface.get().await.message_dict(m);
+                        Messages::message_received(&emitter, message).await
+                    }
                     Event::StatusChanged { id, status, channel } => {
                         let channel = channel.map(Channel::as_str).unwrap_or("");
                         Messages::message_status_changed(&emitter, &id, status.as_str(), channel).await
@@ -883,6 +946,27 @@ pub async fn publish_sms_apps(
         }
     }
     Ok(())
+}
+
+/// Emits `ContactsChanged` for each new snapshot of the address book once the interface
+/// is served (before, no one can have read a name), until the address book is no longer
+/// followed.
+pub async fn publish_contacts(
+    conn: zbus::Connection,
+    mut changes: watch::Receiver<Arc<contacts::Book>>,
+) {
+    while changes.changed().await.is_ok() {
+        let Ok(iface) = conn
+            .object_server()
+            .interface::<_, Messages>(OBJECT_PATH)
+            .await
+        else {
+            continue;
+        };
+        if let Err(e) = Messages::contacts_changed(iface.signal_emitter()).await {
+            warn!(cause = %e, "could not emit ContactsChanged");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, ApiConfig, Messages};
 use crate::config::Config;
-use crate::contacts::Contacts;
+use crate::contacts::{self, Contacts, ContactsConfig};
 use crate::engine::{DaemonStatus, Engine, EngineCmd, EngineConfig};
 use crate::logind;
 use crate::modem::{self, ModemConfig, ModemEvent};
@@ -76,12 +76,7 @@ pub async fn run(
     buses: Buses,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let store = Store::open(db_path).map_err(|source| DaemonError::Store {
-        path: db_path.to_owned(),
-        source,
-    })?;
-    let store = StoreHandle::spawn(store);
-
+    let store = open_store(db_path)?;
     let (engine_tx, engine_rx) = mpsc::channel(64);
     let (modem_cmd_tx, modem_cmd_rx) = mpsc::channel(64);
     let (modem_ev_tx, modem_ev_rx) = mpsc::channel(64);
@@ -92,6 +87,7 @@ pub async fn run(
         .build()
         .await
         .map_err(DaemonError::SessionBus)?;
+    let (contacts, filler) = contacts::pending();
     let (notifier, notifications) = Notifier::new(config.notifications.enabled);
     let engine = Engine::new(
         engine_config(&config),
@@ -112,55 +108,97 @@ pub async fn run(
         engine.presence_view(),
         sms_apps_rx.clone(),
         api_config(&config),
+    )
+    .with_contacts(contacts.clone());
+    start_notifier(
+        notifications,
+        &buses,
+        &engine_tx,
+        messages.outbox(),
+        contacts,
     );
-    start_notifier(notifications, &buses, &engine_tx, messages.outbox());
     let name_lost = api::serve(&session, messages).await.map_err(name_error)?;
     info!(name = api::BUS_NAME, "serving on the session bus");
-    let receiving = if config.sms.receive {
-        sms_apps::Receiving::Takes
-    } else {
-        sms_apps::Receiving::LeavesThem
-    };
-    let sms_apps_task = tokio::spawn(sms_apps::follow(session.clone(), receiving, sms_apps_tx));
-    let sms_apps_publisher = tokio::spawn(api::publish_sms_apps(session.clone(), sms_apps_rx));
+    let sms_apps = follow_sms_apps(&config, &session, sms_apps_tx, sms_apps_rx);
     let relay_task = relay_client.map(|(client, commands, events)| {
         tokio::spawn(run_relay(client, buses.system.clone(), commands, events))
     });
 
     let publisher = tokio::spawn(api::publish(session.clone(), status_rx, events_rx));
     let engine = tokio::spawn(engine.run(engine_rx, modem_ev_rx));
-    let modem_config = ModemConfig {
-        modem: config.sms.modem,
-    };
     let modem = tokio::spawn(run_modem(
-        modem_config,
+        modem_config(&config),
         buses.system,
         modem_cmd_rx,
         modem_ev_tx,
     ));
+    let _following = follow_contacts(filler, &config, db_path, &buses.session, &session);
 
     let lost = tokio::select! {
         () = shutdown => false,
         () = name_lost.wait() => true,
     };
+    let tasks = join(engine, modem, relay_task, publisher);
+    stop(lost, &session, &engine_tx, &sms_apps, tasks).await
+}
+
+/// The orderly stop: no more calls, then the engine (dropping it closes the channels that
+/// keep the modem adapter and the publisher running), then waits for `tasks`.
+async fn stop(
+    lost: bool,
+    session: &zbus::Connection,
+    engine: &mpsc::Sender<EngineCmd>,
+    sms_apps: &[JoinHandle<()>],
+    tasks: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     if lost {
         error!(name = api::BUS_NAME, "lost the bus name: shutting down");
     }
     info!("shutting down");
-    // Stop taking calls, then stop the engine: dropping it closes the channels that keep
-    // the modem adapter and the publisher running.
     let _ = session.release_name(api::BUS_NAME).await;
-    let _ = engine_tx.send(EngineCmd::Shutdown).await;
+    let _ = engine.send(EngineCmd::Shutdown).await;
     // They hold the session connection and would follow the bus for ever.
-    sms_apps_task.abort();
-    sms_apps_publisher.abort();
-    join(engine, modem, relay_task, publisher).await;
-    if lost {
-        return Err(DaemonError::NameLost {
+    sms_apps.iter().for_each(JoinHandle::abort);
+    tasks.await;
+    match lost {
+        true => Err(DaemonError::NameLost {
             name: api::BUS_NAME,
-        });
+        }),
+        false => Ok(()),
     }
-    Ok(())
+}
+
+/// The store at `db_path`, on its own thread.
+fn open_store(db_path: &Path) -> Result<StoreHandle, DaemonError> {
+    let store = Store::open(db_path).map_err(|source| DaemonError::Store {
+        path: db_path.to_owned(),
+        source,
+    })?;
+    Ok(StoreHandle::spawn(store))
+}
+
+/// Follows the other SMS apps on the session bus (`sms_apps`) and publishes them as
+/// `OtherSmsApps`: two tasks, to abort at shutdown.
+fn follow_sms_apps(
+    config: &Config,
+    session: &zbus::Connection,
+    apps: watch::Sender<Vec<String>>,
+    present: watch::Receiver<Vec<String>>,
+) -> [JoinHandle<()>; 2] {
+    let receiving = if config.sms.receive {
+        sms_apps::Receiving::Takes
+    } else {
+        sms_apps::Receiving::LeavesThem
+    };
+    let publisher = api::publish_sms_apps(session.clone(), present);
+    [
+        tokio::spawn(sms_apps::follow(session.clone(), receiving, apps)),
+        tokio::spawn(async move {
+            if let Err(e) = publisher.await {
+                warn!(cause = %e, "OtherSmsApps is not published");
+            }
+        }),
+    ]
 }
 
 /// Starts the notification task (when enabled), once the outbox its inline replies go
@@ -170,11 +208,12 @@ fn start_notifier(
     buses: &Buses,
     engine: &mpsc::Sender<EngineCmd>,
     outbox: api::Outbox,
+    contacts: Contacts,
 ) {
     if let Some(inbox) = inbox {
         inbox.start(notifier::Wiring {
             address: buses.session.clone(),
-            contacts: Contacts::none(),
+            contacts,
             engine: engine.clone(),
             outbox,
         });
@@ -206,6 +245,35 @@ fn api_config(config: &Config) -> ApiConfig {
         max_text_chars: config.sms.max_text_chars as usize,
         max_parts: config.sms.max_parts,
     }
+}
+
+/// The modem adapter's part of the configuration.
+fn modem_config(config: &Config) -> ModemConfig {
+    ModemConfig {
+        modem: config.sms.modem.clone(),
+    }
+}
+
+/// Names from the address book, once the daemon's own start-up is done: a task of its
+/// own, on a connection of its own (no address book is no error, only peers without
+/// names), and `ContactsChanged` on the API's connection. Contacts' inline photos are
+/// written next to the database. Both stop when the returned guard is dropped.
+fn follow_contacts(
+    filler: contacts::Filler,
+    config: &Config,
+    db_path: &Path,
+    address: &Option<String>,
+    session: &zbus::Connection,
+) -> contacts::Following {
+    let contacts_config = ContactsConfig {
+        default_region: config.default_region.clone(),
+        photo_dir: db_path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("contact-photos"),
+    };
+    tokio::spawn(api::publish_contacts(session.clone(), filler.changes()));
+    filler.follow(address.clone(), contacts_config)
 }
 
 /// Waits for the tasks to end, at most [`SHUTDOWN_GRACE`].

@@ -215,12 +215,14 @@ fn keys(v: &Value) -> Vec<&str> {
     keys
 }
 
-const MESSAGE_KEYS: [&str; 9] = [
+const MESSAGE_KEYS: [&str; 11] = [
     "channel",
     "direction",
     "error",
     "id",
+    "name",
     "peer",
+    "photo",
     "read",
     "status",
     "text",
@@ -432,7 +434,9 @@ async fn listing_searching_reading_and_deleting() {
                 "last-id",
                 "last-text",
                 "last-timestamp",
+                "name",
                 "peer",
+                "photo",
                 "presence",
                 "unread"
             ]

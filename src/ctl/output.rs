@@ -15,7 +15,8 @@ use crate::domain::{Direction, Status};
 /// Longest text a table cell shows, in characters; longer ones end with `…`.
 pub(super) const CELL_CHARS: usize = 48;
 
-/// A message, as `--json` prints it (the contract's keys; `error` is null unless failed).
+/// A message, as `--json` prints it (the contract's keys; `error` is null unless failed,
+/// `name` and `photo` unless the address book knows the peer).
 #[derive(Debug, Serialize)]
 pub(super) struct MessageJson<'a> {
     pub id: &'a str,
@@ -27,6 +28,8 @@ pub(super) struct MessageJson<'a> {
     pub timestamp: i64,
     pub read: bool,
     pub error: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub photo: Option<&'a str>,
 }
 
 impl<'a> From<&'a MessageDict> for MessageJson<'a> {
@@ -41,6 +44,8 @@ impl<'a> From<&'a MessageDict> for MessageJson<'a> {
             timestamp: m.timestamp,
             read: m.read,
             error: m.error.as_deref(),
+            name: m.name.as_deref(),
+            photo: m.photo.as_deref(),
         }
     }
 }
@@ -56,6 +61,8 @@ pub(super) struct ConversationJson<'a> {
     pub last_direction: &'a str,
     pub unread: u32,
     pub presence: &'a str,
+    pub name: Option<&'a str>,
+    pub photo: Option<&'a str>,
 }
 
 impl<'a> From<&'a ConversationDict> for ConversationJson<'a> {
@@ -68,6 +75,8 @@ impl<'a> From<&'a ConversationDict> for ConversationJson<'a> {
             last_direction: &c.last_direction,
             unread: c.unread,
             presence: &c.presence,
+            name: c.name.as_deref(),
+            photo: c.photo.as_deref(),
         }
     }
 }
@@ -214,6 +223,18 @@ impl Table {
     }
 }
 
+/// Longest name shown beside a number, in terminal columns.
+const NAME_COLUMNS: usize = 32;
+
+/// A peer for people: "Alice Martin (+15551234567)" when the address book knows it, else
+/// the number (or sender name) alone.
+pub(super) fn peer_cell(peer: &str, name: Option<&str>) -> String {
+    match name {
+        Some(name) => format!("{} ({})", shorten(name, NAME_COLUMNS), one_line(peer)),
+        None => one_line(peer),
+    }
+}
+
 /// What the STATUS column says: read/unread for incoming, the status (and why it
 /// failed) for outgoing.
 fn status_cell(m: &MessageDict) -> String {
@@ -256,8 +277,11 @@ fn table_of<T>(
     table.write(out)
 }
 
-/// `messages`: one conversation.
+/// `messages`: one conversation, under its peer's name when the address book knows it.
 pub(super) fn messages_table(out: &mut dyn Write, messages: &[MessageDict]) -> io::Result<()> {
+    if let Some(m) = messages.iter().find(|m| m.name.is_some()) {
+        writeln!(out, "{}", peer_cell(&m.peer, m.name.as_deref()))?;
+    }
     let headers = ["TIME", "DIR", "VIA", "STATUS", "TEXT", "ID"];
     table_of(out, messages, "no messages", &headers, |m| {
         vec![
@@ -277,7 +301,7 @@ pub(super) fn search_table(out: &mut dyn Write, messages: &[MessageDict]) -> io:
     table_of(out, messages, "nothing found", &headers, |m| {
         vec![
             localtime::date_minutes(m.timestamp),
-            m.peer.clone(),
+            peer_cell(&m.peer, m.name.as_deref()),
             direction_cell(&m.direction).to_owned(),
             shorten(&m.text, CELL_CHARS),
             m.id.clone(),
@@ -298,7 +322,7 @@ pub(super) fn conversations_table(
             c.last_text.clone()
         };
         vec![
-            c.peer.clone(),
+            peer_cell(&c.peer, c.name.as_deref()),
             c.unread.to_string(),
             c.presence.clone(),
             localtime::date_minutes(c.last_timestamp),
@@ -350,7 +374,8 @@ pub(super) fn event_line(
     let clock = localtime::clock(now_ms);
     let text = match event {
         EventJson::MessageReceived { message } => {
-            format!("received  {}  {}", message.peer, one_line(message.text))
+            let from = peer_cell(message.peer, message.name);
+            format!("received  {from}  {}", one_line(message.text))
         }
         EventJson::MessageStatusChanged {
             id,
@@ -413,6 +438,8 @@ mod tests {
             timestamp: 1_714_564_800_000,
             read,
             error: error.map(str::to_owned),
+            name: None,
+            photo: None,
         }
     }
 
@@ -480,10 +507,13 @@ mod tests {
             "timestamp",
             "read",
             "error",
+            "name",
+            "photo",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);
         assert!(v["error"].is_null());
+        assert!(v["name"].is_null());
         assert_eq!(v["timestamp"], 1_714_564_800_000_i64);
     }
 
@@ -516,6 +546,57 @@ mod tests {
         for (event, expected) in rows {
             assert_eq!(serde_json::to_string(&event).expect("json"), expected);
         }
+    }
+
+    #[test]
+    fn named_peers() {
+        assert_eq!(peer_cell("+15550002222", None), "+15550002222");
+        assert_eq!(
+            peer_cell("+15550002222", Some("Alice Martin")),
+            "Alice Martin (+15550002222)"
+        );
+        // A long name is shortened; one with a newline stays on one line.
+        let long = "Alexandra Maria Theresa von und zu Liechtenstein-Habsburg";
+        let cell = peer_cell("+15550002222", Some(long));
+        assert!(
+            cell.starts_with("Alexandra Maria Theresa von und…"),
+            "{cell}"
+        );
+        assert_eq!(peer_cell("Bank", Some("My\nBank")), "My Bank (Bank)");
+
+        let mut named = message("incoming", "received", false, None);
+        named.name = Some("東京 Alice".into());
+        let mut out = Vec::new();
+        messages_table(&mut out, &[named.clone()]).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.starts_with("東京 Alice (+15550002222)\nTIME"),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        search_table(&mut out, &[named]).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("  東京 Alice (+15550002222)  in  "), "{text}");
+    }
+
+    #[test]
+    fn monitor_names_the_sender() {
+        let mut m = message("incoming", "received", false, None);
+        let line = |m: &MessageDict| {
+            let event = EventJson::MessageReceived {
+                message: MessageJson::from(m),
+            };
+            let mut out = Vec::new();
+            event_line(&mut out, 0, &event).expect("write");
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert!(line(&m).ends_with("  received  +15550002222  hello there\n"));
+        m.name = Some("Alice".into());
+        let named = line(&m);
+        assert!(
+            named.ends_with("  received  Alice (+15550002222)  hello there\n"),
+            "{named}"
+        );
     }
 
     #[test]

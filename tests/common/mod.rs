@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod daemon;
+pub mod eds;
 pub mod faults;
 pub mod nm;
 pub mod notifications;

@@ -32,6 +32,7 @@ pub enum Signal {
     ConversationDeleted {
         peer: String,
     },
+    ContactsChanged,
 }
 
 impl Signal {
@@ -68,6 +69,7 @@ impl Signal {
                 let (peer,) = body.deserialize().ok()?;
                 Some(Signal::ConversationDeleted { peer })
             }
+            "ContactsChanged" => Some(Signal::ContactsChanged),
             _ => None,
         }
     }
@@ -127,6 +129,14 @@ impl SignalLog {
     pub async fn wait_for(&self, signal: &Signal) {
         self.wait_until(&format!("{signal:?}"), |s| s.all().contains(signal))
             .await
+    }
+
+    /// How many `ContactsChanged` were seen.
+    pub fn contacts_changed(&self) -> usize {
+        self.all()
+            .iter()
+            .filter(|s| **s == Signal::ContactsChanged)
+            .count()
     }
 
     /// Waits until `check` holds for the log.
