@@ -13,7 +13,8 @@ rm -rf vendor
 cargo vendor --locked --versioned-dirs vendor >/dev/null
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-git archive --format=tar --prefix="tandem-$version/" HEAD > "$tmp/orig.tar"
+# debian/ is not upstream: it travels in the .debian.tar of the source package.
+git archive --format=tar --prefix="tandem-$version/" HEAD -- . ":(exclude)debian" > "$tmp/orig.tar"
 tar -rf "$tmp/orig.tar" --owner=0 --group=0 --sort=name \
     --mtime="@$(git log -1 --format=%ct)" --transform "s,^,tandem-$version/," vendor
 xz -T0 -6 < "$tmp/orig.tar" > "../tandem_$version.orig.tar.xz"
