@@ -11,6 +11,15 @@ cd "$(dirname "$0")/.."
 version=$(dpkg-parsechangelog -S Version | sed 's/-[^-]*$//')
 rm -rf vendor
 cargo vendor --locked --versioned-dirs vendor >/dev/null
+# Prebuilt libraries have no source and are not for Debian: the Windows import libraries
+# (crates never compiled here, but Cargo.lock names them) and vcpkg's test data. Their
+# crates' checksum lists are emptied, so cargo does not miss the files (the package
+# checksum stays).
+find vendor -type f \( -name '*.a' -o -name '*.lib' -o -name '*.dll' \) -print | while read -r lib; do
+    crate=$(echo "$lib" | cut -d/ -f2)
+    rm -f "$lib"
+    sed -i 's/"files":{[^}]*}/"files":{}/' "vendor/$crate/.cargo-checksum.json"
+done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # debian/ is not upstream: it travels in the .debian.tar of the source package.
