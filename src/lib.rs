@@ -9,6 +9,7 @@
 //! - [`store`]: SQLite; the only module that knows SQL. Runs as an actor on its own thread.
 //! - [`modem`]: the ModemManager adapter (system bus), a task behind two channels.
 //! - [`logging`]: the one logging set-up of the binaries (journal under systemd, else stderr).
+//! - [`manpage`]: the man pages of `tandemd` and `tandem-relay`, from their clap definitions.
 //! - [`logind`]: the system's sleep (logind, system bus): closes the relay session before.
 //! - [`net`]: the network's state (NetworkManager, system bus), for the relay client.
 //! - [`contacts`]: names (and photos) of numbers from the address book; never blocks.
@@ -40,6 +41,7 @@ pub mod domain;
 mod engine;
 pub mod logging;
 pub mod logind;
+pub mod manpage;
 pub mod mmsim;
 pub mod modem;
 pub mod net;

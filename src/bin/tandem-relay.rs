@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, ValueEnum};
 use tandem::relay::server::load_tls;
 use tandem::relay::{RelayConfig, Verify};
 use tokio::net::TcpListener;
@@ -112,6 +112,9 @@ struct Args {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Print the man page tandem-relay(1) (roff) and exit; data/install.sh installs it.
+    #[arg(long, hide = true, exclusive = true)]
+    man: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,7 +184,14 @@ impl Args {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    // Parsed in two steps so that `--man` needs no --listen (derive would ask for it).
+    let matches = Args::command().get_matches();
+    if matches.get_flag("man") {
+        let mut out = std::io::stdout().lock();
+        return tandem::manpage::write(Args::command(), &tandem::manpage::RELAY, &mut out)
+            .context("cannot write the man page");
+    }
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tandem::logging::init(tandem::logging::verbosity(args.verbose));
     let verify = args.verify()?;
     let tls = match (&args.tls_cert, &args.tls_key) {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, Parser};
 use tandem::config::{self, Config};
 use tracing::error;
 
@@ -22,10 +22,16 @@ struct Args {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Print the man page tandemd(1) (roff) and exit; data/install.sh installs it.
+    #[arg(long, hide = true, exclusive = true)]
+    man: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man {
+        return print_man();
+    }
     let level = tandem::logging::verbosity(args.verbose);
     tandem::logging::init(&format!("warn,tandem={level},tandemd={level}"));
     let (config_path, required) = match args.config {
@@ -60,6 +66,18 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e}");
             eprintln!("tandemd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes tandemd(1) on stdout.
+fn print_man() -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match tandem::manpage::write(Args::command(), &tandem::manpage::TANDEMD, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandemd: cannot write the man page: {e}");
             ExitCode::FAILURE
         }
     }
