@@ -475,6 +475,7 @@ async fn receives_a_single_sms() {
     assert_eq!(sms.text, "hi there");
     assert_eq!(sms.smsc_timestamp, "2024-05-01T12:34:56+02");
     assert_eq!(sms.timestamp_ms, Some(1_714_559_696_000));
+    assert!(!sms.listed, "announced by Added while watched");
     rig.assert_none("second report", |e| matches!(e, ModemEvent::Incoming(_)))
         .await;
 }
@@ -516,6 +517,7 @@ async fn reports_sms_present_at_start_once() {
     rig.state(ModemState::Registered).await;
     let got = rig.incoming().await;
     assert_eq!((&got.path, got.text.as_str()), (&first, "waiting for you"));
+    assert!(got.listed, "on the modem before the adapter watched");
     rig.assert_none("incomplete or repeated SMS", |e| {
         matches!(e, ModemEvent::Incoming(_))
     })

@@ -730,6 +730,26 @@ async fn monitor_streams_events_until_ctrl_c() {
         l.ends_with(&format!("  status    {id}  delivered (sms)"))
     });
 
+    // What another frontend does shows too: a read, a deleted message, a deleted
+    // conversation.
+    w.ctl.run(&["read", CAROL]).ok();
+    let line = json_out.until("conversation-read", |l| l.contains("conversation-read"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&line).expect("a JSON line"),
+        json!({"event": "conversation-read", "peer": CAROL})
+    );
+    human_out.until("read", |l| l.ends_with(&format!("  read      {CAROL}")));
+    w.ctl.run(&["delete", &id]).ok();
+    let line = json_out.until("message-deleted", |l| l.contains("message-deleted"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&line).expect("a JSON line"),
+        json!({"event": "message-deleted", "id": id, "peer": BOB})
+    );
+    w.ctl.run(&["delete-conversation", CAROL]).ok();
+    human_out.until("conversation deleted", |l| {
+        l.ends_with(&format!("  deleted   {CAROL}  (conversation)"))
+    });
+
     // Ctrl-C is the normal end: status 0.
     for child in [&mut json_child, &mut human_child] {
         let pid = child.id().to_string();

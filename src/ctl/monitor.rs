@@ -1,5 +1,6 @@
 //! `tandemctl monitor`: prints the daemon's signals (`MessageReceived`,
-//! `MessageStatusChanged`, `PresenceChanged`) and its property changes as they happen,
+//! `MessageStatusChanged`, `PresenceChanged`, `ConversationRead`, `MessageDeleted`,
+//! `ConversationDeleted`, `ContactsChanged`) and its property changes as they happen,
 //! one line each, until Ctrl-C. It only listens: it calls nothing but the property reads
 //! that check the daemon is there.
 
@@ -13,7 +14,10 @@ use zbus::{MatchRule, MessageStream};
 use super::CtlError;
 use super::commands::Client;
 use super::output::{EventJson, MessageJson, event_line, json_line};
-use crate::api::{BUS_NAME, MessageReceived, MessageStatusChanged, OBJECT_PATH, PresenceChanged};
+use crate::api::{
+    BUS_NAME, ContactsChanged, ConversationDeleted, ConversationRead, MessageDeleted,
+    MessageReceived, MessageStatusChanged, OBJECT_PATH, PresenceChanged,
+};
 use crate::domain::now_ms;
 
 type Result<T> = std::result::Result<T, CtlError>;
@@ -119,6 +123,28 @@ fn print_signal(signal: zbus::Message, json: bool, out: &mut dyn Write) -> Resul
             };
             emit(out, json, &event)
         })?;
+    } else if let Some(s) = ConversationRead::from_message(signal.clone()) {
+        with_args(s.args(), "ConversationRead", |args| {
+            emit(out, json, &EventJson::ConversationRead { peer: args.peer })
+        })?;
+    } else if let Some(s) = MessageDeleted::from_message(signal.clone()) {
+        with_args(s.args(), "MessageDeleted", |args| {
+            let event = EventJson::MessageDeleted {
+                id: args.id,
+                peer: args.peer,
+            };
+            emit(out, json, &event)
+        })?;
+    } else if let Some(s) = ConversationDeleted::from_message(signal.clone()) {
+        with_args(s.args(), "ConversationDeleted", |args| {
+            emit(
+                out,
+                json,
+                &EventJson::ConversationDeleted { peer: args.peer },
+            )
+        })?;
+    } else if ContactsChanged::from_message(signal.clone()).is_some() {
+        emit(out, json, &EventJson::ContactsChanged)?;
     } else if let Some(s) = PropertiesChanged::from_message(signal) {
         let Ok(args) = s.args() else {
             debug!("malformed PropertiesChanged skipped");
@@ -152,6 +178,9 @@ fn property_value(
         "UnreadCount" => u32::try_from(value)
             .ok()
             .map(|n| ("unread-count", n.into())),
+        "OtherSmsApps" => <Vec<String>>::try_from(value.try_clone().ok()?)
+            .ok()
+            .map(|apps| ("other-sms-apps", apps.into())),
         _ => None,
     }
 }
@@ -175,6 +204,12 @@ mod tests {
                 Some(("unread-count", serde_json::json!(3))),
             ),
             ("UnreadCount", Variant::from("3"), None),
+            (
+                "OtherSmsApps",
+                Variant::from(vec!["sm.puri.Chatty"]),
+                Some(("other-sms-apps", serde_json::json!(["sm.puri.Chatty"]))),
+            ),
+            ("OtherSmsApps", Variant::from("sm.puri.Chatty"), None),
             ("Colour", Variant::from("red"), None),
         ];
         for (name, value, expected) in rows {

@@ -127,6 +127,17 @@ pub(super) enum EventJson<'a> {
         number: &'a str,
         presence: &'a str,
     },
+    ConversationRead {
+        peer: &'a str,
+    },
+    MessageDeleted {
+        id: &'a str,
+        peer: &'a str,
+    },
+    ConversationDeleted {
+        peer: &'a str,
+    },
+    ContactsChanged,
     /// `property` is one of `status --json`'s keys; `value` has that key's type.
     PropertyChanged {
         property: &'a str,
@@ -391,6 +402,10 @@ pub(super) fn event_line(
         EventJson::PresenceChanged { number, presence } => {
             format!("presence  {number}  {presence}")
         }
+        EventJson::ConversationRead { peer } => format!("read      {peer}"),
+        EventJson::MessageDeleted { id, peer } => format!("deleted   {id}  ({peer})"),
+        EventJson::ConversationDeleted { peer } => format!("deleted   {peer}  (conversation)"),
+        EventJson::ContactsChanged => "contacts changed".to_owned(),
         EventJson::PropertyChanged { property, value } => {
             let value = match value {
                 serde_json::Value::String(s) => s.clone(),

@@ -108,6 +108,10 @@ pub(super) enum CodeSms {
     /// Kept aside, on the modem, until the registration asks; an older one it voids is
     /// deleted.
     KeptAside { delete: Option<OwnedObjectPath> },
+    /// Logged in, and it was on the modem before we watched: a code from before a restart
+    /// (most often the very code of our token, left by a daemon killed before deleting it).
+    /// Void, deleted unseen, as at login (codes are never shown, protocol §5.1).
+    Void { delete: OwnedObjectPath },
 }
 
 /// What the relay's answer means for a message of ours, for the engine to carry out.
@@ -261,7 +265,12 @@ impl IpSide {
                 delete: sms.path,
             };
         }
+        if logged_in && sms.listed {
+            return CodeSms::Void { delete: sms.path };
+        }
         if logged_in {
+            // Arrived while we are logged in and asked for nothing: a text that merely
+            // looks like a code, an ordinary message.
             return CodeSms::Ordinary(sms);
         }
         // Two code SMS before the registration asked: a daemon killed after its code was
@@ -632,6 +641,11 @@ impl Engine {
             CodeSms::Ordinary(sms) => Some(sms),
             CodeSms::ToRelay { code, delete } => {
                 self.relay_command(RelayCommand::Code(code)).await;
+                self.command(ModemCommand::Delete { path: delete }).await;
+                None
+            }
+            CodeSms::Void { delete } => {
+                info!("a registration code SMS left from before the restart: deleted");
                 self.command(ModemCommand::Delete { path: delete }).await;
                 None
             }
@@ -1191,6 +1205,7 @@ mod tests {
             text: text.into(),
             smsc_timestamp: String::new(),
             timestamp_ms: Some(ts),
+            listed: false,
         };
         let now = Instant::now();
         let (tx, _rx) = mpsc::channel(1);
@@ -1214,10 +1229,27 @@ mod tests {
         assert_eq!(kept.path.as_str(), "/s/2");
         let got = ip.code_sms(kept, pattern, false, now);
         assert!(matches!(got, CodeSms::ToRelay { ref code, .. } if code == "222222"));
-        // Logged in: an ordinary SMS again.
+        // Logged in: an ordinary SMS again, if it came while we watched; one that was on
+        // the modem already (listed after a restart that logged in first) is void.
         assert!(ip.logged_in().is_none());
         assert!(matches!(
             ip.code_sms(sms("/s/3", "Tandem code: 333333", 3), pattern, true, now),
+            CodeSms::Ordinary(_)
+        ));
+        let left = IncomingSms {
+            listed: true,
+            ..sms("/s/4", "Tandem code: 444444", 4)
+        };
+        assert!(matches!(
+            ip.code_sms(left, pattern, true, now),
+            CodeSms::Void { delete } if delete.as_str() == "/s/4"
+        ));
+        let listed_text = IncomingSms {
+            listed: true,
+            ..sms("/s/5", "see you at 5", 5)
+        };
+        assert!(matches!(
+            ip.code_sms(listed_text, pattern, true, now),
             CodeSms::Ordinary(_)
         ));
     }

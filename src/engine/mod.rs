@@ -1217,6 +1217,7 @@ mod tests {
             text: text.into(),
             smsc_timestamp: ts.into(),
             timestamp_ms: None,
+            listed: false,
         }
     }
 

@@ -241,6 +241,9 @@ struct Adapter {
     /// Incremented at every pick and unpick.
     generation: u64,
     tracked: HashMap<OwnedObjectPath, Tracked>,
+    /// Of the tracked SMS, those a listing found (there before we watched) and not yet
+    /// reported: `IncomingSms::listed`.
+    listed: HashSet<OwnedObjectPath>,
     pending: HashMap<u64, PendingSend>,
     next_ticket: u64,
     /// SMS objects this run created (at the current ModemManager instance): never
@@ -274,6 +277,7 @@ impl Adapter {
             picked: None,
             generation: 0,
             tracked: HashMap::new(),
+            listed: HashSet::new(),
             pending: HashMap::new(),
             next_ticket: 0,
             ours: HashSet::new(),
@@ -450,6 +454,7 @@ impl Adapter {
         self.picked = None;
         self.generation += 1;
         self.tracked.clear();
+        self.listed.clear();
     }
 
     /// Reports what changed on the picked modem since we last looked.
@@ -703,8 +708,12 @@ impl Adapter {
         // Forget what is gone; a running read reports for itself.
         self.tracked
             .retain(|path, t| listed.contains(path) || matches!(t, Tracked::Reading { .. }));
+        self.listed.retain(|path| listed.contains(path));
         debug!(count = paths.len(), "listed SMS");
         for path in paths {
+            if !self.tracked.contains_key(&path) {
+                self.listed.insert(path.clone());
+            }
             self.track(path);
         }
     }
@@ -719,8 +728,9 @@ impl Adapter {
             .map(|p| p.path.to_string())
             .unwrap_or_default();
         match result {
-            Ok(SmsFound::Incoming(sms)) => {
+            Ok(SmsFound::Incoming(mut sms)) => {
                 info!(modem = %modem, sms = %path, "SMS received");
+                sms.listed = self.listed.remove(&path);
                 self.tracked.insert(path, Tracked::Done);
                 self.emit(ModemEvent::Incoming(sms));
             }

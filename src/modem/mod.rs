@@ -123,6 +123,9 @@ pub struct IncomingSms {
     pub smsc_timestamp: String,
     /// The same instant in milliseconds since the epoch, when it could be parsed.
     pub timestamp_ms: Option<i64>,
+    /// Found on the modem by a listing (at start, or when the modem is enabled again): it
+    /// was there before the adapter watched, rather than announced by `Added` meanwhile.
+    pub listed: bool,
 }
 
 /// A status report (PDU type 3) found on the modem.

@@ -228,6 +228,7 @@ pub(crate) fn interpret(
         text,
         timestamp_ms: parse_mm_timestamp(&smsc_timestamp),
         smsc_timestamp,
+        listed: false,
     }))
 }
 
@@ -513,6 +514,7 @@ mod tests {
                 text: "hello".into(),
                 smsc_timestamp: "2024-05-01T12:34:56+02".into(),
                 timestamp_ms: Some(1_714_559_696_000),
+                listed: false,
             })
         );
     }
