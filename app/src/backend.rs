@@ -31,8 +31,9 @@ const BUS_RETRY: Duration = Duration::from_secs(2);
 /// What the screens ask of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Load a thread (`GetMessages`), then mark it read (`MarkRead`).
-    OpenThread(String),
+    /// Load a thread (`GetMessages`), then mark it read (`MarkRead`) if it is in front
+    /// of the user.
+    OpenThread { peer: String, mark_read: bool },
     /// `MarkRead`, for a message that came into the open thread.
     MarkRead(String),
     /// `SendMessage` with the router's choice of channel.
@@ -322,7 +323,7 @@ impl Daemon<'_> {
 
     async fn command(&self, command: Command) -> bool {
         match command {
-            Command::OpenThread(peer) => {
+            Command::OpenThread { peer, mark_read } => {
                 let messages = match bounded(self.proxy.get_messages(&peer, "", THREAD_PAGE)).await
                 {
                     Ok(list) => list.into_iter().map(Message::from).collect(),
@@ -341,7 +342,7 @@ impl Daemon<'_> {
                 {
                     return false;
                 }
-                self.mark_read(peer).await
+                !mark_read || self.mark_read(peer).await
             }
             Command::MarkRead(peer) => self.mark_read(peer).await,
             Command::Send { peer, text } => {

@@ -311,7 +311,10 @@ impl Ui {
         self.compose.set_text("");
         self.leaflet.set_visible_child(&self.thread_pane);
         self.compose.grab_focus();
-        self.command(Command::OpenThread(peer.to_owned()));
+        self.command(Command::OpenThread {
+            peer: peer.to_owned(),
+            mark_read: true,
+        });
     }
 
     fn open_peer(&self) -> Option<String> {
@@ -363,7 +366,10 @@ impl Ui {
                 self.render_banner();
                 if let (true, Some(peer)) = (running, self.open_peer()) {
                     // A fresh start: the open thread is read again.
-                    self.command(Command::OpenThread(peer));
+                    self.command(Command::OpenThread {
+                        peer,
+                        mark_read: self.thread_visible(),
+                    });
                 }
             }
             Event::Props(props) => {

@@ -366,6 +366,8 @@ async fn script(ui: &Ui, rig: &Rig) -> Result<usize, String> {
     })
     .await?;
 
+    screenshot(ui, "list-360x720.png").await?;
+
     // Opening it shows the thread and marks it read.
     row(ui, BOB).ok_or("no row for Bob")?.activate();
     s.until("the thread replaces the list and shows Bob's SMS", || {
@@ -420,7 +422,11 @@ async fn script(ui: &Ui, rig: &Rig) -> Result<usize, String> {
         ui.sms_cost.label().contains("· Unicode ·")
     })
     .await?;
-    ui.compose.set_text("");
+    ui.compose.set_text("See you at eight?");
+    s.until("the cost follows the text", || {
+        ui.sms_cost.label() == "1 SMS · GSM 7-bit · 143 left"
+    })
+    .await?;
     screenshot(ui, "thread-360x720.png").await?;
 
     // Wide: side by side.
@@ -431,6 +437,11 @@ async fn script(ui: &Ui, rig: &Rig) -> Result<usize, String> {
     )
     .await?;
     screenshot(ui, "thread-1024x768.png").await?;
+    ui.compose.set_text("");
+    s.until("an empty field costs nothing", || {
+        ui.sms_cost.label().is_empty()
+    })
+    .await?;
 
     // A message into the open thread, in front of the user: shown and read.
     rig.inject(BOB, "fine, and you?").await?;
