@@ -279,6 +279,12 @@ impl Ui {
             }
         });
         let ui = Rc::downgrade(self);
+        self.window.connect_is_active_notify(move |_| {
+            if let Some(ui) = ui.upgrade() {
+                ui.on_active();
+            }
+        });
+        let ui = Rc::downgrade(self);
         self.send_button.connect_clicked(move |_| {
             if let Some(ui) = ui.upgrade() {
                 ui.send();
@@ -327,6 +333,28 @@ impl Ui {
             || self.leaflet.visible_child().as_ref() == Some(self.thread_pane.upcast_ref())
     }
 
+    /// Whether the user has the open thread in front of them: shown, in the active
+    /// window (not behind another app or a locked screen).
+    fn thread_seen(&self) -> bool {
+        self.window.is_active() && self.thread_visible()
+    }
+
+    /// The window came to the front: what arrived in the open thread meanwhile is read.
+    fn on_active(&self) {
+        let Some(peer) = self.open_peer() else {
+            return;
+        };
+        let unread = self
+            .state
+            .borrow()
+            .inbox
+            .get(&peer)
+            .is_some_and(|c| c.unread > 0);
+        if unread && self.thread_seen() {
+            self.command(Command::MarkRead(peer));
+        }
+    }
+
     fn send(&self) {
         let text = self.compose.text().to_string();
         let Some(peer) = self.open_peer() else {
@@ -368,7 +396,7 @@ impl Ui {
                     // A fresh start: the open thread is read again.
                     self.command(Command::OpenThread {
                         peer,
-                        mark_read: self.thread_visible(),
+                        mark_read: self.thread_seen(),
                     });
                 }
             }
@@ -437,7 +465,7 @@ impl Ui {
     /// A received one read in front of the user is marked read.
     fn on_message(&self, m: Message, received: bool) {
         let open = self.open_peer().as_deref() == Some(m.peer.as_str());
-        let seen = open && self.thread_visible();
+        let seen = open && self.thread_seen();
         self.state.borrow_mut().inbox.on_message(&m, seen);
         self.render_list();
         if open {

@@ -259,7 +259,8 @@ fn run_app(rig: Rc<Rig>) -> Result<usize, String> {
 /// What the screen shows, for failure messages.
 fn dump(ui: &Ui) -> String {
     let mut out = format!(
-        "folded {} showing {:?}; banner {:?} {:?}\nlist:\n",
+        "active {} folded {} showing {:?}; banner {:?} {:?}\nlist:\n",
+        ui.window.is_active(),
         ui.leaflet.is_folded(),
         ui.leaflet.visible_child().map(|w| w.widget_name()),
         ui.banner.reveals_child(),
