@@ -21,8 +21,7 @@ use gtk::{gio, glib};
 pub const APP_ID: &str = "org.tandem.Messages";
 
 /// Runs the app on the session bus of the environment: one window, made when first
-/// needed and presented again after. `app.open-conversation` (a string, the peer) opens
-/// a conversation: notifications activate it through `org.freedesktop.Application`.
+/// needed and presented again after.
 pub fn run() -> glib::ExitCode {
     let app = adw::Application::builder().application_id(APP_ID).build();
     let window: Rc<RefCell<Option<Rc<ui::Ui>>>> = Rc::default();
@@ -34,19 +33,23 @@ pub fn run() -> glib::ExitCode {
     };
     let on_activate = ensure.clone();
     app.connect_activate(move |app| on_activate(app).window.present());
-    app.connect_startup(move |app| {
-        let ensure = ensure.clone();
-        let open = gio::SimpleAction::new("open-conversation", Some(glib::VariantTy::STRING));
-        let weak_app = app.downgrade();
-        open.connect_activate(move |_, peer| {
-            let (Some(app), Some(peer)) = (weak_app.upgrade(), peer.and_then(|p| p.str())) else {
-                return;
-            };
-            let ui = ensure(&app);
-            ui.open(peer);
-            ui.window.present();
-        });
-        app.add_action(&open);
-    });
+    app.connect_startup(move |app| add_actions(app, ensure.clone()));
     app.run()
+}
+
+/// The app's actions: `app.open-conversation` (a string, the peer) opens a conversation
+/// in the window `ui` gives (made if need be); notifications activate it through
+/// `org.freedesktop.Application.ActivateAction`, which may start the app.
+pub fn add_actions(app: &adw::Application, ui: impl Fn(&adw::Application) -> Rc<ui::Ui> + 'static) {
+    let open = gio::SimpleAction::new("open-conversation", Some(glib::VariantTy::STRING));
+    let weak_app = app.downgrade();
+    open.connect_activate(move |_, peer| {
+        let (Some(app), Some(peer)) = (weak_app.upgrade(), peer.and_then(|p| p.str())) else {
+            return;
+        };
+        let ui = ui(&app);
+        ui.open(peer);
+        ui.window.present();
+    });
+    app.add_action(&open);
 }

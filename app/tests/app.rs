@@ -236,6 +236,8 @@ fn run_app(rig: Rc<Rig>) -> Result<usize, String> {
     let result = outcome.clone();
     app.connect_activate(move |app| {
         let ui = tandem_messages::ui::build(app, None);
+        let shown = ui.clone();
+        tandem_messages::add_actions(app, move |_| shown.clone());
         ui.window.set_default_size(360, 720);
         ui.window.present();
         let (rig, result, app) = (rig.clone(), result.clone(), app.clone());
@@ -487,6 +489,36 @@ async fn script(ui: &Ui, rig: &Rig) -> Result<usize, String> {
         bubble_meta(ui, "hi Bob, how are you?").is_some_and(|m| m.ends_with("· delivered"))
             && bubble_meta(ui, "fine, and you?").is_some(),
     )?;
+
+    // A notification's click: ActivateAction on the app's bus name, as the daemon's
+    // notifications call it, opens Carol's conversation and reads it.
+    rig.call(|session, _| async move {
+        let proxy = zbus::proxy::Builder::<zbus::Proxy<'static>>::new(&session.conn)
+            .destination("org.tandem.Messages")
+            .path("/org/tandem/Messages")
+            .interface("org.freedesktop.Application")
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let peer = vec![zbus::Variant::from(CAROL)];
+        let platform = std::collections::HashMap::<&str, zbus::Variant<'_>>::new();
+        proxy
+            .call::<_, _, ()>("ActivateAction", &("open-conversation", peer, platform))
+            .await
+            .map_err(|e| format!("ActivateAction: {e}"))
+    })
+    .await?;
+    s.until(
+        "open-conversation opens Carol's thread and reads it",
+        || {
+            ui.thread_title.title() == CAROL
+                && bubble_meta(ui, "hi from Carol").is_some()
+                && bubble_meta(ui, "back again").is_some()
+                && row(ui, CAROL).is_some_and(|r| text(&r, "unread").is_none())
+        },
+    )
+    .await?;
 
     // The modem goes: the banner says SMS wait.
     rig.call(|_, system| async move { system.sim::<_, ()>("RemoveModem", &(ALICE,)).await })
