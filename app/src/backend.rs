@@ -74,8 +74,14 @@ pub enum Event {
         status: String,
         channel: String,
     },
-    /// A message as it is now: one just sent from here, or fetched by id.
+    /// A message as it is now, fetched by id.
     Message(Message),
+    /// A message just sent from here to `to` as the user wrote it (the daemon's peer,
+    /// `message.peer`, is the number normalised).
+    Sent {
+        to: String,
+        message: Message,
+    },
     /// A conversation's messages were all marked read.
     Read(String),
     /// A message or a conversation was deleted (signals the daemon is getting).
@@ -348,7 +354,14 @@ impl Daemon<'_> {
             Command::Send { peer, text } => {
                 let send = self.proxy.send_message(&peer, &text, api::send_options());
                 match bounded(send).await {
-                    Ok(id) => self.fetch(&id).await,
+                    Ok(id) => match bounded(self.proxy.get_message(&id)).await {
+                        Ok(m) => {
+                            let message = m.into();
+                            self.emit(Event::Sent { to: peer, message }).await
+                        }
+                        // Accepted, then deleted or the daemon gone: nothing to show.
+                        Err(_) => true,
+                    },
                     Err(error) => self.emit(Event::SendFailed { peer, text, error }).await,
                 }
             }

@@ -38,6 +38,8 @@ pub struct Ui {
     pub thread: gtk::ListBox,
     pub thread_title: adw::WindowTitle,
     pub compose: gtk::Entry,
+    /// The number of a new conversation (in the list's "+" popover).
+    pub new_number: gtk::Entry,
     pub send_button: gtk::Button,
     pub sms_cost: gtk::Label,
     pub banner: gtk::Revealer,
@@ -115,6 +117,18 @@ impl Ui {
         let list_header = adw::HeaderBar::builder()
             .title_widget(&adw::WindowTitle::new("Messages", ""))
             .build();
+        let new_number = gtk::Entry::builder()
+            .name("new-number")
+            .placeholder_text("Phone number")
+            .input_purpose(gtk::InputPurpose::Phone)
+            .build();
+        let new_popover = gtk::Popover::builder().child(&new_number).build();
+        let new_button = gtk::MenuButton::builder()
+            .icon_name("list-add-symbolic")
+            .tooltip_text("New conversation")
+            .popover(&new_popover)
+            .build();
+        list_header.pack_start(&new_button);
         let list_pane = gtk::Box::builder()
             .orientation(gtk::Orientation::Vertical)
             .width_request(300)
@@ -247,6 +261,7 @@ impl Ui {
             thread,
             thread_title,
             compose,
+            new_number,
             send_button: send,
             sms_cost,
             banner,
@@ -276,6 +291,20 @@ impl Ui {
         self.compose.connect_changed(move |entry| {
             if let Some(ui) = ui.upgrade() {
                 ui.estimate(&entry.text());
+            }
+        });
+        let ui = Rc::downgrade(self);
+        self.new_number.connect_activate(move |entry| {
+            let number = entry.text().trim().to_owned();
+            if let (Some(ui), false) = (ui.upgrade(), number.is_empty()) {
+                entry.set_text("");
+                if let Some(popover) = entry
+                    .ancestor(gtk::Popover::static_type())
+                    .and_downcast::<gtk::Popover>()
+                {
+                    popover.popdown();
+                }
+                ui.open(&number);
             }
         });
         let ui = Rc::downgrade(self);
@@ -418,6 +447,14 @@ impl Ui {
             }
             Event::Received(m) => self.on_message(m, true),
             Event::Message(m) => self.on_message(m, false),
+            Event::Sent { to, message } => {
+                // A new conversation started with the number as typed: the thread
+                // becomes the daemon's conversation of the normalised number.
+                if self.open_peer().as_deref() == Some(to.as_str()) && message.peer != to {
+                    self.open(&message.peer);
+                }
+                self.on_message(message, false);
+            }
             Event::Status {
                 id,
                 status,

@@ -520,6 +520,28 @@ async fn script(ui: &Ui, rig: &Rig) -> Result<usize, String> {
     )
     .await?;
 
+    // A new conversation with a number as a person types it: the thread becomes the
+    // daemon's conversation of the normalised number once the message is sent.
+    ui.new_number.set_text("(555) 000-2222");
+    ui.new_number.emit_by_name::<()>("activate", &[]);
+    s.check(
+        "a new conversation opens on the number as typed",
+        ui.thread_title.title() == "(555) 000-2222" && rows(&ui.thread).is_empty(),
+    )?;
+    ui.compose.set_text("new thread, same Bob");
+    ui.compose.emit_by_name::<()>("activate", &[]);
+    s.until("sent, it joins Bob's conversation", || {
+        ui.thread_title.title() == BOB
+            && bubble_meta(ui, "hello from Bob").is_some()
+            && bubble_meta(ui, "new thread, same Bob").is_some_and(|m| m.ends_with("· delivered"))
+            && rows(&ui.conversations).first().is_some_and(|r| {
+                r.widget_name() == BOB
+                    && text(r, "last-text").as_deref() == Some("You: new thread, same Bob")
+            })
+            && rows(&ui.conversations).len() == 2
+    })
+    .await?;
+
     // The modem goes: the banner says SMS wait.
     rig.call(|_, system| async move { system.sim::<_, ()>("RemoveModem", &(ALICE,)).await })
         .await?;
