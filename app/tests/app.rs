@@ -27,15 +27,17 @@ const ALICE: &str = "+15550001111";
 const BOB: &str = "+15550002222";
 const CAROL: &str = "+15559998888";
 
-/// The rig: the processes (killed on drop) and what the script needs to reach them.
+/// The rig: the processes and what the script needs to reach them. GTK's closures keep
+/// clones of it to the process's end, so it is not left to `Drop`: [`Rig::shutdown`]
+/// stops every process and removes the directory.
 struct Rig {
-    _xvfb: Proc,
-    _buses: Vec<Proc>,
-    _sim: Proc,
+    /// The simulator, the buses and Xvfb, stopped in this order.
+    procs: RefCell<Vec<Proc>>,
     daemon: RefCell<Option<Proc>>,
     session: String,
     system: String,
-    dir: tempfile::TempDir,
+    dir: RefCell<Option<tempfile::TempDir>>,
+    phone_dir: PathBuf,
     runtime: tokio::runtime::Handle,
 }
 
@@ -60,7 +62,17 @@ impl Rig {
     }
 
     fn daemon_dir(&self) -> PathBuf {
-        self.dir.path().join("phone")
+        self.phone_dir.clone()
+    }
+
+    /// Stops the daemon, then every other process (killed and reaped), and removes the
+    /// temporary directory.
+    fn shutdown(&self) {
+        self.stop_daemon();
+        for proc in self.procs.take() {
+            drop(proc);
+        }
+        drop(self.dir.take());
     }
 
     /// Starts `tandemd` and waits until it owns its name.
@@ -206,20 +218,19 @@ fn run() -> Result<usize, String> {
 
     let sim = support::simulator(&system, &[ALICE, BOB], dir.path())?;
     let rig = Rc::new(Rig {
-        _xvfb: xvfb,
-        _buses: vec![session_bus, system_bus],
-        _sim: sim,
+        procs: RefCell::new(vec![sim, session_bus, system_bus, xvfb]),
         daemon: RefCell::new(None),
         session,
         system,
-        dir,
+        phone_dir: dir.path().join("phone"),
+        dir: RefCell::new(Some(dir)),
         runtime: handle,
     });
     let outcome = run_app(rig.clone());
     if outcome.is_err() {
         eprintln!("---- tandemd log ----\n{}", rig.daemon_log());
     }
-    rig.stop_daemon();
+    rig.shutdown();
     let _ = stop.send(());
     let _ = tokio_thread.join();
     outcome
