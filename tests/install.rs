@@ -173,6 +173,49 @@ fn components_install_only_their_own_files() {
     assert!(ran.stdout.contains("--modem"), "{}", ran.stdout);
 }
 
+/// The app's component: its binary (built by `cargo build -p tandem-messages`, which this
+/// test does not need: a stand-in file takes its place) and the files that make it an app
+/// of the desktop, with the D-Bus activation file pointing at the installed binary.
+#[test]
+fn the_app_component_installs_the_app_and_its_desktop_files() {
+    let built = temp_dir();
+    std::fs::write(built.path().join("tandem-messages"), "#!/bin/sh\n").expect("stand-in");
+    let dest = temp_dir();
+    let mut install = Command::new("sh");
+    install
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/data/install.sh"))
+        .arg("app")
+        .env("PREFIX", "/usr")
+        .env("DESTDIR", dest.path())
+        .env("NO_BUILD", "1")
+        .env("BINDIR_SRC", built.path());
+    Ran::of(&mut install).success();
+    assert_eq!(
+        tree(dest.path()),
+        [
+            "usr/bin/tandem-messages",
+            "usr/share/applications/org.tandem.Messages.desktop",
+            "usr/share/dbus-1/services/org.tandem.Messages.service",
+            "usr/share/icons/hicolor/scalable/apps/org.tandem.Messages.svg",
+            "usr/share/metainfo/org.tandem.Messages.metainfo.xml",
+        ]
+    );
+    let service = read(
+        dest.path(),
+        "usr/share/dbus-1/services/org.tandem.Messages.service",
+    );
+    assert!(service.contains("Name=org.tandem.Messages\n"), "{service}");
+    assert!(
+        service.contains("Exec=/usr/bin/tandem-messages"),
+        "{service}"
+    );
+    let desktop = read(
+        dest.path(),
+        "usr/share/applications/org.tandem.Messages.desktop",
+    );
+    assert!(desktop.contains("DBusActivatable=true"), "{desktop}");
+}
+
 #[test]
 fn an_unknown_component_is_refused_before_anything_is_installed() {
     let dest = temp_dir();
